@@ -1,0 +1,62 @@
+//! Builds the guest components in `guest/` for `wasm32-wasip2` so that
+//! `edgeml pack` can embed the generic component and the tests can use all
+//! three. Set `EDGEML_GUEST_WASM_DIR` to a folder of prebuilt components to
+//! skip the nested build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUESTS: [&str; 3] = ["edgeml_generic", "edgeml_image_classifier", "edgeml_voice_activity"];
+
+fn main() {
+    println!("cargo:rerun-if-changed=guest/Cargo.toml");
+    println!("cargo:rerun-if-changed=guest/Cargo.lock");
+    for dir in ["guest/sdk/src", "guest/generic/src", "guest/image-classifier/src", "guest/voice-activity/src", "wit"] {
+        println!("cargo:rerun-if-changed={dir}");
+    }
+    for crate_dir in ["sdk", "generic", "image-classifier", "voice-activity"] {
+        println!("cargo:rerun-if-changed=guest/{crate_dir}/Cargo.toml");
+    }
+    println!("cargo:rerun-if-env-changed=EDGEML_GUEST_WASM_DIR");
+
+    let dir = match std::env::var_os("EDGEML_GUEST_WASM_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => build_guests(),
+    };
+    for g in GUESTS {
+        let p = dir.join(format!("{g}.wasm"));
+        if !p.is_file() {
+            panic!("guest component {} is missing", p.display());
+        }
+    }
+    println!("cargo:rustc-env=EDGEML_GUEST_DIR={}", dir.display());
+}
+
+fn build_guests() -> PathBuf {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    // <target>/<profile>/build/<pkg>-<hash>/out -> <target>/guest-wasm: shared by
+    // every profile, and a separate build directory so the nested cargo does
+    // not wait on the outer one's lock.
+    let target_dir = out_dir.ancestors().nth(4).map(Path::to_path_buf).unwrap_or_else(|| out_dir.clone()).join("guest-wasm");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(manifest_dir.join("guest/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .expect("cannot run cargo to build the guest components");
+    if !status.success() {
+        panic!(
+            "building the guest components failed. They need the wasm32-wasip2 target: \
+             `rustup target add wasm32-wasip2` (or set EDGEML_GUEST_WASM_DIR to prebuilt components)"
+        );
+    }
+    target_dir.join("wasm32-wasip2/release")
+}

@@ -1,0 +1,168 @@
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Signed WebAssembly model components for edge fleets.
+#[derive(Debug, Parser)]
+#[command(name = "edgeml", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an Ed25519 publisher key pair: DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub.
+    Keygen {
+        /// Directory to write the keys to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Base name of the key files.
+        #[arg(long, default_value = "publisher")]
+        name: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pack an ONNX model and a guest component into an unsigned bundle.
+    Pack(PackArgs),
+    /// Add a publisher signature to a bundle (in place unless --out is given).
+    Sign {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Secret key file (from `edgeml keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Write the signed bundle here instead of replacing BUNDLE.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a bundle's signatures, trust policy and digests.
+    Verify {
+        /// The bundle.
+        bundle: PathBuf,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a bundle's manifest, sections, signers and sizes (verifies nothing).
+    Inspect {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a bundle, run one prediction and write its outputs as .npy files.
+    Run(RunArgs),
+    /// Measure cold load, cached load and predict latency/throughput.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// The ONNX model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Guest component (.wasm). Default: the generic tensors-in/tensors-out component built into edgeml.
+    #[arg(long)]
+    pub component: Option<PathBuf>,
+    /// Model name ([A-Za-z0-9._-]).
+    #[arg(long)]
+    pub name: String,
+    /// Model version (semver, e.g. 1.0.0).
+    #[arg(long)]
+    pub version: String,
+    /// Output bundle.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Class labels, one per line.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Preprocessing parameters for the component (JSON object).
+    #[arg(long)]
+    pub preprocess: Option<PathBuf>,
+    /// Oldest host version allowed to run the bundle. Default: this version.
+    #[arg(long)]
+    pub min_host_version: Option<String>,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Trusted publisher public key (repeat for several).
+    #[arg(long = "trust", value_name = "PUB", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Signatures needed from distinct trusted keys (k of n). Default 1.
+    #[arg(long, default_value_t = 1)]
+    pub threshold: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Directory for compiled components. Default: $EDGEML_CACHE_DIR, else ~/.cache/edgeml.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile every time; do not read or write the cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+    /// Wall-clock limit per call into the guest, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Largest guest linear memory, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub max_memory_mib: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// NAME=FILE.npy for each named tensor, or one media file (.png, .jpg, .wav, .json).
+    #[arg(long = "input", value_name = "NAME=FILE.npy | FILE")]
+    pub inputs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The bundle.
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Write one .npy per output tensor here.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The bundle.
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Input (as for `run`). Default: zeros shaped like the model inputs (symbolic dimensions = 1).
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Timed predictions.
+    #[arg(long, default_value_t = 200)]
+    pub iterations: usize,
+    /// Untimed predictions first.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Threads for the throughput measurement.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

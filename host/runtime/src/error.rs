@@ -1,0 +1,85 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors from the host runtime. Every variant says what went wrong; the
+/// runtime stays usable after any of them and the next call works.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bundle failed verification (signatures, policy, digests, structure).
+    #[error(transparent)]
+    Bundle(#[from] edgeml_bundle::Error),
+    /// The engine could not be configured.
+    #[error("invalid runtime configuration: {0}")]
+    Config(String),
+    /// The component did not compile (it is not valid WebAssembly for this host).
+    #[error("the component does not compile: {reason}")]
+    Compile {
+        /// Compiler message.
+        reason: String,
+    },
+    /// The component could not be instantiated (e.g. it imports something the host does not provide).
+    #[error("the component cannot be instantiated: {reason}")]
+    Instantiate {
+        /// Why.
+        reason: String,
+    },
+    /// The component and the manifest disagree, or the component is not an edgeml model.
+    #[error("the component does not fit its manifest: {reason}")]
+    Incompatible {
+        /// Why.
+        reason: String,
+    },
+    /// The ONNX model could not be loaded by the inference backend.
+    #[error("the model cannot be loaded: {reason}")]
+    Model {
+        /// Backend message.
+        reason: String,
+    },
+    /// An input is missing, unknown, or has the wrong dtype, shape or size.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The component does not accept this media type.
+    #[error("unsupported media: {0}")]
+    UnsupportedMedia(String),
+    /// The media bytes could not be decoded.
+    #[error("cannot decode input: {0}")]
+    Decode(String),
+    /// The inference backend failed.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// The component rejected the bundle's configuration (preprocessing parameters).
+    #[error("the component rejects its configuration: {0}")]
+    GuestConfig(String),
+    /// The guest ran past the wall-clock limit and was interrupted.
+    #[error("the guest ran for longer than the {limit:?} limit and was stopped")]
+    Timeout {
+        /// The configured limit.
+        limit: Duration,
+    },
+    /// The guest tried to grow a memory or table past its limit.
+    #[error("the guest exceeded its {what} limit of {limit}")]
+    ResourceLimit {
+        /// `memory` or `table`.
+        what: &'static str,
+        /// The limit (bytes for memory, elements for tables).
+        limit: u64,
+    },
+    /// The guest trapped (a panic, an out-of-bounds access, `unreachable`).
+    #[error("the guest trapped: {message}{}", if guest_stderr.is_empty() { String::new() } else { format!("\nguest stderr:\n{guest_stderr}") })]
+    Trap {
+        /// The trap.
+        message: String,
+        /// The last lines the guest wrote to stderr (it may say why it panicked).
+        guest_stderr: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,424 @@
+use crate::bindings::{self, edgeml::model::types as wit};
+use crate::cache::{self, CacheOutcome};
+use crate::nn::NnHost;
+use crate::state::{LimitHit, Limiter, State, STDERR_CAPACITY};
+use crate::tensor::{Input, ModelMetadata, Prediction, ScoredLabel, Tensor};
+use crate::tract::TractModel;
+use crate::{Config, Error};
+use edgeml_bundle::{Manifest, TrustPolicy, VerifiedBundle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, Trap};
+
+/// The version of this host, compared with a bundle's `min_host_version`.
+pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A host runtime: one engine, one epoch ticker, one linker, shared by every
+/// model it loads. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<State>,
+    config: Config,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Build the engine (Cranelift, epoch interruption) and the linker
+    /// (WASI with nothing granted, `wasi:nn`, the edgeml host interface).
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let mut wt = wasmtime::Config::new();
+        wt.epoch_interruption(true);
+        wt.wasm_component_model(true);
+        let engine = Engine::new(&wt).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Config(format!("{e:#}")))?;
+        bindings::Model::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(|e| Error::Config(format!("{e:#}")))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, ticker_stop) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("edgeml-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Runtime { inner: Arc::new(Inner { engine, linker, config: config.clone(), stop }) })
+    }
+
+    /// Verify a bundle with this runtime's size limits. Same as
+    /// [`edgeml_bundle::verify_with_limits`].
+    pub fn verify(&self, bytes: impl Into<Arc<[u8]>>, policy: &TrustPolicy) -> Result<VerifiedBundle, Error> {
+        Ok(edgeml_bundle::verify_with_limits(bytes, policy, &self.inner.config.bundle_limits)?)
+    }
+
+    /// Load a verified bundle: check the host version, compile the component
+    /// (or load it from the cache), plan the model, instantiate once and check
+    /// the component against the manifest.
+    pub fn load(&self, bundle: &VerifiedBundle) -> Result<Model, Error> {
+        let started = Instant::now();
+        let manifest = bundle.manifest_arc();
+        let host = semver::Version::parse(HOST_VERSION).map_err(|e| Error::Config(e.to_string()))?;
+        if manifest.min_host_version > host {
+            return Err(edgeml_bundle::Error::HostTooOld {
+                required: manifest.min_host_version.to_string(),
+                host: HOST_VERSION.into(),
+            }
+            .into());
+        }
+        let (component, cache) = self.compile(bundle)?;
+        let compiled = started.elapsed();
+        let model = Arc::new(TractModel::load(bundle.model_bytes())?);
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| Error::Instantiate { reason: format!("{e:#}") })?;
+        let pre = bindings::ModelPre::new(pre).map_err(|e| Error::Incompatible {
+            reason: format!("it does not export the edgeml:model world ({e:#})"),
+        })?;
+        let manifest_json: Arc<str> = serde_json::to_string(&*manifest)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .into();
+        let shared = Arc::new(Shared {
+            runtime: self.clone(),
+            pre,
+            model,
+            model_sha256: bundle_model_sha(bundle),
+            manifest: manifest.clone(),
+            manifest_json,
+            digest: bundle.digest_hex(),
+            pool: Mutex::new(Vec::new()),
+        });
+        let mut slot = shared.instantiate()?;
+        let meta = shared.call(&mut slot, |b, s| b.call_metadata(s))?;
+        let meta = meta.map_err(guest_error)?;
+        check_metadata(&manifest, &meta)?;
+        shared.release(slot);
+        Ok(Model {
+            shared,
+            metadata: ModelMetadata {
+                component: meta.component,
+                media_types: meta.media_types,
+                monitoring_features: meta.monitoring_features,
+            },
+            load_info: LoadInfo { cache, compile_or_cache: compiled, total: started.elapsed() },
+        })
+    }
+
+    fn compile(&self, bundle: &VerifiedBundle) -> Result<(Component, CacheOutcome), Error> {
+        let engine = &self.inner.engine;
+        let compile = || {
+            Component::new(engine, bundle.bytes()).map_err(|e| Error::Compile { reason: format!("{e:#}") })
+        };
+        let Some(dir) = &self.inner.config.cache_dir else {
+            return Ok((compile()?, CacheOutcome::Disabled));
+        };
+        let path = cache::entry_path(dir, engine, &bundle.digest_hex());
+        let corrupt = match cache::load(engine, &path) {
+            Ok(Some(c)) => return Ok((c, CacheOutcome::Hit)),
+            Ok(None) => None,
+            Err(reason) => Some(reason),
+        };
+        let component = compile()?;
+        let outcome = match component.serialize().map_err(|e| e.to_string()).and_then(|a| cache::store(&path, &a)) {
+            Err(e) => CacheOutcome::WriteFailed(e),
+            Ok(()) => match corrupt {
+                Some(reason) => CacheOutcome::Corrupt(reason),
+                None => CacheOutcome::Miss,
+            },
+        };
+        Ok((component, outcome))
+    }
+}
+
+fn bundle_model_sha(bundle: &VerifiedBundle) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // The manifest's model digest was checked against the section during verification.
+    if let Ok(bytes) = hex::decode(&bundle.manifest().model.digest.sha256) {
+        if bytes.len() == 32 {
+            out.copy_from_slice(&bytes);
+        }
+    }
+    out
+}
+
+fn check_metadata(manifest: &Manifest, meta: &wit::Metadata) -> Result<(), Error> {
+    let names = |specs: &[wit::TensorSpec]| specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let expected = |specs: &[edgeml_bundle::TensorSpec]| specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    if meta.name != manifest.name || names(&meta.inputs) != expected(&manifest.inputs) {
+        return Err(Error::Incompatible {
+            reason: format!(
+                "the component reports model `{}` with inputs {:?}; the manifest says `{}` with inputs {:?}",
+                meta.name,
+                names(&meta.inputs),
+                manifest.name,
+                expected(&manifest.inputs)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// How a model was loaded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadInfo {
+    /// What the compilation cache did.
+    pub cache: CacheOutcome,
+    /// Time to compile the component or load it from the cache.
+    pub compile_or_cache: Duration,
+    /// Time for the whole load, first instantiation included.
+    pub total: Duration,
+}
+
+struct Slot {
+    store: Store<State>,
+    bindings: bindings::Model,
+}
+
+struct Shared {
+    runtime: Runtime,
+    pre: bindings::ModelPre<State>,
+    model: Arc<TractModel>,
+    model_sha256: [u8; 32],
+    manifest: Arc<Manifest>,
+    manifest_json: Arc<str>,
+    digest: String,
+    pool: Mutex<Vec<Slot>>,
+}
+
+impl Shared {
+    fn instantiate(&self) -> Result<Slot, Error> {
+        let config = &self.runtime.inner.config;
+        let limiter = Limiter {
+            memory_bytes: config.max_memory_bytes,
+            table_elements: config.max_table_elements,
+            instances: config.max_instances,
+            tables: config.max_tables,
+            memories: config.max_instances,
+            hit: None,
+        };
+        let nn = NnHost {
+            name: self.manifest.name.clone(),
+            model: self.model.clone(),
+            model_sha256: self.model_sha256,
+            allow_guest_model_bytes: config.allow_guest_model_bytes,
+        };
+        let mut store = Store::new(&self.runtime.inner.engine, State::new(nn, self.manifest_json.clone(), limiter));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(config.timeout));
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| classify(&store, e, config.timeout, true))?;
+        Ok(Slot { store, bindings })
+    }
+
+    fn take(&self) -> Result<Slot, Error> {
+        let pooled = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+        match pooled {
+            Some(slot) => Ok(slot),
+            None => self.instantiate(),
+        }
+    }
+
+    fn release(&self, slot: Slot) {
+        if slot.store.data().stderr.contents().len() > STDERR_CAPACITY / 2 {
+            return; // retire chatty instances before their stderr fills up
+        }
+        if let Ok(mut pool) = self.pool.lock() {
+            if pool.len() < self.runtime.inner.config.idle_instances {
+                pool.push(slot);
+            }
+        }
+    }
+
+    /// Call into the guest with a fresh deadline; a trap retires the instance.
+    fn call<T>(
+        &self,
+        slot: &mut Slot,
+        f: impl FnOnce(&bindings::Model, &mut Store<State>) -> wasmtime::Result<T>,
+    ) -> Result<T, Error> {
+        let timeout = self.runtime.inner.config.timeout;
+        slot.store.set_epoch_deadline(deadline_ticks(timeout));
+        slot.store.data_mut().limiter.hit = None;
+        f(&slot.bindings, &mut slot.store).map_err(|e| classify(&slot.store, e, timeout, false))
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+fn classify(store: &Store<State>, e: wasmtime::Error, timeout: Duration, instantiating: bool) -> Error {
+    let config = store.data();
+    match config.limiter.hit {
+        Some(LimitHit::Memory) => return Error::ResourceLimit { what: "memory", limit: config.limiter.memory_bytes as u64 },
+        Some(LimitHit::Table) => return Error::ResourceLimit { what: "table", limit: config.limiter.table_elements as u64 },
+        None => {}
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Error::Timeout { limit: timeout },
+        Some(_) => Error::Trap { message: format!("{e:#}"), guest_stderr: store.data().stderr_tail(2048) },
+        None if instantiating => Error::Instantiate { reason: format!("{e:#}") },
+        None => Error::Trap { message: format!("{e:#}"), guest_stderr: store.data().stderr_tail(2048) },
+    }
+}
+
+fn guest_error(e: wit::Error) -> Error {
+    match e {
+        wit::Error::InvalidInput(m) => Error::InvalidInput(m),
+        wit::Error::UnsupportedMedia(m) => Error::UnsupportedMedia(m),
+        wit::Error::Decode(m) => Error::Decode(m),
+        wit::Error::Inference(m) => Error::Inference(m),
+        wit::Error::Config(m) => Error::GuestConfig(m),
+    }
+}
+
+/// A loaded model: a compiled component, its planned ONNX model and a small
+/// pool of warm instances. `Send + Sync`; `predict` may be called from
+/// several threads at once (each call uses its own instance).
+pub struct Model {
+    shared: Arc<Shared>,
+    metadata: ModelMetadata,
+    load_info: LoadInfo,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.shared.manifest.name)
+            .field("version", &self.shared.manifest.version)
+            .field("digest", &self.shared.digest)
+            .finish()
+    }
+}
+
+impl Model {
+    /// The bundle's signed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.shared.manifest
+    }
+
+    /// The bundle digest (hex SHA-256 of the signed content).
+    pub fn digest(&self) -> &str {
+        &self.shared.digest
+    }
+
+    /// What the component declares about itself.
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    /// How the model was loaded (cache outcome, timings).
+    pub fn load_info(&self) -> &LoadInfo {
+        &self.load_info
+    }
+
+    /// Run one prediction. Tensor inputs are checked against the manifest
+    /// first; media goes to the component to decode. A trap, timeout or limit
+    /// fails this call only: the instance is discarded and the next call gets
+    /// a fresh one.
+    pub fn predict(&self, input: Input) -> Result<Prediction, Error> {
+        let input = match input {
+            Input::Tensors(tensors) => {
+                check_tensors(&self.shared.manifest, &tensors)?;
+                wit::Input::Tensors(tensors.into_iter().map(to_wit).collect())
+            }
+            Input::Media { media_type, bytes } => wit::Input::Media(wit::Media { media_type, bytes }),
+        };
+        let mut slot = self.shared.take()?;
+        let result = self.shared.call(&mut slot, |b, s| b.call_predict(s, &input))?;
+        self.shared.release(slot);
+        let p = result.map_err(guest_error)?;
+        Ok(Prediction {
+            outputs: p.outputs.into_iter().map(from_wit).collect(),
+            scores: p
+                .scores
+                .map(|s| s.into_iter().map(|l| ScoredLabel { index: l.index, label: l.label, score: l.score }).collect()),
+            monitoring: p.monitoring,
+        })
+    }
+}
+
+/// Check tensors against the manifest inputs: every input given once, known
+/// names only, matching dtype, rank and fixed dimensions, and data sized to the shape.
+fn check_tensors(manifest: &Manifest, tensors: &[Tensor]) -> Result<(), Error> {
+    let known = || manifest.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
+    for (i, t) in tensors.iter().enumerate() {
+        let spec = manifest
+            .input(&t.name)
+            .ok_or_else(|| Error::InvalidInput(format!("unknown input `{}`; the model's inputs are {:?}", t.name, known())))?;
+        if tensors[..i].iter().any(|o| o.name == t.name) {
+            return Err(Error::InvalidInput(format!("input `{}` is given twice", t.name)));
+        }
+        if t.dtype != spec.dtype {
+            return Err(Error::InvalidInput(format!("input `{}` is {}, the model expects {}", t.name, t.dtype, spec.dtype)));
+        }
+        spec.check_shape(&t.shape).map_err(|why| Error::InvalidInput(format!("input `{}`: {why}", t.name)))?;
+        let expected = t.shape.iter().try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d));
+        if expected != Some(t.data.len() as u64) {
+            return Err(Error::InvalidInput(format!(
+                "input `{}` has {} bytes; shape {:?} of {} needs {}",
+                t.name,
+                t.data.len(),
+                t.shape,
+                t.dtype,
+                expected.map_or("more than 2^64".into(), |n| n.to_string())
+            )));
+        }
+    }
+    if let Some(missing) = manifest.inputs.iter().find(|s| !tensors.iter().any(|t| t.name == s.name)) {
+        return Err(Error::InvalidInput(format!(
+            "missing input `{}` ({} {}); the model needs {:?}",
+            missing.name,
+            missing.dtype,
+            missing.shape_string(),
+            known()
+        )));
+    }
+    Ok(())
+}
+
+fn wit_dtype(d: edgeml_bundle::Dtype) -> wit::Dtype {
+    use edgeml_bundle::Dtype::*;
+    match d {
+        F32 => wit::Dtype::F32,
+        F64 => wit::Dtype::F64,
+        I32 => wit::Dtype::I32,
+        I64 => wit::Dtype::I64,
+        U8 => wit::Dtype::U8,
+    }
+}
+
+fn to_wit(t: Tensor) -> wit::Tensor {
+    wit::Tensor { name: t.name, dtype: wit_dtype(t.dtype), shape: t.shape, data: t.data }
+}
+
+fn from_wit(t: wit::Tensor) -> Tensor {
+    use edgeml_bundle::Dtype;
+    let dtype = match t.dtype {
+        wit::Dtype::F32 => Dtype::F32,
+        wit::Dtype::F64 => Dtype::F64,
+        wit::Dtype::I32 => Dtype::I32,
+        wit::Dtype::I64 => Dtype::I64,
+        wit::Dtype::U8 => Dtype::U8,
+    };
+    Tensor { name: t.name, dtype, shape: t.shape, data: t.data }
+}

@@ -1,0 +1,200 @@
+//! The native inference backend: tract, running the bundle's ONNX model.
+
+use crate::tensor::Tensor;
+use crate::Error;
+use edgeml_bundle::{Dim, Dtype, TensorSpec};
+use std::sync::Arc;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+/// A model optimised and planned once, shared by every instance of a bundle.
+#[derive(Debug)]
+pub(crate) struct TractModel {
+    plan: Arc<TypedSimplePlan>,
+    inputs: Vec<(String, Dtype)>,
+    outputs: Vec<String>,
+}
+
+fn model_error(e: impl std::fmt::Display) -> Error {
+    Error::Model { reason: e.to_string() }
+}
+
+impl TractModel {
+    /// Parse, optimise and plan an ONNX model.
+    pub(crate) fn load(onnx: &[u8]) -> Result<Self, Error> {
+        let model = guard(|| {
+            tract_onnx::onnx()
+                .model_for_read(&mut &onnx[..])
+                .and_then(|m| m.into_optimized())
+                .map_err(|e| format!("{e:#}"))
+        })
+        .map_err(model_error)?
+        .map_err(model_error)?;
+        let inputs = model
+            .input_outlets()
+            .map_err(model_error)?
+            .iter()
+            .map(|o| {
+                let name = model.node(o.node).name.clone();
+                let dt = model.outlet_fact(*o).map_err(model_error)?.datum_type;
+                Ok((name, from_datum(dt).ok_or_else(|| model_error(format!("input has unsupported type {dt:?}")))?))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let outputs = model
+            .output_outlets()
+            .map_err(model_error)?
+            .iter()
+            .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
+            .collect();
+        let plan = TypedSimplePlan::new(model).map_err(model_error)?;
+        Ok(TractModel { plan, inputs, outputs })
+    }
+
+    /// A fresh execution state (scratch buffers reused across runs).
+    pub(crate) fn state(self: &Arc<Self>) -> Result<TractState, Error> {
+        let state = TypedSimpleState::new(&self.plan).map_err(model_error)?;
+        Ok(TractState { model: self.clone(), state })
+    }
+}
+
+/// One execution context.
+#[derive(Debug)]
+pub(crate) struct TractState {
+    model: Arc<TractModel>,
+    state: TypedSimpleState,
+}
+
+impl TractState {
+    /// Run the model on named inputs (any order; every input required).
+    /// Errors are messages meant for the caller: what was wrong and what was expected.
+    pub(crate) fn run(&mut self, mut named: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        let model = &self.model;
+        let mut inputs: TVec<TValue> = TVec::with_capacity(model.inputs.len());
+        for (name, dtype) in &model.inputs {
+            let pos = named
+                .iter()
+                .position(|t| &t.name == name)
+                .ok_or_else(|| format!("missing input `{name}`"))?;
+            let t = named.swap_remove(pos);
+            if t.dtype != *dtype {
+                return Err(format!("input `{name}` is {}, the model expects {dtype}", t.dtype));
+            }
+            inputs.push(to_tract(&t)?.into_tvalue());
+        }
+        if let Some(extra) = named.first() {
+            let known: Vec<&str> = model.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(format!("unknown input `{}`; the model's inputs are {known:?}", extra.name));
+        }
+        let state = &mut self.state;
+        let outputs = guard(move || state.run(inputs).map_err(|e| format!("{e:#}")))??;
+        outputs
+            .into_iter()
+            .zip(&model.outputs)
+            .map(|(v, name)| from_tract(name, &v))
+            .collect()
+    }
+}
+
+/// Run `f`, turning a panic inside tract into an error: a malformed model or
+/// input must not take the host process down.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("the inference engine failed: {msg}")
+    })
+}
+
+fn datum(d: Dtype) -> DatumType {
+    match d {
+        Dtype::F32 => DatumType::F32,
+        Dtype::F64 => DatumType::F64,
+        Dtype::I32 => DatumType::I32,
+        Dtype::I64 => DatumType::I64,
+        Dtype::U8 => DatumType::U8,
+    }
+}
+
+fn from_datum(d: DatumType) -> Option<Dtype> {
+    Some(match d {
+        DatumType::F32 => Dtype::F32,
+        DatumType::F64 => Dtype::F64,
+        DatumType::I32 => Dtype::I32,
+        DatumType::I64 => Dtype::I64,
+        DatumType::U8 => Dtype::U8,
+        _ => return None,
+    })
+}
+
+fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, String> {
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    let expected = shape.iter().product::<usize>() * t.dtype.size();
+    if t.data.len() != expected {
+        return Err(format!(
+            "input `{}` has {} bytes of data, its shape {:?} of {} needs {expected}",
+            t.name,
+            t.data.len(),
+            t.shape,
+            t.dtype
+        ));
+    }
+    let mut out = tract_onnx::prelude::Tensor::zero_dt(datum(t.dtype), &shape).map_err(|e| format!("{e:#}"))?;
+    out.as_bytes_mut().copy_from_slice(&t.data);
+    Ok(out)
+}
+
+fn from_tract(name: &str, v: &tract_onnx::prelude::Tensor) -> Result<Tensor, String> {
+    let dtype = from_datum(v.datum_type())
+        .ok_or_else(|| format!("output `{name}` has type {:?}, which edgeml does not carry", v.datum_type()))?;
+    Ok(Tensor {
+        name: name.to_string(),
+        dtype,
+        shape: v.shape().iter().map(|&d| d as u64).collect(),
+        data: v.as_bytes().to_vec(),
+    })
+}
+
+/// Read the IO schema (names, dtypes, shapes with symbolic dimensions) of an
+/// ONNX model, as `edgeml pack` writes it into the manifest. Graph inputs that
+/// are initializers (weights) are not model inputs and are left out.
+pub fn onnx_io_schema(onnx: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), Error> {
+    let proto = tract_onnx::onnx().proto_model_for_read(&mut &onnx[..]).map_err(model_error)?;
+    let graph = proto.graph.as_ref().ok_or_else(|| model_error("the ONNX model has no graph"))?;
+    let weights: std::collections::HashSet<&str> = graph.initializer.iter().map(|i| i.name.as_str()).collect();
+    let spec = |v: &pb::ValueInfoProto| -> Result<TensorSpec, Error> {
+        let tensor_type = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(pb::type_proto::Value::TensorType(t)) => t,
+            _ => return Err(model_error(format!("`{}` is not a tensor", v.name))),
+        };
+        let dtype = match tensor_type.elem_type {
+            1 => Dtype::F32,
+            2 => Dtype::U8,
+            6 => Dtype::I32,
+            7 => Dtype::I64,
+            11 => Dtype::F64,
+            other => return Err(model_error(format!("`{}` has ONNX element type {other}, which edgeml does not carry", v.name))),
+        };
+        let shape = tensor_type
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match &d.value {
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if *n > 0 => Dim::Fixed(*n as u64),
+                        Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
+                        _ => Dim::Symbolic(format!("d{i}")),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(TensorSpec { name: v.name.clone(), dtype, shape })
+    };
+    let inputs = graph.input.iter().filter(|v| !weights.contains(v.name.as_str())).map(spec).collect::<Result<_, _>>()?;
+    let outputs = graph.output.iter().map(spec).collect::<Result<_, _>>()?;
+    Ok((inputs, outputs))
+}
