@@ -6,15 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 3] = ["edgeml_generic", "edgeml_image_classifier", "edgeml_voice_activity"];
+const GUESTS: [&str; 4] = ["edgeml_generic", "edgeml_image_classifier", "edgeml_voice_activity", "edgeml_test_hostile"];
 
 fn main() {
     println!("cargo:rerun-if-changed=guest/Cargo.toml");
     println!("cargo:rerun-if-changed=guest/Cargo.lock");
-    for dir in ["guest/sdk/src", "guest/generic/src", "guest/image-classifier/src", "guest/voice-activity/src", "wit"] {
+    for dir in ["guest/sdk/src", "guest/generic/src", "guest/image-classifier/src", "guest/voice-activity/src", "guest/test-hostile/src", "wit"] {
         println!("cargo:rerun-if-changed={dir}");
     }
-    for crate_dir in ["sdk", "generic", "image-classifier", "voice-activity"] {
+    for crate_dir in ["sdk", "generic", "image-classifier", "voice-activity", "test-hostile"] {
         println!("cargo:rerun-if-changed=guest/{crate_dir}/Cargo.toml");
     }
     println!("cargo:rerun-if-env-changed=EDGEML_GUEST_WASM_DIR");

@@ -65,7 +65,8 @@ pub struct PackArgs {
     /// The ONNX model.
     #[arg(long)]
     pub model: PathBuf,
-    /// Guest component (.wasm). Default: the generic tensors-in/tensors-out component built into edgeml.
+    /// Guest component: a .wasm file, or a built-in one by name: `generic` (named tensors in and out;
+    /// the default), `image-classifier` (PNG/JPEG, top-k labels), `voice-activity` (16 kHz WAV).
     #[arg(long)]
     pub component: Option<PathBuf>,
     /// Model name ([A-Za-z0-9._-]).

@@ -8,8 +8,23 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The generic component (tensors in, tensors out), built from guest/generic by build.rs.
-pub const GENERIC_COMPONENT: &[u8] = include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_generic.wasm"));
+/// The components built into `edgeml` (from guest/, by build.rs), by name.
+pub const BUILTIN_COMPONENTS: [(&str, &[u8]); 3] = [
+    ("generic", include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_generic.wasm"))),
+    ("image-classifier", include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_image_classifier.wasm"))),
+    ("voice-activity", include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_voice_activity.wasm"))),
+];
+
+/// `--component`: a .wasm file, or the name of a built-in component; none means `generic`.
+fn component_bytes(arg: Option<&Path>) -> Result<Vec<u8>> {
+    let Some(path) = arg else { return Ok(BUILTIN_COMPONENTS[0].1.to_vec()) };
+    if !path.exists() {
+        if let Some((_, bytes)) = BUILTIN_COMPONENTS.iter().find(|(n, _)| Path::new(n) == path) {
+            return Ok(bytes.to_vec());
+        }
+    }
+    read(path)
+}
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -41,10 +56,7 @@ fn keygen(out: &Path, name: &str, json: bool) -> Result<()> {
 
 fn pack(args: &PackArgs) -> Result<()> {
     let model = read(&args.model)?;
-    let component = match &args.component {
-        Some(p) => read(p)?,
-        None => GENERIC_COMPONENT.to_vec(),
-    };
+    let component = component_bytes(args.component.as_deref())?;
     let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model).with_context(|| format!("reading {}", args.model.display()))?;
     let labels = match &args.labels {
         Some(p) => std::fs::read_to_string(p)

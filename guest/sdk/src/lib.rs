@@ -43,7 +43,7 @@ pub mod tensor;
 pub use bindings::edgeml::model::types::{
     Dim, Dtype, Error, Input, Media, Metadata, Prediction, ScoredLabel, Tensor, TensorSpec,
 };
-pub use bindings::Guest;
+pub use bindings::{export, Guest};
 pub use manifest::{manifest, Manifest};
 pub use nn::compute;
 

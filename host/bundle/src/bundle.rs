@@ -1,6 +1,6 @@
 use crate::manifest::{ContentDigest, Manifest, ModelInfo, TensorSpec, SCHEMA_VERSION};
 use crate::signature::{self, SignatureData};
-use crate::wasm::{self, component_sections, custom_section, Section};
+use crate::wasm::{component_sections, custom_section, Section};
 use crate::{Error, KeyId, Result, SecretKey, TrustPolicy};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -363,5 +363,3 @@ fn section_name(s: &Section<'_>) -> String {
     }
 }
 
-/// Re-exported for [`pack`] callers.
-pub use wasm::COMPONENT_VERSION;

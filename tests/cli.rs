@@ -1,0 +1,153 @@
+//! The `edgeml` binary, as the README walks through it.
+
+use crate::common::*;
+use std::path::Path;
+use std::process::Output;
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    edgeml().args(args).current_dir(cwd).env("EDGEML_CACHE_DIR", cwd.join("cache")).output().unwrap()
+}
+
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let out = run(args, cwd);
+    assert!(out.status.success(), "edgeml {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Fails with exit code 1, a one-line `error:` message, and no panic.
+fn fails(args: &[&str], cwd: &Path) -> String {
+    let out = run(args, cwd);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "edgeml {args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn digits_bundle(dir: &Path) {
+    let m = model_path("digits");
+    ok(&["keygen", "--out", "keys"], dir);
+    ok(
+        &[
+            "pack",
+            "--model",
+            m.join("digits.onnx").to_str().unwrap(),
+            "--component",
+            Path::new(env!("EDGEML_GUEST_DIR")).join("edgeml_image_classifier.wasm").to_str().unwrap(),
+            "--labels",
+            m.join("labels.txt").to_str().unwrap(),
+            "--preprocess",
+            m.join("preprocess.json").to_str().unwrap(),
+            "--name",
+            "digits",
+            "--version",
+            "1.0.0",
+            "--out",
+            "digits.wasm",
+        ],
+        dir,
+    );
+    ok(&["sign", "digits.wasm", "--key", "keys/publisher.key"], dir);
+}
+
+#[test]
+fn walkthrough_pack_sign_verify_inspect_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["verify", "digits.wasm", "--trust", "keys/publisher.pub", "--json"], dir)).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["name"], "digits");
+
+    let inspect = ok(&["inspect", "digits.wasm"], dir);
+    assert!(inspect.contains("input:    X f32 [N, 64]"), "{inspect}");
+    assert!(inspect.contains("edgeml.model"), "{inspect}");
+    assert!(inspect.contains("signer:   key"), "{inspect}");
+
+    let png = model_path("digits/holdout/000.png");
+    let out = ok(&["run", "digits.wasm", "--trust", "keys/publisher.pub", "--input", png.to_str().unwrap()], dir);
+    assert!(out.contains("top labels:"), "{out}");
+    let labels: serde_json::Value = serde_json::from_slice(&read(model_path("digits/holdout/labels.json"))).unwrap();
+    let expected = labels["000.png"].as_u64().unwrap().to_string();
+    let first_label = out.lines().skip_while(|l| !l.starts_with("top labels:")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    assert_eq!(first_label, expected, "{out}");
+}
+
+#[test]
+fn run_writes_one_npy_per_output_with_safe_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(&["keygen", "--out", "keys", "--name", "me"], dir);
+    // Without --component: the generic component built into edgeml.
+    ok(&["pack", "--model", model_path("digits/digits.onnx").to_str().unwrap(), "--name", "digits", "--version", "2.1.0", "--out", "d.wasm"], dir);
+    ok(&["sign", "d.wasm", "--key", "keys/me.key", "--out", "d.signed.wasm"], dir);
+    let input = format!("X={}", model_path("digits/ref_input.npy").display());
+    let out = ok(&["run", "d.signed.wasm", "--trust", "keys/me.pub", "--input", &input, "--output-dir", "out", "--json"], dir);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["version"], "2.1.0");
+    assert!(dir.join("out/probabilities.npy").is_file());
+    assert!(dir.join("out/label.npy").is_file());
+    let bytes = std::fs::read(dir.join("out/probabilities.npy")).unwrap();
+    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
+    assert_eq!(f.shape(), &[16, 10]);
+    let (_, expected) = npy_f32("digits/ref_probabilities.npy");
+    assert_close(&f.into_vec::<f32>().unwrap(), &expected, "cli output");
+    // The unsigned original is refused.
+    let err = fails(&["run", "d.wasm", "--trust", "keys/me.pub", "--input", &input], dir);
+    assert!(err.contains("not signed"), "{err}");
+}
+
+#[test]
+fn bad_inputs_exit_non_zero_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    ok(&["keygen", "--out", "other"], dir);
+    let png = model_path("digits/holdout/000.png");
+    let png = png.to_str().unwrap();
+
+    let err = fails(&["verify", "digits.wasm", "--trust", "other/publisher.pub"], dir);
+    assert!(err.contains("no signature by a trusted key"), "{err}");
+    let err = fails(&["run", "digits.wasm", "--trust", "keys/publisher.pub", "--trust", "other/publisher.pub", "--threshold", "2", "--input", png], dir);
+    assert!(err.contains("needs 2 signatures"), "{err}");
+
+    let mut bytes = std::fs::read(dir.join("digits.wasm")).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(dir.join("tampered.wasm"), &bytes).unwrap();
+    fails(&["run", "tampered.wasm", "--trust", "keys/publisher.pub", "--input", png], dir);
+    std::fs::write(dir.join("truncated.wasm"), &bytes[..n / 3]).unwrap();
+    fails(&["verify", "truncated.wasm", "--trust", "keys/publisher.pub"], dir);
+    std::fs::write(dir.join("model.wasm"), read(model_path("digits/digits.onnx"))).unwrap();
+    let err = fails(&["inspect", "model.wasm"], dir);
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+
+    std::fs::write(dir.join("corrupt.png"), b"\x89PNG\r\n\x1a\ncorrupt").unwrap();
+    let err = fails(&["run", "digits.wasm", "--trust", "keys/publisher.pub", "--input", "corrupt.png"], dir);
+    assert!(err.contains("cannot decode input"), "{err}");
+    let err = fails(&["run", "digits.wasm", "--trust", "keys/publisher.pub", "--input", "X=missing.npy"], dir);
+    assert!(err.contains("missing.npy"), "{err}");
+}
+
+#[test]
+fn bench_json_reports_latency_and_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    let out = ok(&["bench", "digits.wasm", "--trust", "keys/publisher.pub", "--iterations", "20", "--warmup", "2", "--json"], dir);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for key in ["p50_us", "p90_us", "p99_us", "throughput_per_s", "cold_load_ms", "cached_load_ms"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {out}");
+    }
+    assert_eq!(v["backend"], "native");
+    assert!(v["p50_us"].as_f64() <= v["p99_us"].as_f64());
+}
+
+#[test]
+fn every_command_has_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in ["keygen", "pack", "sign", "verify", "inspect", "run", "bench"] {
+        let out = ok(&[cmd, "--help"], tmp.path());
+        assert!(out.contains("Usage: edgeml"), "{cmd}: {out}");
+    }
+}

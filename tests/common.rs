@@ -1,0 +1,141 @@
+//! Shared fixtures: paths, keys, packing and signing through the library API.
+#![allow(dead_code)]
+
+use edgeml_runtime::bundle::{self, PackOptions, SecretKey};
+use edgeml_runtime::{Config, Input, Model, Runtime, Tensor, TrustPolicy, VerifiedBundle};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Numerical tolerance against onnxruntime references: |a - b| <= ATOL + RTOL * |b|.
+pub const ATOL: f32 = 1e-4;
+pub const RTOL: f32 = 1e-3;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn model_path(rel: &str) -> PathBuf {
+    repo().join("models").join(rel)
+}
+
+pub fn read(p: impl AsRef<Path>) -> Vec<u8> {
+    let p = p.as_ref();
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A guest component built by build.rs from guest/.
+pub fn guest(name: &str) -> Vec<u8> {
+    read(Path::new(env!("EDGEML_GUEST_DIR")).join(format!("{name}.wasm")))
+}
+
+pub fn edgeml() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edgeml"))
+}
+
+pub struct Spec {
+    pub name: &'static str,
+    pub onnx: &'static str,
+    pub guest: &'static str,
+    pub labels: Option<&'static str>,
+    pub preprocess: Option<&'static str>,
+}
+
+pub const DIGITS_IMAGE: Spec = Spec {
+    name: "digits",
+    onnx: "digits/digits.onnx",
+    guest: "edgeml_image_classifier",
+    labels: Some("digits/labels.txt"),
+    preprocess: Some("digits/preprocess.json"),
+};
+pub const DIGITS_GENERIC: Spec =
+    Spec { name: "digits", onnx: "digits/digits.onnx", guest: "edgeml_generic", labels: Some("digits/labels.txt"), preprocess: None };
+pub const VAD: Spec = Spec {
+    name: "silero-vad",
+    onnx: "vad/silero_vad_16k.onnx",
+    guest: "edgeml_voice_activity",
+    labels: None,
+    preprocess: Some("vad/preprocess.json"),
+};
+pub const SQUEEZENET: Spec =
+    Spec { name: "squeezenet", onnx: "squeezenet/squeezenet.onnx", guest: "edgeml_generic", labels: None, preprocess: None };
+pub const HOSTILE: Spec =
+    Spec { name: "digits", onnx: "digits/digits.onnx", guest: "edgeml_test_hostile", labels: None, preprocess: None };
+
+/// Pack a model with the library API (what `edgeml pack` does).
+pub fn pack(spec: &Spec) -> Vec<u8> {
+    let model = read(model_path(spec.onnx));
+    let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model).expect("IO schema");
+    let labels = spec
+        .labels
+        .map(|l| String::from_utf8(read(model_path(l))).unwrap().lines().map(String::from).collect())
+        .unwrap_or_default();
+    let preprocessing = spec
+        .preprocess
+        .map(|p| serde_json::from_slice(&read(model_path(p))).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    bundle::pack(&PackOptions {
+        name: spec.name,
+        version: semver::Version::new(1, 0, 0),
+        component: &guest(spec.guest),
+        model: &model,
+        inputs,
+        outputs,
+        labels,
+        preprocessing,
+        min_host_version: semver::Version::new(0, 1, 0),
+        created: None,
+    })
+    .expect("pack")
+}
+
+pub struct Publisher {
+    pub key: SecretKey,
+}
+
+impl Publisher {
+    pub fn new() -> Self {
+        Publisher { key: SecretKey::generate().unwrap() }
+    }
+    pub fn policy(&self) -> TrustPolicy {
+        TrustPolicy::any_of(vec![self.key.public_key()]).unwrap()
+    }
+    pub fn sign(&self, bundle: &[u8]) -> Vec<u8> {
+        bundle::sign(bundle, &self.key).unwrap()
+    }
+}
+
+pub fn runtime() -> Runtime {
+    Runtime::new(&Config::new()).unwrap()
+}
+
+/// Pack, sign, verify and load.
+pub fn load(spec: &Spec, runtime: &Runtime) -> (VerifiedBundle, Model) {
+    let publisher = Publisher::new();
+    let signed = publisher.sign(&pack(spec));
+    let verified = runtime.verify(signed, &publisher.policy()).expect("verify");
+    let model = runtime.load(&verified).expect("load");
+    (verified, model)
+}
+
+pub fn npy_f32(rel: &str) -> (Vec<u64>, Vec<f32>) {
+    let bytes = read(model_path(rel));
+    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = f.shape().to_vec();
+    (shape, f.into_vec::<f32>().unwrap())
+}
+
+pub fn npy_tensor(name: &str, rel: &str) -> Tensor {
+    let (shape, v) = npy_f32(rel);
+    Tensor::from_f32(name, shape, &v)
+}
+
+pub fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (a, b)) in actual.iter().zip(expected).enumerate() {
+        assert!((a - b).abs() <= ATOL + RTOL * b.abs(), "{what}[{i}]: got {a}, onnxruntime gave {b}");
+    }
+}
+
+pub fn media(media_type: &str, bytes: Vec<u8>) -> Input {
+    Input::Media { media_type: media_type.into(), bytes }
+}

@@ -1,0 +1,136 @@
+//! The three real models, end to end through signed bundles, against
+//! reference outputs computed once by onnxruntime (models/build_models.py).
+
+use crate::common::*;
+use edgeml_runtime::{Input, Tensor};
+
+#[test]
+fn digits_tensor_path_matches_onnxruntime() {
+    let rt = runtime();
+    let (_, model) = load(&DIGITS_GENERIC, &rt);
+    let input = npy_tensor("X", "digits/ref_input.npy");
+    let p = model.predict(Input::Tensors(vec![input])).unwrap();
+    let probs = p.output("probabilities").expect("probabilities output");
+    assert_eq!(probs.shape, vec![16, 10]);
+    let (_, expected) = npy_f32("digits/ref_probabilities.npy");
+    assert_close(&probs.to_f32().unwrap(), &expected, "digits probabilities");
+    let labels = p.output("label").expect("label output").to_f32().unwrap();
+    let bytes = read(model_path("digits/ref_label.npy"));
+    let expected_labels = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec::<i64>().unwrap();
+    assert_eq!(labels, expected_labels.iter().map(|&l| l as f32).collect::<Vec<_>>());
+    // The generic component labels the first row.
+    let top = &p.scores.as_ref().expect("labelled scores")[0];
+    assert_eq!(top.label, expected_labels[0].to_string());
+}
+
+#[test]
+fn digits_png_accuracy_on_held_out_digits_is_at_least_95_percent() {
+    let rt = runtime();
+    let (_, model) = load(&DIGITS_IMAGE, &rt);
+    assert_eq!(model.metadata().media_types, vec!["image/png", "image/jpeg"]);
+    let dir = model_path("digits/holdout");
+    let labels: std::collections::BTreeMap<String, u32> =
+        serde_json::from_slice(&read(dir.join("labels.json"))).unwrap();
+    assert!(labels.len() >= 300, "held-out set too small: {}", labels.len());
+    let mut correct = 0;
+    for (file, &label) in &labels {
+        let p = model.predict(media("image/png", read(dir.join(file)))).unwrap();
+        let scores = p.scores.expect("top-k labels");
+        assert_eq!(scores.len(), 3);
+        assert!(scores.windows(2).all(|w| w[0].score >= w[1].score), "scores sorted best first");
+        if scores[0].index == label {
+            correct += 1;
+        }
+        assert_eq!(p.monitoring.len(), model.metadata().monitoring_features.len());
+    }
+    let accuracy = correct as f64 / labels.len() as f64;
+    println!("digits accuracy through PNG: {accuracy:.4} ({correct}/{})", labels.len());
+    assert!(accuracy >= 0.95, "accuracy {accuracy:.4} < 0.95");
+}
+
+#[test]
+fn squeezenet_matches_onnxruntime() {
+    let rt = runtime();
+    let (_, model) = load(&SQUEEZENET, &rt);
+    assert_eq!(model.manifest().inputs.len(), 1, "weights are not inputs");
+    let input = npy_tensor("data_0", "squeezenet/ref_input.npy");
+    let p = model.predict(Input::Tensors(vec![input])).unwrap();
+    let out = p.output("softmaxout_1").expect("softmaxout_1");
+    assert_eq!(out.shape, vec![1, 1000, 1, 1]);
+    let (_, expected) = npy_f32("squeezenet/ref_output.npy");
+    assert_close(&out.to_f32().unwrap(), &expected, "squeezenet softmax");
+}
+
+#[test]
+fn vad_single_frame_matches_onnxruntime() {
+    let rt = runtime();
+    let (_, model) = load(&VAD, &rt);
+    let input = npy_tensor("input", "vad/ref_frame_input.npy");
+    let state = npy_tensor("state", "vad/ref_frame_state.npy");
+    let p = model.predict(Input::Tensors(vec![input, state])).unwrap();
+    let (_, out) = npy_f32("vad/ref_frame_output.npy");
+    let (_, state_n) = npy_f32("vad/ref_frame_stateN.npy");
+    assert_close(&p.output("output").unwrap().to_f32().unwrap(), &out, "vad output");
+    assert_close(&p.output("stateN").unwrap().to_f32().unwrap(), &state_n, "vad stateN");
+}
+
+#[test]
+fn vad_wav_probabilities_match_onnxruntime_and_find_the_speech() {
+    let rt = runtime();
+    let (_, model) = load(&VAD, &rt);
+    let p = model.predict(media("audio/wav", read(model_path("vad/speech.wav")))).unwrap();
+    let probs = p.output("probs").unwrap().to_f32().unwrap();
+    let (_, expected) = npy_f32("vad/ref_probs.npy");
+    // The guest zero-pads a last, partial frame that the reference skips.
+    assert!(probs.len() == expected.len() || probs.len() == expected.len() + 1);
+    // State is carried over ~250 frames; allow the recurrent error to accumulate a little.
+    for (i, (a, b)) in probs.iter().zip(&expected).enumerate() {
+        assert!((a - b).abs() <= 1e-3, "frame {i}: {a} vs onnxruntime {b}");
+    }
+    let segments = p.output("segments").unwrap();
+    let seg = segments.to_f32().unwrap();
+    let truth: serde_json::Value = serde_json::from_slice(&read(model_path("vad/speech_segments.json"))).unwrap();
+    let truth: Vec<(f32, f32)> = truth["speech_seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_f64().unwrap() as f32, s[1].as_f64().unwrap() as f32))
+        .collect();
+    assert_eq!(segments.shape[1], 2);
+    // Each spoken phrase is covered by a detected segment, and no segment lies in the silences.
+    for (start, end) in &truth {
+        let covered = seg.chunks(2).any(|s| s[0] <= start + 0.3 && s[1] >= end - 0.3);
+        assert!(covered, "speech {start}-{end} s not found in {seg:?}");
+    }
+    for s in seg.chunks(2) {
+        let overlaps = truth.iter().any(|(a, b)| s[0] < *b && s[1] > *a);
+        assert!(overlaps, "segment {s:?} is in a silence");
+    }
+    // Monitoring: rms dBFS, speech fraction, mean prob, duration.
+    assert_eq!(model.metadata().monitoring_features, vec!["rms.dbfs", "speech.fraction", "prob.mean", "duration.s"]);
+    assert!((p.monitoring[3] - 8.075).abs() < 0.1, "duration {}", p.monitoring[3]);
+    assert!(p.monitoring[1] > 0.3 && p.monitoring[1] < 0.9, "speech fraction {}", p.monitoring[1]);
+}
+
+#[test]
+fn symbolic_batch_dimension_takes_its_size_from_the_tensor() {
+    let rt = runtime();
+    let (_, model) = load(&DIGITS_GENERIC, &rt);
+    for batch in [1u64, 3, 7] {
+        let x = Tensor::from_f32("X", vec![batch, 64], &vec![0.25; batch as usize * 64]);
+        let p = model.predict(Input::Tensors(vec![x])).unwrap();
+        assert_eq!(p.output("probabilities").unwrap().shape, vec![batch, 10]);
+    }
+}
+
+#[test]
+fn generic_component_takes_json_input() {
+    let rt = runtime();
+    let (_, model) = load(&DIGITS_GENERIC, &rt);
+    let (_, x) = npy_f32("digits/ref_input.npy");
+    let rows: Vec<Vec<f32>> = x.chunks(64).take(2).map(|r| r.to_vec()).collect();
+    let json = serde_json::to_vec(&serde_json::json!({ "X": rows })).unwrap();
+    let p = model.predict(media("application/json", json)).unwrap();
+    let (_, expected) = npy_f32("digits/ref_probabilities.npy");
+    assert_close(&p.output("probabilities").unwrap().to_f32().unwrap(), &expected[..20], "json path");
+}

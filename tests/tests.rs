@@ -1,0 +1,12 @@
+//! End-to-end tests: real models, real guest components built from source,
+//! real signatures, a real compilation cache on disk. One binary, one module
+//! per concern; the attack tests are named after the attack.
+
+mod common;
+
+mod bad_input;
+mod cache;
+mod cli;
+mod hostile_guests;
+mod models;
+mod signature_attacks;
