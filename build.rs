@@ -6,15 +6,33 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 4] = ["edgeml_generic", "edgeml_image_classifier", "edgeml_voice_activity", "edgeml_test_hostile"];
+const GUESTS: [&str; 4] = [
+    "edgeml_generic",
+    "edgeml_image_classifier",
+    "edgeml_voice_activity",
+    "edgeml_test_hostile",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=guest/Cargo.toml");
     println!("cargo:rerun-if-changed=guest/Cargo.lock");
-    for dir in ["guest/sdk/src", "guest/generic/src", "guest/image-classifier/src", "guest/voice-activity/src", "guest/test-hostile/src", "wit"] {
+    for dir in [
+        "guest/sdk/src",
+        "guest/generic/src",
+        "guest/image-classifier/src",
+        "guest/voice-activity/src",
+        "guest/test-hostile/src",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={dir}");
     }
-    for crate_dir in ["sdk", "generic", "image-classifier", "voice-activity", "test-hostile"] {
+    for crate_dir in [
+        "sdk",
+        "generic",
+        "image-classifier",
+        "voice-activity",
+        "test-hostile",
+    ] {
         println!("cargo:rerun-if-changed=guest/{crate_dir}/Cargo.toml");
     }
     println!("cargo:rerun-if-env-changed=EDGEML_GUEST_WASM_DIR");
@@ -33,15 +51,28 @@ fn main() {
 }
 
 fn build_guests() -> PathBuf {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     // <target>/<profile>/build/<pkg>-<hash>/out -> <target>/guest-wasm: shared by
     // every profile, and a separate build directory so the nested cargo does
     // not wait on the outer one's lock.
-    let target_dir = out_dir.ancestors().nth(4).map(Path::to_path_buf).unwrap_or_else(|| out_dir.clone()).join("guest-wasm");
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out_dir.clone())
+        .join("guest-wasm");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(manifest_dir.join("guest/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)

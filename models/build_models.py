@@ -159,6 +159,9 @@ def speech_wav(path):
             rate = w.getframerate()
             pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32)
         # resample to 16 kHz (linear interpolation is enough for a test signal)
+        # trim espeak's leading and trailing silence so the segment bounds are the speech
+        voiced = np.nonzero(np.abs(pcm) > 300)[0]
+        pcm = pcm[voiced[0] : voiced[-1] + 1]
         n = int(len(pcm) * 16000 / rate)
         t = np.linspace(0, len(pcm) - 1, n)
         return np.interp(t, np.arange(len(pcm)), pcm)

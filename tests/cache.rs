@@ -13,7 +13,9 @@ fn second_load_comes_from_cache_without_compiling() {
     let signed = p.sign(&pack(&DIGITS_GENERIC));
 
     let rt = Runtime::new(&config).unwrap();
-    let first = rt.load(&rt.verify(signed.clone(), &p.policy()).unwrap()).unwrap();
+    let first = rt
+        .load(&rt.verify(signed.clone(), &p.policy()).unwrap())
+        .unwrap();
     assert_eq!(first.load_info().cache, CacheOutcome::Miss);
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(entries.len(), 1);
@@ -38,14 +40,23 @@ fn corrupt_cache_entry_is_detected_and_rebuilt() {
     let rt = Runtime::new(&config).unwrap();
     let verified = rt.verify(signed, &p.policy()).unwrap();
     rt.load(&verified).unwrap();
-    let entry = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let entry = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&entry).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&entry, &bytes).unwrap();
 
     let model = rt.load(&verified).unwrap();
-    assert!(matches!(model.load_info().cache, CacheOutcome::Corrupt(ref why) if why.contains("checksum")), "{:?}", model.load_info().cache);
+    assert!(
+        matches!(model.load_info().cache, CacheOutcome::Corrupt(ref why) if why.contains("checksum")),
+        "{:?}",
+        model.load_info().cache
+    );
     let again = rt.load(&verified).unwrap();
     assert_eq!(again.load_info().cache, CacheOutcome::Hit);
 }

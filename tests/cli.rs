@@ -5,12 +5,21 @@ use std::path::Path;
 use std::process::Output;
 
 fn run(args: &[&str], cwd: &Path) -> Output {
-    edgeml().args(args).current_dir(cwd).env("EDGEML_CACHE_DIR", cwd.join("cache")).output().unwrap()
+    edgeml()
+        .args(args)
+        .current_dir(cwd)
+        .env("EDGEML_CACHE_DIR", cwd.join("cache"))
+        .output()
+        .unwrap()
 }
 
 fn ok(args: &[&str], cwd: &Path) -> String {
     let out = run(args, cwd);
-    assert!(out.status.success(), "edgeml {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "edgeml {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -33,7 +42,10 @@ fn digits_bundle(dir: &Path) {
             "--model",
             m.join("digits.onnx").to_str().unwrap(),
             "--component",
-            Path::new(env!("EDGEML_GUEST_DIR")).join("edgeml_image_classifier.wasm").to_str().unwrap(),
+            Path::new(env!("EDGEML_GUEST_DIR"))
+                .join("edgeml_image_classifier.wasm")
+                .to_str()
+                .unwrap(),
             "--labels",
             m.join("labels.txt").to_str().unwrap(),
             "--preprocess",
@@ -55,7 +67,17 @@ fn walkthrough_pack_sign_verify_inspect_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     digits_bundle(dir);
-    let v: serde_json::Value = serde_json::from_str(&ok(&["verify", "digits.wasm", "--trust", "keys/publisher.pub", "--json"], dir)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        &[
+            "verify",
+            "digits.wasm",
+            "--trust",
+            "keys/publisher.pub",
+            "--json",
+        ],
+        dir,
+    ))
+    .unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(v["name"], "digits");
 
@@ -65,11 +87,30 @@ fn walkthrough_pack_sign_verify_inspect_run() {
     assert!(inspect.contains("signer:   key"), "{inspect}");
 
     let png = model_path("digits/holdout/000.png");
-    let out = ok(&["run", "digits.wasm", "--trust", "keys/publisher.pub", "--input", png.to_str().unwrap()], dir);
+    let out = ok(
+        &[
+            "run",
+            "digits.wasm",
+            "--trust",
+            "keys/publisher.pub",
+            "--input",
+            png.to_str().unwrap(),
+        ],
+        dir,
+    );
     assert!(out.contains("top labels:"), "{out}");
-    let labels: serde_json::Value = serde_json::from_slice(&read(model_path("digits/holdout/labels.json"))).unwrap();
+    let labels: serde_json::Value =
+        serde_json::from_slice(&read(model_path("digits/holdout/labels.json"))).unwrap();
     let expected = labels["000.png"].as_u64().unwrap().to_string();
-    let first_label = out.lines().skip_while(|l| !l.starts_with("top labels:")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let first_label = out
+        .lines()
+        .skip_while(|l| !l.starts_with("top labels:"))
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(first_label, expected, "{out}");
 }
 
@@ -79,10 +120,46 @@ fn run_writes_one_npy_per_output_with_safe_names() {
     let dir = tmp.path();
     ok(&["keygen", "--out", "keys", "--name", "me"], dir);
     // Without --component: the generic component built into edgeml.
-    ok(&["pack", "--model", model_path("digits/digits.onnx").to_str().unwrap(), "--name", "digits", "--version", "2.1.0", "--out", "d.wasm"], dir);
-    ok(&["sign", "d.wasm", "--key", "keys/me.key", "--out", "d.signed.wasm"], dir);
+    ok(
+        &[
+            "pack",
+            "--model",
+            model_path("digits/digits.onnx").to_str().unwrap(),
+            "--name",
+            "digits",
+            "--version",
+            "2.1.0",
+            "--out",
+            "d.wasm",
+        ],
+        dir,
+    );
+    ok(
+        &[
+            "sign",
+            "d.wasm",
+            "--key",
+            "keys/me.key",
+            "--out",
+            "d.signed.wasm",
+        ],
+        dir,
+    );
     let input = format!("X={}", model_path("digits/ref_input.npy").display());
-    let out = ok(&["run", "d.signed.wasm", "--trust", "keys/me.pub", "--input", &input, "--output-dir", "out", "--json"], dir);
+    let out = ok(
+        &[
+            "run",
+            "d.signed.wasm",
+            "--trust",
+            "keys/me.pub",
+            "--input",
+            &input,
+            "--output-dir",
+            "out",
+            "--json",
+        ],
+        dir,
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["version"], "2.1.0");
     assert!(dir.join("out/probabilities.npy").is_file());
@@ -93,7 +170,10 @@ fn run_writes_one_npy_per_output_with_safe_names() {
     let (_, expected) = npy_f32("digits/ref_probabilities.npy");
     assert_close(&f.into_vec::<f32>().unwrap(), &expected, "cli output");
     // The unsigned original is refused.
-    let err = fails(&["run", "d.wasm", "--trust", "keys/me.pub", "--input", &input], dir);
+    let err = fails(
+        &["run", "d.wasm", "--trust", "keys/me.pub", "--input", &input],
+        dir,
+    );
     assert!(err.contains("not signed"), "{err}");
 }
 
@@ -106,26 +186,80 @@ fn bad_inputs_exit_non_zero_with_a_clear_error() {
     let png = model_path("digits/holdout/000.png");
     let png = png.to_str().unwrap();
 
-    let err = fails(&["verify", "digits.wasm", "--trust", "other/publisher.pub"], dir);
+    let err = fails(
+        &["verify", "digits.wasm", "--trust", "other/publisher.pub"],
+        dir,
+    );
     assert!(err.contains("no signature by a trusted key"), "{err}");
-    let err = fails(&["run", "digits.wasm", "--trust", "keys/publisher.pub", "--trust", "other/publisher.pub", "--threshold", "2", "--input", png], dir);
+    let err = fails(
+        &[
+            "run",
+            "digits.wasm",
+            "--trust",
+            "keys/publisher.pub",
+            "--trust",
+            "other/publisher.pub",
+            "--threshold",
+            "2",
+            "--input",
+            png,
+        ],
+        dir,
+    );
     assert!(err.contains("needs 2 signatures"), "{err}");
 
     let mut bytes = std::fs::read(dir.join("digits.wasm")).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 1;
     std::fs::write(dir.join("tampered.wasm"), &bytes).unwrap();
-    fails(&["run", "tampered.wasm", "--trust", "keys/publisher.pub", "--input", png], dir);
+    fails(
+        &[
+            "run",
+            "tampered.wasm",
+            "--trust",
+            "keys/publisher.pub",
+            "--input",
+            png,
+        ],
+        dir,
+    );
     std::fs::write(dir.join("truncated.wasm"), &bytes[..n / 3]).unwrap();
-    fails(&["verify", "truncated.wasm", "--trust", "keys/publisher.pub"], dir);
-    std::fs::write(dir.join("model.wasm"), read(model_path("digits/digits.onnx"))).unwrap();
+    fails(
+        &["verify", "truncated.wasm", "--trust", "keys/publisher.pub"],
+        dir,
+    );
+    std::fs::write(
+        dir.join("model.wasm"),
+        read(model_path("digits/digits.onnx")),
+    )
+    .unwrap();
     let err = fails(&["inspect", "model.wasm"], dir);
     assert!(err.contains("not a WebAssembly component"), "{err}");
 
     std::fs::write(dir.join("corrupt.png"), b"\x89PNG\r\n\x1a\ncorrupt").unwrap();
-    let err = fails(&["run", "digits.wasm", "--trust", "keys/publisher.pub", "--input", "corrupt.png"], dir);
+    let err = fails(
+        &[
+            "run",
+            "digits.wasm",
+            "--trust",
+            "keys/publisher.pub",
+            "--input",
+            "corrupt.png",
+        ],
+        dir,
+    );
     assert!(err.contains("cannot decode input"), "{err}");
-    let err = fails(&["run", "digits.wasm", "--trust", "keys/publisher.pub", "--input", "X=missing.npy"], dir);
+    let err = fails(
+        &[
+            "run",
+            "digits.wasm",
+            "--trust",
+            "keys/publisher.pub",
+            "--input",
+            "X=missing.npy",
+        ],
+        dir,
+    );
     assert!(err.contains("missing.npy"), "{err}");
 }
 
@@ -134,9 +268,29 @@ fn bench_json_reports_latency_and_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     digits_bundle(dir);
-    let out = ok(&["bench", "digits.wasm", "--trust", "keys/publisher.pub", "--iterations", "20", "--warmup", "2", "--json"], dir);
+    let out = ok(
+        &[
+            "bench",
+            "digits.wasm",
+            "--trust",
+            "keys/publisher.pub",
+            "--iterations",
+            "20",
+            "--warmup",
+            "2",
+            "--json",
+        ],
+        dir,
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for key in ["p50_us", "p90_us", "p99_us", "throughput_per_s", "cold_load_ms", "cached_load_ms"] {
+    for key in [
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "throughput_per_s",
+        "cold_load_ms",
+        "cached_load_ms",
+    ] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {out}");
     }
     assert_eq!(v["backend"], "native");
@@ -146,7 +300,9 @@ fn bench_json_reports_latency_and_loads() {
 #[test]
 fn every_command_has_help() {
     let tmp = tempfile::tempdir().unwrap();
-    for cmd in ["keygen", "pack", "sign", "verify", "inspect", "run", "bench"] {
+    for cmd in [
+        "keygen", "pack", "sign", "verify", "inspect", "run", "bench",
+    ] {
         let out = ok(&[cmd, "--help"], tmp.path());
         assert!(out.contains("Usage: edgeml"), "{cmd}: {out}");
     }

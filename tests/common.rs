@@ -47,8 +47,13 @@ pub const DIGITS_IMAGE: Spec = Spec {
     labels: Some("digits/labels.txt"),
     preprocess: Some("digits/preprocess.json"),
 };
-pub const DIGITS_GENERIC: Spec =
-    Spec { name: "digits", onnx: "digits/digits.onnx", guest: "edgeml_generic", labels: Some("digits/labels.txt"), preprocess: None };
+pub const DIGITS_GENERIC: Spec = Spec {
+    name: "digits",
+    onnx: "digits/digits.onnx",
+    guest: "edgeml_generic",
+    labels: Some("digits/labels.txt"),
+    preprocess: None,
+};
 pub const VAD: Spec = Spec {
     name: "silero-vad",
     onnx: "vad/silero_vad_16k.onnx",
@@ -56,10 +61,20 @@ pub const VAD: Spec = Spec {
     labels: None,
     preprocess: Some("vad/preprocess.json"),
 };
-pub const SQUEEZENET: Spec =
-    Spec { name: "squeezenet", onnx: "squeezenet/squeezenet.onnx", guest: "edgeml_generic", labels: None, preprocess: None };
-pub const HOSTILE: Spec =
-    Spec { name: "digits", onnx: "digits/digits.onnx", guest: "edgeml_test_hostile", labels: None, preprocess: None };
+pub const SQUEEZENET: Spec = Spec {
+    name: "squeezenet",
+    onnx: "squeezenet/squeezenet.onnx",
+    guest: "edgeml_generic",
+    labels: None,
+    preprocess: None,
+};
+pub const HOSTILE: Spec = Spec {
+    name: "digits",
+    onnx: "digits/digits.onnx",
+    guest: "edgeml_test_hostile",
+    labels: None,
+    preprocess: None,
+};
 
 /// Pack a model with the library API (what `edgeml pack` does).
 pub fn pack(spec: &Spec) -> Vec<u8> {
@@ -67,7 +82,13 @@ pub fn pack(spec: &Spec) -> Vec<u8> {
     let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model).expect("IO schema");
     let labels = spec
         .labels
-        .map(|l| String::from_utf8(read(model_path(l))).unwrap().lines().map(String::from).collect())
+        .map(|l| {
+            String::from_utf8(read(model_path(l)))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     let preprocessing = spec
         .preprocess
@@ -94,7 +115,9 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new() -> Self {
-        Publisher { key: SecretKey::generate().unwrap() }
+        Publisher {
+            key: SecretKey::generate().unwrap(),
+        }
     }
     pub fn policy(&self) -> TrustPolicy {
         TrustPolicy::any_of(vec![self.key.public_key()]).unwrap()
@@ -132,10 +155,16 @@ pub fn npy_tensor(name: &str, rel: &str) -> Tensor {
 pub fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
     for (i, (a, b)) in actual.iter().zip(expected).enumerate() {
-        assert!((a - b).abs() <= ATOL + RTOL * b.abs(), "{what}[{i}]: got {a}, onnxruntime gave {b}");
+        assert!(
+            (a - b).abs() <= ATOL + RTOL * b.abs(),
+            "{what}[{i}]: got {a}, onnxruntime gave {b}"
+        );
     }
 }
 
 pub fn media(media_type: &str, bytes: Vec<u8>) -> Input {
-    Input::Media { media_type: media_type.into(), bytes }
+    Input::Media {
+        media_type: media_type.into(),
+        bytes,
+    }
 }

@@ -37,7 +37,9 @@ fn rejects_bundle_with_any_single_byte_changed() {
     for pos in positions {
         let mut tampered = signed.clone();
         tampered[pos] ^= 0x01;
-        let err = bundle::verify(tampered, &policy).err().unwrap_or_else(|| panic!("byte {pos} changed but the bundle verified"));
+        let err = bundle::verify(tampered, &policy)
+            .err()
+            .unwrap_or_else(|| panic!("byte {pos} changed but the bundle verified"));
         assert!(
             matches!(
                 err,
@@ -62,7 +64,10 @@ fn rejects_content_modified_after_signing() {
     let mut tampered = signed.clone();
     let last = tampered.len() - 1; // inside the trailing delimiter section
     tampered[last] ^= 0xff;
-    assert!(matches!(bundle::verify(tampered, &p.policy()), Err(Error::ContentMismatch { .. })));
+    assert!(matches!(
+        bundle::verify(tampered, &p.policy()),
+        Err(Error::ContentMismatch { .. })
+    ));
 }
 
 #[test]
@@ -76,7 +81,10 @@ fn rejects_altered_signature_bytes() {
     let mut tampered = signed.clone();
     tampered[end - 10] ^= 0x40;
     let err = bundle::verify(tampered, &p.policy()).unwrap_err();
-    assert!(matches!(err, Error::BadSignature { ref key_id } if *key_id == p.key.public_key().id().to_string()), "{err:?}");
+    assert!(
+        matches!(err, Error::BadSignature { ref key_id } if *key_id == p.key.public_key().id().to_string()),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -84,7 +92,10 @@ fn rejects_truncated_bundle() {
     let (p, signed) = signed_digits();
     for cut in [signed.len() - 1, signed.len() / 2, 100, 9] {
         let err = bundle::verify(signed[..cut].to_vec(), &p.policy()).unwrap_err();
-        assert!(matches!(err, Error::Malformed { .. } | Error::ContentMismatch { .. }), "cut at {cut}: {err:?}");
+        assert!(
+            matches!(err, Error::Malformed { .. } | Error::ContentMismatch { .. }),
+            "cut at {cut}: {err:?}"
+        );
     }
 }
 
@@ -93,19 +104,41 @@ fn rejects_signature_by_untrusted_key() {
     let (_, signed) = signed_digits();
     let stranger = Publisher::new();
     let err = bundle::verify(signed, &stranger.policy()).unwrap_err();
-    assert!(matches!(err, Error::UntrustedSigner { ref signers } if signers.len() == 1), "{err:?}");
+    assert!(
+        matches!(err, Error::UntrustedSigner { ref signers } if signers.len() == 1),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn rejects_too_few_signatures_for_threshold() {
     let (a, b, c) = (Publisher::new(), Publisher::new(), Publisher::new());
-    let policy = TrustPolicy::new(vec![a.key.public_key(), b.key.public_key(), c.key.public_key()], 2).unwrap();
+    let policy = TrustPolicy::new(
+        vec![a.key.public_key(), b.key.public_key(), c.key.public_key()],
+        2,
+    )
+    .unwrap();
     let once = a.sign(&pack(&DIGITS_GENERIC));
     let err = bundle::verify(once.clone(), &policy).unwrap_err();
-    assert!(matches!(err, Error::ThresholdNotMet { valid: 1, required: 2 }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::ThresholdNotMet {
+                valid: 1,
+                required: 2
+            }
+        ),
+        "{err:?}"
+    );
     // The same key signing twice still counts once.
     let twice = a.sign(&once);
-    assert!(matches!(bundle::verify(twice, &policy), Err(Error::ThresholdNotMet { valid: 1, required: 2 })));
+    assert!(matches!(
+        bundle::verify(twice, &policy),
+        Err(Error::ThresholdNotMet {
+            valid: 1,
+            required: 2
+        })
+    ));
     // A second distinct trusted key meets the threshold.
     let two = c.sign(&once);
     let v = bundle::verify(two, &policy).unwrap();
@@ -117,8 +150,14 @@ fn rejects_policy_listing_same_key_twice() {
     let p = Publisher::new();
     let err = TrustPolicy::new(vec![p.key.public_key(), p.key.public_key()], 2).unwrap_err();
     assert!(matches!(err, Error::InvalidPolicy(_)));
-    assert!(matches!(TrustPolicy::new(vec![p.key.public_key()], 0), Err(Error::InvalidPolicy(_))));
-    assert!(matches!(TrustPolicy::new(vec![p.key.public_key()], 2), Err(Error::InvalidPolicy(_))));
+    assert!(matches!(
+        TrustPolicy::new(vec![p.key.public_key()], 0),
+        Err(Error::InvalidPolicy(_))
+    ));
+    assert!(matches!(
+        TrustPolicy::new(vec![p.key.public_key()], 2),
+        Err(Error::InvalidPolicy(_))
+    ));
 }
 
 #[test]
@@ -128,8 +167,19 @@ fn rejects_file_that_is_not_a_component() {
     assert!(matches!(err, Error::NotAComponent { .. }), "{err:?}");
     let core_module = b"\0asm\x01\0\0\0".to_vec();
     let err = bundle::verify(core_module, &p.policy()).unwrap_err();
-    assert!(matches!(err, Error::NotAComponent { found: "a core module" }), "{err:?}");
-    assert!(matches!(bundle::verify(Vec::new(), &p.policy()), Err(Error::NotAComponent { .. })));
+    assert!(
+        matches!(
+            err,
+            Error::NotAComponent {
+                found: "a core module"
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        bundle::verify(Vec::new(), &p.policy()),
+        Err(Error::NotAComponent { .. })
+    ));
 }
 
 #[test]
@@ -141,7 +191,10 @@ fn rejects_signature_section_not_first() {
     let mut moved = signed[..8].to_vec();
     moved.extend_from_slice(&signed[8 + sig_len..]);
     moved.extend_from_slice(&signed[8..8 + sig_len]);
-    assert!(matches!(bundle::verify(moved, &p.policy()), Err(Error::MisplacedSignature)));
+    assert!(matches!(
+        bundle::verify(moved, &p.policy()),
+        Err(Error::MisplacedSignature)
+    ));
 }
 
 #[test]
@@ -155,13 +208,19 @@ fn rejects_manifest_whose_model_digest_does_not_match() {
     let forged_digest = "0".repeat(64);
     let text = unsafe_replace(&unsigned, digest.as_bytes(), forged_digest.as_bytes());
     let err = bundle::verify(p.sign(&text), &p.policy()).unwrap_err();
-    assert!(matches!(err, Error::DigestMismatch { what: "model", .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::DigestMismatch { what: "model", .. }),
+        "{err:?}"
+    );
 }
 
 /// Replace one occurrence of `from` by `to` (same length).
 fn unsafe_replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     assert_eq!(from.len(), to.len());
-    let pos = hay.windows(from.len()).position(|w| w == from).expect("pattern present");
+    let pos = hay
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern present");
     let mut out = hay.to_vec();
     out[pos..pos + to.len()].copy_from_slice(to);
     out
@@ -170,9 +229,22 @@ fn unsafe_replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 #[test]
 fn rejects_bundle_over_size_limit() {
     let (p, signed) = signed_digits();
-    let limits = bundle::Limits { max_bundle_bytes: 1024, ..Default::default() };
+    let limits = bundle::Limits {
+        max_bundle_bytes: 1024,
+        ..Default::default()
+    };
     let err = bundle::verify_with_limits(signed, &p.policy(), &limits).unwrap_err();
-    assert!(matches!(err, Error::LimitExceeded { what: "bundle size", limit: 1024, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                what: "bundle size",
+                limit: 1024,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -196,7 +268,10 @@ fn rejects_bundle_for_newer_host() {
     let rt = runtime();
     let verified = rt.verify(p.sign(&unsigned), &p.policy()).unwrap();
     let err = rt.load(&verified).unwrap_err();
-    assert!(matches!(err, edgeml_runtime::Error::Bundle(Error::HostTooOld { .. })), "{err:?}");
+    assert!(
+        matches!(err, edgeml_runtime::Error::Bundle(Error::HostTooOld { .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -209,13 +284,28 @@ fn keys_round_trip_in_tool_conventions_format() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     assert_eq!(PublicKey::from_file(&public).unwrap(), key.public_key());
-    assert_eq!(SecretKey::from_file(&secret).unwrap().public_key(), key.public_key());
+    assert_eq!(
+        SecretKey::from_file(&secret).unwrap().public_key(),
+        key.public_key()
+    );
     // A secret key where a public key belongs, and the reverse, are refused.
-    assert!(matches!(PublicKey::from_file(&secret), Err(Error::InvalidKey { .. })));
-    assert!(matches!(SecretKey::from_file(&public), Err(Error::InvalidKey { .. })));
+    assert!(matches!(
+        PublicKey::from_file(&secret),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        SecretKey::from_file(&public),
+        Err(Error::InvalidKey { .. })
+    ));
     // Never overwrite a key.
-    assert!(matches!(key.write_pair(dir.path(), "k"), Err(Error::Io { .. })));
+    assert!(matches!(
+        key.write_pair(dir.path(), "k"),
+        Err(Error::Io { .. })
+    ));
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 /// Signed WebAssembly model components for edge fleets.
 #[derive(Debug, Parser)]
-#[command(name = "edgeml", version, about, propagate_version = true)]
+#[command(name = "edgeml", version, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -13,7 +13,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         bail!("--iterations and --threads must be at least 1");
     }
     let policy = policy(&args.trust)?;
-    let bundle_len = std::fs::metadata(&args.bundle).with_context(|| format!("reading {}", args.bundle.display()))?.len();
+    let bundle_len = std::fs::metadata(&args.bundle)
+        .with_context(|| format!("reading {}", args.bundle.display()))?
+        .len();
     // A private cache so the first load really compiles and the second really does not.
     let cache = tempfile::tempdir().context("creating a temporary cache directory")?;
     let mut cfg = config(&args.host)?;
@@ -34,7 +36,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let runtime = Runtime::new(&cfg)?;
     let (_, model) = load(&runtime, &args.bundle, &policy)?;
     if model.load_info().cache != CacheOutcome::Hit {
-        bail!("the second load did not come from the cache: {:?}", model.load_info().cache);
+        bail!(
+            "the second load did not come from the cache: {:?}",
+            model.load_info().cache
+        );
     }
     model.predict(input.clone())?;
     let cached_load = t.elapsed();
@@ -72,11 +77,30 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{} {} (native backend, {} bytes)", model.manifest().name, model.manifest().version, bundle_len);
-        println!("cold load (verify + compile):           {:>10.1} ms", ms(cold_load));
-        println!("cached load (verify + load + 1st call): {:>10.1} ms", ms(cached_load));
-        println!("predict p50 / p90 / p99:                {:>10.1} / {:.1} / {:.1} us", us(pct(0.5)), us(pct(0.9)), us(pct(0.99)));
-        println!("throughput ({} thread(s)):               {:>10.1} /s", args.threads, throughput);
+        println!(
+            "{} {} (native backend, {} bytes)",
+            model.manifest().name,
+            model.manifest().version,
+            bundle_len
+        );
+        println!(
+            "cold load (verify + compile):           {:>10.1} ms",
+            ms(cold_load)
+        );
+        println!(
+            "cached load (verify + load + 1st call): {:>10.1} ms",
+            ms(cached_load)
+        );
+        println!(
+            "predict p50 / p90 / p99:                {:>10.1} / {:.1} / {:.1} us",
+            us(pct(0.5)),
+            us(pct(0.9)),
+            us(pct(0.99))
+        );
+        println!(
+            "throughput ({} thread(s)):               {:>10.1} /s",
+            args.threads, throughput
+        );
     }
     Ok(())
 }
@@ -96,7 +120,8 @@ fn throughput(model: &Model, input: &Input, threads: usize, iterations: usize) -
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))??;
         }
         Ok(())
     })?;
@@ -111,9 +136,18 @@ fn zeros(model: &Model) -> Input {
             .inputs
             .iter()
             .map(|s| {
-                let shape: Vec<u64> = s.shape.iter().map(|d| if let Dim::Fixed(n) = d { *n } else { 1 }).collect();
+                let shape: Vec<u64> = s
+                    .shape
+                    .iter()
+                    .map(|d| if let Dim::Fixed(n) = d { *n } else { 1 })
+                    .collect();
                 let n = shape.iter().product::<u64>() as usize;
-                Tensor { name: s.name.clone(), dtype: s.dtype, shape, data: vec![0; n * s.dtype.size()] }
+                Tensor {
+                    name: s.name.clone(),
+                    dtype: s.dtype,
+                    shape,
+                    data: vec![0; n * s.dtype.size()],
+                }
             })
             .collect(),
     )

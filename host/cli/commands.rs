@@ -2,7 +2,9 @@ use crate::args::{Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArg
 use crate::npy;
 use anyhow::{bail, Context, Result};
 use edgeml_runtime::bundle::{self, PackOptions, SecretKey};
-use edgeml_runtime::{Config, Input, Model, PublicKey, Runtime, Tensor, TrustPolicy, VerifiedBundle};
+use edgeml_runtime::{
+    Config, Input, Model, PublicKey, Runtime, Tensor, TrustPolicy, VerifiedBundle,
+};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,16 +12,36 @@ use std::time::Duration;
 
 /// The components built into `edgeml` (from guest/, by build.rs), by name.
 pub const BUILTIN_COMPONENTS: [(&str, &[u8]); 3] = [
-    ("generic", include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_generic.wasm"))),
-    ("image-classifier", include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_image_classifier.wasm"))),
-    ("voice-activity", include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_voice_activity.wasm"))),
+    (
+        "generic",
+        include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_generic.wasm")),
+    ),
+    (
+        "image-classifier",
+        include_bytes!(concat!(
+            env!("EDGEML_GUEST_DIR"),
+            "/edgeml_image_classifier.wasm"
+        )),
+    ),
+    (
+        "voice-activity",
+        include_bytes!(concat!(
+            env!("EDGEML_GUEST_DIR"),
+            "/edgeml_voice_activity.wasm"
+        )),
+    ),
 ];
 
 /// `--component`: a .wasm file, or the name of a built-in component; none means `generic`.
 fn component_bytes(arg: Option<&Path>) -> Result<Vec<u8>> {
-    let Some(path) = arg else { return Ok(BUILTIN_COMPONENTS[0].1.to_vec()) };
+    let Some(path) = arg else {
+        return Ok(BUILTIN_COMPONENTS[0].1.to_vec());
+    };
     if !path.exists() {
-        if let Some((_, bytes)) = BUILTIN_COMPONENTS.iter().find(|(n, _)| Path::new(n) == path) {
+        if let Some((_, bytes)) = BUILTIN_COMPONENTS
+            .iter()
+            .find(|(n, _)| Path::new(n) == path)
+        {
             return Ok(bytes.to_vec());
         }
     }
@@ -31,7 +53,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Keygen { out, name, json } => keygen(&out, &name, json),
         Command::Pack(args) => pack(&args),
         Command::Sign { bundle, key, out } => sign(&bundle, &key, out.as_deref()),
-        Command::Verify { bundle, trust, json } => verify(&bundle, &trust, json),
+        Command::Verify {
+            bundle,
+            trust,
+            json,
+        } => verify(&bundle, &trust, json),
         Command::Inspect { bundle, json } => inspect(&bundle, json),
         Command::Run(args) => run_model(&args),
         Command::Bench(args) => crate::bench::bench(&args),
@@ -47,9 +73,16 @@ fn keygen(out: &Path, name: &str, json: bool) -> Result<()> {
     let (secret, public) = key.write_pair(out, name)?;
     let id = key.public_key().id().to_string();
     if json {
-        println!("{}", json!({"secret_key": secret, "public_key": public, "key_id": id}));
+        println!(
+            "{}",
+            json!({"secret_key": secret, "public_key": public, "key_id": id})
+        );
     } else {
-        println!("secret key: {} (keep it secret)\npublic key: {}\nkey id:     {id}", secret.display(), public.display());
+        println!(
+            "secret key: {} (keep it secret)\npublic key: {}\nkey id:     {id}",
+            secret.display(),
+            public.display()
+        );
     }
     Ok(())
 }
@@ -57,7 +90,8 @@ fn keygen(out: &Path, name: &str, json: bool) -> Result<()> {
 fn pack(args: &PackArgs) -> Result<()> {
     let model = read(&args.model)?;
     let component = component_bytes(args.component.as_deref())?;
-    let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model).with_context(|| format!("reading {}", args.model.display()))?;
+    let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model)
+        .with_context(|| format!("reading {}", args.model.display()))?;
     let labels = match &args.labels {
         Some(p) => std::fs::read_to_string(p)
             .with_context(|| format!("reading {}", p.display()))?
@@ -70,18 +104,26 @@ fn pack(args: &PackArgs) -> Result<()> {
     };
     let preprocessing = match &args.preprocess {
         Some(p) => {
-            let v: serde_json::Value =
-                serde_json::from_slice(&read(p)?).with_context(|| format!("{} is not valid JSON", p.display()))?;
+            let v: serde_json::Value = serde_json::from_slice(&read(p)?)
+                .with_context(|| format!("{} is not valid JSON", p.display()))?;
             if !v.is_object() {
-                bail!("{}: preprocessing parameters must be a JSON object", p.display());
+                bail!(
+                    "{}: preprocessing parameters must be a JSON object",
+                    p.display()
+                );
             }
             v
         }
         None => serde_json::Value::Null,
     };
-    let version = semver::Version::parse(&args.version).with_context(|| format!("version `{}` is not semver (e.g. 1.0.0)", args.version))?;
-    let min_host = args.min_host_version.as_deref().unwrap_or(edgeml_runtime::HOST_VERSION);
-    let min_host_version = semver::Version::parse(min_host).with_context(|| format!("min host version `{min_host}` is not semver"))?;
+    let version = semver::Version::parse(&args.version)
+        .with_context(|| format!("version `{}` is not semver (e.g. 1.0.0)", args.version))?;
+    let min_host = args
+        .min_host_version
+        .as_deref()
+        .unwrap_or(edgeml_runtime::HOST_VERSION);
+    let min_host_version = semver::Version::parse(min_host)
+        .with_context(|| format!("min host version `{min_host}` is not semver"))?;
     let bytes = bundle::pack(&PackOptions {
         name: &args.name,
         version,
@@ -99,7 +141,12 @@ fn pack(args: &PackArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info.manifest)?);
     } else {
-        println!("packed {} ({} bytes, unsigned); sign it with `edgeml sign {} --key KEY`", args.out.display(), bytes.len(), args.out.display());
+        println!(
+            "packed {} ({} bytes, unsigned); sign it with `edgeml sign {} --key KEY`",
+            args.out.display(),
+            bytes.len(),
+            args.out.display()
+        );
     }
     Ok(())
 }
@@ -115,18 +162,27 @@ fn sign(path: &Path, key: &Path, out: Option<&Path>) -> Result<()> {
     let signed = bundle::sign(&read(path)?, &key)?;
     let out = out.unwrap_or(path);
     write_atomic(out, &signed)?;
-    println!("signed {} with key {}", out.display(), key.public_key().id());
+    println!(
+        "signed {} with key {}",
+        out.display(),
+        key.public_key().id()
+    );
     Ok(())
 }
 
 pub fn policy(trust: &TrustArgs) -> Result<TrustPolicy> {
-    let keys = trust.keys.iter().map(PublicKey::from_file).collect::<Result<Vec<_>, _>>()?;
+    let keys = trust
+        .keys
+        .iter()
+        .map(PublicKey::from_file)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(TrustPolicy::new(keys, trust.threshold)?)
 }
 
 fn verify(path: &Path, trust: &TrustArgs, json: bool) -> Result<()> {
     let policy = policy(trust)?;
-    let verified = bundle::verify(read(path)?, &policy).with_context(|| format!("{} failed verification", path.display()))?;
+    let verified = bundle::verify(read(path)?, &policy)
+        .with_context(|| format!("{} failed verification", path.display()))?;
     let m = verified.manifest();
     let signers: Vec<String> = verified.signers().iter().map(|k| k.to_string()).collect();
     if json {
@@ -135,7 +191,13 @@ fn verify(path: &Path, trust: &TrustArgs, json: bool) -> Result<()> {
             json!({"ok": true, "name": m.name, "version": m.version.to_string(), "digest": verified.digest_hex(), "signers": signers})
         );
     } else {
-        println!("OK {} {} (digest {}), signed by {}", m.name, m.version, verified.digest_hex(), signers.join(", "));
+        println!(
+            "OK {} {} (digest {}), signed by {}",
+            m.name,
+            m.version,
+            verified.digest_hex(),
+            signers.join(", ")
+        );
     }
     Ok(())
 }
@@ -150,9 +212,18 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     println!("content:  sha256 {}", info.content_sha256);
     match &info.manifest {
         Some(m) => {
-            println!("model:    {} {} (created {}, needs host >= {})", m.name, m.version, m.created, m.min_host_version);
-            println!("onnx:     {} bytes, sha256 {}", m.model.digest.size, m.model.digest.sha256);
-            println!("guest:    {} bytes, sha256 {}", m.component.size, m.component.sha256);
+            println!(
+                "model:    {} {} (created {}, needs host >= {})",
+                m.name, m.version, m.created, m.min_host_version
+            );
+            println!(
+                "onnx:     {} bytes, sha256 {}",
+                m.model.digest.size, m.model.digest.sha256
+            );
+            println!(
+                "guest:    {} bytes, sha256 {}",
+                m.component.size, m.component.sha256
+            );
             for s in &m.inputs {
                 println!("input:    {} {} {}", s.name, s.dtype, s.shape_string());
             }
@@ -173,7 +244,11 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         println!("signers:  none (unsigned)");
     }
     for s in &info.signatures {
-        let note = if s.covers_content { "" } else { " (does not cover the current content)" };
+        let note = if s.covers_content {
+            ""
+        } else {
+            " (does not cover the current content)"
+        };
         println!("signer:   key {} ({}){note}", s.key_id, s.algorithm);
     }
     println!("(inspect verifies nothing; use `edgeml verify`)");
@@ -185,7 +260,9 @@ pub fn config(host: &HostArgs) -> Result<Config> {
     if !host.timeout.is_finite() || host.timeout <= 0.0 {
         bail!("--timeout must be a positive number of seconds");
     }
-    config.timeout(Duration::from_secs_f64(host.timeout)).max_memory_bytes(host.max_memory_mib << 20);
+    config
+        .timeout(Duration::from_secs_f64(host.timeout))
+        .max_memory_bytes(host.max_memory_mib << 20);
     if !host.no_cache {
         if let Some(dir) = host.cache_dir.clone().or_else(default_cache_dir) {
             config.cache_dir(dir);
@@ -204,9 +281,17 @@ fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/edgeml"))
 }
 
-pub fn load(runtime: &Runtime, path: &Path, policy: &TrustPolicy) -> Result<(VerifiedBundle, Model)> {
-    let verified = runtime.verify(read(path)?, policy).with_context(|| format!("{} failed verification", path.display()))?;
-    let model = runtime.load(&verified).with_context(|| format!("loading {}", path.display()))?;
+pub fn load(
+    runtime: &Runtime,
+    path: &Path,
+    policy: &TrustPolicy,
+) -> Result<(VerifiedBundle, Model)> {
+    let verified = runtime
+        .verify(read(path)?, policy)
+        .with_context(|| format!("{} failed verification", path.display()))?;
+    let model = runtime
+        .load(&verified)
+        .with_context(|| format!("loading {}", path.display()))?;
     Ok((verified, model))
 }
 
@@ -226,14 +311,20 @@ pub fn parse_inputs(args: &InputArgs) -> Result<Option<Input>> {
                 if media.is_some() {
                     bail!("only one media file can be given");
                 }
-                let input = Input::media_for_extension(ext, read(path)?)
-                    .with_context(|| format!("{}: unknown media type; use .png, .jpg, .wav or .json", path.display()))?;
+                let input = Input::media_for_extension(ext, read(path)?).with_context(|| {
+                    format!(
+                        "{}: unknown media type; use .png, .jpg, .wav or .json",
+                        path.display()
+                    )
+                })?;
                 media = Some(input);
             }
         }
     }
     match (media, tensors.is_empty()) {
-        (Some(_), false) => bail!("give either tensors (NAME=FILE.npy) or one media file, not both"),
+        (Some(_), false) => {
+            bail!("give either tensors (NAME=FILE.npy) or one media file, not both")
+        }
         (Some(m), true) => Ok(Some(m)),
         (None, false) => Ok(Some(Input::Tensors(tensors))),
         (None, true) => Ok(None),
@@ -243,7 +334,9 @@ pub fn parse_inputs(args: &InputArgs) -> Result<Option<Input>> {
 fn run_model(args: &RunArgs) -> Result<()> {
     let policy = policy(&args.trust)?;
     let runtime = Runtime::new(&config(&args.host)?)?;
-    let input = parse_inputs(&args.input)?.context("give --input NAME=FILE.npy for each model input, or --input FILE.png/.jpg/.wav/.json")?;
+    let input = parse_inputs(&args.input)?.context(
+        "give --input NAME=FILE.npy for each model input, or --input FILE.png/.jpg/.wav/.json",
+    )?;
     let (_, model) = load(&runtime, &args.bundle, &policy)?;
     let prediction = model.predict(input)?;
     let mut files = Vec::new();
@@ -284,10 +377,25 @@ fn run_model(args: &RunArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{} {} ({})", model.manifest().name, model.manifest().version, model.metadata().component);
+    println!(
+        "{} {} ({})",
+        model.manifest().name,
+        model.manifest().version,
+        model.metadata().component
+    );
     for t in &prediction.outputs {
-        let file = files.iter().find(|(n, _)| n == &t.name).map(|(_, p)| format!(" -> {}", p.display())).unwrap_or_default();
-        println!("  {} {} {:?} {:?}{file}", t.name, t.dtype, t.shape, preview(t, 6));
+        let file = files
+            .iter()
+            .find(|(n, _)| n == &t.name)
+            .map(|(_, p)| format!(" -> {}", p.display()))
+            .unwrap_or_default();
+        println!(
+            "  {} {} {:?} {:?}{file}",
+            t.name,
+            t.dtype,
+            t.shape,
+            preview(t, 6)
+        );
     }
     if let Some(scores) = &prediction.scores {
         println!("top labels:");

@@ -8,21 +8,36 @@ use std::path::Path;
 /// Read `path` as a tensor called `name`. C order only; the shape comes from the file.
 pub fn read(name: &str, path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = npyz::NpyFile::new(&bytes[..]).with_context(|| format!("{} is not a .npy file", path.display()))?;
+    let file = npyz::NpyFile::new(&bytes[..])
+        .with_context(|| format!("{} is not a .npy file", path.display()))?;
     if file.order() == npyz::Order::Fortran {
-        bail!("{}: Fortran-ordered arrays are not supported; save it with np.ascontiguousarray", path.display());
+        bail!(
+            "{}: Fortran-ordered arrays are not supported; save it with np.ascontiguousarray",
+            path.display()
+        );
     }
     let shape = file.shape().to_vec();
     let descr = file.dtype().descr();
-    let (dtype, data) = match descr.trim_start_matches(['<', '>', '|', '=']) {
+    let (dtype, data) = match descr
+        .trim_matches('\'')
+        .trim_start_matches(['<', '>', '|', '='])
+    {
         "f4" => (Dtype::F32, le(file.into_vec::<f32>()?, f32::to_le_bytes)),
         "f8" => (Dtype::F64, le(file.into_vec::<f64>()?, f64::to_le_bytes)),
         "i4" => (Dtype::I32, le(file.into_vec::<i32>()?, i32::to_le_bytes)),
         "i8" => (Dtype::I64, le(file.into_vec::<i64>()?, i64::to_le_bytes)),
         "u1" => (Dtype::U8, file.into_vec::<u8>()?),
-        other => bail!("{}: dtype `{other}` is not supported (use float32, float64, int32, int64 or uint8)", path.display()),
+        other => bail!(
+            "{}: dtype `{other}` is not supported (use float32, float64, int32, int64 or uint8)",
+            path.display()
+        ),
     };
-    Ok(Tensor { name: name.to_string(), dtype, shape, data })
+    Ok(Tensor {
+        name: name.to_string(),
+        dtype,
+        shape,
+        data,
+    })
 }
 
 fn le<T: Copy, const N: usize>(v: Vec<T>, f: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -31,14 +46,22 @@ fn le<T: Copy, const N: usize>(v: Vec<T>, f: fn(T) -> [u8; N]) -> Vec<u8> {
 
 /// Write a tensor to `path`.
 pub fn write(t: &Tensor, path: &Path) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let w = std::io::BufWriter::new(file);
     let size = t.dtype.size();
     let chunks = t.data.chunks_exact(size);
     macro_rules! put {
         ($ty:ty) => {{
-            let mut out = npyz::WriteOptions::<$ty>::new().default_dtype().shape(&t.shape).writer(w).begin_nd()?;
-            out.extend(chunks.map(|c| <$ty>::from_le_bytes(c.try_into().expect("chunk size matches dtype"))))?;
+            let mut out = npyz::WriteOptions::<$ty>::new()
+                .default_dtype()
+                .shape(&t.shape)
+                .writer(w)
+                .begin_nd()?;
+            out.extend(
+                chunks
+                    .map(|c| <$ty>::from_le_bytes(c.try_into().expect("chunk size matches dtype"))),
+            )?;
             out.finish()?;
         }};
     }
@@ -58,7 +81,13 @@ pub fn write(t: &Tensor, path: &Path) -> Result<()> {
 pub fn file_stem(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     while s.starts_with('.') {
         s.replace_range(..1, "_");
@@ -93,7 +122,12 @@ mod tests {
             (Dtype::I64, (-9i64).to_le_bytes().repeat(6)),
             (Dtype::U8, vec![3u8; 6]),
         ] {
-            let t = Tensor { name: "x".into(), dtype, shape: vec![2, 3], data };
+            let t = Tensor {
+                name: "x".into(),
+                dtype,
+                shape: vec![2, 3],
+                data,
+            };
             let p = dir.path().join(format!("{dtype}.npy"));
             write(&t, &p).unwrap();
             assert_eq!(read("x", &p).unwrap(), t);

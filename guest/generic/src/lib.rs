@@ -37,15 +37,25 @@ impl Guest for Generic {
     fn metadata() -> Result<Metadata, Error> {
         let names = monitoring_names()?;
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        edgeml_guest::metadata(concat!("edgeml-generic@", env!("CARGO_PKG_VERSION")), &["application/json"], &names)
+        edgeml_guest::metadata(
+            concat!("edgeml-generic@", env!("CARGO_PKG_VERSION")),
+            &["application/json"],
+            &names,
+        )
     }
 
     fn predict(input: Input) -> Result<Prediction, Error> {
         let m = edgeml_guest::manifest()?;
-        let params: Params = if m.preprocessing.is_null() { Params::default() } else { m.preprocessing()? };
+        let params: Params = if m.preprocessing.is_null() {
+            Params::default()
+        } else {
+            m.preprocessing()?
+        };
         let inputs = match input {
             Input::Tensors(t) => t,
-            Input::Media(media) if media.media_type == "application/json" => from_json(&media.bytes)?,
+            Input::Media(media) if media.media_type == "application/json" => {
+                from_json(&media.bytes)?
+            }
             Input::Media(media) => {
                 return Err(Error::UnsupportedMedia(format!(
                     "the generic component takes tensors or application/json, not {}",
@@ -69,26 +79,36 @@ impl Guest for Generic {
             params.softmax,
         )?
         .map(|(top, _)| top);
-        Ok(Prediction { outputs, scores, monitoring })
+        Ok(Prediction {
+            outputs,
+            scores,
+            monitoring,
+        })
     }
 }
 
 /// `{"name": nested array}` -> tensors, dtype from the manifest.
 fn from_json(bytes: &[u8]) -> Result<Vec<Tensor>, Error> {
     let m = edgeml_guest::manifest()?;
-    let doc: Value = serde_json::from_slice(bytes).map_err(|e| Error::Decode(format!("JSON input: {e}")))?;
-    let obj = doc
-        .as_object()
-        .ok_or_else(|| Error::Decode("JSON input must be an object mapping input names to arrays".into()))?;
+    let doc: Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::Decode(format!("JSON input: {e}")))?;
+    let obj = doc.as_object().ok_or_else(|| {
+        Error::Decode("JSON input must be an object mapping input names to arrays".into())
+    })?;
     let mut out = Vec::new();
     for (name, value) in obj {
         let spec = m.inputs.iter().find(|s| &s.name == name).ok_or_else(|| {
             let known: Vec<&str> = m.inputs.iter().map(|s| s.name.as_str()).collect();
-            Error::InvalidInput(format!("unknown input `{name}`; the model's inputs are {known:?}"))
+            Error::InvalidInput(format!(
+                "unknown input `{name}`; the model's inputs are {known:?}"
+            ))
         })?;
-        let dtype = spec
-            .dtype()
-            .ok_or_else(|| Error::Config(format!("input `{name}` has unsupported dtype {}", spec.dtype)))?;
+        let dtype = spec.dtype().ok_or_else(|| {
+            Error::Config(format!(
+                "input `{name}` has unsupported dtype {}",
+                spec.dtype
+            ))
+        })?;
         let mut shape = Vec::new();
         let mut values = Vec::new();
         flatten(value, 0, &mut shape, &mut values)
@@ -98,7 +118,12 @@ fn from_json(bytes: &[u8]) -> Result<Vec<Tensor>, Error> {
     Ok(out)
 }
 
-fn flatten(v: &Value, depth: usize, shape: &mut Vec<u64>, out: &mut Vec<f64>) -> Result<(), String> {
+fn flatten(
+    v: &Value,
+    depth: usize,
+    shape: &mut Vec<u64>,
+    out: &mut Vec<f64>,
+) -> Result<(), String> {
     match v {
         Value::Number(n) => {
             if depth != shape.len() {
@@ -113,7 +138,9 @@ fn flatten(v: &Value, depth: usize, shape: &mut Vec<u64>, out: &mut Vec<f64>) ->
             } else if shape.get(depth) != Some(&(items.len() as u64)) {
                 return Err("ragged array".into());
             }
-            items.iter().try_for_each(|i| flatten(i, depth + 1, shape, out))
+            items
+                .iter()
+                .try_for_each(|i| flatten(i, depth + 1, shape, out))
         }
         _ => Err("expected numbers or arrays of numbers".into()),
     }

@@ -66,7 +66,14 @@ fn default_max_pixels() -> u64 {
     16 << 20
 }
 
-const MONITORING: [&str; 6] = ["pixel.mean", "pixel.std", "pixel.min", "pixel.max", "top1.score", "scores.entropy"];
+const MONITORING: [&str; 6] = [
+    "pixel.mean",
+    "pixel.std",
+    "pixel.min",
+    "pixel.max",
+    "top1.score",
+    "scores.entropy",
+];
 
 impl Guest for ImageClassifier {
     fn metadata() -> Result<Metadata, Error> {
@@ -99,22 +106,38 @@ impl Guest for ImageClassifier {
         let pixels = tensor::to_f32(&inputs[0])?;
         let mut monitoring = edgeml_guest::stats(&pixels).to_vec();
         let outputs = edgeml_guest::compute(inputs)?;
-        let scored = edgeml_guest::label_scores(&outputs, p.scores_output.as_deref(), p.top_k, p.softmax)?;
+        let scored =
+            edgeml_guest::label_scores(&outputs, p.scores_output.as_deref(), p.top_k, p.softmax)?;
         let (top1, entropy) = match &scored {
-            Some((top, probs)) => (top.first().map_or(0.0, |s| s.score), edgeml_guest::entropy(probs)),
+            Some((top, probs)) => (
+                top.first().map_or(0.0, |s| s.score),
+                edgeml_guest::entropy(probs),
+            ),
             None => (0.0, 0.0),
         };
         monitoring.extend([top1, entropy]);
-        Ok(Prediction { outputs, scores: scored.map(|(top, _)| top), monitoring })
+        Ok(Prediction {
+            outputs,
+            scores: scored.map(|(top, _)| top),
+            monitoring,
+        })
     }
 }
 
-fn preprocess(bytes: &[u8], format: ImageFormat, p: &Params) -> Result<edgeml_guest::Tensor, Error> {
+fn preprocess(
+    bytes: &[u8],
+    format: ImageFormat,
+    p: &Params,
+) -> Result<edgeml_guest::Tensor, Error> {
     let m = edgeml_guest::manifest()?;
     let channels: usize = match p.color.as_str() {
         "gray" => 1,
         "rgb" => 3,
-        other => return Err(Error::Config(format!("color must be `gray` or `rgb`, not `{other}`"))),
+        other => {
+            return Err(Error::Config(format!(
+                "color must be `gray` or `rgb`, not `{other}`"
+            )))
+        }
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -136,7 +159,11 @@ fn preprocess(bytes: &[u8], format: ImageFormat, p: &Params) -> Result<edgeml_gu
     } else {
         img
     };
-    let raw: Vec<u8> = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
+    let raw: Vec<u8> = if channels == 1 {
+        img.to_luma8().into_raw()
+    } else {
+        img.to_rgb8().into_raw()
+    };
     let per_channel = |v: &[f32], default: f32, c: usize| match v.len() {
         0 => default,
         1 => v[0],
@@ -153,7 +180,9 @@ fn preprocess(bytes: &[u8], format: ImageFormat, p: &Params) -> Result<edgeml_gu
                     "nchw" => c * h * w + y * w + x,
                     "nhwc" | "flat" => (y * w + x) * channels + c,
                     other => {
-                        return Err(Error::Config(format!("layout must be nchw, nhwc or flat, not `{other}`")))
+                        return Err(Error::Config(format!(
+                            "layout must be nchw, nhwc or flat, not `{other}`"
+                        )))
                     }
                 };
                 values[idx] = v;
@@ -164,7 +193,9 @@ fn preprocess(bytes: &[u8], format: ImageFormat, p: &Params) -> Result<edgeml_gu
         Some(name) => m.inputs.iter().find(|s| &s.name == name),
         None => m.inputs.first(),
     }
-    .ok_or_else(|| Error::Config("the manifest names no model input to feed the image to".into()))?;
+    .ok_or_else(|| {
+        Error::Config("the manifest names no model input to feed the image to".into())
+    })?;
     let shape = spec.concrete_shape(1);
     let count: u64 = shape.iter().product();
     if count != values.len() as u64 {

@@ -50,7 +50,11 @@ pub use nn::compute;
 /// Build the component's [`Metadata`] from the manifest plus what the
 /// component itself declares: its own name@version, the media types it
 /// decodes, and the names of its monitoring features.
-pub fn metadata(component: &str, media_types: &[&str], monitoring: &[&str]) -> Result<Metadata, Error> {
+pub fn metadata(
+    component: &str,
+    media_types: &[&str],
+    monitoring: &[&str],
+) -> Result<Metadata, Error> {
     let m = manifest()?;
     Ok(Metadata {
         name: m.name.clone(),
@@ -70,7 +74,8 @@ pub fn top_k(scores: &[f32], labels: &[String], k: usize) -> Vec<ScoredLabel> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| {
         let (x, y) = (scores[a], scores[b]);
-        y.partial_cmp(&x).unwrap_or_else(|| x.is_nan().cmp(&y.is_nan()))
+        y.partial_cmp(&x)
+            .unwrap_or_else(|| x.is_nan().cmp(&y.is_nan()))
     });
     idx.into_iter()
         .take(k)
@@ -105,7 +110,10 @@ pub fn stats(v: &[f32]) -> [f32; 4] {
 
 /// Shannon entropy (nats) of a probability vector; a low-confidence signal.
 pub fn entropy(p: &[f32]) -> f32 {
-    -p.iter().filter(|&&x| x > 0.0).map(|&x| x * x.ln()).sum::<f32>()
+    -p.iter()
+        .filter(|&&x| x > 0.0)
+        .map(|&x| x * x.ln())
+        .sum::<f32>()
 }
 
 /// Classifier scores: the first row of the output called `scores_output`
@@ -124,9 +132,10 @@ pub fn label_scores(
     }
     let t = match scores_output {
         Some(name) => tensor::find(outputs, name)?,
-        None => match outputs.iter().find(|t| {
-            t.dtype == Dtype::F32 && t.shape.last().copied() == Some(labels.len() as u64)
-        }) {
+        None => match outputs
+            .iter()
+            .find(|t| t.dtype == Dtype::F32 && t.shape.last().copied() == Some(labels.len() as u64))
+        {
             Some(t) => t,
             None => return Ok(None),
         },

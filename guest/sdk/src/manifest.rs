@@ -40,7 +40,10 @@ impl Spec {
 
     /// The shape with every symbolic dimension set to `fill` (e.g. 1 for the batch).
     pub fn concrete_shape(&self, fill: u64) -> Vec<u64> {
-        self.shape.iter().map(|d| d.as_u64().unwrap_or(fill)).collect()
+        self.shape
+            .iter()
+            .map(|d| d.as_u64().unwrap_or(fill))
+            .collect()
     }
 
     pub(crate) fn to_wit(&self) -> TensorSpec {

@@ -38,7 +38,11 @@ fn from_nn(t: TensorType) -> Result<Dtype, Error> {
         TensorType::I32 => Dtype::I32,
         TensorType::I64 => Dtype::I64,
         TensorType::U8 => Dtype::U8,
-        other => return Err(Error::Inference(format!("unsupported output tensor type {other:?}"))),
+        other => {
+            return Err(Error::Inference(format!(
+                "unsupported output tensor type {other:?}"
+            )))
+        }
     })
 }
 
@@ -54,7 +58,9 @@ pub fn compute(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
                 .map_err(|e| nn_error("creating an execution context", e))?;
             let _ = cell.set(Session { _graph: graph, ctx });
         }
-        let session = cell.get().ok_or_else(|| Error::Inference("no session".into()))?;
+        let session = cell
+            .get()
+            .ok_or_else(|| Error::Inference("no session".into()))?;
         let mut named = Vec::with_capacity(inputs.len());
         for t in inputs {
             let dims = t
@@ -62,10 +68,15 @@ pub fn compute(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
                 .iter()
                 .map(|&d| u32::try_from(d))
                 .collect::<Result<Vec<u32>, _>>()
-                .map_err(|_| Error::InvalidInput(format!("input `{}`: dimension over u32", t.name)))?;
+                .map_err(|_| {
+                    Error::InvalidInput(format!("input `{}`: dimension over u32", t.name))
+                })?;
             named.push((t.name, NnTensor::new(&dims, to_nn(t.dtype), &t.data)));
         }
-        let outputs = session.ctx.compute(named).map_err(|e| nn_error("inference", e))?;
+        let outputs = session
+            .ctx
+            .compute(named)
+            .map_err(|e| nn_error("inference", e))?;
         outputs
             .into_iter()
             .map(|(name, t)| {

@@ -28,7 +28,12 @@ pub fn from_f32(name: &str, shape: Vec<u64>, values: &[f32]) -> Tensor {
     for v in values {
         data.extend_from_slice(&v.to_le_bytes());
     }
-    Tensor { name: name.to_string(), dtype: Dtype::F32, shape, data }
+    Tensor {
+        name: name.to_string(),
+        dtype: Dtype::F32,
+        shape,
+        data,
+    }
 }
 
 /// A tensor of `dtype` from `f64` values (rounded for integer types).
@@ -43,22 +48,35 @@ pub fn from_f64_as(name: &str, dtype: Dtype, shape: Vec<u64>, values: &[f64]) ->
             Dtype::U8 => data.push(v.round().clamp(0.0, 255.0) as u8),
         }
     }
-    Tensor { name: name.to_string(), dtype, shape, data }
+    Tensor {
+        name: name.to_string(),
+        dtype,
+        shape,
+        data,
+    }
 }
 
 /// The values of any tensor as `f32` (integers are converted).
 pub fn to_f32(t: &Tensor) -> Result<Vec<f32>, Error> {
     let size = dtype_size(t.dtype);
     if t.data.len() % size != 0 {
-        return Err(Error::InvalidInput(format!("tensor `{}`: {} bytes is not a whole number of elements", t.name, t.data.len())));
+        return Err(Error::InvalidInput(format!(
+            "tensor `{}`: {} bytes is not a whole number of elements",
+            t.name,
+            t.data.len()
+        )));
     }
     Ok(t.data
         .chunks_exact(size)
         .map(|c| match t.dtype {
             Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
             Dtype::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
-            Dtype::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
-            Dtype::I64 => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+            Dtype::F64 => {
+                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+            }
+            Dtype::I64 => {
+                i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+            }
             Dtype::U8 => c[0] as f32,
         })
         .collect())

@@ -17,13 +17,21 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn metadata() -> Result<Metadata, Error> {
-        edgeml_guest::metadata("edgeml-test-hostile@0", &["x-test/*"], &["fs_entries", "env_vars", "args"])
+        edgeml_guest::metadata(
+            "edgeml-test-hostile@0",
+            &["x-test/*"],
+            &["fs_entries", "env_vars", "args"],
+        )
     }
 
     fn predict(input: Input) -> Result<Prediction, Error> {
         let media = match input {
             Input::Tensors(t) => {
-                return Ok(Prediction { outputs: edgeml_guest::compute(t)?, scores: None, monitoring: vec![] })
+                return Ok(Prediction {
+                    outputs: edgeml_guest::compute(t)?,
+                    scores: None,
+                    monitoring: vec![],
+                })
             }
             Input::Media(m) => m,
         };
@@ -57,7 +65,11 @@ impl Guest for Hostile {
                     .sum::<usize>();
                 let env = std::env::vars().count();
                 let args = std::env::args().count();
-                Ok(Prediction { outputs: vec![], scores: None, monitoring: vec![fs as f32, env as f32, args as f32] })
+                Ok(Prediction {
+                    outputs: vec![],
+                    scores: None,
+                    monitoring: vec![fs as f32, env as f32, args as f32],
+                })
             }
             other => Err(Error::UnsupportedMedia(other.to_string())),
         }

@@ -67,7 +67,11 @@ impl Guest for VoiceActivity {
             // One raw frame (plus state) goes straight to the model.
             Input::Tensors(t) => {
                 let outputs = edgeml_guest::compute(t)?;
-                return Ok(Prediction { outputs, scores: None, monitoring: Vec::new() });
+                return Ok(Prediction {
+                    outputs,
+                    scores: None,
+                    monitoring: Vec::new(),
+                });
             }
             Input::Media(m) if m.media_type == "audio/wav" || m.media_type == "audio/x-wav" => m,
             Input::Media(m) => {
@@ -102,7 +106,8 @@ impl Guest for VoiceActivity {
 }
 
 fn decode_wav(bytes: &[u8], p: &Params) -> Result<Vec<f32>, Error> {
-    let reader = hound::WavReader::new(Cursor::new(bytes)).map_err(|e| Error::Decode(format!("WAV: {e}")))?;
+    let reader = hound::WavReader::new(Cursor::new(bytes))
+        .map_err(|e| Error::Decode(format!("WAV: {e}")))?;
     let spec = reader.spec();
     if spec.channels != 1 || spec.sample_rate != p.sample_rate {
         return Err(Error::InvalidInput(format!(
@@ -122,7 +127,10 @@ fn decode_wav(bytes: &[u8], p: &Params) -> Result<Vec<f32>, Error> {
         hound::SampleFormat::Float => reader.into_samples::<f32>().collect(),
         hound::SampleFormat::Int => {
             let full = (1i64 << (spec.bits_per_sample - 1)) as f32;
-            reader.into_samples::<i32>().map(|s| s.map(|v| v as f32 / full)).collect()
+            reader
+                .into_samples::<i32>()
+                .map(|s| s.map(|v| v as f32 / full))
+                .collect()
         }
     };
     samples.map_err(|e| Error::Decode(format!("WAV samples: {e}")))
@@ -134,7 +142,11 @@ fn run_frames(audio: &[f32], p: &Params) -> Result<Vec<f32>, Error> {
         return Err(Error::Config("frame_samples must be positive".into()));
     }
     let state_len: u64 = p.state_shape.iter().product();
-    let mut state = tensor::from_f32(&p.state_input, p.state_shape.clone(), &vec![0.0; state_len as usize]);
+    let mut state = tensor::from_f32(
+        &p.state_input,
+        p.state_shape.clone(),
+        &vec![0.0; state_len as usize],
+    );
     let mut context = vec![0f32; ctx_len];
     let mut probs = Vec::with_capacity(audio.len() / frame + 1);
     let mut window = vec![0f32; ctx_len + frame];

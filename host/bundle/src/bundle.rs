@@ -23,7 +23,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bundle_bytes: 512 << 20, max_manifest_bytes: 1 << 20 }
+        Limits {
+            max_bundle_bytes: 512 << 20,
+            max_manifest_bytes: 1 << 20,
+        }
     }
 }
 
@@ -53,7 +56,10 @@ pub struct PackOptions<'a> {
 }
 
 fn is_ours(s: &Section<'_>) -> bool {
-    s.id == 0 && (s.name.starts_with("edgeml.") || s.name == signature::SECTION || s.name == signature::DELIMITER)
+    s.id == 0
+        && (s.name.starts_with("edgeml.")
+            || s.name == signature::SECTION
+            || s.name == signature::DELIMITER)
 }
 
 /// SHA-256 of the component: preamble plus every section that is not
@@ -66,7 +72,10 @@ fn component_digest(bytes: &[u8], sections: &[Section<'_>]) -> ContentDigest {
         h.update(&bytes[s.range.clone()]);
         size += s.range.len() as u64;
     }
-    ContentDigest { sha256: hex::encode(h.finalize()), size }
+    ContentDigest {
+        sha256: hex::encode(h.finalize()),
+        size,
+    }
 }
 
 /// Pack a component and an ONNX model into an unsigned bundle: the component
@@ -84,7 +93,10 @@ pub fn pack(opts: &PackOptions<'_>) -> Result<Vec<u8>> {
         min_host_version: opts.min_host_version.clone(),
         model: ModelInfo {
             format: "onnx".into(),
-            digest: ContentDigest { sha256: hex::encode(Sha256::digest(opts.model)), size: opts.model.len() as u64 },
+            digest: ContentDigest {
+                sha256: hex::encode(Sha256::digest(opts.model)),
+                size: opts.model.len() as u64,
+            },
         },
         component,
         inputs: opts.inputs.clone(),
@@ -110,7 +122,10 @@ pub fn pack(opts: &PackOptions<'_>) -> Result<Vec<u8>> {
 /// Where the signed content starts: after the signature section if there is
 /// one (it must be first), else right after the preamble.
 fn signature_split<'a>(sections: &'a [Section<'a>]) -> Result<(Option<&'a Section<'a>>, usize)> {
-    let mut sigs = sections.iter().enumerate().filter(|(_, s)| s.id == 0 && s.name == signature::SECTION);
+    let mut sigs = sections
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.id == 0 && s.name == signature::SECTION);
     match (sigs.next(), sigs.next()) {
         (None, _) => Ok((None, 8)),
         (Some(_), Some(_)) => Err(Error::DuplicateSection(signature::SECTION.into())),
@@ -192,10 +207,18 @@ pub fn verify(bytes: impl Into<Arc<[u8]>>, policy: &TrustPolicy) -> Result<Verif
 /// Verify a bundle: structure, the signature section, a k-of-n threshold of
 /// valid signatures from distinct trusted keys over the whole content, then
 /// the manifest and the digests it lists. Nothing is compiled or run.
-pub fn verify_with_limits(bytes: impl Into<Arc<[u8]>>, policy: &TrustPolicy, limits: &Limits) -> Result<VerifiedBundle> {
+pub fn verify_with_limits(
+    bytes: impl Into<Arc<[u8]>>,
+    policy: &TrustPolicy,
+    limits: &Limits,
+) -> Result<VerifiedBundle> {
     let bytes: Arc<[u8]> = bytes.into();
     if bytes.len() as u64 > limits.max_bundle_bytes {
-        return Err(Error::LimitExceeded { what: "bundle size", limit: limits.max_bundle_bytes, found: bytes.len() as u64 });
+        return Err(Error::LimitExceeded {
+            what: "bundle size",
+            limit: limits.max_bundle_bytes,
+            found: bytes.len() as u64,
+        });
     }
     let sections = component_sections(&bytes)?;
     let (sig, start) = signature_split(&sections)?;
@@ -205,9 +228,15 @@ pub fn verify_with_limits(bytes: impl Into<Arc<[u8]>>, policy: &TrustPolicy, lim
         return Err(Error::Unsigned);
     }
     let h: [u8; 32] = Sha256::digest(&bytes[start..]).into();
-    let covering: Vec<_> = data.signed.iter().filter(|s| s.hashes.contains(&h)).collect();
+    let covering: Vec<_> = data
+        .signed
+        .iter()
+        .filter(|s| s.hashes.contains(&h))
+        .collect();
     if covering.is_empty() {
-        return Err(Error::ContentMismatch { found: hex::encode(h) });
+        return Err(Error::ContentMismatch {
+            found: hex::encode(h),
+        });
     }
     let mut valid = BTreeSet::new();
     let mut bad = None;
@@ -215,7 +244,13 @@ pub fn verify_with_limits(bytes: impl Into<Arc<[u8]>>, policy: &TrustPolicy, lim
         let msg = set.message();
         for key in policy.keys() {
             let id = key.id();
-            for s in set.signatures.iter().filter(|s| s.alg == crate::keys::ED25519_ALG) {
+            // A signature counts for a key only if its key id hint is absent
+            // or is that key's id: a wrong hint is a modified signature.
+            let candidates = set
+                .signatures
+                .iter()
+                .filter(|s| s.alg == crate::keys::ED25519_ALG);
+            for s in candidates.filter(|s| s.key_id.is_empty() || s.key_id == id.0) {
                 if key.verify(&msg, &s.sig) {
                     valid.insert(id);
                 } else if s.key_id == id.0 {
@@ -226,17 +261,28 @@ pub fn verify_with_limits(bytes: impl Into<Arc<[u8]>>, policy: &TrustPolicy, lim
     }
     if valid.len() < policy.threshold() {
         if let Some(id) = bad.filter(|id| !valid.contains(id)) {
-            return Err(Error::BadSignature { key_id: id.to_string() });
+            return Err(Error::BadSignature {
+                key_id: id.to_string(),
+            });
         }
         if valid.is_empty() {
             let signers = covering
                 .iter()
                 .flat_map(|s| s.signatures.iter())
-                .map(|s| if s.key_id.is_empty() { "(no key id)".into() } else { hex::encode(&s.key_id) })
+                .map(|s| {
+                    if s.key_id.is_empty() {
+                        "(no key id)".into()
+                    } else {
+                        hex::encode(&s.key_id)
+                    }
+                })
                 .collect();
             return Err(Error::UntrustedSigner { signers });
         }
-        return Err(Error::ThresholdNotMet { valid: valid.len(), required: policy.threshold() });
+        return Err(Error::ThresholdNotMet {
+            valid: valid.len(),
+            required: policy.threshold(),
+        });
     }
 
     // Trusted from here on: parse what the signers vouched for.
@@ -249,19 +295,35 @@ pub fn verify_with_limits(bytes: impl Into<Arc<[u8]>>, policy: &TrustPolicy, lim
             found: manifest_section.payload.len() as u64,
         });
     }
-    let manifest: Manifest =
-        serde_json::from_slice(manifest_section.payload).map_err(|e| Error::Manifest(e.to_string()))?;
+    let manifest: Manifest = serde_json::from_slice(manifest_section.payload)
+        .map_err(|e| Error::Manifest(e.to_string()))?;
     manifest.validate()?;
     let model_digest = hex::encode(Sha256::digest(model_section.payload));
-    if model_digest != manifest.model.digest.sha256 || model_section.payload.len() as u64 != manifest.model.digest.size {
-        return Err(Error::DigestMismatch { what: "model", expected: manifest.model.digest.sha256.clone(), found: model_digest });
+    if model_digest != manifest.model.digest.sha256
+        || model_section.payload.len() as u64 != manifest.model.digest.size
+    {
+        return Err(Error::DigestMismatch {
+            what: "model",
+            expected: manifest.model.digest.sha256.clone(),
+            found: model_digest,
+        });
     }
     let component = component_digest(&bytes, &sections);
     if component != manifest.component {
-        return Err(Error::DigestMismatch { what: "component", expected: manifest.component.sha256.clone(), found: component.sha256 });
+        return Err(Error::DigestMismatch {
+            what: "component",
+            expected: manifest.component.sha256.clone(),
+            found: component.sha256,
+        });
     }
     let model = payload_range(&bytes, model_section);
-    Ok(VerifiedBundle { manifest: Arc::new(manifest), model, digest: h, signers: valid.into_iter().collect(), bytes })
+    Ok(VerifiedBundle {
+        manifest: Arc::new(manifest),
+        model,
+        digest: h,
+        signers: valid.into_iter().collect(),
+        bytes,
+    })
 }
 
 fn single<'a>(sections: &'a [Section<'a>], name: &'static str) -> Result<&'a Section<'a>> {
@@ -326,20 +388,30 @@ pub fn inspect(bytes: &[u8]) -> Result<BundleInfo> {
             for g in &set.signatures {
                 signatures.push(SignatureInfo {
                     key_id: hex::encode(&g.key_id),
-                    algorithm: if g.alg == crate::keys::ED25519_ALG { "ed25519".into() } else { g.alg.to_string() },
+                    algorithm: if g.alg == crate::keys::ED25519_ALG {
+                        "ed25519".into()
+                    } else {
+                        g.alg.to_string()
+                    },
                     covers_content: set.hashes.contains(&h),
                 });
             }
         }
     }
-    let manifest = single(&sections, MANIFEST_SECTION).ok().and_then(|s| serde_json::from_slice(s.payload).ok());
+    let manifest = single(&sections, MANIFEST_SECTION)
+        .ok()
+        .and_then(|s| serde_json::from_slice(s.payload).ok());
     Ok(BundleInfo {
         size: bytes.len() as u64,
         content_sha256: hex::encode(h),
         manifest,
         sections: sections
             .iter()
-            .map(|s| SectionInfo { id: s.id, name: section_name(s), size: s.range.len() as u64 })
+            .map(|s| SectionInfo {
+                id: s.id,
+                name: section_name(s),
+                size: s.range.len() as u64,
+            })
             .collect(),
         signatures,
     })
@@ -362,4 +434,3 @@ fn section_name(s: &Section<'_>) -> String {
         other => format!("section {other}"),
     }
 }
-

@@ -41,13 +41,21 @@ impl PublicKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         match bytes {
             [PK_ID, rest @ ..] if rest.len() == 32 => {
-                let arr: [u8; 32] = rest.try_into().map_err(|_| invalid_key(None, "wrong length"))?;
+                let arr: [u8; 32] = rest
+                    .try_into()
+                    .map_err(|_| invalid_key(None, "wrong length"))?;
                 VerifyingKey::from_bytes(&arr)
                     .map(PublicKey)
                     .map_err(|_| invalid_key(None, "not a valid Ed25519 point"))
             }
-            [KEYPAIR_ID, ..] => Err(invalid_key(None, "this is a secret key; pass the .pub file")),
-            _ => Err(invalid_key(None, "expected 33 bytes: 0x01 followed by an Ed25519 public key")),
+            [KEYPAIR_ID, ..] => Err(invalid_key(
+                None,
+                "this is a secret key; pass the .pub file",
+            )),
+            _ => Err(invalid_key(
+                None,
+                "expected 33 bytes: 0x01 followed by an Ed25519 public key",
+            )),
         }
     }
 
@@ -102,15 +110,26 @@ impl SecretKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         match bytes {
             [KEYPAIR_ID, rest @ ..] if rest.len() == 64 => {
-                let sk: [u8; 32] = rest[..32].try_into().map_err(|_| invalid_key(None, "wrong length"))?;
+                let sk: [u8; 32] = rest[..32]
+                    .try_into()
+                    .map_err(|_| invalid_key(None, "wrong length"))?;
                 let key = SigningKey::from_bytes(&sk);
                 if key.verifying_key().as_bytes()[..] != rest[32..] {
-                    return Err(invalid_key(None, "public half does not match the secret half"));
+                    return Err(invalid_key(
+                        None,
+                        "public half does not match the secret half",
+                    ));
                 }
                 Ok(SecretKey(key))
             }
-            [PK_ID, ..] => Err(invalid_key(None, "this is a public key; pass the .key file")),
-            _ => Err(invalid_key(None, "expected 65 bytes: 0x81, secret key, public key")),
+            [PK_ID, ..] => Err(invalid_key(
+                None,
+                "this is a public key; pass the .key file",
+            )),
+            _ => Err(invalid_key(
+                None,
+                "expected 65 bytes: 0x81, secret key, public key",
+            )),
         }
     }
 
@@ -140,7 +159,11 @@ impl SecretKey {
 
     /// Write `DIR/NAME.key` (mode 0600 on Unix) and `DIR/NAME.pub`. Refuses to
     /// overwrite an existing key.
-    pub fn write_pair(&self, dir: &Path, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    pub fn write_pair(
+        &self,
+        dir: &Path,
+        name: &str,
+    ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
             return Err(invalid_key(None, "key name must be a plain file name"));
         }
@@ -165,12 +188,18 @@ impl fmt::Debug for SecretKey {
 }
 
 fn invalid_key(path: Option<&Path>, reason: &str) -> Error {
-    Error::InvalidKey { path: path.map(Path::to_path_buf), reason: reason.to_string() }
+    Error::InvalidKey {
+        path: path.map(Path::to_path_buf),
+        reason: reason.to_string(),
+    }
 }
 
 fn with_path(e: Error, path: &Path) -> Error {
     match e {
-        Error::InvalidKey { reason, .. } => Error::InvalidKey { path: Some(path.to_path_buf()), reason },
+        Error::InvalidKey { reason, .. } => Error::InvalidKey {
+            path: Some(path.to_path_buf()),
+            reason,
+        },
         other => other,
     }
 }

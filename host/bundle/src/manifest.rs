@@ -81,12 +81,20 @@ impl TensorSpec {
     /// Does a concrete `shape` fit this spec? Returns why not.
     pub fn check_shape(&self, shape: &[u64]) -> std::result::Result<(), String> {
         if shape.len() != self.shape.len() {
-            return Err(format!("rank {} (shape {shape:?}), expected rank {} ({})", shape.len(), self.shape.len(), self.shape_string()));
+            return Err(format!(
+                "rank {} (shape {shape:?}), expected rank {} ({})",
+                shape.len(),
+                self.shape.len(),
+                self.shape_string()
+            ));
         }
         for (i, (got, want)) in shape.iter().zip(&self.shape).enumerate() {
             if let Dim::Fixed(n) = want {
                 if got != n {
-                    return Err(format!("dimension {i} is {got}, expected {n} (shape {shape:?}, expected {})", self.shape_string()));
+                    return Err(format!(
+                        "dimension {i} is {got}, expected {n} (shape {shape:?}, expected {})",
+                        self.shape_string()
+                    ));
                 }
             }
         }
@@ -156,14 +164,22 @@ impl Manifest {
     /// Check the fields that the type system does not.
     pub fn validate(&self) -> Result<()> {
         if self.schema != SCHEMA_VERSION {
-            return Err(Error::Manifest(format!("schema version {} is not supported (expected {SCHEMA_VERSION})", self.schema)));
+            return Err(Error::Manifest(format!(
+                "schema version {} is not supported (expected {SCHEMA_VERSION})",
+                self.schema
+            )));
         }
         validate_name(&self.name)?;
         if self.model.format != "onnx" {
-            return Err(Error::Manifest(format!("model format `{}` is not supported (expected onnx)", self.model.format)));
+            return Err(Error::Manifest(format!(
+                "model format `{}` is not supported (expected onnx)",
+                self.model.format
+            )));
         }
         if self.inputs.is_empty() || self.outputs.is_empty() {
-            return Err(Error::Manifest("the model must have at least one input and one output".into()));
+            return Err(Error::Manifest(
+                "the model must have at least one input and one output".into(),
+            ));
         }
         Ok(())
     }
@@ -179,7 +195,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {

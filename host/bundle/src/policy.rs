@@ -25,7 +25,9 @@ impl TrustPolicy {
         }
         let ids: BTreeSet<KeyId> = keys.iter().map(PublicKey::id).collect();
         if ids.len() != keys.len() {
-            return Err(Error::InvalidPolicy("the same key is listed more than once".into()));
+            return Err(Error::InvalidPolicy(
+                "the same key is listed more than once".into(),
+            ));
         }
         Ok(TrustPolicy { keys, threshold })
     }

@@ -82,10 +82,14 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| Error::Malformed {
-            offset: self.base + self.pos,
-            reason: "signature section is truncated".into(),
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| Error::Malformed {
+                offset: self.base + self.pos,
+                reason: "signature section is truncated".into(),
+            })?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -93,14 +97,21 @@ impl<'a> Reader<'a> {
     fn slice(&mut self) -> Result<Reader<'a>> {
         let n = self.u32()? as usize;
         let base = self.base + self.pos;
-        Ok(Reader { bytes: self.take(n)?, pos: 0, base })
+        Ok(Reader {
+            bytes: self.take(n)?,
+            pos: 0,
+            base,
+        })
     }
     fn done(&self) -> bool {
         self.pos == self.bytes.len()
     }
     fn rebase(&self, e: Error) -> Error {
         match e {
-            Error::Malformed { offset, reason } => Error::Malformed { offset: self.base + offset, reason },
+            Error::Malformed { offset, reason } => Error::Malformed {
+                offset: self.base + offset,
+                reason,
+            },
             e => e,
         }
     }
@@ -109,27 +120,43 @@ impl<'a> Reader<'a> {
 impl SignatureData {
     /// Decode a section payload; `base` is its offset in the file, for errors.
     pub fn decode(payload: &[u8], base: usize) -> Result<Self> {
-        let mut r = Reader { bytes: payload, pos: 0, base };
+        let mut r = Reader {
+            bytes: payload,
+            pos: 0,
+            base,
+        };
         let (version, content, hash) = (r.u32()?, r.u32()?, r.u32()?);
         if version != u32::from(SPEC_VERSION) {
-            return Err(Error::UnsupportedSignature(format!("specification version {version}")));
+            return Err(Error::UnsupportedSignature(format!(
+                "specification version {version}"
+            )));
         }
         if content != u32::from(CONTENT_TYPE_WASM) {
-            return Err(Error::UnsupportedSignature(format!("content type {content}")));
+            return Err(Error::UnsupportedSignature(format!(
+                "content type {content}"
+            )));
         }
         if hash != u32::from(HASH_SHA256) {
             return Err(Error::UnsupportedSignature(format!("hash function {hash}")));
         }
         let count = r.u32()? as usize;
         if count > MAX_HASHES {
-            return Err(Error::LimitExceeded { what: "signed hash sets", limit: MAX_HASHES as u64, found: count as u64 });
+            return Err(Error::LimitExceeded {
+                what: "signed hash sets",
+                limit: MAX_HASHES as u64,
+                found: count as u64,
+            });
         }
         let mut signed = Vec::with_capacity(count);
         for _ in 0..count {
             let mut s = r.slice()?;
             let n = s.u32()? as usize;
             if n > MAX_HASHES {
-                return Err(Error::LimitExceeded { what: "hashes", limit: MAX_HASHES as u64, found: n as u64 });
+                return Err(Error::LimitExceeded {
+                    what: "hashes",
+                    limit: MAX_HASHES as u64,
+                    found: n as u64,
+                });
             }
             let mut hashes = Vec::with_capacity(n);
             for _ in 0..n {
@@ -139,7 +166,11 @@ impl SignatureData {
             }
             let m = s.u32()? as usize;
             if m > MAX_SIGNATURES {
-                return Err(Error::LimitExceeded { what: "signatures", limit: MAX_SIGNATURES as u64, found: m as u64 });
+                return Err(Error::LimitExceeded {
+                    what: "signatures",
+                    limit: MAX_SIGNATURES as u64,
+                    found: m as u64,
+                });
             }
             let mut signatures = Vec::with_capacity(m);
             for _ in 0..m {
@@ -154,7 +185,10 @@ impl SignatureData {
             signed.push(SignedHashes { hashes, signatures });
         }
         if !r.done() {
-            return Err(Error::Malformed { offset: base + r.pos, reason: "trailing bytes in the signature section".into() });
+            return Err(Error::Malformed {
+                offset: base + r.pos,
+                reason: "trailing bytes in the signature section".into(),
+            });
         }
         Ok(SignatureData { signed })
     }
@@ -193,7 +227,10 @@ impl SignatureData {
         let pos = match self.signed.iter().position(|s| s.hashes == [h]) {
             Some(i) => i,
             None => {
-                self.signed.push(SignedHashes { hashes: vec![h], signatures: Vec::new() });
+                self.signed.push(SignedHashes {
+                    hashes: vec![h],
+                    signatures: Vec::new(),
+                });
                 self.signed.len() - 1
             }
         };
@@ -201,6 +238,10 @@ impl SignatureData {
         let pk_id = key.public_key().id();
         set.signatures.retain(|g| g.key_id != pk_id.0);
         let sig = key.sign(&set.message());
-        set.signatures.push(RawSignature { key_id: pk_id.0.to_vec(), alg: ED25519_ALG, sig });
+        set.signatures.push(RawSignature {
+            key_id: pk_id.0.to_vec(),
+            alg: ED25519_ALG,
+            sig,
+        });
     }
 }

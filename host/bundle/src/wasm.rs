@@ -29,13 +29,19 @@ pub struct Section<'a> {
 /// Check the preamble is a component's and return its top-level sections.
 pub fn component_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>> {
     if bytes.len() < 8 || bytes[..4] != MAGIC {
-        return Err(Error::NotAComponent { found: "no WebAssembly magic number" });
+        return Err(Error::NotAComponent {
+            found: "no WebAssembly magic number",
+        });
     }
     if bytes[4..8] == MODULE_VERSION {
-        return Err(Error::NotAComponent { found: "a core module" });
+        return Err(Error::NotAComponent {
+            found: "a core module",
+        });
     }
     if bytes[4..8] != COMPONENT_VERSION {
-        return Err(Error::NotAComponent { found: "an unknown WebAssembly version" });
+        return Err(Error::NotAComponent {
+            found: "an unknown WebAssembly version",
+        });
     }
     let mut out = Vec::new();
     let mut pos = 8;
@@ -48,21 +54,33 @@ pub fn component_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>> {
         let end = pos
             .checked_add(size as usize)
             .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| malformed(start, format!("section of {size} bytes runs past the end of the file")))?;
+            .ok_or_else(|| {
+                malformed(
+                    start,
+                    format!("section of {size} bytes runs past the end of the file"),
+                )
+            })?;
         let (name, payload) = if id == 0 {
             let (len, n) = read_u32(bytes, pos)?;
             let name_start = pos + n;
             let name_end = name_start
                 .checked_add(len as usize)
                 .filter(|&e| e <= end)
-                .ok_or_else(|| malformed(pos, "custom section name runs past the section".into()))?;
+                .ok_or_else(|| {
+                    malformed(pos, "custom section name runs past the section".into())
+                })?;
             let name = std::str::from_utf8(&bytes[name_start..name_end])
                 .map_err(|_| malformed(name_start, "custom section name is not UTF-8".into()))?;
             (name, &bytes[name_end..end])
         } else {
             ("", &bytes[pos..end])
         };
-        out.push(Section { id, name, range: start..end, payload });
+        out.push(Section {
+            id,
+            name,
+            range: start..end,
+            payload,
+        });
         pos = end;
     }
     Ok(out)
@@ -81,7 +99,9 @@ pub fn read_u32(bytes: &[u8], pos: usize) -> Result<(u32, usize)> {
             .ok_or_else(|| malformed(pos, "unexpected end of file in a length".into()))?;
         value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            return u32::try_from(value).map(|v| (v, i + 1)).map_err(|_| malformed(pos, "length over u32".into()));
+            return u32::try_from(value)
+                .map(|v| (v, i + 1))
+                .map_err(|_| malformed(pos, "length over u32".into()));
         }
     }
     Err(malformed(pos, "length encoding is too long".into()))

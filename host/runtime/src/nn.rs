@@ -48,7 +48,10 @@ type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
 impl State {
     fn nn_err<T>(&mut self, code: ErrorCode, data: impl Into<String>) -> NnResult<T> {
-        let e = self.table.push(NnError { code, data: data.into() })?;
+        let e = self.table.push(NnError {
+            code,
+            data: data.into(),
+        })?;
         Ok(Err(e))
     }
 }
@@ -82,10 +85,16 @@ impl graph::Host for State {
         _target: ExecutionTarget,
     ) -> NnResult<Resource<NnGraph>> {
         if !matches!(encoding, GraphEncoding::Onnx | GraphEncoding::Autodetect) {
-            return self.nn_err(ErrorCode::InvalidEncoding, format!("this host runs ONNX models only, not {encoding:?}"));
+            return self.nn_err(
+                ErrorCode::InvalidEncoding,
+                format!("this host runs ONNX models only, not {encoding:?}"),
+            );
         }
         let [bytes] = builders.as_slice() else {
-            return self.nn_err(ErrorCode::InvalidArgument, "an ONNX graph is loaded from exactly one builder");
+            return self.nn_err(
+                ErrorCode::InvalidArgument,
+                "an ONNX graph is loaded from exactly one builder",
+            );
         };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         if digest == self.nn.model_sha256 {
@@ -100,7 +109,13 @@ impl graph::Host for State {
             );
         }
         if bytes.len() > MAX_GUEST_GRAPH_BYTES {
-            return self.nn_err(ErrorCode::TooLarge, format!("graph of {} bytes is over {MAX_GUEST_GRAPH_BYTES}", bytes.len()));
+            return self.nn_err(
+                ErrorCode::TooLarge,
+                format!(
+                    "graph of {} bytes is over {MAX_GUEST_GRAPH_BYTES}",
+                    bytes.len()
+                ),
+            );
         }
         match TractModel::load(bytes) {
             Ok(m) => {
@@ -114,7 +129,10 @@ impl graph::Host for State {
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<NnGraph>> {
         if name != self.nn.name {
             let known = self.nn.name.clone();
-            return self.nn_err(ErrorCode::NotFound, format!("no model named `{name}`; this bundle's model is `{known}`"));
+            return self.nn_err(
+                ErrorCode::NotFound,
+                format!("no model named `{name}`; this bundle's model is `{known}`"),
+            );
         }
         let g = self.table.push(NnGraph(self.nn.model.clone()))?;
         Ok(Ok(g))
@@ -122,7 +140,10 @@ impl graph::Host for State {
 }
 
 impl graph::HostGraph for State {
-    fn init_execution_context(&mut self, graph: Resource<NnGraph>) -> NnResult<Resource<inference::GraphExecutionContext>> {
+    fn init_execution_context(
+        &mut self,
+        graph: Resource<NnGraph>,
+    ) -> NnResult<Resource<inference::GraphExecutionContext>> {
         let model = self.table.get(&graph)?.0.clone();
         match model.state() {
             Ok(s) => {
@@ -151,9 +172,17 @@ impl inference::HostGraphExecutionContext for State {
         for (name, t) in inputs {
             let NnTensor { dims, ty, data } = self.table.delete(t)?;
             let Some(dtype) = dtype(ty) else {
-                return self.nn_err(ErrorCode::InvalidArgument, format!("input `{name}`: tensor type {ty:?} is not supported"));
+                return self.nn_err(
+                    ErrorCode::InvalidArgument,
+                    format!("input `{name}`: tensor type {ty:?} is not supported"),
+                );
             };
-            named.push(Tensor { name, dtype, shape: dims.into_iter().map(u64::from).collect(), data });
+            named.push(Tensor {
+                name,
+                dtype,
+                shape: dims.into_iter().map(u64::from).collect(),
+                data,
+            });
         }
         let result = self.table.get_mut(&ctx)?.0.run(named);
         let outputs = match result {
@@ -162,11 +191,25 @@ impl inference::HostGraphExecutionContext for State {
         };
         let mut out = Vec::with_capacity(outputs.len());
         for t in outputs {
-            let dims = match t.shape.iter().map(|&d| u32::try_from(d)).collect::<Result<Vec<u32>, _>>() {
+            let dims = match t
+                .shape
+                .iter()
+                .map(|&d| u32::try_from(d))
+                .collect::<Result<Vec<u32>, _>>()
+            {
                 Ok(d) => d,
-                Err(_) => return self.nn_err(ErrorCode::TooLarge, format!("output `{}` has a dimension over u32", t.name)),
+                Err(_) => {
+                    return self.nn_err(
+                        ErrorCode::TooLarge,
+                        format!("output `{}` has a dimension over u32", t.name),
+                    )
+                }
             };
-            let r = self.table.push(NnTensor { dims, ty: tensor_type(t.dtype), data: t.data })?;
+            let r = self.table.push(NnTensor {
+                dims,
+                ty: tensor_type(t.dtype),
+                data: t.data,
+            })?;
             out.push((t.name, r));
         }
         Ok(Ok(out))
@@ -181,7 +224,12 @@ impl inference::HostGraphExecutionContext for State {
 impl tensor::Host for State {}
 
 impl tensor::HostTensor for State {
-    fn new(&mut self, dims: Vec<u32>, ty: TensorType, data: Vec<u8>) -> wasmtime::Result<Resource<NnTensor>> {
+    fn new(
+        &mut self,
+        dims: Vec<u32>,
+        ty: TensorType,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Resource<NnTensor>> {
         Ok(self.table.push(NnTensor { dims, ty, data })?)
     }
     fn dimensions(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u32>> {

@@ -46,7 +46,8 @@ impl Runtime {
         wt.wasm_component_model(true);
         let engine = Engine::new(&wt).map_err(|e| Error::Config(format!("{e:#}")))?;
         let mut linker = Linker::<State>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Config(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| Error::Config(format!("{e:#}")))?;
         bindings::Model::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| Error::Config(format!("{e:#}")))?;
 
@@ -61,13 +62,28 @@ impl Runtime {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Runtime { inner: Arc::new(Inner { engine, linker, config: config.clone(), stop }) })
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config: config.clone(),
+                stop,
+            }),
+        })
     }
 
     /// Verify a bundle with this runtime's size limits. Same as
     /// [`edgeml_bundle::verify_with_limits`].
-    pub fn verify(&self, bytes: impl Into<Arc<[u8]>>, policy: &TrustPolicy) -> Result<VerifiedBundle, Error> {
-        Ok(edgeml_bundle::verify_with_limits(bytes, policy, &self.inner.config.bundle_limits)?)
+    pub fn verify(
+        &self,
+        bytes: impl Into<Arc<[u8]>>,
+        policy: &TrustPolicy,
+    ) -> Result<VerifiedBundle, Error> {
+        Ok(edgeml_bundle::verify_with_limits(
+            bytes,
+            policy,
+            &self.inner.config.bundle_limits,
+        )?)
     }
 
     /// Load a verified bundle: check the host version, compile the component
@@ -76,7 +92,8 @@ impl Runtime {
     pub fn load(&self, bundle: &VerifiedBundle) -> Result<Model, Error> {
         let started = Instant::now();
         let manifest = bundle.manifest_arc();
-        let host = semver::Version::parse(HOST_VERSION).map_err(|e| Error::Config(e.to_string()))?;
+        let host =
+            semver::Version::parse(HOST_VERSION).map_err(|e| Error::Config(e.to_string()))?;
         if manifest.min_host_version > host {
             return Err(edgeml_bundle::Error::HostTooOld {
                 required: manifest.min_host_version.to_string(),
@@ -87,11 +104,13 @@ impl Runtime {
         let (component, cache) = self.compile(bundle)?;
         let compiled = started.elapsed();
         let model = Arc::new(TractModel::load(bundle.model_bytes())?);
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| Error::Instantiate { reason: format!("{e:#}") })?;
+        let pre =
+            self.inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| Error::Instantiate {
+                    reason: format!("{e:#}"),
+                })?;
         let pre = bindings::ModelPre::new(pre).map_err(|e| Error::Incompatible {
             reason: format!("it does not export the edgeml:model world ({e:#})"),
         })?;
@@ -120,14 +139,20 @@ impl Runtime {
                 media_types: meta.media_types,
                 monitoring_features: meta.monitoring_features,
             },
-            load_info: LoadInfo { cache, compile_or_cache: compiled, total: started.elapsed() },
+            load_info: LoadInfo {
+                cache,
+                compile_or_cache: compiled,
+                total: started.elapsed(),
+            },
         })
     }
 
     fn compile(&self, bundle: &VerifiedBundle) -> Result<(Component, CacheOutcome), Error> {
         let engine = &self.inner.engine;
         let compile = || {
-            Component::new(engine, bundle.bytes()).map_err(|e| Error::Compile { reason: format!("{e:#}") })
+            Component::new(engine, bundle.bytes()).map_err(|e| Error::Compile {
+                reason: format!("{e:#}"),
+            })
         };
         let Some(dir) = &self.inner.config.cache_dir else {
             return Ok((compile()?, CacheOutcome::Disabled));
@@ -139,7 +164,11 @@ impl Runtime {
             Err(reason) => Some(reason),
         };
         let component = compile()?;
-        let outcome = match component.serialize().map_err(|e| e.to_string()).and_then(|a| cache::store(&path, &a)) {
+        let outcome = match component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|a| cache::store(&path, &a))
+        {
             Err(e) => CacheOutcome::WriteFailed(e),
             Ok(()) => match corrupt {
                 Some(reason) => CacheOutcome::Corrupt(reason),
@@ -162,8 +191,11 @@ fn bundle_model_sha(bundle: &VerifiedBundle) -> [u8; 32] {
 }
 
 fn check_metadata(manifest: &Manifest, meta: &wit::Metadata) -> Result<(), Error> {
-    let names = |specs: &[wit::TensorSpec]| specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
-    let expected = |specs: &[edgeml_bundle::TensorSpec]| specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let names =
+        |specs: &[wit::TensorSpec]| specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let expected = |specs: &[edgeml_bundle::TensorSpec]| {
+        specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()
+    };
     if meta.name != manifest.name || names(&meta.inputs) != expected(&manifest.inputs) {
         return Err(Error::Incompatible {
             reason: format!(
@@ -222,11 +254,17 @@ impl Shared {
             model_sha256: self.model_sha256,
             allow_guest_model_bytes: config.allow_guest_model_bytes,
         };
-        let mut store = Store::new(&self.runtime.inner.engine, State::new(nn, self.manifest_json.clone(), limiter));
+        let mut store = Store::new(
+            &self.runtime.inner.engine,
+            State::new(nn, self.manifest_json.clone(), limiter),
+        );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(config.timeout));
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| classify(&store, e, config.timeout, true))?;
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, e, config.timeout, true))?;
         Ok(Slot { store, bindings })
     }
 
@@ -266,18 +304,41 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
-fn classify(store: &Store<State>, e: wasmtime::Error, timeout: Duration, instantiating: bool) -> Error {
+fn classify(
+    store: &Store<State>,
+    e: wasmtime::Error,
+    timeout: Duration,
+    instantiating: bool,
+) -> Error {
     let config = store.data();
     match config.limiter.hit {
-        Some(LimitHit::Memory) => return Error::ResourceLimit { what: "memory", limit: config.limiter.memory_bytes as u64 },
-        Some(LimitHit::Table) => return Error::ResourceLimit { what: "table", limit: config.limiter.table_elements as u64 },
+        Some(LimitHit::Memory) => {
+            return Error::ResourceLimit {
+                what: "memory",
+                limit: config.limiter.memory_bytes as u64,
+            }
+        }
+        Some(LimitHit::Table) => {
+            return Error::ResourceLimit {
+                what: "table",
+                limit: config.limiter.table_elements as u64,
+            }
+        }
         None => {}
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Error::Timeout { limit: timeout },
-        Some(_) => Error::Trap { message: format!("{e:#}"), guest_stderr: store.data().stderr_tail(2048) },
-        None if instantiating => Error::Instantiate { reason: format!("{e:#}") },
-        None => Error::Trap { message: format!("{e:#}"), guest_stderr: store.data().stderr_tail(2048) },
+        Some(_) => Error::Trap {
+            message: format!("{e:#}"),
+            guest_stderr: store.data().stderr_tail(2048),
+        },
+        None if instantiating => Error::Instantiate {
+            reason: format!("{e:#}"),
+        },
+        None => Error::Trap {
+            message: format!("{e:#}"),
+            guest_stderr: store.data().stderr_tail(2048),
+        },
     }
 }
 
@@ -341,17 +402,27 @@ impl Model {
                 check_tensors(&self.shared.manifest, &tensors)?;
                 wit::Input::Tensors(tensors.into_iter().map(to_wit).collect())
             }
-            Input::Media { media_type, bytes } => wit::Input::Media(wit::Media { media_type, bytes }),
+            Input::Media { media_type, bytes } => {
+                wit::Input::Media(wit::Media { media_type, bytes })
+            }
         };
         let mut slot = self.shared.take()?;
-        let result = self.shared.call(&mut slot, |b, s| b.call_predict(s, &input))?;
+        let result = self
+            .shared
+            .call(&mut slot, |b, s| b.call_predict(s, &input))?;
         self.shared.release(slot);
         let p = result.map_err(guest_error)?;
         Ok(Prediction {
             outputs: p.outputs.into_iter().map(from_wit).collect(),
-            scores: p
-                .scores
-                .map(|s| s.into_iter().map(|l| ScoredLabel { index: l.index, label: l.label, score: l.score }).collect()),
+            scores: p.scores.map(|s| {
+                s.into_iter()
+                    .map(|l| ScoredLabel {
+                        index: l.index,
+                        label: l.label,
+                        score: l.score,
+                    })
+                    .collect()
+            }),
             monitoring: p.monitoring,
         })
     }
@@ -360,19 +431,39 @@ impl Model {
 /// Check tensors against the manifest inputs: every input given once, known
 /// names only, matching dtype, rank and fixed dimensions, and data sized to the shape.
 fn check_tensors(manifest: &Manifest, tensors: &[Tensor]) -> Result<(), Error> {
-    let known = || manifest.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
+    let known = || {
+        manifest
+            .inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+    };
     for (i, t) in tensors.iter().enumerate() {
-        let spec = manifest
-            .input(&t.name)
-            .ok_or_else(|| Error::InvalidInput(format!("unknown input `{}`; the model's inputs are {:?}", t.name, known())))?;
+        let spec = manifest.input(&t.name).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "unknown input `{}`; the model's inputs are {:?}",
+                t.name,
+                known()
+            ))
+        })?;
         if tensors[..i].iter().any(|o| o.name == t.name) {
-            return Err(Error::InvalidInput(format!("input `{}` is given twice", t.name)));
+            return Err(Error::InvalidInput(format!(
+                "input `{}` is given twice",
+                t.name
+            )));
         }
         if t.dtype != spec.dtype {
-            return Err(Error::InvalidInput(format!("input `{}` is {}, the model expects {}", t.name, t.dtype, spec.dtype)));
+            return Err(Error::InvalidInput(format!(
+                "input `{}` is {}, the model expects {}",
+                t.name, t.dtype, spec.dtype
+            )));
         }
-        spec.check_shape(&t.shape).map_err(|why| Error::InvalidInput(format!("input `{}`: {why}", t.name)))?;
-        let expected = t.shape.iter().try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d));
+        spec.check_shape(&t.shape)
+            .map_err(|why| Error::InvalidInput(format!("input `{}`: {why}", t.name)))?;
+        let expected = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d));
         if expected != Some(t.data.len() as u64) {
             return Err(Error::InvalidInput(format!(
                 "input `{}` has {} bytes; shape {:?} of {} needs {}",
@@ -384,7 +475,11 @@ fn check_tensors(manifest: &Manifest, tensors: &[Tensor]) -> Result<(), Error> {
             )));
         }
     }
-    if let Some(missing) = manifest.inputs.iter().find(|s| !tensors.iter().any(|t| t.name == s.name)) {
+    if let Some(missing) = manifest
+        .inputs
+        .iter()
+        .find(|s| !tensors.iter().any(|t| t.name == s.name))
+    {
         return Err(Error::InvalidInput(format!(
             "missing input `{}` ({} {}); the model needs {:?}",
             missing.name,
@@ -408,7 +503,12 @@ fn wit_dtype(d: edgeml_bundle::Dtype) -> wit::Dtype {
 }
 
 fn to_wit(t: Tensor) -> wit::Tensor {
-    wit::Tensor { name: t.name, dtype: wit_dtype(t.dtype), shape: t.shape, data: t.data }
+    wit::Tensor {
+        name: t.name,
+        dtype: wit_dtype(t.dtype),
+        shape: t.shape,
+        data: t.data,
+    }
 }
 
 fn from_wit(t: wit::Tensor) -> Tensor {
@@ -420,5 +520,10 @@ fn from_wit(t: wit::Tensor) -> Tensor {
         wit::Dtype::I64 => Dtype::I64,
         wit::Dtype::U8 => Dtype::U8,
     };
-    Tensor { name: t.name, dtype, shape: t.shape, data: t.data }
+    Tensor {
+        name: t.name,
+        dtype,
+        shape: t.shape,
+        data: t.data,
+    }
 }

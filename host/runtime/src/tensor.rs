@@ -33,7 +33,12 @@ impl Tensor {
         for v in values {
             data.extend_from_slice(&v.to_le_bytes());
         }
-        Tensor { name: name.into(), dtype: Dtype::F32, shape, data }
+        Tensor {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape,
+            data,
+        }
     }
 
     /// Number of elements the shape describes.
@@ -54,8 +59,12 @@ impl Tensor {
                 .map(|c| match self.dtype {
                     Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
                     Dtype::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
-                    Dtype::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
-                    Dtype::I64 => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+                    Dtype::F64 => {
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    }
+                    Dtype::I64 => {
+                        i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    }
                     Dtype::U8 => f32::from(c[0]),
                 })
                 .collect(),
@@ -89,7 +98,10 @@ impl Input {
             "json" => "application/json",
             _ => return None,
         };
-        Some(Input::Media { media_type: media_type.into(), bytes })
+        Some(Input::Media {
+            media_type: media_type.into(),
+            bytes,
+        })
     }
 }
 

@@ -16,7 +16,9 @@ pub(crate) struct TractModel {
 }
 
 fn model_error(e: impl std::fmt::Display) -> Error {
-    Error::Model { reason: e.to_string() }
+    Error::Model {
+        reason: e.to_string(),
+    }
 }
 
 impl TractModel {
@@ -37,23 +39,39 @@ impl TractModel {
             .map(|o| {
                 let name = model.node(o.node).name.clone();
                 let dt = model.outlet_fact(*o).map_err(model_error)?.datum_type;
-                Ok((name, from_datum(dt).ok_or_else(|| model_error(format!("input has unsupported type {dt:?}")))?))
+                Ok((
+                    name,
+                    from_datum(dt)
+                        .ok_or_else(|| model_error(format!("input has unsupported type {dt:?}")))?,
+                ))
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let outputs = model
             .output_outlets()
             .map_err(model_error)?
             .iter()
-            .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
+            .map(|o| {
+                model
+                    .outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| model.node(o.node).name.clone())
+            })
             .collect();
         let plan = TypedSimplePlan::new(model).map_err(model_error)?;
-        Ok(TractModel { plan, inputs, outputs })
+        Ok(TractModel {
+            plan,
+            inputs,
+            outputs,
+        })
     }
 
     /// A fresh execution state (scratch buffers reused across runs).
     pub(crate) fn state(self: &Arc<Self>) -> Result<TractState, Error> {
         let state = TypedSimpleState::new(&self.plan).map_err(model_error)?;
-        Ok(TractState { model: self.clone(), state })
+        Ok(TractState {
+            model: self.clone(),
+            state,
+        })
     }
 }
 
@@ -77,13 +95,19 @@ impl TractState {
                 .ok_or_else(|| format!("missing input `{name}`"))?;
             let t = named.swap_remove(pos);
             if t.dtype != *dtype {
-                return Err(format!("input `{name}` is {}, the model expects {dtype}", t.dtype));
+                return Err(format!(
+                    "input `{name}` is {}, the model expects {dtype}",
+                    t.dtype
+                ));
             }
             inputs.push(to_tract(&t)?.into_tvalue());
         }
         if let Some(extra) = named.first() {
             let known: Vec<&str> = model.inputs.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(format!("unknown input `{}`; the model's inputs are {known:?}", extra.name));
+            return Err(format!(
+                "unknown input `{}`; the model's inputs are {known:?}",
+                extra.name
+            ));
         }
         let state = &mut self.state;
         let outputs = guard(move || state.run(inputs).map_err(|e| format!("{e:#}")))??;
@@ -141,14 +165,26 @@ fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, String> {
             t.dtype
         ));
     }
-    let mut out = tract_onnx::prelude::Tensor::zero_dt(datum(t.dtype), &shape).map_err(|e| format!("{e:#}"))?;
+    let mut out = tract_onnx::prelude::Tensor::zero_dt(datum(t.dtype), &shape)
+        .map_err(|e| format!("{e:#}"))?;
     out.as_bytes_mut().copy_from_slice(&t.data);
     Ok(out)
 }
 
 fn from_tract(name: &str, v: &tract_onnx::prelude::Tensor) -> Result<Tensor, String> {
-    let dtype = from_datum(v.datum_type())
-        .ok_or_else(|| format!("output `{name}` has type {:?}, which edgeml does not carry", v.datum_type()))?;
+    // tract may compute integer outputs (e.g. ArgMax) as symbolic dimensions.
+    if v.datum_type() == DatumType::TDim {
+        let cast = v
+            .cast_to_dt(DatumType::I64)
+            .map_err(|e| format!("output `{name}`: {e:#}"))?;
+        return from_tract(name, &cast);
+    }
+    let dtype = from_datum(v.datum_type()).ok_or_else(|| {
+        format!(
+            "output `{name}` has type {:?}, which edgeml does not carry",
+            v.datum_type()
+        )
+    })?;
     Ok(Tensor {
         name: name.to_string(),
         dtype,
@@ -161,9 +197,15 @@ fn from_tract(name: &str, v: &tract_onnx::prelude::Tensor) -> Result<Tensor, Str
 /// ONNX model, as `edgeml pack` writes it into the manifest. Graph inputs that
 /// are initializers (weights) are not model inputs and are left out.
 pub fn onnx_io_schema(onnx: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), Error> {
-    let proto = tract_onnx::onnx().proto_model_for_read(&mut &onnx[..]).map_err(model_error)?;
-    let graph = proto.graph.as_ref().ok_or_else(|| model_error("the ONNX model has no graph"))?;
-    let weights: std::collections::HashSet<&str> = graph.initializer.iter().map(|i| i.name.as_str()).collect();
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &onnx[..])
+        .map_err(model_error)?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| model_error("the ONNX model has no graph"))?;
+    let weights: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|i| i.name.as_str()).collect();
     let spec = |v: &pb::ValueInfoProto| -> Result<TensorSpec, Error> {
         let tensor_type = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
             Some(pb::type_proto::Value::TensorType(t)) => t,
@@ -175,7 +217,12 @@ pub fn onnx_io_schema(onnx: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>),
             6 => Dtype::I32,
             7 => Dtype::I64,
             11 => Dtype::F64,
-            other => return Err(model_error(format!("`{}` has ONNX element type {other}, which edgeml does not carry", v.name))),
+            other => {
+                return Err(model_error(format!(
+                    "`{}` has ONNX element type {other}, which edgeml does not carry",
+                    v.name
+                )))
+            }
         };
         let shape = tensor_type
             .shape
@@ -185,16 +232,31 @@ pub fn onnx_io_schema(onnx: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>),
                     .iter()
                     .enumerate()
                     .map(|(i, d)| match &d.value {
-                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if *n > 0 => Dim::Fixed(*n as u64),
-                        Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if *n > 0 => {
+                            Dim::Fixed(*n as u64)
+                        }
+                        Some(pb::tensor_shape_proto::dimension::Value::DimParam(p))
+                            if !p.is_empty() =>
+                        {
+                            Dim::Symbolic(p.clone())
+                        }
                         _ => Dim::Symbolic(format!("d{i}")),
                     })
                     .collect()
             })
             .unwrap_or_default();
-        Ok(TensorSpec { name: v.name.clone(), dtype, shape })
+        Ok(TensorSpec {
+            name: v.name.clone(),
+            dtype,
+            shape,
+        })
     };
-    let inputs = graph.input.iter().filter(|v| !weights.contains(v.name.as_str())).map(spec).collect::<Result<_, _>>()?;
+    let inputs = graph
+        .input
+        .iter()
+        .filter(|v| !weights.contains(v.name.as_str()))
+        .map(spec)
+        .collect::<Result<_, _>>()?;
     let outputs = graph.output.iter().map(spec).collect::<Result<_, _>>()?;
     Ok((inputs, outputs))
 }
