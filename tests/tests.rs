@@ -9,4 +9,5 @@ mod cache;
 mod cli;
 mod hostile_guests;
 mod models;
+mod readme;
 mod signature_attacks;

@@ -43,3 +43,8 @@ pub use error::Error;
 pub use runtime::{LoadInfo, Model, Runtime, HOST_VERSION};
 pub use tensor::{Input, ModelMetadata, Prediction, ScoredLabel, Tensor};
 pub use tract::onnx_io_schema;
+
+/// The README's Rust examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,77 @@
+//! The README's walkthrough, run command by command with the real binary, so
+//! the documentation cannot drift from what works.
+
+use crate::common::*;
+
+/// The `sh` blocks of the "## Walkthrough" section, one command per entry
+/// (continuation lines joined), without the build steps.
+fn walkthrough_commands() -> Vec<String> {
+    let readme = String::from_utf8(read(repo().join("README.md"))).unwrap();
+    let section = readme
+        .split("## Walkthrough")
+        .nth(1)
+        .expect("walkthrough section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut commands = Vec::new();
+    for block in section.split("```sh\n").skip(1) {
+        let body = block.split("```").next().unwrap();
+        let mut current = String::new();
+        for line in body.lines() {
+            current.push_str(line.trim_end_matches('\\').trim());
+            current.push(' ');
+            if !line.ends_with('\\') {
+                commands.push(current.trim().to_string());
+                current.clear();
+            }
+        }
+    }
+    commands.retain(|c| {
+        !c.is_empty()
+            && !c.starts_with("rustup")
+            && !c.starts_with("cargo build")
+            && !c.starts_with("export PATH")
+    });
+    commands
+}
+
+#[test]
+fn readme_walkthrough_commands_run() {
+    let commands = walkthrough_commands();
+    assert!(
+        commands.len() >= 15,
+        "found only {} commands",
+        commands.len()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo().join("models"), tmp.path().join("models")).unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_edgeml"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for cmd in commands {
+        assert!(
+            cmd.starts_with("edgeml "),
+            "unexpected command in the walkthrough: {cmd}"
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(tmp.path())
+            .env("PATH", &path)
+            .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README command failed: {cmd}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(tmp.path().join("vad-out/segments.npy").is_file());
+    assert!(tmp.path().join("out/probabilities.npy").is_file());
+}
