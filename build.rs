@@ -1,16 +1,17 @@
 //! Builds the guest components in `guest/` for `wasm32-wasip2` so that
-//! `edgeml pack` can embed the generic component and the tests can use all
-//! three. Set `EDGEML_GUEST_WASM_DIR` to a folder of prebuilt components to
+//! `edgeml` can embed the model components and the sandboxed backend, and
+//! the tests can use all of them. Set `EDGEML_GUEST_WASM_DIR` to a folder of prebuilt components to
 //! skip the nested build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 4] = [
+const GUESTS: [&str; 5] = [
     "edgeml_generic",
     "edgeml_image_classifier",
     "edgeml_voice_activity",
     "edgeml_test_hostile",
+    "edgeml_tract_backend",
 ];
 
 fn main() {
@@ -22,6 +23,10 @@ fn main() {
         "guest/image-classifier/src",
         "guest/voice-activity/src",
         "guest/test-hostile/src",
+        "guest/tract-backend/src",
+        "guest/.cargo/config.toml",
+        "host/tract/src",
+        "host/bundle/src",
         "wit",
     ] {
         println!("cargo:rerun-if-changed={dir}");
@@ -32,6 +37,7 @@ fn main() {
         "image-classifier",
         "voice-activity",
         "test-hostile",
+        "tract-backend",
     ] {
         println!("cargo:rerun-if-changed=guest/{crate_dir}/Cargo.toml");
     }
@@ -64,7 +70,9 @@ fn build_guests() -> PathBuf {
         .unwrap_or_else(|| out_dir.clone())
         .join("guest-wasm");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Run from guest/ so guest/.cargo/config.toml (SIMD flags) applies.
     let status = Command::new(cargo)
+        .current_dir(manifest_dir.join("guest"))
         .args([
             "build",
             "--release",

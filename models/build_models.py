@@ -258,7 +258,44 @@ def build_squeezenet():
     print("squeezenet:", path, os.path.getsize(path), "bytes; output", y.shape)
 
 
+# ---------------------------------------------------------------- trivial (per-call overhead)
+def build_trivial():
+    out = os.path.join(HERE, "trivial")
+    os.makedirs(out, exist_ok=True)
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    one = onnx.numpy_helper.from_array(np.ones((1, 4), dtype=np.float32), "one")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"])], "trivial", [x], [y], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edgeml")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(out, "add.onnx"))
+    np.save(os.path.join(out, "input.npy"), np.arange(4, dtype=np.float32).reshape(1, 4))
+    print("trivial: y = x + 1")
+
+
+# ---------------------------------------------------------------- large (cached-load benchmark; not committed)
+def build_large(path):
+    """A ~20 MB model (two 1600x1600 dense layers, random weights) for the cached-load benchmark."""
+    rng = np.random.default_rng(SEED)
+    n = 1600
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, n])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, n])
+    w1 = onnx.numpy_helper.from_array((rng.standard_normal((n, n)) / n).astype(np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array((rng.standard_normal((n, n)) / n).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "large", [x], [y], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edgeml")
+    model.ir_version = 8
+    onnx.save(model, path)
+    print("large:", path, os.path.getsize(path), "bytes")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["digits", "vad", "squeezenet"]
+    if sys.argv[1:2] == ["large"]:
+        build_large(sys.argv[2])
+        sys.exit(0)
+    which = sys.argv[1:] or ["digits", "vad", "squeezenet", "trivial"]
     for w in which:
         globals()["build_" + w]()

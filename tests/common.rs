@@ -168,3 +168,25 @@ pub fn media(media_type: &str, bytes: Vec<u8>) -> Input {
         bytes,
     }
 }
+
+/// One runtime per backend shared by the model tests, so the sandboxed
+/// backend component is compiled once per test run.
+pub fn shared_runtime(sandboxed: bool) -> Runtime {
+    static NATIVE: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+    static SANDBOXED: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+    if sandboxed {
+        SANDBOXED
+            .get_or_init(|| Runtime::new(&sandboxed_config()).unwrap())
+            .clone()
+    } else {
+        NATIVE.get_or_init(runtime).clone()
+    }
+}
+
+pub fn sandboxed_config() -> Config {
+    let mut config = Config::new();
+    config.backend(edgeml_runtime::Backend::Sandboxed {
+        component: guest("edgeml_tract_backend").into(),
+    });
+    config
+}

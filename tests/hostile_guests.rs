@@ -103,3 +103,51 @@ fn concurrent_calls_each_get_their_own_instance() {
         }
     });
 }
+
+fn garbage_model_bundle(p: &Publisher) -> Vec<u8> {
+    let digits = read(model_path("digits/digits.onnx"));
+    let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&digits).unwrap();
+    // Valid protobuf framing, nonsense graph: truncate a real model.
+    let garbage = digits[..digits.len() / 3].to_vec();
+    let unsigned = edgeml_runtime::bundle::pack(&edgeml_runtime::bundle::PackOptions {
+        name: "digits",
+        version: semver::Version::new(1, 0, 0),
+        component: &guest("edgeml_generic"),
+        model: &garbage,
+        inputs,
+        outputs,
+        labels: vec![],
+        preprocessing: serde_json::Value::Null,
+        min_host_version: semver::Version::new(0, 1, 0),
+        created: None,
+    })
+    .unwrap();
+    p.sign(&unsigned)
+}
+
+#[test]
+fn malformed_model_is_a_load_error_on_both_backends() {
+    let p = Publisher::new();
+    for rt in [shared_runtime(false), shared_runtime(true)] {
+        let v = rt.verify(garbage_model_bundle(&p), &p.policy()).unwrap();
+        let err = rt.load(&v).unwrap_err();
+        assert!(matches!(err, Error::Model { .. }), "{err:?}");
+        // The runtime still loads good bundles.
+        let (_, model) = load(&DIGITS_GENERIC, &rt);
+        still_serves(&model);
+    }
+}
+
+#[test]
+fn sandboxed_backend_is_held_to_its_own_memory_limit() {
+    let mut config = sandboxed_config();
+    config.sandbox_max_memory_bytes(2 << 20);
+    let rt = Runtime::new(&config).unwrap();
+    let p = Publisher::new();
+    let v = rt.verify(p.sign(&pack(&SQUEEZENET)), &p.policy()).unwrap();
+    let err = rt.load(&v).unwrap_err();
+    assert!(
+        matches!(err, Error::Model { ref reason } if reason.contains("memory limit")),
+        "{err:?}"
+    );
+}

@@ -1,13 +1,13 @@
 //! The three real models, end to end through signed bundles, against
 //! reference outputs computed once by onnxruntime (models/build_models.py).
+//! Every test runs on both backends: native tract, and tract compiled to
+//! WebAssembly in its own sandbox.
 
 use crate::common::*;
-use edgeml_runtime::{Input, Tensor};
+use edgeml_runtime::{Input, Runtime, Tensor};
 
-#[test]
-fn digits_tensor_path_matches_onnxruntime() {
-    let rt = runtime();
-    let (_, model) = load(&DIGITS_GENERIC, &rt);
+fn digits_tensor_path_matches_onnxruntime(rt: &Runtime) {
+    let (_, model) = load(&DIGITS_GENERIC, rt);
     let input = npy_tensor("X", "digits/ref_input.npy");
     let p = model.predict(Input::Tensors(vec![input])).unwrap();
     let probs = p.output("probabilities").expect("probabilities output");
@@ -32,10 +32,8 @@ fn digits_tensor_path_matches_onnxruntime() {
     assert_eq!(top.label, expected_labels[0].to_string());
 }
 
-#[test]
-fn digits_png_accuracy_on_held_out_digits_is_at_least_95_percent() {
-    let rt = runtime();
-    let (_, model) = load(&DIGITS_IMAGE, &rt);
+fn digits_png_accuracy_on_held_out_digits_is_at_least_95_percent(rt: &Runtime) {
+    let (_, model) = load(&DIGITS_IMAGE, rt);
     assert_eq!(
         model.metadata().media_types,
         vec!["image/png", "image/jpeg"]
@@ -75,10 +73,8 @@ fn digits_png_accuracy_on_held_out_digits_is_at_least_95_percent() {
     assert!(accuracy >= 0.95, "accuracy {accuracy:.4} < 0.95");
 }
 
-#[test]
-fn squeezenet_matches_onnxruntime() {
-    let rt = runtime();
-    let (_, model) = load(&SQUEEZENET, &rt);
+fn squeezenet_matches_onnxruntime(rt: &Runtime) {
+    let (_, model) = load(&SQUEEZENET, rt);
     assert_eq!(model.manifest().inputs.len(), 1, "weights are not inputs");
     let input = npy_tensor("data_0", "squeezenet/ref_input.npy");
     let p = model.predict(Input::Tensors(vec![input])).unwrap();
@@ -88,10 +84,8 @@ fn squeezenet_matches_onnxruntime() {
     assert_close(&out.to_f32().unwrap(), &expected, "squeezenet softmax");
 }
 
-#[test]
-fn vad_single_frame_matches_onnxruntime() {
-    let rt = runtime();
-    let (_, model) = load(&VAD, &rt);
+fn vad_single_frame_matches_onnxruntime(rt: &Runtime) {
+    let (_, model) = load(&VAD, rt);
     let input = npy_tensor("input", "vad/ref_frame_input.npy");
     let state = npy_tensor("state", "vad/ref_frame_state.npy");
     let p = model.predict(Input::Tensors(vec![input, state])).unwrap();
@@ -109,10 +103,8 @@ fn vad_single_frame_matches_onnxruntime() {
     );
 }
 
-#[test]
-fn vad_wav_probabilities_match_onnxruntime_and_find_the_speech() {
-    let rt = runtime();
-    let (_, model) = load(&VAD, &rt);
+fn vad_wav_probabilities_match_onnxruntime_and_find_the_speech(rt: &Runtime) {
+    let (_, model) = load(&VAD, rt);
     let p = model
         .predict(media("audio/wav", read(model_path("vad/speech.wav"))))
         .unwrap();
@@ -173,10 +165,8 @@ fn vad_wav_probabilities_match_onnxruntime_and_find_the_speech() {
     );
 }
 
-#[test]
-fn symbolic_batch_dimension_takes_its_size_from_the_tensor() {
-    let rt = runtime();
-    let (_, model) = load(&DIGITS_GENERIC, &rt);
+fn symbolic_batch_dimension_takes_its_size_from_the_tensor(rt: &Runtime) {
+    let (_, model) = load(&DIGITS_GENERIC, rt);
     for batch in [1u64, 3, 7] {
         let x = Tensor::from_f32("X", vec![batch, 64], &vec![0.25; batch as usize * 64]);
         let p = model.predict(Input::Tensors(vec![x])).unwrap();
@@ -184,10 +174,8 @@ fn symbolic_batch_dimension_takes_its_size_from_the_tensor() {
     }
 }
 
-#[test]
-fn generic_component_takes_json_input() {
-    let rt = runtime();
-    let (_, model) = load(&DIGITS_GENERIC, &rt);
+fn generic_component_takes_json_input(rt: &Runtime) {
+    let (_, model) = load(&DIGITS_GENERIC, rt);
     let (_, x) = npy_f32("digits/ref_input.npy");
     let rows: Vec<Vec<f32>> = x.chunks(64).take(2).map(|r| r.to_vec()).collect();
     let json = serde_json::to_vec(&serde_json::json!({ "X": rows })).unwrap();
@@ -198,4 +186,63 @@ fn generic_component_takes_json_input() {
         &expected[..20],
         "json path",
     );
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod native {
+            $(#[test] fn $name() { super::$name(&crate::common::shared_runtime(false)) })*
+        }
+        mod sandboxed {
+            $(#[test] fn $name() { super::$name(&crate::common::shared_runtime(true)) })*
+        }
+    };
+}
+
+on_both_backends!(
+    digits_tensor_path_matches_onnxruntime,
+    digits_png_accuracy_on_held_out_digits_is_at_least_95_percent,
+    squeezenet_matches_onnxruntime,
+    vad_single_frame_matches_onnxruntime,
+    vad_wav_probabilities_match_onnxruntime_and_find_the_speech,
+    symbolic_batch_dimension_takes_its_size_from_the_tensor,
+    generic_component_takes_json_input,
+);
+
+#[test]
+fn sandboxed_and_native_backends_agree_on_every_model() {
+    let (native, sandboxed) = (shared_runtime(false), shared_runtime(true));
+    let cases: [(&Spec, Vec<Tensor>); 3] = [
+        (
+            &DIGITS_GENERIC,
+            vec![npy_tensor("X", "digits/ref_input.npy")],
+        ),
+        (
+            &SQUEEZENET,
+            vec![npy_tensor("data_0", "squeezenet/ref_input.npy")],
+        ),
+        (
+            &VAD,
+            vec![
+                npy_tensor("input", "vad/ref_frame_input.npy"),
+                npy_tensor("state", "vad/ref_frame_state.npy"),
+            ],
+        ),
+    ];
+    for (spec, inputs) in cases {
+        let (_, a) = load(spec, &native);
+        let (_, b) = load(spec, &sandboxed);
+        assert_eq!((a.backend(), b.backend()), ("native", "sandboxed"));
+        let pa = a.predict(Input::Tensors(inputs.clone())).unwrap();
+        let pb = b.predict(Input::Tensors(inputs)).unwrap();
+        assert_eq!(pa.outputs.len(), pb.outputs.len());
+        for (x, y) in pa.outputs.iter().zip(&pb.outputs) {
+            assert_eq!((&x.name, &x.shape, x.dtype), (&y.name, &y.shape, y.dtype));
+            assert_close(
+                &y.to_f32().unwrap(),
+                &x.to_f32().unwrap(),
+                &format!("{}: {}", spec.name, x.name),
+            );
+        }
+    }
 }

@@ -1,4 +1,4 @@
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Signed WebAssembly model components for edge fleets.
@@ -116,6 +116,18 @@ pub struct HostArgs {
     /// Largest guest linear memory, in MiB.
     #[arg(long, default_value_t = 512)]
     pub max_memory_mib: usize,
+    /// Where inference runs: native tract in this process, or tract compiled to
+    /// WebAssembly in its own sandbox.
+    #[arg(long, value_enum, default_value_t = BackendArg::Native)]
+    pub backend: BackendArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// tract, native code in the host process (fastest).
+    Native,
+    /// tract compiled to WebAssembly, in its own component and memory limit.
+    Sandboxed,
 }
 
 #[derive(Debug, Args)]

@@ -64,7 +64,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let out = json!({
             "model": model.manifest().name,
             "version": model.manifest().version.to_string(),
-            "backend": "native",
+            "backend": model.backend(),
             "bundle_bytes": bundle_len,
             "iterations": args.iterations,
             "threads": args.threads,
@@ -74,13 +74,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "p90_us": us(pct(0.90)),
             "p99_us": us(pct(0.99)),
             "throughput_per_s": throughput,
+            "peak_rss_kb": peak_rss_kb(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "{} {} (native backend, {} bytes)",
+            "{} {} ({} backend, {} bytes)",
             model.manifest().name,
             model.manifest().version,
+            model.backend(),
             bundle_len
         );
         println!(
@@ -126,6 +128,13 @@ fn throughput(model: &Model, input: &Input, threads: usize, iterations: usize) -
         Ok(())
     })?;
     Ok((per_thread * threads) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), if known.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Zero tensors shaped like the model's inputs, symbolic dimensions set to 1.

@@ -1,9 +1,9 @@
-use crate::args::{Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs};
+use crate::args::{BackendArg, Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs};
 use crate::npy;
 use anyhow::{bail, Context, Result};
 use edgeml_runtime::bundle::{self, PackOptions, SecretKey};
 use edgeml_runtime::{
-    Config, Input, Model, PublicKey, Runtime, Tensor, TrustPolicy, VerifiedBundle,
+    Backend, Config, Input, Model, PublicKey, Runtime, Tensor, TrustPolicy, VerifiedBundle,
 };
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -31,6 +31,12 @@ pub const BUILTIN_COMPONENTS: [(&str, &[u8]); 3] = [
         )),
     ),
 ];
+
+/// The sandboxed inference backend (tract compiled to WebAssembly), from guest/tract-backend.
+pub const SANDBOXED_BACKEND: &[u8] = include_bytes!(concat!(
+    env!("EDGEML_GUEST_DIR"),
+    "/edgeml_tract_backend.wasm"
+));
 
 /// `--component`: a .wasm file, or the name of a built-in component; none means `generic`.
 fn component_bytes(arg: Option<&Path>) -> Result<Vec<u8>> {
@@ -263,6 +269,11 @@ pub fn config(host: &HostArgs) -> Result<Config> {
     config
         .timeout(Duration::from_secs_f64(host.timeout))
         .max_memory_bytes(host.max_memory_mib << 20);
+    if host.backend == BackendArg::Sandboxed {
+        config.backend(Backend::Sandboxed {
+            component: SANDBOXED_BACKEND.into(),
+        });
+    }
     if !host.no_cache {
         if let Some(dir) = host.cache_dir.clone().or_else(default_cache_dir) {
             config.cache_dir(dir);
@@ -373,15 +384,17 @@ fn run_model(args: &RunArgs) -> Result<()> {
             "scores": prediction.scores,
             "monitoring": model.metadata().monitoring_features.iter().zip(&prediction.monitoring).map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
             "cache": model.load_info().cache,
+            "backend": model.backend(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!(
-        "{} {} ({})",
+        "{} {} ({}, {} backend)",
         model.manifest().name,
         model.manifest().version,
-        model.metadata().component
+        model.metadata().component,
+        model.backend()
     );
     for t in &prediction.outputs {
         let file = files

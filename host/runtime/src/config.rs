@@ -1,5 +1,42 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Where inference runs.
+#[derive(Clone, Default)]
+pub enum Backend {
+    /// tract, native code in the host process. Fastest.
+    #[default]
+    Native,
+    /// tract compiled to WebAssembly, running as its own component with its
+    /// own memory limit: no native ML code runs on the model's behalf, and a
+    /// malformed or hostile model cannot reach the host process. Takes the
+    /// backend component (`edgeml_tract_backend.wasm`, built from
+    /// `guest/tract-backend`; the `edgeml` binary embeds it).
+    Sandboxed {
+        /// The backend component's bytes.
+        component: Arc<[u8]>,
+    },
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Native => f.write_str("Native"),
+            Backend::Sandboxed { component } => write!(f, "Sandboxed({} bytes)", component.len()),
+        }
+    }
+}
+
+impl Backend {
+    /// `native` or `sandboxed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Sandboxed { .. } => "sandboxed",
+        }
+    }
+}
 
 /// How a [`crate::Runtime`] runs model components. Build it, then pass it to
 /// [`crate::Runtime::new`]. Every setter documents its default.
@@ -20,6 +57,8 @@ pub struct Config {
     pub(crate) idle_instances: usize,
     pub(crate) bundle_limits: edgeml_bundle::Limits,
     pub(crate) allow_guest_model_bytes: bool,
+    pub(crate) backend: Backend,
+    pub(crate) sandbox_max_memory_bytes: usize,
 }
 
 impl Default for Config {
@@ -34,6 +73,8 @@ impl Default for Config {
             idle_instances: 4,
             bundle_limits: edgeml_bundle::Limits::default(),
             allow_guest_model_bytes: false,
+            backend: Backend::Native,
+            sandbox_max_memory_bytes: 2 << 30,
         }
     }
 }
@@ -96,6 +137,19 @@ impl Config {
     /// Size limits applied when verifying bundles. Default: 512 MiB bundles, 1 MiB manifests.
     pub fn bundle_limits(&mut self, limits: edgeml_bundle::Limits) -> &mut Self {
         self.bundle_limits = limits;
+        self
+    }
+
+    /// Where inference runs. Default [`Backend::Native`].
+    pub fn backend(&mut self, backend: Backend) -> &mut Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Largest linear memory of the sandboxed backend (model weights and
+    /// activations live there). Default 2 GiB.
+    pub fn sandbox_max_memory_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.sandbox_max_memory_bytes = bytes;
         self
     }
 

@@ -26,23 +26,24 @@
 
 #![deny(missing_docs)]
 
+mod backend;
 mod bindings;
 mod cache;
 mod config;
 mod error;
 mod nn;
 mod runtime;
+mod sandbox;
 mod state;
 mod tensor;
-mod tract;
 
 pub use cache::CacheOutcome;
-pub use config::Config;
+pub use config::{Backend, Config};
 pub use edgeml_bundle::{self as bundle, Dtype, Manifest, PublicKey, TrustPolicy, VerifiedBundle};
+pub use edgeml_tract::io_schema as onnx_io_schema;
 pub use error::Error;
 pub use runtime::{LoadInfo, Model, Runtime, HOST_VERSION};
 pub use tensor::{Input, ModelMetadata, Prediction, ScoredLabel, Tensor};
-pub use tract::onnx_io_schema;
 
 /// The README's Rust examples, compiled as doc tests.
 #[cfg(doctest)]

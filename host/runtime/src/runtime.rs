@@ -1,13 +1,14 @@
+use crate::backend::{Graph, Native};
 use crate::bindings::{self, edgeml::model::types as wit};
 use crate::cache::{self, CacheOutcome};
 use crate::nn::NnHost;
+use crate::sandbox::SandboxEngine;
 use crate::state::{LimitHit, Limiter, State, STDERR_CAPACITY};
 use crate::tensor::{Input, ModelMetadata, Prediction, ScoredLabel, Tensor};
-use crate::tract::TractModel;
-use crate::{Config, Error};
+use crate::{Backend, Config, Error};
 use edgeml_bundle::{Manifest, TrustPolicy, VerifiedBundle};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, Trap};
@@ -29,6 +30,7 @@ struct Inner {
     linker: Linker<State>,
     config: Config,
     stop: Arc<AtomicBool>,
+    sandbox: OnceLock<Arc<SandboxEngine>>,
 }
 
 impl Drop for Inner {
@@ -68,6 +70,7 @@ impl Runtime {
                 linker,
                 config: config.clone(),
                 stop,
+                sandbox: OnceLock::new(),
             }),
         })
     }
@@ -103,7 +106,7 @@ impl Runtime {
         }
         let (component, cache) = self.compile(bundle)?;
         let compiled = started.elapsed();
-        let model = Arc::new(TractModel::load(bundle.model_bytes())?);
+        let model = self.load_graph(bundle.model_bytes())?;
         let pre =
             self.inner
                 .linker
@@ -147,17 +150,58 @@ impl Runtime {
         })
     }
 
+    /// The bundle's model, on the configured backend.
+    fn load_graph(&self, onnx: &[u8]) -> Result<Arc<dyn Graph>, Error> {
+        match &self.inner.config.backend {
+            Backend::Native => {
+                let model = edgeml_tract::Model::load(onnx).map_err(|e| Error::Model {
+                    reason: e.to_string(),
+                })?;
+                Ok(Arc::new(Native(Arc::new(model))))
+            }
+            Backend::Sandboxed { component } => self.sandbox(component)?.load(onnx),
+        }
+    }
+
+    /// The sandboxed backend, compiled (or loaded from the cache) on first use.
+    fn sandbox(&self, component: &[u8]) -> Result<Arc<SandboxEngine>, Error> {
+        if let Some(s) = self.inner.sandbox.get() {
+            return Ok(s.clone());
+        }
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(component));
+        let (compiled, _) = self.compile_cached(component, &digest)?;
+        let config = &self.inner.config;
+        let engine = SandboxEngine::new(
+            &self.inner.engine,
+            &compiled,
+            config.sandbox_max_memory_bytes,
+            config.timeout,
+            deadline_ticks(config.timeout),
+        )?;
+        Ok(self.inner.sandbox.get_or_init(|| Arc::new(engine)).clone())
+    }
+
     fn compile(&self, bundle: &VerifiedBundle) -> Result<(Component, CacheOutcome), Error> {
+        self.compile_cached(bundle.bytes(), &bundle.digest_hex())
+    }
+
+    /// Compile verified (or host-shipped) component bytes, through the cache
+    /// when one is configured.
+    fn compile_cached(
+        &self,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Component, CacheOutcome), Error> {
         let engine = &self.inner.engine;
         let compile = || {
-            Component::new(engine, bundle.bytes()).map_err(|e| Error::Compile {
+            Component::new(engine, bytes).map_err(|e| Error::Compile {
                 reason: format!("{e:#}"),
             })
         };
         let Some(dir) = &self.inner.config.cache_dir else {
             return Ok((compile()?, CacheOutcome::Disabled));
         };
-        let path = cache::entry_path(dir, engine, &bundle.digest_hex());
+        let path = cache::entry_path(dir, engine, digest);
         let corrupt = match cache::load(engine, &path) {
             Ok(Some(c)) => return Ok((c, CacheOutcome::Hit)),
             Ok(None) => None,
@@ -229,7 +273,7 @@ struct Slot {
 struct Shared {
     runtime: Runtime,
     pre: bindings::ModelPre<State>,
-    model: Arc<TractModel>,
+    model: Arc<dyn Graph>,
     model_sha256: [u8; 32],
     manifest: Arc<Manifest>,
     manifest_json: Arc<str>,
@@ -375,6 +419,11 @@ impl Model {
     /// The bundle's signed manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.shared.manifest
+    }
+
+    /// The inference backend this model runs on (`native` or `sandboxed`).
+    pub fn backend(&self) -> &'static str {
+        self.shared.runtime.inner.config.backend.name()
     }
 
     /// The bundle digest (hex SHA-256 of the signed content).

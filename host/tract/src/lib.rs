@@ -1,29 +1,61 @@
-//! The native inference backend: tract, running the bundle's ONNX model.
+//! edgeml's inference core: an ONNX model parsed, optimised and planned once
+//! with tract, then run on named [`Tensor`]s from any number of [`Session`]s.
+//!
+//! The host runtime uses it natively; the sandboxed backend is this same
+//! crate compiled to WebAssembly (`guest/tract-backend`), so both backends
+//! share one implementation and agree on results.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), edgeml_tract::Error> {
+//! let onnx = std::fs::read("models/digits/digits.onnx").unwrap();
+//! let model = std::sync::Arc::new(edgeml_tract::Model::load(&onnx)?);
+//! let mut session = model.session()?;
+//! let x = edgeml_tract::Tensor::from_f32("X", vec![1, 64], &[0.0; 64]);
+//! let outputs = session.run(vec![x])?;
+//! # Ok(()) }
+//! ```
 
-use crate::tensor::Tensor;
-use crate::Error;
-use edgeml_bundle::{Dim, Dtype, TensorSpec};
+#![deny(missing_docs)]
+
+mod tensor;
+
+pub use edgeml_bundle::Dtype;
+pub use tensor::Tensor;
+
+use edgeml_bundle::{Dim, TensorSpec};
 use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-/// A model optimised and planned once, shared by every instance of a bundle.
+/// Errors from loading or running a model. Messages say what was wrong and
+/// what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The ONNX model could not be parsed, optimised or planned.
+    #[error("{0}")]
+    Load(String),
+    /// The inputs do not fit the model, or the computation failed.
+    #[error("{0}")]
+    Run(String),
+}
+
+/// A model optimised and planned once; share it (`Arc`) between sessions.
 #[derive(Debug)]
-pub(crate) struct TractModel {
+pub struct Model {
     plan: Arc<TypedSimplePlan>,
     inputs: Vec<(String, Dtype)>,
     outputs: Vec<String>,
 }
 
 fn model_error(e: impl std::fmt::Display) -> Error {
-    Error::Model {
-        reason: e.to_string(),
-    }
+    Error::Load(e.to_string())
 }
 
-impl TractModel {
-    /// Parse, optimise and plan an ONNX model.
-    pub(crate) fn load(onnx: &[u8]) -> Result<Self, Error> {
+impl Model {
+    /// Parse, optimise and plan an ONNX model. A panic inside tract (a
+    /// malformed model) is caught and returned as [`Error::Load`].
+    pub fn load(onnx: &[u8]) -> Result<Self, Error> {
         let model = guard(|| {
             tract_onnx::onnx()
                 .model_for_read(&mut &onnx[..])
@@ -58,34 +90,48 @@ impl TractModel {
             })
             .collect();
         let plan = TypedSimplePlan::new(model).map_err(model_error)?;
-        Ok(TractModel {
+        Ok(Model {
             plan,
             inputs,
             outputs,
         })
     }
 
-    /// A fresh execution state (scratch buffers reused across runs).
-    pub(crate) fn state(self: &Arc<Self>) -> Result<TractState, Error> {
+    /// A new session; its scratch buffers are reused across its runs.
+    pub fn session(self: &Arc<Self>) -> Result<Session, Error> {
         let state = TypedSimpleState::new(&self.plan).map_err(model_error)?;
-        Ok(TractState {
+        Ok(Session {
             model: self.clone(),
             state,
         })
     }
+
+    /// Input names and dtypes, in graph order.
+    pub fn inputs(&self) -> &[(String, Dtype)] {
+        &self.inputs
+    }
+
+    /// Output names, in graph order.
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
 }
 
-/// One execution context.
+/// One execution context of a [`Model`].
 #[derive(Debug)]
-pub(crate) struct TractState {
-    model: Arc<TractModel>,
+pub struct Session {
+    model: Arc<Model>,
     state: TypedSimpleState,
 }
 
-impl TractState {
+impl Session {
     /// Run the model on named inputs (any order; every input required).
-    /// Errors are messages meant for the caller: what was wrong and what was expected.
-    pub(crate) fn run(&mut self, mut named: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    /// A panic inside tract is caught and returned as [`Error::Run`].
+    pub fn run(&mut self, named: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        self.run_inner(named).map_err(Error::Run)
+    }
+
+    fn run_inner(&mut self, mut named: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         let model = &self.model;
         let mut inputs: TVec<TValue> = TVec::with_capacity(model.inputs.len());
         for (name, dtype) in &model.inputs {
@@ -196,7 +242,7 @@ fn from_tract(name: &str, v: &tract_onnx::prelude::Tensor) -> Result<Tensor, Str
 /// Read the IO schema (names, dtypes, shapes with symbolic dimensions) of an
 /// ONNX model, as `edgeml pack` writes it into the manifest. Graph inputs that
 /// are initializers (weights) are not model inputs and are left out.
-pub fn onnx_io_schema(onnx: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), Error> {
+pub fn io_schema(onnx: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), Error> {
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &onnx[..])
         .map_err(model_error)?;
