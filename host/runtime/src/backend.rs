@@ -28,3 +28,39 @@ impl Session for edgeml_tract::Session {
         edgeml_tract::Session::run(self, inputs).map_err(|e| e.to_string())
     }
 }
+
+/// `to_wit` / `from_wit` between [`Tensor`] and a bindgen-generated `tensor`
+/// record (the edgeml:model and edgeml:backend packages each declare one,
+/// with the same fields and dtype cases).
+macro_rules! wit_tensor_conversions {
+    ($wit:path) => {
+        use $wit as wit_conv;
+
+        fn to_wit(t: crate::tensor::Tensor) -> wit_conv::Tensor {
+            use edgeml_bundle::Dtype;
+            use wit_conv as w;
+            let dtype = match t.dtype {
+                Dtype::F32 => w::Dtype::F32,
+                Dtype::F64 => w::Dtype::F64,
+                Dtype::I32 => w::Dtype::I32,
+                Dtype::I64 => w::Dtype::I64,
+                Dtype::U8 => w::Dtype::U8,
+            };
+            w::Tensor { name: t.name, dtype, shape: t.shape, data: t.data }
+        }
+
+        fn from_wit(t: wit_conv::Tensor) -> crate::tensor::Tensor {
+            use edgeml_bundle::Dtype;
+            use wit_conv as w;
+            let dtype = match t.dtype {
+                w::Dtype::F32 => Dtype::F32,
+                w::Dtype::F64 => Dtype::F64,
+                w::Dtype::I32 => Dtype::I32,
+                w::Dtype::I64 => Dtype::I64,
+                w::Dtype::U8 => Dtype::U8,
+            };
+            crate::tensor::Tensor { name: t.name, dtype, shape: t.shape, data: t.data }
+        }
+    };
+}
+pub(crate) use wit_tensor_conversions;

@@ -540,39 +540,4 @@ fn check_tensors(manifest: &Manifest, tensors: &[Tensor]) -> Result<(), Error> {
     Ok(())
 }
 
-fn wit_dtype(d: edgeml_bundle::Dtype) -> wit::Dtype {
-    use edgeml_bundle::Dtype::*;
-    match d {
-        F32 => wit::Dtype::F32,
-        F64 => wit::Dtype::F64,
-        I32 => wit::Dtype::I32,
-        I64 => wit::Dtype::I64,
-        U8 => wit::Dtype::U8,
-    }
-}
-
-fn to_wit(t: Tensor) -> wit::Tensor {
-    wit::Tensor {
-        name: t.name,
-        dtype: wit_dtype(t.dtype),
-        shape: t.shape,
-        data: t.data,
-    }
-}
-
-fn from_wit(t: wit::Tensor) -> Tensor {
-    use edgeml_bundle::Dtype;
-    let dtype = match t.dtype {
-        wit::Dtype::F32 => Dtype::F32,
-        wit::Dtype::F64 => Dtype::F64,
-        wit::Dtype::I32 => Dtype::I32,
-        wit::Dtype::I64 => Dtype::I64,
-        wit::Dtype::U8 => Dtype::U8,
-    };
-    Tensor {
-        name: t.name,
-        dtype,
-        shape: t.shape,
-        data: t.data,
-    }
-}
+crate::backend::wit_tensor_conversions!(crate::bindings::edgeml::model::types);

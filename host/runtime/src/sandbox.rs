@@ -8,7 +8,6 @@ use crate::backend::{Graph, Session};
 use crate::state::{LimitHit, Limiter};
 use crate::tensor::Tensor;
 use crate::Error;
-use edgeml_bundle::Dtype;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceAny, ResourceTable};
@@ -220,34 +219,4 @@ fn describe(store: &Store<SandboxState>, err: wasmtime::Error, timeout: Duration
     }
 }
 
-fn to_wit(t: Tensor) -> wit::Tensor {
-    let dtype = match t.dtype {
-        Dtype::F32 => wit::Dtype::F32,
-        Dtype::F64 => wit::Dtype::F64,
-        Dtype::I32 => wit::Dtype::I32,
-        Dtype::I64 => wit::Dtype::I64,
-        Dtype::U8 => wit::Dtype::U8,
-    };
-    wit::Tensor {
-        name: t.name,
-        dtype,
-        shape: t.shape,
-        data: t.data,
-    }
-}
-
-fn from_wit(t: wit::Tensor) -> Tensor {
-    let dtype = match t.dtype {
-        wit::Dtype::F32 => Dtype::F32,
-        wit::Dtype::F64 => Dtype::F64,
-        wit::Dtype::I32 => Dtype::I32,
-        wit::Dtype::I64 => Dtype::I64,
-        wit::Dtype::U8 => Dtype::U8,
-    };
-    Tensor {
-        name: t.name,
-        dtype,
-        shape: t.shape,
-        data: t.data,
-    }
-}
+crate::backend::wit_tensor_conversions!(crate::sandbox::bindings::exports::edgeml::backend::inference);
