@@ -46,7 +46,12 @@ macro_rules! wit_tensor_conversions {
                 Dtype::I64 => w::Dtype::I64,
                 Dtype::U8 => w::Dtype::U8,
             };
-            w::Tensor { name: t.name, dtype, shape: t.shape, data: t.data }
+            w::Tensor {
+                name: t.name,
+                dtype,
+                shape: t.shape,
+                data: t.data,
+            }
         }
 
         fn from_wit(t: wit_conv::Tensor) -> crate::tensor::Tensor {
@@ -59,7 +64,12 @@ macro_rules! wit_tensor_conversions {
                 w::Dtype::I64 => Dtype::I64,
                 w::Dtype::U8 => Dtype::U8,
             };
-            crate::tensor::Tensor { name: t.name, dtype, shape: t.shape, data: t.data }
+            crate::tensor::Tensor {
+                name: t.name,
+                dtype,
+                shape: t.shape,
+                data: t.data,
+            }
         }
     };
 }

@@ -219,4 +219,6 @@ fn describe(store: &Store<SandboxState>, err: wasmtime::Error, timeout: Duration
     }
 }
 
-crate::backend::wit_tensor_conversions!(crate::sandbox::bindings::exports::edgeml::backend::inference);
+crate::backend::wit_tensor_conversions!(
+    crate::sandbox::bindings::exports::edgeml::backend::inference
+);
