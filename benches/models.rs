@@ -208,6 +208,7 @@ fn main() {
         native - bare
     );
 
+    tract_multithreaded_kernels(rounds);
     throughput(&key, &policy, rounds);
     large_bundle(&key, &policy);
     binary_and_rss(&key);
@@ -239,6 +240,51 @@ fn onnxruntime(cases: &[serde_json::Value]) -> Option<serde_json::Value> {
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
+}
+
+/// What closing the gap to onnxruntime with tract's multithreaded matrix
+/// kernels would give: bare tract on SqueezeNet with 1 and 2 kernel threads.
+fn tract_multithreaded_kernels(rounds: usize) {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    let onnx = std::fs::read(repo().join("models/squeezenet/squeezenet.onnx")).unwrap();
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &onnx[..])
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let mut state = TypedSimpleState::new(&plan).unwrap();
+    let x = npy("data_0", "squeezenet/ref_input.npy");
+    let input: TVec<TValue> =
+        tvec![
+            tract_ndarray::ArrayD::from_shape_vec(vec![1, 3, 224, 224], x.to_f32().unwrap())
+                .unwrap()
+                .into_tensor()
+                .into_tvalue()
+        ];
+    let pool = Executor::multithread(2);
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for _ in 0..3 {
+            let t = Instant::now();
+            state.run(input.clone()).unwrap();
+            one.push(t.elapsed());
+        }
+        for _ in 0..3 {
+            let i = input.clone();
+            let t = Instant::now();
+            multithread_tract_scope(pool.clone(), || state.run(i)).unwrap();
+            two.push(t.elapsed());
+        }
+    }
+    let (one, two) = (p50(one), p50(two));
+    println!(
+        "\nBare tract SqueezeNet with tract's multithreaded kernels (multithread-mm): 1 thread {:.2} ms, 2 threads {:.2} ms ({:.2}x faster)",
+        one / 1e3,
+        two / 1e3,
+        one / two
+    );
 }
 
 /// SqueezeNet through the native backend with 1 and 2 threads sharing one `Model`.

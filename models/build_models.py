@@ -82,6 +82,21 @@ def build_digits():
     with open(os.path.join(holdout, "labels.json"), "w") as f:
         json.dump(labels, f, indent=0, sort_keys=True)
 
+    # a few held-out digits as 64x64 RGB JPEGs: exercise the JPEG decoder,
+    # the colour conversion and the resize to 8x8 inside the component
+    jpeg = os.path.join(out, "jpeg")
+    shutil.rmtree(jpeg, ignore_errors=True)
+    os.makedirs(jpeg)
+    jpeg_labels = {}
+    for i in range(10):
+        px = np.round(img_te[i] / 16.0 * 255.0).astype(np.uint8)
+        big = Image.fromarray(px, mode="L").resize((64, 64), Image.BILINEAR).convert("RGB")
+        name = "%03d.jpg" % i
+        big.save(os.path.join(jpeg, name), quality=95)
+        jpeg_labels[name] = int(y_te[i])
+    with open(os.path.join(jpeg, "labels.json"), "w") as f:
+        json.dump(jpeg_labels, f, indent=0, sort_keys=True)
+
     # tensor-path reference: the first 16 held-out rows through onnxruntime
     sess = session(path)
     in_name = sess.get_inputs()[0].name

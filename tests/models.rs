@@ -73,6 +73,27 @@ fn digits_png_accuracy_on_held_out_digits_is_at_least_95_percent(rt: &Runtime) {
     assert!(accuracy >= 0.95, "accuracy {accuracy:.4} < 0.95");
 }
 
+fn digits_jpeg_path_converts_resizes_and_classifies(rt: &Runtime) {
+    // 64x64 RGB JPEGs: decoded, converted to gray and resized to 8x8 in the sandbox.
+    let (_, model) = load(&DIGITS_IMAGE, rt);
+    let dir = model_path("digits/jpeg");
+    let labels: std::collections::BTreeMap<String, u32> =
+        serde_json::from_slice(&read(dir.join("labels.json"))).unwrap();
+    let correct = labels
+        .iter()
+        .filter(|(file, &label)| {
+            let p = model
+                .predict(media("image/jpeg", read(dir.join(file.as_str()))))
+                .unwrap();
+            p.scores.unwrap()[0].index == label
+        })
+        .count();
+    assert!(
+        correct >= 9,
+        "only {correct}/10 JPEG digits classified correctly"
+    );
+}
+
 fn squeezenet_matches_onnxruntime(rt: &Runtime) {
     let (_, model) = load(&SQUEEZENET, rt);
     assert_eq!(model.manifest().inputs.len(), 1, "weights are not inputs");
@@ -200,6 +221,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    digits_jpeg_path_converts_resizes_and_classifies,
     digits_tensor_path_matches_onnxruntime,
     digits_png_accuracy_on_held_out_digits_is_at_least_95_percent,
     squeezenet_matches_onnxruntime,
