@@ -65,6 +65,17 @@ fn load(config: &Config, signed: &[u8], policy: &TrustPolicy) -> Model {
     rt.load(&v).unwrap()
 }
 
+/// An ONNX model the way a tract user would run it.
+fn bare_tract(onnx: &[u8]) -> std::sync::Arc<TypedSimplePlan> {
+    tract_onnx::onnx()
+        .model_for_read(&mut &onnx[..])
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap()
+}
+
 fn p50(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64() * 1e6
@@ -113,13 +124,7 @@ fn main() {
         let onnx = std::fs::read(repo().join("models").join(case.onnx)).unwrap();
         let inputs: Vec<Tensor> = case.inputs.iter().map(|(n, f)| npy(n, f)).collect();
         // Bare tract, as a user would call it.
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &onnx[..])
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap();
+        let plan = bare_tract(&onnx);
         let mut state = TypedSimpleState::new(&plan).unwrap();
         let order: Vec<String> = plan
             .model()
@@ -247,13 +252,7 @@ fn onnxruntime(cases: &[serde_json::Value]) -> Option<serde_json::Value> {
 fn tract_multithreaded_kernels(rounds: usize) {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
     let onnx = std::fs::read(repo().join("models/squeezenet/squeezenet.onnx")).unwrap();
-    let plan = tract_onnx::onnx()
-        .model_for_read(&mut &onnx[..])
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
+    let plan = bare_tract(&onnx);
     let mut state = TypedSimpleState::new(&plan).unwrap();
     let x = npy("data_0", "squeezenet/ref_input.npy");
     let input: TVec<TValue> =
