@@ -126,6 +126,9 @@ pub fn entropy(p: &[f32]) -> f32 {
         .sum::<f32>()
 }
 
+/// The best labels (best first) and the full score vector they came from.
+pub type LabelScores = (Vec<ScoredLabel>, Vec<f32>);
+
 /// Classifier scores: the first row of the output called `scores_output`
 /// (or, when `None`, of the first `f32` output whose last dimension equals the
 /// number of labels), optionally softmaxed, with its `k` best labels.
@@ -135,7 +138,7 @@ pub fn label_scores(
     scores_output: Option<&str>,
     k: usize,
     apply_softmax: bool,
-) -> Result<Option<(Vec<ScoredLabel>, Vec<f32>)>, Error> {
+) -> Result<Option<LabelScores>, Error> {
     let labels = &manifest()?.labels;
     if labels.is_empty() {
         return Ok(None);

@@ -59,7 +59,7 @@ pub fn from_f64_as(name: &str, dtype: Dtype, shape: Vec<u64>, values: &[f64]) ->
 /// The values of any tensor as `f32` (integers are converted).
 pub fn to_f32(t: &Tensor) -> Result<Vec<f32>, Error> {
     let size = dtype_size(t.dtype);
-    if t.data.len() % size != 0 {
+    if !t.data.len().is_multiple_of(size) {
         return Err(Error::InvalidInput(format!(
             "tensor `{}`: {} bytes is not a whole number of elements",
             t.name,
