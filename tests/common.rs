@@ -76,6 +76,27 @@ pub const HOSTILE: Spec = Spec {
     preprocess: None,
 };
 
+/// Pack `model` with the generic component, declaring the digits model's IO
+/// schema and `min_host_version`: for bundles whose model or host
+/// requirement is deliberately wrong.
+pub fn pack_generic_as_digits(model: &[u8], min_host_version: semver::Version) -> Vec<u8> {
+    let digits = read(model_path("digits/digits.onnx"));
+    let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&digits).expect("IO schema");
+    bundle::pack(&PackOptions {
+        name: "digits",
+        version: semver::Version::new(1, 0, 0),
+        component: &guest("edgeml_generic"),
+        model,
+        inputs,
+        outputs,
+        labels: vec![],
+        preprocessing: serde_json::Value::Null,
+        min_host_version,
+        created: None,
+    })
+    .expect("pack")
+}
+
 /// Pack a model with the library API (what `edgeml pack` does).
 pub fn pack(spec: &Spec) -> Vec<u8> {
     let model = read(model_path(spec.onnx));

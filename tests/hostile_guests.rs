@@ -105,24 +105,12 @@ fn concurrent_calls_each_get_their_own_instance() {
 }
 
 fn garbage_model_bundle(p: &Publisher) -> Vec<u8> {
+    // Valid protobuf framing, nonsense graph: a truncated real model.
     let digits = read(model_path("digits/digits.onnx"));
-    let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&digits).unwrap();
-    // Valid protobuf framing, nonsense graph: truncate a real model.
-    let garbage = digits[..digits.len() / 3].to_vec();
-    let unsigned = edgeml_runtime::bundle::pack(&edgeml_runtime::bundle::PackOptions {
-        name: "digits",
-        version: semver::Version::new(1, 0, 0),
-        component: &guest("edgeml_generic"),
-        model: &garbage,
-        inputs,
-        outputs,
-        labels: vec![],
-        preprocessing: serde_json::Value::Null,
-        min_host_version: semver::Version::new(0, 1, 0),
-        created: None,
-    })
-    .unwrap();
-    p.sign(&unsigned)
+    p.sign(&pack_generic_as_digits(
+        &digits[..digits.len() / 3],
+        semver::Version::new(0, 1, 0),
+    ))
 }
 
 #[test]

@@ -251,20 +251,7 @@ fn rejects_bundle_over_size_limit() {
 fn rejects_bundle_for_newer_host() {
     let p = Publisher::new();
     let model = read(model_path("digits/digits.onnx"));
-    let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model).unwrap();
-    let unsigned = bundle::pack(&bundle::PackOptions {
-        name: "digits",
-        version: semver::Version::new(1, 0, 0),
-        component: &guest("edgeml_generic"),
-        model: &model,
-        inputs,
-        outputs,
-        labels: vec![],
-        preprocessing: serde_json::Value::Null,
-        min_host_version: semver::Version::new(99, 0, 0),
-        created: None,
-    })
-    .unwrap();
+    let unsigned = pack_generic_as_digits(&model, semver::Version::new(99, 0, 0));
     let rt = runtime();
     let verified = rt.verify(p.sign(&unsigned), &p.policy()).unwrap();
     let err = rt.load(&verified).unwrap_err();
