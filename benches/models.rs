@@ -54,6 +54,7 @@ fn signed_bundle(onnx: &[u8], name: &str, key: &SecretKey) -> Vec<u8> {
         preprocessing: serde_json::Value::Null,
         min_host_version: semver::Version::new(0, 1, 0),
         created: None,
+        baseline: None,
     })
     .unwrap();
     bundle::sign(&unsigned, key).unwrap()

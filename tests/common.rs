@@ -93,6 +93,7 @@ pub fn pack_generic_as_digits(model: &[u8], min_host_version: semver::Version) -
         preprocessing: serde_json::Value::Null,
         min_host_version,
         created: None,
+        baseline: None,
     })
     .expect("pack")
 }
@@ -126,6 +127,7 @@ pub fn pack(spec: &Spec) -> Vec<u8> {
         preprocessing,
         min_host_version: semver::Version::new(0, 1, 0),
         created: None,
+        baseline: None,
     })
     .expect("pack")
 }

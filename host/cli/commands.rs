@@ -141,6 +141,7 @@ fn pack(args: &PackArgs) -> Result<()> {
         preprocessing,
         min_host_version,
         created: None,
+        baseline: None,
     })?;
     write_atomic(&args.out, &bytes)?;
     let info = bundle::inspect(&bytes)?;

@@ -53,6 +53,8 @@ pub struct PackOptions<'a> {
     pub min_host_version: semver::Version,
     /// Creation time; `None` means now.
     pub created: Option<std::time::SystemTime>,
+    /// Reference distributions for drift monitoring.
+    pub baseline: Option<crate::manifest::Baseline>,
 }
 
 fn is_ours(s: &Section<'_>) -> bool {
@@ -103,6 +105,7 @@ pub fn pack(opts: &PackOptions<'_>) -> Result<Vec<u8>> {
         outputs: opts.outputs.clone(),
         labels: opts.labels.clone(),
         preprocessing: opts.preprocessing.clone(),
+        baseline: opts.baseline.clone(),
     };
     manifest.validate()?;
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Manifest(e.to_string()))?;

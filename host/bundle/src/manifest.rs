@@ -155,6 +155,49 @@ pub struct Manifest {
     /// The component's preprocessing parameters (component-specific JSON).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub preprocessing: serde_json::Value,
+    /// What the model saw on its reference data (`edgeml pack --reference`):
+    /// devices and the collector measure drift against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+}
+
+/// Number of evenly spaced ranks a [`NumericBaseline`] keeps (0, 1/100, ..., 1).
+pub const BASELINE_QUANTILES: usize = 101;
+
+/// Distributions of a model's monitored features over a reference dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    /// How many reference examples it was computed from.
+    pub examples: u64,
+    /// Numeric features: monitoring features and per-label scores.
+    #[serde(default)]
+    pub numeric: Vec<NumericBaseline>,
+    /// Categorical features (the predicted label).
+    #[serde(default)]
+    pub categorical: Vec<CategoricalBaseline>,
+}
+
+/// A numeric feature's reference distribution as its quantile function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumericBaseline {
+    /// Feature name (`pixels.mean`, `score.7`).
+    pub name: String,
+    /// Observations.
+    pub count: u64,
+    /// Values at ranks 0, 1/100, ..., 1 ([`BASELINE_QUANTILES`] of them, non-decreasing).
+    pub quantiles: Vec<f64>,
+}
+
+/// A categorical feature's reference frequencies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoricalBaseline {
+    /// Feature name (`prediction`).
+    pub name: String,
+    /// Count per category.
+    pub counts: std::collections::BTreeMap<String, u64>,
 }
 
 /// Longest model name accepted.
@@ -180,6 +223,20 @@ impl Manifest {
             return Err(Error::Manifest(
                 "the model must have at least one input and one output".into(),
             ));
+        }
+        if let Some(b) = &self.baseline {
+            for f in &b.numeric {
+                let sorted = f.quantiles.windows(2).all(|w| w[0] <= w[1]);
+                if f.quantiles.len() != BASELINE_QUANTILES
+                    || !sorted
+                    || f.quantiles.iter().any(|q| !q.is_finite())
+                {
+                    return Err(Error::Manifest(format!(
+                        "baseline feature `{}` must have {BASELINE_QUANTILES} finite, non-decreasing quantiles",
+                        f.name
+                    )));
+                }
+            }
         }
         Ok(())
     }
