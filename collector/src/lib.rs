@@ -1,1 +1,180 @@
-pub fn placeholder() {}
+//! The edgeml collector: devices enrol and ship signed telemetry batches;
+//! operators read fleet statistics, drift over time and export samples.
+//!
+//! ```no_run
+//! use edgeml_collector::{Server, Settings, SqliteStore};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = SqliteStore::open("collector.db".as_ref())?;
+//! let settings = Settings::new("admin-secret", "enrolment-secret");
+//! let server = Server::start(store, settings, "127.0.0.1:7070".parse()?)?;
+//! println!("listening on {}", server.addr());
+//! server.wait();
+//! # Ok(()) }
+//! ```
+//!
+//! Storage is behind the [`Store`] trait ([`SqliteStore`] by default), so
+//! handlers do not change when another database is added. The API is
+//! documented in `collector/openapi.yaml`, also served at `/openapi.yaml`.
+
+#![deny(missing_docs)]
+
+pub mod analysis;
+mod api;
+pub mod export;
+pub mod store;
+
+pub use edgeml_telemetry::drift::DriftThresholds;
+pub use store::{SqliteStore, Store, StoreError};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The OpenAPI document of the HTTP API.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+/// Collector settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bearer token for the read API (devices, models, stats, drift, samples).
+    pub admin_token: String,
+    /// Bearer token devices present once, to enrol their key.
+    pub enrolment_token: String,
+    /// Largest request body as sent (default 8 MiB).
+    pub max_body_bytes: usize,
+    /// Largest batch after decompression (default 64 MiB).
+    pub max_batch_bytes: usize,
+    /// Most records in one batch (default 10 000).
+    pub max_records: usize,
+    /// Drift bands for the drift endpoint.
+    pub drift: DriftThresholds,
+}
+
+impl Settings {
+    /// Defaults with the two tokens.
+    pub fn new(admin_token: impl Into<String>, enrolment_token: impl Into<String>) -> Self {
+        Settings {
+            admin_token: admin_token.into(),
+            enrolment_token: enrolment_token.into(),
+            max_body_bytes: 8 << 20,
+            max_batch_bytes: 64 << 20,
+            max_records: 10_000,
+            drift: DriftThresholds::default(),
+        }
+    }
+}
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Settings are unusable.
+    #[error("invalid collector settings: {0}")]
+    Settings(String),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A running collector (its own tokio runtime on a background thread).
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Bind `addr` (port 0 picks one) and serve in the background.
+    pub fn start(store: impl Store, settings: Settings, addr: SocketAddr) -> Result<Server, Error> {
+        if settings.admin_token.len() < 8 || settings.enrolment_token.len() < 8 {
+            return Err(Error::Settings(
+                "the admin and enrolment tokens must be at least 8 characters".into(),
+            ));
+        }
+        if settings.admin_token == settings.enrolment_token {
+            return Err(Error::Settings(
+                "the admin and enrolment tokens must differ (devices hold the enrolment token)"
+                    .into(),
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("edgeml-collector")
+            .build()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|source| Error::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let app = api::router(api::AppState {
+            store: Arc::new(store),
+            settings: Arc::new(settings),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("edgeml-collector".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Server {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL (`http://addr`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Block until the server stops.
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stop accepting requests, finish those in flight, and return.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

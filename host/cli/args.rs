@@ -58,6 +58,133 @@ pub enum Command {
     Run(RunArgs),
     /// Measure cold load, cached load and predict latency/throughput.
     Bench(BenchArgs),
+    /// Feed each row of an .npy file through a bundle with telemetry on, as a
+    /// device would, then flush windows and ship them to the collector.
+    Replay(ReplayArgs),
+    /// Run the telemetry collector, or query one.
+    Collector(CollectorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The bundle.
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Examples, one per row ([N, ...], the model's single input).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Telemetry configuration (TOML; see the README).
+    #[arg(long)]
+    pub telemetry: PathBuf,
+    /// Predictions to make (cycling through the rows). Default: one per row.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Predictions per second. Default: as fast as possible.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// How long to wait at the end for the collector to take everything.
+    #[arg(long, default_value = "30s")]
+    pub flush_timeout: humantime::Duration,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CollectorArgs {
+    #[command(subcommand)]
+    pub command: CollectorCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Collector URL.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+    /// File with the admin token. Default: $EDGEML_ADMIN_TOKEN.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectorCommand {
+    /// Serve the collector API (SQLite database; created and migrated as needed).
+    Serve {
+        /// The database file.
+        #[arg(long, default_value = "collector.db")]
+        db: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+        /// File with the admin token (read API). Default: $EDGEML_ADMIN_TOKEN.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// File with the enrolment token devices present. Default: $EDGEML_ENROLMENT_TOKEN.
+        #[arg(long)]
+        enrolment_token_file: Option<PathBuf>,
+    },
+    /// List enrolled devices: last seen, spool, models.
+    Devices {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fleet statistics of a model version.
+    Stats {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Model name.
+        #[arg(long)]
+        model: String,
+        /// Model version.
+        #[arg(long)]
+        version: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drift of a model version over time against its baseline.
+    Drift {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Model name.
+        #[arg(long)]
+        model: String,
+        /// Model version.
+        #[arg(long)]
+        version: String,
+        /// Time bucket.
+        #[arg(long, default_value = "1h")]
+        bucket: humantime::Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export drift samples: samples.parquet, or samples.npy and samples.json.
+    Export {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// parquet or npy.
+        #[arg(long, default_value = "parquet")]
+        format: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +214,10 @@ pub struct PackArgs {
     /// Oldest host version allowed to run the bundle. Default: this version.
     #[arg(long)]
     pub min_host_version: Option<String>,
+    /// Reference data (.npy, one example per row): the bundle then carries a
+    /// baseline of what the model sees on it, for drift monitoring.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
     /// Print the manifest as JSON.
     #[arg(long)]
     pub json: bool,

@@ -67,6 +67,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect { bundle, json } => inspect(&bundle, json),
         Command::Run(args) => run_model(&args),
         Command::Bench(args) => crate::bench::bench(&args),
+        Command::Replay(args) => crate::monitor::replay(&args),
+        Command::Collector(args) => crate::monitor::collector(&args),
     }
 }
 
@@ -130,7 +132,7 @@ fn pack(args: &PackArgs) -> Result<()> {
         .unwrap_or(edgeml_runtime::HOST_VERSION);
     let min_host_version = semver::Version::parse(min_host)
         .with_context(|| format!("min host version `{min_host}` is not semver"))?;
-    let bytes = bundle::pack(&PackOptions {
+    let mut opts = PackOptions {
         name: &args.name,
         version,
         component: &component,
@@ -142,7 +144,14 @@ fn pack(args: &PackArgs) -> Result<()> {
         min_host_version,
         created: None,
         baseline: None,
-    })?;
+    };
+    if let Some(reference) = &args.reference {
+        opts.baseline = Some(
+            crate::monitor::baseline(&opts, reference)
+                .with_context(|| format!("computing the baseline from {}", reference.display()))?,
+        );
+    }
+    let bytes = bundle::pack(&opts)?;
     write_atomic(&args.out, &bytes)?;
     let info = bundle::inspect(&bytes)?;
     if args.json {

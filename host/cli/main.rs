@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod commands;
+mod monitor;
 mod npy;
 
 use clap::Parser;

@@ -1,37 +1,14 @@
 //! Tensors on disk as NumPy `.npy` files.
 
-use anyhow::{bail, Context, Result};
-use edgeml_runtime::{Dtype, Tensor};
-use npyz::WriterBuilder;
+use anyhow::{anyhow, Context, Result};
+use edgeml_runtime::Tensor;
 use std::path::Path;
 
 /// Read `path` as a tensor called `name`. C order only; the shape comes from the file.
 pub fn read(name: &str, path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = npyz::NpyFile::new(&bytes[..])
-        .with_context(|| format!("{} is not a .npy file", path.display()))?;
-    if file.order() == npyz::Order::Fortran {
-        bail!(
-            "{}: Fortran-ordered arrays are not supported; save it with np.ascontiguousarray",
-            path.display()
-        );
-    }
-    let shape = file.shape().to_vec();
-    let descr = file.dtype().descr();
-    let (dtype, data) = match descr
-        .trim_matches('\'')
-        .trim_start_matches(['<', '>', '|', '='])
-    {
-        "f4" => (Dtype::F32, le(file.into_vec::<f32>()?, f32::to_le_bytes)),
-        "f8" => (Dtype::F64, le(file.into_vec::<f64>()?, f64::to_le_bytes)),
-        "i4" => (Dtype::I32, le(file.into_vec::<i32>()?, i32::to_le_bytes)),
-        "i8" => (Dtype::I64, le(file.into_vec::<i64>()?, i64::to_le_bytes)),
-        "u1" => (Dtype::U8, file.into_vec::<u8>()?),
-        other => bail!(
-            "{}: dtype `{other}` is not supported (use float32, float64, int32, int64 or uint8)",
-            path.display()
-        ),
-    };
+    let (dtype, shape, data) =
+        edgeml_telemetry::npy::decode(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(Tensor {
         name: name.to_string(),
         dtype,
@@ -40,39 +17,11 @@ pub fn read(name: &str, path: &Path) -> Result<Tensor> {
     })
 }
 
-fn le<T: Copy, const N: usize>(v: Vec<T>, f: fn(T) -> [u8; N]) -> Vec<u8> {
-    v.into_iter().flat_map(f).collect()
-}
-
 /// Write a tensor to `path`.
 pub fn write(t: &Tensor, path: &Path) -> Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let w = std::io::BufWriter::new(file);
-    let size = t.dtype.size();
-    let chunks = t.data.chunks_exact(size);
-    macro_rules! put {
-        ($ty:ty) => {{
-            let mut out = npyz::WriteOptions::<$ty>::new()
-                .default_dtype()
-                .shape(&t.shape)
-                .writer(w)
-                .begin_nd()?;
-            out.extend(
-                chunks
-                    .map(|c| <$ty>::from_le_bytes(c.try_into().expect("chunk size matches dtype"))),
-            )?;
-            out.finish()?;
-        }};
-    }
-    match t.dtype {
-        Dtype::F32 => put!(f32),
-        Dtype::F64 => put!(f64),
-        Dtype::I32 => put!(i32),
-        Dtype::I64 => put!(i64),
-        Dtype::U8 => put!(u8),
-    }
-    Ok(())
+    let bytes = edgeml_telemetry::npy::encode(t.dtype, &t.shape, &t.data)
+        .map_err(|e| anyhow!("{}: {e}", t.name))?;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A file name for a tensor: anything outside `[A-Za-z0-9._-]` becomes `_`,
@@ -102,6 +51,7 @@ pub fn file_stem(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeml_runtime::Dtype;
 
     #[test]
     fn file_stem_neutralises_paths_and_hidden_names() {

@@ -43,5 +43,7 @@ pub use bundle::{
 };
 pub use error::{Error, Result};
 pub use keys::{KeyId, PublicKey, SecretKey};
-pub use manifest::{Baseline, CategoricalBaseline, Dim, Dtype, Manifest, NumericBaseline, TensorSpec};
+pub use manifest::{
+    Baseline, CategoricalBaseline, Dim, Dtype, Manifest, NumericBaseline, TensorSpec,
+};
 pub use policy::TrustPolicy;

@@ -59,6 +59,7 @@ pub struct Config {
     pub(crate) allow_guest_model_bytes: bool,
     pub(crate) backend: Backend,
     pub(crate) sandbox_max_memory_bytes: usize,
+    pub(crate) telemetry: Option<edgeml_telemetry::Telemetry>,
 }
 
 impl Default for Config {
@@ -75,6 +76,7 @@ impl Default for Config {
             allow_guest_model_bytes: false,
             backend: Backend::Native,
             sandbox_max_memory_bytes: 2 << 30,
+            telemetry: None,
         }
     }
 }
@@ -91,6 +93,14 @@ impl Config {
     /// Default: no cache (every load compiles).
     pub fn cache_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Record every prediction of every model this runtime loads into
+    /// `telemetry` (latency, outcome, monitoring features, scores, and
+    /// samples if enabled): see [`edgeml_telemetry`]. Default: off.
+    pub fn telemetry(&mut self, telemetry: edgeml_telemetry::Telemetry) -> &mut Self {
+        self.telemetry = Some(telemetry);
         self
     }
 

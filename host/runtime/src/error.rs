@@ -73,6 +73,9 @@ pub enum Error {
         /// The last lines the guest wrote to stderr (it may say why it panicked).
         guest_stderr: String,
     },
+    /// Telemetry could not start recording the model.
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] edgeml_telemetry::Error),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -82,4 +85,23 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// A short name for the kind of error, as telemetry reports it
+    /// (`invalid_input`, `decode`, `timeout`, `trap`, ...; see
+    /// [`edgeml_telemetry::ERROR_KINDS`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::UnsupportedMedia(_) => "unsupported_media",
+            Error::Decode(_) => "decode",
+            Error::Inference(_) => "inference",
+            Error::GuestConfig(_) => "guest_config",
+            Error::Timeout { .. } => "timeout",
+            Error::ResourceLimit { .. } => "resource_limit",
+            Error::Trap { .. } => "trap",
+            _ => "other",
+        }
+    }
 }

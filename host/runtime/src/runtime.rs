@@ -7,6 +7,8 @@ use crate::state::{LimitHit, Limiter, State, STDERR_CAPACITY};
 use crate::tensor::{Input, ModelMetadata, Prediction, ScoredLabel, Tensor};
 use crate::{Backend, Config, Error};
 use edgeml_bundle::{Manifest, TrustPolicy, VerifiedBundle};
+use edgeml_telemetry::wire::{ModelRef, SampleInput, TensorData};
+use edgeml_telemetry::{ModelDescriptor, ModelTelemetry, Observed};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -135,8 +137,22 @@ impl Runtime {
         let meta = meta.map_err(guest_error)?;
         check_metadata(&manifest, &meta)?;
         shared.release(slot);
+        let telemetry = match &self.inner.config.telemetry {
+            Some(t) => Some(t.register(ModelDescriptor {
+                model: ModelRef {
+                    name: manifest.name.clone(),
+                    version: manifest.version.to_string(),
+                    digest: shared.digest.clone(),
+                },
+                monitoring_features: meta.monitoring_features.clone(),
+                labels: manifest.labels.clone(),
+                baseline: manifest.baseline.clone(),
+            })?),
+            None => None,
+        };
         Ok(Model {
             shared,
+            telemetry,
             metadata: ModelMetadata {
                 component: meta.component,
                 media_types: meta.media_types,
@@ -401,6 +417,7 @@ fn guest_error(e: wit::Error) -> Error {
 /// several threads at once (each call uses its own instance).
 pub struct Model {
     shared: Arc<Shared>,
+    telemetry: Option<ModelTelemetry>,
     metadata: ModelMetadata,
     load_info: LoadInfo,
 }
@@ -446,19 +463,53 @@ impl Model {
     /// fails this call only: the instance is discarded and the next call gets
     /// a fresh one.
     pub fn predict(&self, input: Input) -> Result<Prediction, Error> {
+        let Some(telemetry) = &self.telemetry else {
+            return self.run(input).0;
+        };
+        let started = Instant::now();
+        let (result, input) = self.run(input);
+        let latency = started.elapsed();
+        match &result {
+            Ok(p) => {
+                let scores: Vec<(u32, f32)> = p
+                    .scores
+                    .iter()
+                    .flatten()
+                    .map(|s| (s.index, s.score))
+                    .collect();
+                let observed = Observed {
+                    monitoring: &p.monitoring,
+                    scores: &scores,
+                };
+                telemetry.record(latency, Ok(observed), || input.map(sample_input));
+            }
+            Err(e) => telemetry.record(latency, Err(e.kind()), || None),
+        }
+        result
+    }
+
+    /// One prediction; also hands back the input as sent to the guest, for telemetry samples.
+    fn run(&self, input: Input) -> (Result<Prediction, Error>, Option<wit::Input>) {
         let input = match input {
             Input::Tensors(tensors) => {
-                check_tensors(&self.shared.manifest, &tensors)?;
+                if let Err(e) = check_tensors(&self.shared.manifest, &tensors) {
+                    return (Err(e), None);
+                }
                 wit::Input::Tensors(tensors.into_iter().map(to_wit).collect())
             }
             Input::Media { media_type, bytes } => {
                 wit::Input::Media(wit::Media { media_type, bytes })
             }
         };
+        let result = self.call_predict(&input);
+        (result, Some(input))
+    }
+
+    fn call_predict(&self, input: &wit::Input) -> Result<Prediction, Error> {
         let mut slot = self.shared.take()?;
         let result = self
             .shared
-            .call(&mut slot, |b, s| b.call_predict(s, &input))?;
+            .call(&mut slot, |b, s| b.call_predict(s, input))?;
         self.shared.release(slot);
         let p = result.map_err(guest_error)?;
         Ok(Prediction {
@@ -474,6 +525,22 @@ impl Model {
             }),
             monitoring: p.monitoring,
         })
+    }
+}
+
+/// A guest input as a telemetry sample.
+fn sample_input(input: wit::Input) -> SampleInput {
+    match input {
+        wit::Input::Tensors(tensors) => SampleInput::Tensors {
+            tensors: tensors
+                .into_iter()
+                .map(|t| {
+                    let t = from_wit(t);
+                    TensorData::new(&t.name, t.dtype, &t.shape, &t.data)
+                })
+                .collect(),
+        },
+        wit::Input::Media(m) => SampleInput::media(&m.media_type, &m.bytes),
     }
 }
 

@@ -130,6 +130,7 @@ impl CollectorConfig {
         }
     }
 
+    #[cfg_attr(not(feature = "shipper"), allow(dead_code))]
     pub(crate) fn token(&self) -> Result<Option<String>, Error> {
         if let Some(t) = &self.enrolment_token {
             return Ok(Some(t.trim().to_string()));

@@ -26,6 +26,7 @@ pub mod drift;
 mod error;
 mod identity;
 mod journal;
+pub mod npy;
 #[cfg(feature = "shipper")]
 mod shipper;
 mod sketch;
@@ -509,6 +510,93 @@ impl ModelTelemetry {
     /// The model this recorder is for.
     pub fn model(&self) -> &ModelRef {
         &self.model.meta.model
+    }
+}
+
+/// Builds a [`Baseline`] from predictions on reference data, with the
+/// same feature names the device's windows use (monitoring features,
+/// `score.<label>`, and the categorical `prediction`).
+#[derive(Debug, Clone)]
+pub struct BaselineBuilder {
+    monitoring_features: Vec<String>,
+    labels: Vec<String>,
+    numeric: BTreeMap<String, Vec<f32>>,
+    predicted: BTreeMap<String, u64>,
+    examples: u64,
+}
+
+impl BaselineBuilder {
+    /// For a model with these monitoring features and labels.
+    pub fn new(monitoring_features: Vec<String>, labels: Vec<String>) -> Self {
+        BaselineBuilder {
+            monitoring_features,
+            labels,
+            numeric: BTreeMap::new(),
+            predicted: BTreeMap::new(),
+            examples: 0,
+        }
+    }
+
+    /// Add one reference prediction.
+    pub fn add(&mut self, o: Observed<'_>) {
+        self.examples += 1;
+        for (i, &v) in o.monitoring.iter().enumerate() {
+            let name = self
+                .monitoring_features
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("monitoring.{i}"));
+            self.numeric.entry(name).or_default().push(v);
+        }
+        for &(i, v) in o.scores {
+            let name = format!(
+                "score.{}",
+                label(&self.labels, i.min(u32::from(u16::MAX)) as u16)
+            );
+            self.numeric.entry(name).or_default().push(v);
+        }
+        if let Some(&(i, _)) = o.scores.first() {
+            *self
+                .predicted
+                .entry(label(&self.labels, i.min(u32::from(u16::MAX)) as u16))
+                .or_default() += 1;
+        }
+    }
+
+    /// Predictions added so far.
+    pub fn examples(&self) -> u64 {
+        self.examples
+    }
+
+    /// The baseline.
+    pub fn build(self) -> Baseline {
+        let numeric = self
+            .numeric
+            .into_iter()
+            .filter_map(|(name, mut values)| {
+                let count = values.len() as u64;
+                drift::baseline_quantiles(&mut values).map(|quantiles| {
+                    edgeml_bundle::NumericBaseline {
+                        name,
+                        count,
+                        quantiles,
+                    }
+                })
+            })
+            .collect();
+        let categorical = if self.predicted.is_empty() {
+            Vec::new()
+        } else {
+            vec![edgeml_bundle::CategoricalBaseline {
+                name: PREDICTION_FEATURE.into(),
+                counts: self.predicted,
+            }]
+        };
+        Baseline {
+            examples: self.examples,
+            numeric,
+            categorical,
+        }
     }
 }
 

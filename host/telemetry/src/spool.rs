@@ -29,6 +29,7 @@ fn name(seq: u64) -> String {
     format!("{seq:016x}.json")
 }
 
+#[cfg_attr(not(feature = "shipper"), allow(dead_code))]
 impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, Error> {
         fs::create_dir_all(dir.join("tmp")).at(dir)?;

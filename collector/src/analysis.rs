@@ -1,0 +1,186 @@
+//! Fleet statistics and drift over time, from merged window sketches.
+
+use crate::store::StoredWindow;
+use edgeml_bundle::Baseline;
+use edgeml_telemetry::drift::{DriftStatus, DriftThresholds, FeatureDrift};
+use edgeml_telemetry::Sketch;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Throughput, errors and latency of a model version over a time range.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetStats {
+    /// Windows merged.
+    pub windows: u64,
+    /// Devices reporting.
+    pub devices: u64,
+    /// Predictions.
+    pub count: u64,
+    /// Failed predictions.
+    pub errors: u64,
+    /// Failed predictions by kind.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// `errors / count` (0 when there were none).
+    pub error_rate: f64,
+    /// Predictions per second over the covered time, fleet-wide.
+    pub throughput_per_s: f64,
+    /// Latency quantiles in microseconds (`p50`, `p90`, `p99`), absent without data.
+    pub latency_us: BTreeMap<String, f64>,
+    /// First window start (ms).
+    pub from_ms: Option<u64>,
+    /// Last window end (ms).
+    pub to_ms: Option<u64>,
+}
+
+fn decode(s: &str, what: &str, id: &str) -> Result<Sketch, String> {
+    Sketch::from_base64(s).map_err(|e| format!("window {id}: {what}: {e}"))
+}
+
+/// Merge windows into fleet statistics.
+pub fn stats(windows: &[StoredWindow]) -> Result<FleetStats, String> {
+    let mut latency = Sketch::default();
+    let mut errors_by_kind = BTreeMap::new();
+    let mut devices = BTreeSet::new();
+    let mut count = 0;
+    for w in windows {
+        latency.merge(&decode(&w.latency_us, "latency", &w.id)?);
+        for (k, n) in &w.errors {
+            *errors_by_kind.entry(k.clone()).or_insert(0) += n;
+        }
+        devices.insert(&w.device_id);
+        count += w.count;
+    }
+    let errors: u64 = errors_by_kind.values().sum();
+    let from_ms = windows.iter().map(|w| w.start_ms).min();
+    let to_ms = windows.iter().map(|w| w.end_ms).max();
+    let span_s = match (from_ms, to_ms) {
+        (Some(a), Some(b)) => ((b.saturating_sub(a)) as f64 / 1000.0).max(1.0),
+        _ => 1.0,
+    };
+    let latency_us = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
+        .into_iter()
+        .filter_map(|(k, r)| latency.quantile(r).map(|v| (k.to_string(), v)))
+        .collect();
+    Ok(FleetStats {
+        windows: windows.len() as u64,
+        devices: devices.len() as u64,
+        count,
+        errors,
+        errors_by_kind,
+        error_rate: if count == 0 {
+            0.0
+        } else {
+            errors as f64 / count as f64
+        },
+        throughput_per_s: count as f64 / span_s,
+        latency_us,
+        from_ms,
+        to_ms,
+    })
+}
+
+/// Drift of one time bucket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftBucket {
+    /// Bucket start (ms).
+    pub start_ms: u64,
+    /// Bucket end (ms, exclusive).
+    pub end_ms: u64,
+    /// Predictions in the bucket.
+    pub count: u64,
+    /// Devices contributing.
+    pub devices: u64,
+    /// Some feature is in the drift band.
+    pub drifted: bool,
+    /// Per feature.
+    pub features: Vec<FeatureDrift>,
+}
+
+/// A feature in the drift or possible-drift band.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftAlert {
+    /// Bucket start (ms).
+    pub start_ms: u64,
+    /// The feature's verdict and metrics.
+    #[serde(flatten)]
+    pub feature: FeatureDrift,
+}
+
+/// Drift over time for a model version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftReport {
+    /// Reference examples behind the baseline.
+    pub baseline_examples: u64,
+    /// The bands used.
+    pub thresholds: DriftThresholds,
+    /// Bucket length (ms).
+    pub bucket_ms: u64,
+    /// Buckets with data, oldest first.
+    pub buckets: Vec<DriftBucket>,
+    /// Features at `possible_drift` or `drift`, oldest first.
+    pub alerts: Vec<DriftAlert>,
+}
+
+/// Merge windows into time buckets and compare each with the baseline.
+pub fn drift(
+    baseline: &Baseline,
+    windows: &[StoredWindow],
+    bucket_ms: u64,
+    thresholds: &DriftThresholds,
+) -> Result<DriftReport, String> {
+    let bucket_ms = bucket_ms.max(1);
+    #[derive(Default)]
+    struct Acc<'a> {
+        count: u64,
+        devices: BTreeSet<&'a str>,
+        numeric: BTreeMap<String, Sketch>,
+        categorical: BTreeMap<String, BTreeMap<String, u64>>,
+    }
+    let mut buckets: BTreeMap<u64, Acc<'_>> = BTreeMap::new();
+    for w in windows {
+        let acc = buckets
+            .entry(w.start_ms / bucket_ms * bucket_ms)
+            .or_default();
+        acc.count += w.count;
+        acc.devices.insert(&w.device_id);
+        for (name, s) in &w.numeric {
+            let s = decode(s, name, &w.id)?;
+            acc.numeric.entry(name.clone()).or_default().merge(&s);
+        }
+        for (name, counts) in &w.categorical {
+            let e = acc.categorical.entry(name.clone()).or_default();
+            for (c, n) in counts {
+                *e.entry(c.clone()).or_insert(0) += n;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut alerts = Vec::new();
+    for (start, acc) in buckets {
+        let features =
+            edgeml_telemetry::window_drift(baseline, &acc.numeric, &acc.categorical, thresholds);
+        for f in &features {
+            if f.status >= DriftStatus::PossibleDrift {
+                alerts.push(DriftAlert {
+                    start_ms: start,
+                    feature: f.clone(),
+                });
+            }
+        }
+        out.push(DriftBucket {
+            start_ms: start,
+            end_ms: start + bucket_ms,
+            count: acc.count,
+            devices: acc.devices.len() as u64,
+            drifted: features.iter().any(|f| f.status == DriftStatus::Drift),
+            features,
+        });
+    }
+    Ok(DriftReport {
+        baseline_examples: baseline.examples,
+        thresholds: thresholds.clone(),
+        bucket_ms,
+        buckets: out,
+        alerts,
+    })
+}

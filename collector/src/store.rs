@@ -1,0 +1,674 @@
+//! Storage behind the collector. Handlers only see the [`Store`] trait;
+//! [`SqliteStore`] is the embedded default. A PostgreSQL store implements
+//! the same trait (the SQL is plain and the migrations are numbered).
+
+use edgeml_bundle::Baseline;
+use edgeml_telemetry::wire::{
+    Batch, IngestResponse, ModelRef, RecordBody, SampleInput, SampleReason,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The database was written by a newer collector.
+    #[error("the database has schema version {found}, newer than this collector's {supported}; run a newer edgeml")]
+    TooNew {
+        /// Version in the file.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// A stored value does not parse (the file was edited or damaged).
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// What enrolling a device did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolment {
+    /// A new device.
+    Created,
+    /// The same device and key again.
+    AlreadyEnrolled,
+    /// The id is taken by another key.
+    Conflict,
+}
+
+/// Filter for windows and samples. Times are Unix milliseconds; `from`
+/// is inclusive and `to` exclusive.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Query {
+    /// Model name.
+    pub model: Option<String>,
+    /// Model version.
+    pub version: Option<String>,
+    /// Device id.
+    pub device: Option<String>,
+    /// Window start or sample time at or after this.
+    pub from_ms: Option<u64>,
+    /// ... and before this.
+    pub to_ms: Option<u64>,
+}
+
+/// A device, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub device_id: String,
+    /// Hex public key.
+    pub public_key: String,
+    /// When it enrolled.
+    pub enrolled_ms: u64,
+    /// Its last accepted batch.
+    pub last_seen_ms: Option<u64>,
+    /// Records waiting in its spool at its last batch.
+    pub pending_records: u64,
+    /// Records its spool dropped because it was full (ever).
+    pub dropped_records: u64,
+    /// Models it reported, with the last time each was seen.
+    pub models: Vec<DeviceModel>,
+}
+
+/// A model on a device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceModel {
+    /// The model.
+    #[serde(flatten)]
+    pub model: ModelRef,
+    /// Last report.
+    pub last_seen_ms: u64,
+}
+
+/// A model version the fleet reported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelVersionInfo {
+    /// The model.
+    #[serde(flatten)]
+    pub model: ModelRef,
+    /// Monitoring feature names.
+    pub monitoring_features: Vec<String>,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// Its baseline, if the bundle has one.
+    pub baseline: Option<Baseline>,
+    /// Devices that reported it.
+    pub devices: u64,
+    /// First report.
+    pub first_seen_ms: u64,
+}
+
+/// A stored window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredWindow {
+    /// Record id.
+    pub id: String,
+    /// Device.
+    pub device_id: String,
+    /// Model.
+    pub model: ModelRef,
+    /// Start (ms).
+    pub start_ms: u64,
+    /// End (ms).
+    pub end_ms: u64,
+    /// Predictions.
+    pub count: u64,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Latency sketch (base64).
+    pub latency_us: String,
+    /// Numeric feature sketches (base64).
+    pub numeric: BTreeMap<String, String>,
+    /// Categorical counts.
+    pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// A stored sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSample {
+    /// Record id.
+    pub id: String,
+    /// Device.
+    pub device_id: String,
+    /// Model.
+    pub model: ModelRef,
+    /// When (ms).
+    pub at_ms: u64,
+    /// Why it was kept.
+    pub reason: SampleReason,
+    /// Top label.
+    pub prediction: Option<String>,
+    /// The input.
+    pub input: SampleInput,
+}
+
+/// The collector's storage. Methods are blocking; handlers call them on
+/// tokio's blocking pool.
+pub trait Store: Send + Sync + 'static {
+    /// Enrol a device with its public key.
+    fn enrol(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Enrolment, StoreError>;
+    /// A device's public key.
+    fn device_key(&self, device_id: &str) -> Result<Option<[u8; 32]>, StoreError>;
+    /// Store a batch atomically; records already stored are counted as duplicates.
+    fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError>;
+    /// All devices.
+    fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
+    /// All model versions.
+    fn models(&self) -> Result<Vec<ModelVersionInfo>, StoreError>;
+    /// Windows matching `q`, oldest first.
+    fn windows(&self, q: &Query) -> Result<Vec<StoredWindow>, StoreError>;
+    /// Samples matching `q`, oldest first.
+    fn samples(&self, q: &Query) -> Result<Vec<StoredSample>, StoreError>;
+}
+
+/// Numbered schema migrations, applied in order, each once.
+const MIGRATIONS: &[&str] = &[
+    // 1: devices, idempotency, models, windows, samples.
+    "CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        enrolled_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER,
+        pending_records INTEGER NOT NULL DEFAULT 0,
+        dropped_records INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE records (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        kind TEXT NOT NULL,
+        received_ms INTEGER NOT NULL
+    );
+    CREATE TABLE models (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        monitoring_features TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        baseline TEXT,
+        first_seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (name, version, digest)
+    );
+    CREATE TABLE device_models (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_id, name, version, digest)
+    );
+    CREATE TABLE windows (
+        record_id TEXT PRIMARY KEY REFERENCES records(id),
+        device_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        errors TEXT NOT NULL,
+        latency_us TEXT NOT NULL,
+        numeric TEXT NOT NULL,
+        categorical TEXT NOT NULL,
+        drifted INTEGER NOT NULL,
+        recovered INTEGER NOT NULL
+    );
+    CREATE INDEX windows_by_model_time ON windows (name, version, start_ms);
+    CREATE TABLE samples (
+        record_id TEXT PRIMARY KEY REFERENCES records(id),
+        device_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        prediction TEXT,
+        input TEXT NOT NULL
+    );
+    CREATE INDEX samples_by_model_time ON samples (name, version, at_ms);",
+];
+
+/// The embedded SQLite store (one file, WAL mode).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl SqliteStore {
+    /// Open or create the database and apply pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store (for tests and experiments).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            [],
+        )?;
+        let current: u32 = conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        if current as usize > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                found: current,
+                supported: MIGRATIONS.len() as u32,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
+                params![i as u32 + 1, edgeml_telemetry::now_ms() as i64],
+            )?;
+            tx.commit()?;
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The schema version in use.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })?)
+    }
+}
+
+fn filter(q: &Query, time_col: &str) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut sql = String::from(" WHERE 1=1");
+    let mut args = Vec::new();
+    for (col, v) in [
+        ("name", &q.model),
+        ("version", &q.version),
+        ("device_id", &q.device),
+    ] {
+        if let Some(v) = v {
+            sql += &format!(" AND {col} = ?");
+            args.push(Value::Text(v.clone()));
+        }
+    }
+    if let Some(f) = q.from_ms {
+        sql += &format!(" AND {time_col} >= ?");
+        args.push(Value::Integer(f.min(i64::MAX as u64) as i64));
+    }
+    if let Some(t) = q.to_ms {
+        sql += &format!(" AND {time_col} < ?");
+        args.push(Value::Integer(t.min(i64::MAX as u64) as i64));
+    }
+    (sql, args)
+}
+
+impl Store for SqliteStore {
+    fn enrol(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Enrolment, StoreError> {
+        let conn = self.conn();
+        let existing: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT public_key FROM devices WHERE id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match existing {
+            Some(k) if k == public_key => Enrolment::AlreadyEnrolled,
+            Some(_) => Enrolment::Conflict,
+            None => {
+                conn.execute(
+                    "INSERT INTO devices (id, public_key, enrolled_ms) VALUES (?1, ?2, ?3)",
+                    params![device_id, &public_key[..], now_ms as i64],
+                )?;
+                Enrolment::Created
+            }
+        })
+    }
+
+    fn device_key(&self, device_id: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        let k: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT public_key FROM devices WHERE id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        k.map(|k| {
+            k.try_into()
+                .map_err(|_| StoreError::Corrupt(format!("key of device {device_id}")))
+        })
+        .transpose()
+    }
+
+    fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (mut accepted, mut duplicates) = (0, 0);
+        let dev = batch.device_id.as_str();
+        for r in &batch.records {
+            let kind = match &r.body {
+                RecordBody::Model(_) => "model",
+                RecordBody::Window(_) => "window",
+                RecordBody::Sample(_) => "sample",
+            };
+            let new = tx.execute(
+                "INSERT OR IGNORE INTO records (id, device_id, kind, received_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![r.id, dev, kind, now_ms as i64],
+            )?;
+            if new == 0 {
+                duplicates += 1;
+                continue;
+            }
+            accepted += 1;
+            match &r.body {
+                RecordBody::Model(m) => {
+                    tx.execute(
+                        "INSERT INTO models (name, version, digest, monitoring_features, labels, baseline, first_seen_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (name, version, digest) DO UPDATE SET baseline = COALESCE(models.baseline, excluded.baseline)",
+                        params![
+                            m.model.name,
+                            m.model.version,
+                            m.model.digest,
+                            json(&m.monitoring_features)?,
+                            json(&m.labels)?,
+                            m.baseline.as_ref().map(json).transpose()?,
+                            now_ms as i64
+                        ],
+                    )?;
+                    touch_model(&tx, dev, &m.model, now_ms)?;
+                }
+                RecordBody::Window(w) => {
+                    tx.execute(
+                        "INSERT INTO windows (record_id, device_id, name, version, digest, start_ms, end_ms, count,
+                           errors, latency_us, numeric, categorical, drifted, recovered)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                        params![
+                            r.id,
+                            dev,
+                            w.model.name,
+                            w.model.version,
+                            w.model.digest,
+                            w.start_ms as i64,
+                            w.end_ms as i64,
+                            w.count as i64,
+                            json(&w.errors)?,
+                            w.latency_us,
+                            json(&w.numeric)?,
+                            json(&w.categorical)?,
+                            w.drifted,
+                            w.recovered
+                        ],
+                    )?;
+                    touch_model(&tx, dev, &w.model, now_ms)?;
+                }
+                RecordBody::Sample(s) => {
+                    tx.execute(
+                        "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            r.id,
+                            dev,
+                            s.model.name,
+                            s.model.version,
+                            s.model.digest,
+                            s.at_ms as i64,
+                            s.reason.as_str(),
+                            s.prediction,
+                            json(&s.input)?
+                        ],
+                    )?;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE devices SET last_seen_ms = ?2, pending_records = ?3, dropped_records = MAX(dropped_records, ?4) WHERE id = ?1",
+            params![
+                dev,
+                now_ms as i64,
+                batch.spool.pending_records as i64,
+                batch.spool.dropped_records as i64
+            ],
+        )?;
+        tx.commit()?;
+        Ok(IngestResponse {
+            accepted,
+            duplicates,
+        })
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, public_key, enrolled_ms, last_seen_ms, pending_records, dropped_records FROM devices ORDER BY id",
+        )?;
+        let mut devices = stmt
+            .query_map([], |r| {
+                Ok(DeviceInfo {
+                    device_id: r.get(0)?,
+                    public_key: hex::encode(r.get::<_, Vec<u8>>(1)?),
+                    enrolled_ms: r.get::<_, i64>(2)? as u64,
+                    last_seen_ms: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                    pending_records: r.get::<_, i64>(4)? as u64,
+                    dropped_records: r.get::<_, i64>(5)? as u64,
+                    models: Vec::new(),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = conn.prepare(
+            "SELECT name, version, digest, last_seen_ms FROM device_models WHERE device_id = ?1 ORDER BY name, version",
+        )?;
+        for d in &mut devices {
+            d.models = stmt
+                .query_map([&d.device_id], |r| {
+                    Ok(DeviceModel {
+                        model: ModelRef {
+                            name: r.get(0)?,
+                            version: r.get(1)?,
+                            digest: r.get(2)?,
+                        },
+                        last_seen_ms: r.get::<_, i64>(3)? as u64,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+        }
+        Ok(devices)
+    }
+
+    fn models(&self) -> Result<Vec<ModelVersionInfo>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT m.name, m.version, m.digest, m.monitoring_features, m.labels, m.baseline, m.first_seen_ms,
+                    (SELECT COUNT(DISTINCT device_id) FROM device_models d
+                      WHERE d.name = m.name AND d.version = m.version AND d.digest = m.digest)
+             FROM models m ORDER BY m.name, m.version, m.digest",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    ModelRef {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        digest: r.get(2)?,
+                    },
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(model, features, labels, baseline, first, devices)| {
+                Ok(ModelVersionInfo {
+                    model,
+                    monitoring_features: parse(&features)?,
+                    labels: parse(&labels)?,
+                    baseline: baseline.as_deref().map(parse).transpose()?,
+                    devices: devices as u64,
+                    first_seen_ms: first as u64,
+                })
+            })
+            .collect()
+    }
+
+    fn windows(&self, q: &Query) -> Result<Vec<StoredWindow>, StoreError> {
+        let (cond, args) = filter(q, "start_ms");
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT record_id, device_id, name, version, digest, start_ms, end_ms, count, errors, latency_us, numeric, categorical
+             FROM windows{cond} ORDER BY start_ms, record_id"
+        ))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    ModelRef {
+                        name: r.get(2)?,
+                        version: r.get(3)?,
+                        digest: r.get(4)?,
+                    },
+                    r.get::<_, i64>(5)? as u64,
+                    r.get::<_, i64>(6)? as u64,
+                    r.get::<_, i64>(7)? as u64,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                    r.get::<_, String>(10)?,
+                    r.get::<_, String>(11)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    device_id,
+                    model,
+                    start_ms,
+                    end_ms,
+                    count,
+                    errors,
+                    latency_us,
+                    numeric,
+                    categorical,
+                )| {
+                    Ok(StoredWindow {
+                        id,
+                        device_id,
+                        model,
+                        start_ms,
+                        end_ms,
+                        count,
+                        errors: parse(&errors)?,
+                        latency_us,
+                        numeric: parse(&numeric)?,
+                        categorical: parse(&categorical)?,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    fn samples(&self, q: &Query) -> Result<Vec<StoredSample>, StoreError> {
+        let (cond, args) = filter(q, "at_ms");
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT record_id, device_id, name, version, digest, at_ms, reason, prediction, input
+             FROM samples{cond} ORDER BY at_ms, record_id"
+        ))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    ModelRef {
+                        name: r.get(2)?,
+                        version: r.get(3)?,
+                        digest: r.get(4)?,
+                    },
+                    r.get::<_, i64>(5)? as u64,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, device_id, model, at_ms, reason, prediction, input)| {
+                Ok(StoredSample {
+                    id,
+                    device_id,
+                    model,
+                    at_ms,
+                    reason: parse(&format!("\"{reason}\""))?,
+                    prediction,
+                    input: parse(&input)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn touch_model(
+    tx: &rusqlite::Transaction<'_>,
+    dev: &str,
+    m: &ModelRef,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO device_models (device_id, name, version, digest, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device_id, name, version, digest) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+        params![dev, m.name, m.version, m.digest, now_ms as i64],
+    )?;
+    Ok(())
+}
