@@ -36,6 +36,75 @@ def session(path):
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
+# ---------------------------------------------------------------- sensor
+SENSOR_COLUMNS = ["temperature_c", "humidity_pct", "vibration_rms", "current_a", "pressure_kpa", "acoustic_db"]
+SENSOR_CLASSES = ["normal", "bearing_wear", "overheating"]
+
+
+def sensor_readings(rng, n, shift=False):
+    """Synthetic readings of a motor-driven pump (6 channels, 3 states).
+
+    `shift=True` is the same machine after a seasonal/calibration change:
+    ambient temperature up 9 C, humidity down, vibration sensor gain x1.6.
+    """
+    state = rng.choice(3, size=n, p=[0.8, 0.12, 0.08])
+    temp = rng.normal(45, 4, n) + np.where(state == 2, 18, 0)
+    hum = rng.normal(40, 6, n)
+    vib = rng.gamma(4, 0.5, n) * np.where(state == 1, 2.5, 1.0)
+    current = rng.normal(12, 1.2, n) + 0.08 * (temp - 45) + np.where(state == 1, 1.5, 0)
+    pressure = rng.normal(300, 12, n) - np.where(state == 1, 25, 0)
+    acoustic = 55 + 4 * np.log1p(vib) + rng.normal(0, 1.5, n)
+    if shift:
+        temp = temp + 9
+        hum = hum - 12
+        vib = vib * 1.6
+    x = np.stack([temp, hum, vib, current, pressure, acoustic], axis=1).astype(np.float32)
+    return x, state
+
+
+def build_sensor():
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+    from skl2onnx import to_onnx
+
+    out = os.path.join(HERE, "sensor")
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    x_tr, y_tr = sensor_readings(rng, 4000)
+    x_te, y_te = sensor_readings(rng, 1000)
+    scaler = StandardScaler().fit(x_tr)
+    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=800, random_state=SEED)
+    clf.fit(scaler.transform(x_tr), y_tr)
+    # fold the scaler into the first layer, so the graph is plain ONNX
+    # (skl2onnx would emit the ai.onnx.ml Scaler op)
+    w = clf.coefs_[0] / scaler.scale_[:, None]
+    clf.intercepts_[0] = clf.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ clf.coefs_[0]
+    clf.coefs_[0] = w
+    print("sensor: held-out accuracy = %.4f" % clf.score(x_te, y_te))
+    onx = to_onnx(clf, x_tr[:1], options={id(clf): {"zipmap": False}}, target_opset=15)
+    for vi in list(onx.graph.input) + list(onx.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.dim_value and not d.dim_param:
+                d.dim_param = "N"
+    path = os.path.join(out, "sensor.onnx")
+    onnx.save(onx, path)
+    # reference (what the model was trained on), live data from the same
+    # machine, and live data after the shift; all float32 [N, 6]
+    np.save(os.path.join(out, "reference.npy"), x_tr[:1000])
+    np.save(os.path.join(out, "live.npy"), sensor_readings(rng, 600)[0])
+    np.save(os.path.join(out, "shifted.npy"), sensor_readings(rng, 600, shift=True)[0])
+    sess = session(path)
+    in_name = sess.get_inputs()[0].name
+    label, probs = sess.run(None, {in_name: x_te[:16]})
+    np.save(os.path.join(out, "ref_input.npy"), x_te[:16])
+    np.save(os.path.join(out, "ref_probabilities.npy"), probs.astype(np.float32))
+    with open(os.path.join(out, "labels.txt"), "w") as f:
+        f.write("\n".join(SENSOR_CLASSES) + "\n")
+    with open(os.path.join(out, "preprocess.json"), "w") as f:
+        json.dump({"scores_output": "probabilities", "top_k": 3, "columns": SENSOR_COLUMNS}, f, indent=2)
+    print("sensor: input name", in_name, "->", path, os.path.getsize(path), "bytes")
+
+
 # ---------------------------------------------------------------- digits
 def build_digits():
     from sklearn.datasets import load_digits
@@ -105,6 +174,10 @@ def build_digits():
     np.save(os.path.join(out, "ref_input.npy"), batch)
     np.save(os.path.join(out, "ref_probabilities.npy"), probs.astype(np.float32))
     np.save(os.path.join(out, "ref_label.npy"), label.astype(np.int64))
+    # reference data for the drift baseline: 500 training rows
+    np.save(os.path.join(out, "reference.npy"), x_tr[:500])
+    # live data from the same distribution: the 360 held-out rows
+    np.save(os.path.join(out, "live.npy"), x_te)
     with open(os.path.join(out, "labels.txt"), "w") as f:
         f.write("\n".join(str(d) for d in range(10)) + "\n")
     with open(os.path.join(out, "preprocess.json"), "w") as f:
@@ -311,6 +384,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["large"]:
         build_large(sys.argv[2])
         sys.exit(0)
-    which = sys.argv[1:] or ["digits", "vad", "squeezenet", "trivial"]
+    which = sys.argv[1:] or ["digits", "vad", "squeezenet", "trivial", "sensor"]
     for w in which:
         globals()["build_" + w]()

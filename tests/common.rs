@@ -68,6 +68,13 @@ pub const SQUEEZENET: Spec = Spec {
     labels: None,
     preprocess: None,
 };
+pub const SENSOR: Spec = Spec {
+    name: "sensor",
+    onnx: "sensor/sensor.onnx",
+    guest: "edgeml_generic",
+    labels: Some("sensor/labels.txt"),
+    preprocess: Some("sensor/preprocess.json"),
+};
 pub const HOSTILE: Spec = Spec {
     name: "digits",
     onnx: "digits/digits.onnx",
@@ -100,6 +107,11 @@ pub fn pack_generic_as_digits(model: &[u8], min_host_version: semver::Version) -
 
 /// Pack a model with the library API (what `edgeml pack` does).
 pub fn pack(spec: &Spec) -> Vec<u8> {
+    pack_with_baseline(spec, None)
+}
+
+/// [`pack`], with a drift baseline in the manifest.
+pub fn pack_with_baseline(spec: &Spec, baseline: Option<bundle::Baseline>) -> Vec<u8> {
     let model = read(model_path(spec.onnx));
     let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model).expect("IO schema");
     let labels = spec
@@ -127,7 +139,7 @@ pub fn pack(spec: &Spec) -> Vec<u8> {
         preprocessing,
         min_host_version: semver::Version::new(0, 1, 0),
         created: None,
-        baseline: None,
+        baseline,
     })
     .expect("pack")
 }

@@ -105,6 +105,26 @@ fn squeezenet_matches_onnxruntime(rt: &Runtime) {
     assert_close(&out.to_f32().unwrap(), &expected, "squeezenet softmax");
 }
 
+fn sensor_matches_onnxruntime_and_reports_channel_means(rt: &Runtime) {
+    let (_, model) = load(&SENSOR, rt);
+    let name = model.manifest().inputs[0].name.clone();
+    let input = npy_tensor(&name, "sensor/ref_input.npy");
+    let (_, rows) = npy_f32("sensor/ref_input.npy");
+    let p = model.predict(Input::Tensors(vec![input])).unwrap();
+    let probs = p.output("probabilities").expect("probabilities output");
+    assert_eq!(probs.shape, vec![16, 3]);
+    let (_, expected) = npy_f32("sensor/ref_probabilities.npy");
+    assert_close(&probs.to_f32().unwrap(), &expected, "sensor probabilities");
+    // The first six monitoring features are the named channels' means over the rows.
+    let features = &model.metadata().monitoring_features;
+    assert_eq!(features[0], "temperature_c");
+    assert_eq!(features[5], "acoustic_db");
+    for c in 0..6 {
+        let mean = rows.iter().skip(c).step_by(6).sum::<f32>() / 16.0;
+        assert!((p.monitoring[c] - mean).abs() < 1e-3 * mean.abs().max(1.0), "{}", features[c]);
+    }
+}
+
 fn vad_single_frame_matches_onnxruntime(rt: &Runtime) {
     let (_, model) = load(&VAD, rt);
     let input = npy_tensor("input", "vad/ref_frame_input.npy");
@@ -225,6 +245,7 @@ on_both_backends!(
     digits_tensor_path_matches_onnxruntime,
     digits_png_accuracy_on_held_out_digits_is_at_least_95_percent,
     squeezenet_matches_onnxruntime,
+    sensor_matches_onnxruntime_and_reports_channel_means,
     vad_single_frame_matches_onnxruntime,
     vad_wav_probabilities_match_onnxruntime_and_find_the_speech,
     symbolic_batch_dimension_takes_its_size_from_the_tensor,

@@ -75,3 +75,63 @@ fn readme_walkthrough_commands_run() {
     assert!(tmp.path().join("vad-out/segments.npy").is_file());
     assert!(tmp.path().join("out/probabilities.npy").is_file());
 }
+
+/// The "## Monitoring" section's `sh` blocks, run as one script in a fresh
+/// directory, the collector in the background as the README has it.
+#[test]
+fn readme_monitoring_walkthrough_runs() {
+    let readme = String::from_utf8(read(repo().join("README.md"))).unwrap();
+    let section = readme
+        .split("\n## Monitoring")
+        .nth(1)
+        .expect("monitoring section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut script = String::from("set -e\ntrap 'kill $collector 2>/dev/null' EXIT\n");
+    for block in section.split("```sh\n").skip(1) {
+        script.push_str(block.split("\n```").next().unwrap());
+        script.push('\n');
+    }
+    assert!(script.contains("edgeml collector serve") && script.contains("edgeml replay"));
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo().join("models"), tmp.path().join("models")).unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_edgeml"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(tmp.path())
+        .env("PATH", &path)
+        .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the monitoring walkthrough failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The live data is not flagged, the shifted data is, on the device and at the collector.
+    let local: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("local drift"))
+        .collect();
+    assert_eq!(local.len(), 2, "{stdout}");
+    assert!(local[0].ends_with(": none"), "{stdout}");
+    assert!(local[1].contains("temperature_c"), "{stdout}");
+    let buckets: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(" predictions  "))
+        .collect();
+    assert!(buckets.iter().any(|l| l.contains("no drift")), "{stdout}");
+    assert!(buckets.iter().any(|l| l.contains("DRIFT: ") && l.contains("temperature_c")), "{stdout}");
+    for f in ["samples.parquet", "samples.npy", "samples.json"] {
+        assert!(tmp.path().join("export").join(f).is_file(), "{f}");
+    }
+}

@@ -11,3 +11,4 @@ mod hostile_guests;
 mod models;
 mod readme;
 mod signature_attacks;
+mod telemetry;

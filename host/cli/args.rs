@@ -83,6 +83,9 @@ pub struct ReplayArgs {
     /// Predictions per second. Default: as fast as possible.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Print `predicted N` after each prediction.
+    #[arg(long)]
+    pub progress: bool,
     /// How long to wait at the end for the collector to take everything.
     #[arg(long, default_value = "30s")]
     pub flush_timeout: humantime::Duration,

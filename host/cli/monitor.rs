@@ -7,7 +7,7 @@ use crate::commands::{config, load, policy};
 use anyhow::{anyhow, bail, Context, Result};
 use edgeml_collector::{Server, Settings, SqliteStore};
 use edgeml_runtime::bundle::{self, Baseline, PackOptions, SecretKey, TrustPolicy};
-use edgeml_runtime::telemetry::{BaselineBuilder, Observed, Telemetry, TelemetryConfig};
+use edgeml_runtime::telemetry::{Telemetry, TelemetryConfig};
 use edgeml_runtime::{Config, Input, Manifest, Runtime, Tensor};
 use serde_json::Value;
 use std::path::Path;
@@ -102,39 +102,7 @@ pub fn baseline(opts: &PackOptions<'_>, reference: &Path) -> Result<Baseline> {
     if rows.len() == 0 {
         bail!("{}: no reference examples", reference.display());
     }
-    let mut builder = BaselineBuilder::new(
-        model.metadata().monitoring_features.clone(),
-        model.manifest().labels.clone(),
-    );
-    let mut failures = 0;
-    let mut first_error = None;
-    for i in 0..rows.len() {
-        match model.predict(rows.input(i)) {
-            Ok(p) => {
-                let scores: Vec<(u32, f32)> = p
-                    .scores
-                    .iter()
-                    .flatten()
-                    .map(|s| (s.index, s.score))
-                    .collect();
-                builder.add(Observed {
-                    monitoring: &p.monitoring,
-                    scores: &scores,
-                });
-            }
-            Err(e) => {
-                failures += 1;
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        bail!(
-            "{failures} of {} reference examples failed; the first: {e}",
-            rows.len()
-        );
-    }
-    Ok(builder.build())
+    Ok(model.baseline((0..rows.len()).map(|i| rows.input(i)))?)
 }
 
 pub fn replay(args: &ReplayArgs) -> Result<()> {
@@ -165,6 +133,12 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
             Ok(_) => ok += 1,
             Err(_) => failed += 1,
         }
+        if args.progress {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "predicted {}", i + 1);
+            let _ = out.flush();
+        }
     }
     let stats = telemetry.flush(args.flush_timeout.into());
     let drift = telemetry.drift();
@@ -177,9 +151,10 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     } else {
         println!("{ok} predictions, {failed} errors");
         println!(
-            "telemetry: {} windows, {} records shipped, {} pending, {} dropped{}",
+            "telemetry: {} windows, {} records shipped ({} bytes), {} pending, {} dropped{}",
             stats.windows,
             stats.shipped_records,
+            stats.shipped_bytes,
             stats.spool.pending_records,
             stats.spool.dropped_records,
             stats

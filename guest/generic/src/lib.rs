@@ -6,8 +6,11 @@
 //! (the dtype comes from the manifest, the shape from the nesting).
 //!
 //! Preprocessing parameters (all optional): `scores_output` (name of the
-//! output holding class scores), `top_k` (default 5), `softmax` (default false).
-//! Monitoring features: mean, std, min and max of each of the first four inputs.
+//! output holding class scores), `top_k` (default 5), `softmax` (default false),
+//! `columns` (names of the last dimension of the first input, e.g. sensor
+//! channels: each becomes a monitoring feature, its mean over the rows).
+//! Monitoring features: the columns, then mean, std, min and max of each of
+//! the first four inputs.
 
 use edgeml_guest::{tensor, Error, Guest, Input, Metadata, Prediction, Tensor};
 use serde_json::Value;
@@ -20,17 +23,48 @@ struct Params {
     scores_output: Option<String>,
     top_k: Option<usize>,
     softmax: bool,
+    columns: Vec<String>,
+}
+
+fn params() -> Result<Params, Error> {
+    let m = edgeml_guest::manifest()?;
+    if m.preprocessing.is_null() {
+        Ok(Params::default())
+    } else {
+        m.preprocessing()
+    }
 }
 
 const MAX_MONITORED_INPUTS: usize = 4;
 
 fn monitoring_names() -> Result<Vec<String>, Error> {
     let m = edgeml_guest::manifest()?;
-    Ok(m.inputs
-        .iter()
-        .take(MAX_MONITORED_INPUTS)
-        .flat_map(|s| ["mean", "std", "min", "max"].map(|k| format!("{}.{k}", s.name)))
-        .collect())
+    let mut names = params()?.columns;
+    names.extend(
+        m.inputs
+            .iter()
+            .take(MAX_MONITORED_INPUTS)
+            .flat_map(|s| ["mean", "std", "min", "max"].map(|k| format!("{}.{k}", s.name))),
+    );
+    Ok(names)
+}
+
+/// Mean of each column of `v` (rows of `n` values).
+fn column_means(v: &[f32], n: usize) -> Result<Vec<f32>, Error> {
+    if n == 0 || v.is_empty() || v.len() % n != 0 {
+        return Err(Error::InvalidInput(format!(
+            "the first input has {} values, not rows of the {n} configured columns",
+            v.len()
+        )));
+    }
+    let rows = (v.len() / n) as f32;
+    let mut sums = vec![0f32; n];
+    for row in v.chunks_exact(n) {
+        for (s, x) in sums.iter_mut().zip(row) {
+            *s += x;
+        }
+    }
+    Ok(sums.into_iter().map(|s| s / rows).collect())
 }
 
 impl Guest for Generic {
@@ -46,11 +80,7 @@ impl Guest for Generic {
 
     fn predict(input: Input) -> Result<Prediction, Error> {
         let m = edgeml_guest::manifest()?;
-        let params: Params = if m.preprocessing.is_null() {
-            Params::default()
-        } else {
-            m.preprocessing()?
-        };
+        let params = params()?;
         let inputs = match input {
             Input::Tensors(t) => t,
             Input::Media(media) if media.media_type == "application/json" => {
@@ -64,6 +94,14 @@ impl Guest for Generic {
             }
         };
         let mut monitoring = Vec::new();
+        if !params.columns.is_empty() {
+            let first = m.inputs.first().and_then(|s| inputs.iter().find(|t| t.name == s.name));
+            let v = match first {
+                Some(t) => tensor::to_f32(t)?,
+                None => Vec::new(),
+            };
+            monitoring.extend(column_means(&v, params.columns.len())?);
+        }
         for spec in m.inputs.iter().take(MAX_MONITORED_INPUTS) {
             let v = match inputs.iter().find(|t| t.name == spec.name) {
                 Some(t) => tensor::to_f32(t)?,

@@ -488,6 +488,33 @@ impl Model {
         result
     }
 
+    /// Predict each reference input and summarise what the model saw, as the
+    /// baseline a bundle carries for drift monitoring (`edgeml pack --reference`).
+    /// Fails on the first input that fails.
+    pub fn baseline(
+        &self,
+        inputs: impl IntoIterator<Item = Input>,
+    ) -> Result<edgeml_bundle::Baseline, Error> {
+        let mut builder = edgeml_telemetry::BaselineBuilder::new(
+            self.metadata.monitoring_features.clone(),
+            self.shared.manifest.labels.clone(),
+        );
+        for input in inputs {
+            let p = self.run(input).0?;
+            let scores: Vec<(u32, f32)> = p
+                .scores
+                .iter()
+                .flatten()
+                .map(|s| (s.index, s.score))
+                .collect();
+            builder.add(Observed {
+                monitoring: &p.monitoring,
+                scores: &scores,
+            });
+        }
+        Ok(builder.build())
+    }
+
     /// One prediction; also hands back the input as sent to the guest, for telemetry samples.
     fn run(&self, input: Input) -> (Result<Prediction, Error>, Option<wit::Input>) {
         let input = match input {

@@ -130,6 +130,8 @@ pub struct TelemetryStats {
     pub rejected_records: u64,
     /// Records delivered by this process.
     pub shipped_records: u64,
+    /// Bytes of the batches delivered by this process, as sent (gzip).
+    pub shipped_bytes: u64,
     /// Windows closed by this process.
     pub windows: u64,
     /// Windows rebuilt from journals left by a crashed process.

@@ -133,10 +133,15 @@ fn ship_once(inner: &Inner, client: &reqwest::blocking::Client, one: bool) -> Ou
     if raws.is_empty() {
         return Outcome::Shipped;
     }
+    let mut spool = inner.spool.stats();
+    spool.pending_records = spool.pending_records.saturating_sub(raws.len() as u64);
+    spool.pending_bytes = spool
+        .pending_bytes
+        .saturating_sub(raws.iter().map(|r| r.get().len() as u64).sum());
     let batch = OutgoingBatch {
         device_id: inner.identity.device_id(),
         sent_ms: now_ms(),
-        spool: inner.spool.stats(),
+        spool,
         records: raws,
     };
     let json = match serde_json::to_vec(&batch) {
@@ -147,6 +152,7 @@ fn ship_once(inner: &Inner, client: &reqwest::blocking::Client, one: bool) -> Ou
         Ok(b) => b,
         Err(e) => return Outcome::Retry(format!("cannot compress a batch: {e}")),
     };
+    let body_len = body.len() as u64;
     let sig = inner.identity.sign_batch(&body);
     let url = format!("{}/v1/ingest", c.url.trim_end_matches('/'));
     let resp = client
@@ -166,7 +172,9 @@ fn ship_once(inner: &Inner, client: &reqwest::blocking::Client, one: bool) -> Ou
     match status {
         200..=299 => {
             inner.spool.remove(&seqs);
-            lock(&inner.stats).shipped_records += seqs.len() as u64;
+            let mut stats = lock(&inner.stats);
+            stats.shipped_records += seqs.len() as u64;
+            stats.shipped_bytes += body_len;
             Outcome::Shipped
         }
         401 | 403 => {

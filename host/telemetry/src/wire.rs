@@ -268,7 +268,8 @@ pub struct Batch {
     pub device_id: String,
     /// When the batch was sent, Unix milliseconds (device clock).
     pub sent_ms: u64,
-    /// The device's spool.
+    /// The device's spool, not counting the records in this batch (what
+    /// will still be waiting once the collector takes it).
     pub spool: SpoolStats,
     /// The records.
     pub records: Vec<Record>,

@@ -1,0 +1,885 @@
+//! Telemetry end to end on loopback: real models with baselines computed from
+//! their reference data, a device pipeline writing a real spool, and a real
+//! collector (axum on 127.0.0.1, SQLite file) receiving signed gzip batches.
+
+use crate::common::*;
+use edgeml_collector::store::Query;
+use edgeml_collector::{Server, Settings, SqliteStore, Store};
+use edgeml_runtime::telemetry::wire::{
+    self, Batch, Record, RecordBody, SampleInput, SpoolStats, WindowRecord,
+};
+use edgeml_runtime::telemetry::{
+    CollectorConfig, DeviceIdentity, DriftStatus, SampleConfig, Sketch, Telemetry,
+    TelemetryConfig, WindowDrift,
+};
+use edgeml_runtime::{Config, Input, Model, Runtime, Tensor};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const ADMIN: &str = "admin-token-for-tests";
+const ENROL: &str = "enrolment-token-for-tests";
+const FLUSH: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------------ fixtures
+
+fn collector_at(db: &Path, addr: SocketAddr) -> Server {
+    let store = SqliteStore::open(db).expect("open the collector database");
+    Server::start(store, Settings::new(ADMIN, ENROL), addr).expect("start the collector")
+}
+
+fn collector(db: &Path) -> Server {
+    collector_at(db, "127.0.0.1:0".parse().unwrap())
+}
+
+/// A device configuration shipping to `url`, with windows closed by
+/// `flush` (an hour is longer than any test) and short retry delays.
+fn device(dir: &Path, id: &str, url: &str) -> TelemetryConfig {
+    let mut c = TelemetryConfig::new(id, dir);
+    c.window = Duration::from_secs(3600);
+    let mut col = CollectorConfig::new(url);
+    col.enrolment_token = Some(ENROL.into());
+    col.interval = Duration::from_millis(100);
+    col.timeout = Duration::from_secs(10);
+    col.backoff_base = Duration::from_millis(50);
+    col.backoff_max = Duration::from_millis(400);
+    c.collector = Some(col);
+    c
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// An admin GET; panics unless 200.
+fn admin_get(server: &Server, path: &str) -> Value {
+    let resp = http()
+        .get(format!("{}{path}", server.url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    let status = resp.status();
+    let body = resp.text().unwrap();
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn admin_get_bytes(server: &Server, path: &str) -> Vec<u8> {
+    let resp = http()
+        .get(format!("{}{path}", server.url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200, "GET {path}");
+    resp.bytes().unwrap().to_vec()
+}
+
+fn fleet_stats(server: &Server, model: &str) -> Value {
+    admin_get(server, &format!("/v1/models/{model}/versions/1.0.0/stats"))["stats"].clone()
+}
+
+/// Rows of a `[N, D]` float32 `.npy` under models/.
+fn rows(rel: &str) -> Vec<Vec<f32>> {
+    let (shape, v) = npy_f32(rel);
+    assert_eq!(shape.len(), 2, "{rel}: expected [N, D]");
+    v.chunks_exact(shape[1] as usize).map(<[f32]>::to_vec).collect()
+}
+
+/// One example per row, for a model whose only input is `[N, D]`.
+fn inputs(model: &Model, rows: &[Vec<f32>]) -> Vec<Input> {
+    let name = model.manifest().inputs[0].name.clone();
+    rows.iter()
+        .map(|r| Input::Tensors(vec![Tensor::from_f32(&name, vec![1, r.len() as u64], r)]))
+        .collect()
+}
+
+/// What `edgeml pack --reference` does: load the packed model once, run the
+/// reference rows through it, and pack again with the resulting baseline.
+fn signed_with_baseline(spec: &Spec, reference: &str, publisher: &Publisher) -> Vec<u8> {
+    let runtime = Runtime::new(&Config::new()).unwrap();
+    let (_, model) = load(spec, &runtime);
+    let baseline = model
+        .baseline(inputs(&model, &rows(reference)))
+        .expect("baseline");
+    assert_eq!(baseline.examples, rows(reference).len() as u64);
+    publisher.sign(&pack_with_baseline(spec, Some(baseline)))
+}
+
+/// A device: a runtime with telemetry on, and one model loaded.
+struct Device {
+    telemetry: Telemetry,
+    model: Model,
+}
+
+impl Device {
+    fn start(config: TelemetryConfig, bundle: &[u8], publisher: &Publisher) -> Device {
+        let telemetry = Telemetry::start(config).expect("start telemetry");
+        let mut config = Config::new();
+        config.telemetry(telemetry.clone());
+        let runtime = Runtime::new(&config).unwrap();
+        let verified = runtime
+            .verify(bundle.to_vec(), &publisher.policy())
+            .unwrap();
+        let model = runtime.load(&verified).unwrap();
+        Device { telemetry, model }
+    }
+
+    fn predict_all(&self, inputs: Vec<Input>) {
+        for input in inputs {
+            self.model.predict(input).expect("predict");
+        }
+    }
+
+    /// Close the window and wait until the collector has everything.
+    fn window(&self) -> WindowDrift {
+        let stats = self.telemetry.flush(FLUSH);
+        assert_eq!(
+            stats.spool.pending_records, 0,
+            "the collector did not take everything: {stats:?}"
+        );
+        let drift = self.telemetry.drift();
+        assert_eq!(drift.len(), 1, "one model with a baseline");
+        drift[0].clone()
+    }
+}
+
+fn status(features: &Value, name: &str) -> String {
+    features
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no feature `{name}` in {features}"))["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn local_status(d: &WindowDrift, name: &str) -> DriftStatus {
+    d.features
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("no feature `{name}` in {:?}", d.features))
+        .status
+}
+
+/// Run `data` through a model in two windows on one device reporting to a
+/// collector; return the device's verdict per window and the collector's
+/// drift report over both.
+fn two_windows(
+    spec: &Spec,
+    reference: &str,
+    data: Vec<Vec<f32>>,
+) -> (Vec<WindowDrift>, Value, Value) {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = collector(&tmp.path().join("collector.db"));
+    let publisher = Publisher::new();
+    let bundle = signed_with_baseline(spec, reference, &publisher);
+    let dev = Device::start(
+        device(&tmp.path().join("device"), "gw-01", &server.url()),
+        &bundle,
+        &publisher,
+    );
+    let half = data.len() / 2;
+    let mut local = Vec::new();
+    for chunk in [&data[..half], &data[half..]] {
+        dev.predict_all(inputs(&dev.model, chunk));
+        local.push(dev.window());
+    }
+    let drift = admin_get(
+        &server,
+        &format!("/v1/models/{}/versions/1.0.0/drift?bucket_s=86400", spec.name),
+    )["drift"]
+        .clone();
+    let stats = fleet_stats(&server, spec.name);
+    assert_eq!(stats["count"], data.len() as u64, "{stats}");
+    assert_eq!(stats["windows"], 2, "{stats}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+    dev.telemetry.shutdown();
+    (local, drift, stats)
+}
+
+/// Features the collector flagged as `drift`.
+fn alerted(drift: &Value) -> Vec<String> {
+    drift["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["status"] == "drift")
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// ------------------------------------------------------------------- drift
+
+#[test]
+fn shifted_sensor_readings_are_flagged_as_drift_within_two_windows() {
+    let (local, drift, _) = two_windows(&SENSOR, "sensor/reference.npy", rows("sensor/shifted.npy"));
+    // On the device, between uploads: the first window is already flagged,
+    // on the channels that moved and not on the one that did not.
+    for w in &local {
+        assert!(w.drifted, "{w:?}");
+        assert_eq!(w.count, 300);
+        for moved in ["temperature_c", "humidity_pct", "vibration_rms"] {
+            assert_eq!(local_status(w, moved), DriftStatus::Drift, "{moved}: {w:?}");
+        }
+        assert_eq!(local_status(w, "pressure_kpa"), DriftStatus::Stable, "{w:?}");
+    }
+    // At the collector, from the merged sketches.
+    let bucket = &drift["buckets"][0];
+    assert_eq!(bucket["count"], 600);
+    assert_eq!(bucket["drifted"], true);
+    assert_eq!(status(&bucket["features"], "temperature_c"), "drift");
+    assert_eq!(status(&bucket["features"], "pressure_kpa"), "stable");
+    let flagged = alerted(&drift);
+    for moved in ["temperature_c", "humidity_pct", "vibration_rms"] {
+        assert!(flagged.iter().any(|f| f == moved), "{moved} not in {flagged:?}");
+    }
+}
+
+#[test]
+fn unshifted_sensor_readings_are_not_flagged() {
+    let (local, drift, _) = two_windows(&SENSOR, "sensor/reference.npy", rows("sensor/live.npy"));
+    for w in &local {
+        assert!(!w.drifted, "{w:?}");
+        assert!(w.features.iter().all(|f| f.status != DriftStatus::InsufficientData));
+    }
+    assert_eq!(drift["buckets"][0]["drifted"], false, "{drift}");
+    assert_eq!(alerted(&drift), Vec::<String>::new());
+}
+
+#[test]
+fn inverted_digits_are_flagged_as_drift_within_two_windows() {
+    // The same held-out digits, ink and paper swapped (pixels are in [0, 1]).
+    let inverted = rows("digits/live.npy")
+        .into_iter()
+        .map(|r| r.into_iter().map(|x| 1.0 - x).collect())
+        .collect();
+    let (local, drift, _) = two_windows(&DIGITS_GENERIC, "digits/reference.npy", inverted);
+    for w in &local {
+        assert!(w.drifted, "{w:?}");
+        assert_eq!(local_status(w, "X.mean"), DriftStatus::Drift, "{w:?}");
+    }
+    assert_eq!(drift["buckets"][0]["drifted"], true);
+    assert!(alerted(&drift).iter().any(|f| f == "X.mean"), "{drift}");
+}
+
+#[test]
+fn held_out_digits_are_not_flagged() {
+    let (local, drift, _) = two_windows(&DIGITS_GENERIC, "digits/reference.npy", rows("digits/live.npy"));
+    for w in &local {
+        assert!(!w.drifted, "{w:?}");
+    }
+    assert_eq!(drift["buckets"][0]["drifted"], false, "{drift}");
+    assert_eq!(alerted(&drift), Vec::<String>::new());
+}
+
+#[test]
+fn too_few_predictions_give_insufficient_data_not_a_verdict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = collector(&tmp.path().join("collector.db"));
+    let publisher = Publisher::new();
+    let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
+    let dev = Device::start(
+        device(&tmp.path().join("device"), "gw-01", &server.url()),
+        &bundle,
+        &publisher,
+    );
+    dev.predict_all(inputs(&dev.model, &rows("sensor/shifted.npy")[..20]));
+    let w = dev.window();
+    assert!(!w.drifted);
+    assert_eq!(local_status(&w, "temperature_c"), DriftStatus::InsufficientData);
+    let drift = admin_get(&server, "/v1/models/sensor/versions/1.0.0/drift")["drift"].clone();
+    assert_eq!(status(&drift["buckets"][0]["features"], "temperature_c"), "insufficient_data");
+    dev.telemetry.shutdown();
+}
+
+// -------------------------------------------------- delivery and durability
+
+#[test]
+fn records_made_while_the_collector_is_down_arrive_once_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Reserve a port, then leave it closed: the collector is "down".
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let publisher = Publisher::new();
+    let bundle = signed_with_baseline(&DIGITS_GENERIC, "digits/reference.npy", &publisher);
+    let dev = Device::start(
+        device(&tmp.path().join("device"), "gw-01", &format!("http://{addr}")),
+        &bundle,
+        &publisher,
+    );
+    let live = rows("digits/live.npy");
+    for chunk in live.chunks(90) {
+        dev.predict_all(inputs(&dev.model, chunk));
+        let stats = dev.telemetry.flush(Duration::from_millis(200));
+        assert!(stats.spool.pending_records > 0);
+        assert!(stats.last_error.is_some(), "{stats:?}");
+    }
+    let waiting = dev.telemetry.stats();
+    // The model record and four windows.
+    assert_eq!(waiting.spool.pending_records, 5, "{waiting:?}");
+    assert_eq!(waiting.shipped_records, 0);
+
+    let server = collector_at(&tmp.path().join("collector.db"), addr);
+    let stats = dev.telemetry.flush(FLUSH);
+    assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
+    assert_eq!(stats.spool.dropped_records, 0);
+    assert_eq!(stats.last_error, None);
+    let fleet = fleet_stats(&server, "digits");
+    assert_eq!(fleet["count"], live.len() as u64, "{fleet}");
+    assert_eq!(fleet["windows"], 4, "{fleet}");
+    let devices = admin_get(&server, "/v1/devices");
+    assert_eq!(devices[0]["device_id"], "gw-01");
+    assert_eq!(devices[0]["pending_records"], 0);
+    dev.telemetry.shutdown();
+}
+
+#[test]
+fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = collector(&tmp.path().join("collector.db"));
+    let publisher = Publisher::new();
+    std::fs::write(tmp.path().join("publisher.pub"), publisher.key.public_key().to_bytes())
+        .unwrap();
+    let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
+    std::fs::write(tmp.path().join("sensor.wasm"), &bundle).unwrap();
+    let toml = tmp.path().join("telemetry.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "device_id = \"gw-kill\"\ndir = \"device\"\nwindow = \"1h\"\n\n\
+             [collector]\nurl = \"{}\"\nenrolment_token = \"{ENROL}\"\ninterval = \"100ms\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let mut child = edgeml()
+        .args(["replay", "sensor.wasm", "--trust", "publisher.pub"])
+        .args(["--data", &model_path("sensor/live.npy").display().to_string()])
+        .args(["--telemetry", "telemetry.toml", "--count", "100000000", "--progress"])
+        .current_dir(tmp.path())
+        .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut last = 0u64;
+    let mut line = String::new();
+    while last < 150 {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "replay exited early");
+        last = line.trim().strip_prefix("predicted ").unwrap().parse().unwrap();
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Whatever it printed before dying.
+    for l in out.lines() {
+        if let Some(n) = l.unwrap().strip_prefix("predicted ") {
+            last = n.parse().unwrap();
+        }
+    }
+
+    // The next start of the device recovers the journal into a window.
+    let config = TelemetryConfig::from_file(&toml).unwrap();
+    let telemetry = Telemetry::start(config).unwrap();
+    let stats = telemetry.flush(FLUSH);
+    assert_eq!(stats.recovered_windows, 1, "{stats:?}");
+    assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
+    telemetry.shutdown();
+    let fleet = fleet_stats(&server, "sensor");
+    let count = fleet["count"].as_u64().unwrap();
+    assert!(
+        count == last || count == last + 1,
+        "printed {last} predictions, the collector counted {count}"
+    );
+    // The recovered window still carries the drift sketches.
+    let drift = admin_get(&server, "/v1/models/sensor/versions/1.0.0/drift")["drift"].clone();
+    assert_eq!(drift["buckets"][0]["count"], count);
+    assert_eq!(drift["buckets"][0]["drifted"], false);
+}
+
+#[test]
+fn full_spool_drops_oldest_first_and_reports_how_many() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("device");
+    let publisher = Publisher::new();
+    let bundle = signed_with_baseline(&DIGITS_GENERIC, "digits/reference.npy", &publisher);
+    let live = rows("digits/live.npy");
+    // No collector for now, and the smallest spool.
+    let mut offline = TelemetryConfig::new("gw-full", &dir);
+    offline.window = Duration::from_secs(3600);
+    offline.spool_max_bytes = 64 * 1024;
+    let dev = Device::start(offline.clone(), &bundle, &publisher);
+    // Window i holds i + 1 predictions, so which windows survive shows in the total.
+    let windows = 60;
+    for i in 0..windows {
+        dev.predict_all(inputs(&dev.model, &live[..i + 1]));
+        dev.telemetry.flush(Duration::ZERO);
+    }
+    let stats = dev.telemetry.stats();
+    assert!(stats.spool.dropped_records > 0, "{stats:?}");
+    assert!(stats.spool.pending_bytes <= 64 * 1024, "{stats:?}");
+    let kept = stats.spool.pending_records;
+    let dropped = stats.spool.dropped_records;
+    // The model record plus every window, some dropped.
+    assert_eq!(kept + dropped, windows as u64 + 1);
+    dev.telemetry.shutdown();
+    drop(dev);
+
+    // The device restarts with a collector and a larger spool; it loads its
+    // model again (a fresh model record) and ships what the spool kept.
+    let server = collector(&tmp.path().join("collector.db"));
+    let dev = Device::start(device(&dir, "gw-full", &server.url()), &bundle, &publisher);
+    let stats = dev.telemetry.flush(FLUSH);
+    assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
+    assert_eq!(stats.spool.dropped_records, dropped, "the count survives restarts");
+    // Oldest first: the model record went first, then the first windows;
+    // the newest `kept` windows arrived.
+    let expected: u64 = ((windows as u64 - kept + 1)..=windows as u64).sum();
+    let fleet = fleet_stats(&server, "digits");
+    assert_eq!(fleet["windows"], kept, "{fleet}");
+    assert_eq!(fleet["count"], expected, "{fleet}");
+    let devices = admin_get(&server, "/v1/devices");
+    assert_eq!(devices[0]["dropped_records"], dropped, "{devices}");
+    dev.telemetry.shutdown();
+}
+
+#[test]
+fn telemetry_directory_is_refused_to_a_second_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = TelemetryConfig::new("gw-01", tmp.path());
+    let first = Telemetry::start(config.clone()).unwrap();
+    let second = Telemetry::start(config);
+    assert!(
+        matches!(second, Err(edgeml_runtime::telemetry::Error::Locked(_))),
+        "{second:?}"
+    );
+    first.shutdown();
+}
+
+// ------------------------------------------------------------------ export
+
+#[test]
+fn drift_samples_export_as_parquet_and_npy_with_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = collector(&tmp.path().join("collector.db"));
+    let publisher = Publisher::new();
+    let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
+    let mut config = device(&tmp.path().join("device"), "gw-01", &server.url());
+    config.samples = Some(SampleConfig {
+        per_window: 5,
+        ..SampleConfig::default()
+    });
+    let dev = Device::start(config, &bundle, &publisher);
+    let shifted = rows("sensor/shifted.npy");
+    dev.predict_all(inputs(&dev.model, &shifted[..200]));
+    dev.window();
+    dev.telemetry.shutdown();
+
+    let meta = admin_get(&server, "/v1/samples?model=sensor&format=npy-metadata");
+    assert_eq!(meta["input_name"], dev.model.manifest().inputs[0].name);
+    assert_eq!(meta["shape"], json!([5, 1, 6]));
+    let meta_rows = meta["rows"].as_array().unwrap();
+    assert_eq!(meta_rows.len(), 5);
+    for r in meta_rows {
+        assert_eq!(r["device_id"], "gw-01");
+        assert_eq!(r["reason"], "drifted_window");
+    }
+    // Every exported row is one of the rows the device was fed.
+    let npy = admin_get_bytes(&server, "/v1/samples?model=sensor&format=npy");
+    let f = npyz::NpyFile::new(&npy[..]).unwrap();
+    assert_eq!(f.shape(), &[5, 1, 6]);
+    let exported: Vec<f32> = f.into_vec().unwrap();
+    for row in exported.chunks_exact(6) {
+        assert!(shifted[..200].iter().any(|r| r == row), "{row:?} was never fed");
+    }
+
+    let parquet = admin_get_bytes(&server, "/v1/samples?model=sensor&format=parquet");
+    let file = tmp.path().join("samples.parquet");
+    std::fs::write(&file, parquet).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&file).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n, 5);
+    let schema = batches[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, edgeml_collector::export::PARQUET_COLUMNS);
+
+    // Filters: another device has none.
+    let none = admin_get(&server, "/v1/samples?device=gw-02&format=npy-metadata");
+    assert_eq!(none["rows"], json!([]));
+}
+
+// ------------------------------------------------------- attacks on ingest
+
+struct Attack {
+    _tmp: tempfile::TempDir,
+    db: std::path::PathBuf,
+    server: Server,
+    device: DeviceIdentity,
+}
+
+impl Attack {
+    /// A collector with one enrolled device, `gw-01`.
+    fn new() -> Attack {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("collector.db");
+        let server = collector(&db);
+        let device = identity(tmp.path(), "gw-01");
+        assert_eq!(enrol(&server, &device, ENROL).status(), 201);
+        Attack {
+            _tmp: tmp,
+            db,
+            server,
+            device,
+        }
+    }
+
+    /// Another key pair, possibly claiming an existing id.
+    fn identity(&self, id: &str) -> DeviceIdentity {
+        identity(&self._tmp.path().join("others"), id)
+    }
+
+    /// What reached the database, read straight from the SQLite file.
+    fn stored(&self) -> (usize, usize, usize) {
+        let store = SqliteStore::open(&self.db).unwrap();
+        let q = Query::default();
+        (
+            store.windows(&q).unwrap().len(),
+            store.samples(&q).unwrap().len(),
+            store.models().unwrap().len(),
+        )
+    }
+
+    fn assert_nothing_stored(&self) {
+        assert_eq!(self.stored(), (0, 0, 0));
+        // And the service is still up.
+        let health = http()
+            .get(format!("{}/healthz", self.server.url()))
+            .send()
+            .unwrap();
+        assert_eq!(health.status(), 200);
+    }
+}
+
+/// A fresh device key in its own directory under `parent`.
+fn identity(parent: &Path, id: &str) -> DeviceIdentity {
+    let dir = parent.join(format!("{id}-{}", wire::new_record_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    DeviceIdentity::load_or_create(&dir, id).unwrap()
+}
+
+fn enrol(server: &Server, device: &DeviceIdentity, token: &str) -> reqwest::blocking::Response {
+    http()
+        .post(format!("{}/v1/enrol", server.url()))
+        .bearer_auth(token)
+        .json(&json!({"device_id": device.device_id(), "public_key": device.public_key_hex()}))
+        .send()
+        .unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A well-formed window record with `count` predictions.
+fn window(count: u64) -> Record {
+    let mut latency = Sketch::new(200);
+    for i in 0..count {
+        latency.update(100.0 + i as f32);
+    }
+    Record {
+        id: wire::new_record_id(),
+        body: RecordBody::Window(WindowRecord {
+            model: wire::ModelRef {
+                name: "digits".into(),
+                version: "1.0.0".into(),
+                digest: "ab".repeat(32),
+            },
+            start_ms: 1_000,
+            end_ms: 61_000,
+            count,
+            errors: BTreeMap::new(),
+            latency_us: latency.to_base64(),
+            numeric: BTreeMap::new(),
+            categorical: BTreeMap::new(),
+            drift: Vec::new(),
+            drifted: false,
+            recovered: false,
+            samples_over_budget: 0,
+        }),
+    }
+}
+
+fn batch_body(device_id: &str, records: Vec<Record>) -> Vec<u8> {
+    gzip(
+        &serde_json::to_vec(&Batch {
+            device_id: device_id.into(),
+            sent_ms: 2_000,
+            spool: SpoolStats::default(),
+            records,
+        })
+        .unwrap(),
+    )
+}
+
+/// POST a gzip body as `header_device`, signed by `signer`.
+fn ingest(
+    server: &Server,
+    header_device: &str,
+    signer: &DeviceIdentity,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let sig = signer.sign_batch(&body);
+    ingest_raw(server, header_device, &sig, body)
+}
+
+fn ingest_raw(server: &Server, device: &str, sig: &str, body: Vec<u8>) -> (u16, Value) {
+    let resp = http()
+        .post(format!("{}/v1/ingest", server.url()))
+        .header(wire::DEVICE_HEADER, device)
+        .header(wire::SIGNATURE_HEADER, sig)
+        .header("content-encoding", "gzip")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[test]
+fn accepts_a_signed_batch_from_an_enrolled_device() {
+    // The control for the attacks below: the same construction, done right, is stored.
+    let a = Attack::new();
+    let body = batch_body("gw-01", vec![window(7)]);
+    let (status, resp) = ingest(&a.server, "gw-01", &a.device, body);
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["accepted"], 1);
+    assert_eq!(a.stored(), (1, 0, 0));
+}
+
+#[test]
+fn rejects_batch_from_unknown_device() {
+    let a = Attack::new();
+    let stranger = a.identity("gw-99");
+    let (status, resp) = ingest(&a.server, "gw-99", &stranger, batch_body("gw-99", vec![window(7)]));
+    assert_eq!(status, 401);
+    assert!(resp["error"].as_str().unwrap().contains("unknown device"), "{resp}");
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn rejects_batch_with_bad_signature() {
+    let a = Attack::new();
+    // Signed by another key, sent as the enrolled device.
+    let forger = a.identity("gw-01");
+    let (status, resp) = ingest(&a.server, "gw-01", &forger, batch_body("gw-01", vec![window(7)]));
+    assert_eq!(status, 401);
+    assert!(resp["error"].as_str().unwrap().contains("signature"), "{resp}");
+    // A signature that is not even hex.
+    let (status, _) = ingest_raw(&a.server, "gw-01", "zz", batch_body("gw-01", vec![window(7)]));
+    assert_eq!(status, 401);
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn rejects_batch_tampered_after_signing() {
+    let a = Attack::new();
+    let genuine = batch_body("gw-01", vec![window(7)]);
+    let sig = a.device.sign_batch(&genuine);
+    let inflated = batch_body("gw-01", vec![window(7_000_000)]);
+    let (status, _) = ingest_raw(&a.server, "gw-01", &sig, inflated);
+    assert_eq!(status, 401);
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn rejects_device_impersonation_in_batch_body() {
+    let a = Attack::new();
+    let victim = a.identity("gw-02");
+    assert_eq!(enrol(&a.server, &victim, ENROL).status(), 201);
+    // gw-01 signs correctly as itself but the records claim to be gw-02's.
+    let (status, resp) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-02", vec![window(7)]));
+    assert_eq!(status, 400);
+    assert!(resp["error"].as_str().unwrap().contains("gw-02"), "{resp}");
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn rejects_enrolment_with_wrong_token() {
+    let a = Attack::new();
+    let intruder = a.identity("gw-77");
+    assert_eq!(enrol(&a.server, &intruder, "not-the-token").status(), 401);
+    // The admin token is not an enrolment token either.
+    assert_eq!(enrol(&a.server, &intruder, ADMIN).status(), 401);
+    let devices = admin_get(&a.server, "/v1/devices");
+    assert_eq!(devices.as_array().unwrap().len(), 1, "{devices}");
+    // And the refused device cannot ship.
+    let (status, _) = ingest(&a.server, "gw-77", &intruder, batch_body("gw-77", vec![window(1)]));
+    assert_eq!(status, 401);
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn rejects_key_takeover_by_re_enrolment() {
+    let a = Attack::new();
+    // Someone holding the enrolment token tries to replace gw-01's key.
+    let thief = a.identity("gw-01");
+    assert_eq!(enrol(&a.server, &thief, ENROL).status(), 409);
+    let (status, _) = ingest(&a.server, "gw-01", &thief, batch_body("gw-01", vec![window(1)]));
+    assert_eq!(status, 401);
+    // Re-enrolling with the same key is harmless.
+    assert_eq!(enrol(&a.server, &a.device, ENROL).status(), 200);
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn rejects_gzip_bomb() {
+    let a = Attack::new();
+    // 100 MiB of zeros compresses to about 100 KiB; the limit is 64 MiB.
+    let bomb = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![b' '; 1 << 20];
+        for _ in 0..100 {
+            e.write_all(&zeros).unwrap();
+        }
+        e.finish().unwrap()
+    };
+    assert!(bomb.len() < 1 << 20);
+    let (status, resp) = ingest(&a.server, "gw-01", &a.device, bomb);
+    assert_eq!(status, 413, "{resp}");
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn rejects_oversized_body() {
+    let a = Attack::new();
+    let huge = vec![0u8; 9 << 20];
+    let (status, _) = ingest(&a.server, "gw-01", &a.device, huge);
+    assert_eq!(status, 413);
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn rejects_malformed_batch_and_stores_none_of_it() {
+    let a = Attack::new();
+    // Not JSON.
+    let (status, _) = ingest(&a.server, "gw-01", &a.device, gzip(b"{not json"));
+    assert_eq!(status, 400);
+    // Not gzip.
+    let (status, _) = ingest(&a.server, "gw-01", &a.device, b"\x1f\x8bnope".to_vec());
+    assert_eq!(status, 400);
+    // One good record and one lying about its errors: all or nothing.
+    let mut liar = window(3);
+    if let RecordBody::Window(w) = &mut liar.body {
+        w.errors.insert("invalid_input".into(), 9);
+    }
+    let (status, resp) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![window(7), liar]));
+    assert_eq!(status, 422, "{resp}");
+    assert!(resp["error"].as_str().unwrap().contains("9 errors"), "{resp}");
+    // A sketch that does not decode.
+    let mut garbage = window(3);
+    if let RecordBody::Window(w) = &mut garbage.body {
+        w.numeric.insert("X.mean".into(), "////".into());
+    }
+    let (status, _) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![garbage]));
+    assert_eq!(status, 422);
+    // A sample whose tensor bytes do not match its shape.
+    let sample = Record {
+        id: wire::new_record_id(),
+        body: RecordBody::Sample(wire::SampleRecord {
+            model: wire::ModelRef {
+                name: "digits".into(),
+                version: "1.0.0".into(),
+                digest: "ab".repeat(32),
+            },
+            at_ms: 1_000,
+            reason: wire::SampleReason::Reservoir,
+            prediction: None,
+            input: SampleInput::Tensors {
+                tensors: vec![wire::TensorData::new(
+                    "X",
+                    edgeml_runtime::bundle::Dtype::F32,
+                    &[1, 64],
+                    &[0u8; 12],
+                )],
+            },
+        }),
+    };
+    let (status, _) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![sample]));
+    assert_eq!(status, 422);
+    a.assert_nothing_stored();
+}
+
+#[test]
+fn replayed_batch_is_counted_once() {
+    let a = Attack::new();
+    let body = batch_body("gw-01", vec![window(7), window(5)]);
+    let (status, first) = ingest(&a.server, "gw-01", &a.device, body.clone());
+    assert_eq!(status, 200);
+    assert_eq!((first["accepted"].as_u64(), first["duplicates"].as_u64()), (Some(2), Some(0)));
+    let (status, again) = ingest(&a.server, "gw-01", &a.device, body);
+    assert_eq!(status, 200);
+    assert_eq!((again["accepted"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(fleet_stats(&a.server, "digits")["count"], 12);
+    assert_eq!(a.stored(), (2, 0, 0));
+}
+
+#[test]
+fn rejects_read_api_without_admin_token() {
+    let a = Attack::new();
+    ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![window(7)]));
+    for path in [
+        "/v1/devices",
+        "/v1/models",
+        "/v1/models/digits/versions/1.0.0/stats",
+        "/v1/samples",
+    ] {
+        let url = format!("{}{path}", a.server.url());
+        assert_eq!(http().get(&url).send().unwrap().status(), 401, "{path}");
+        // Devices hold the enrolment token; it does not open the read API.
+        let with_device_token = http().get(&url).bearer_auth(ENROL).send().unwrap();
+        assert_eq!(with_device_token.status(), 401, "{path}");
+    }
+}
+
+#[test]
+fn openapi_document_lists_every_route() {
+    let a = Attack::new();
+    let doc = http()
+        .get(format!("{}/openapi.yaml", a.server.url()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for route in [
+        "/v1/enrol",
+        "/v1/ingest",
+        "/v1/devices",
+        "/v1/models:",
+        "/v1/models/{name}/versions/{version}/stats",
+        "/v1/models/{name}/versions/{version}/drift",
+        "/v1/samples",
+    ] {
+        assert!(doc.contains(route), "openapi.yaml does not document {route}");
+    }
+}
