@@ -68,8 +68,8 @@ fn digits_model(config: &Config, signed: &[u8], policy: &TrustPolicy) -> Model {
 
 fn overhead(quick: bool, tmp: &Path) {
     let onnx = std::fs::read(repo().join("models/digits/digits.onnx")).unwrap();
-    let guest = std::fs::read(Path::new(env!("EDGEML_GUEST_DIR")).join("edgeml_generic.wasm"))
-        .unwrap();
+    let guest =
+        std::fs::read(Path::new(env!("EDGEML_GUEST_DIR")).join("edgeml_generic.wasm")).unwrap();
     let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&onnx).unwrap();
     let key = SecretKey::generate().unwrap();
     let signed = bundle::sign(
@@ -106,41 +106,52 @@ fn overhead(quick: bool, tmp: &Path) {
 
     let bytes = std::fs::read(repo().join("models/digits/ref_input.npy")).unwrap();
     let rows: Vec<f32> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
-    let input = |i: usize| {
+    let one = |i: usize| {
         let row = &rows[(i % 16) * 64..(i % 16 + 1) * 64];
         Input::Tensors(vec![Tensor::from_f32("X", vec![1, 64], row)])
     };
+    let batch = |_: usize| Input::Tensors(vec![Tensor::from_f32("X", vec![16, 64], &rows)]);
     let models = [("off", &off), ("on", &on), ("on + samples", &with_samples)];
-    for (_, m) in &models {
-        for i in 0..200 {
-            m.predict(input(i)).unwrap();
-        }
-    }
-    let (rounds, per_round) = if quick { (40, 50) } else { (200, 100) };
-    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); models.len()];
-    for r in 0..rounds {
-        for (j, (_, m)) in models.iter().enumerate() {
-            for i in 0..per_round {
-                let inp = input(r * per_round + i);
-                let t = Instant::now();
-                m.predict(inp).unwrap();
-                times[j].push(t.elapsed());
+    println!("## 1. Telemetry overhead per predict (digits)\n");
+    println!("| input | telemetry | p50 per predict | overhead | overhead / predict |");
+    println!("|---|---|---:|---:|---:|");
+    let mut p_one = 0.0;
+    for (what, input) in [
+        ("one digit [1, 64]", &one as &dyn Fn(usize) -> Input),
+        ("16 digits [16, 64]", &batch),
+    ] {
+        for (_, m) in &models {
+            for i in 0..200 {
+                m.predict(input(i)).unwrap();
             }
         }
+        let (rounds, per_round) = if quick { (40, 50) } else { (200, 100) };
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); models.len()];
+        for r in 0..rounds {
+            for (j, (_, m)) in models.iter().enumerate() {
+                for i in 0..per_round {
+                    let inp = input(r * per_round + i);
+                    let t = Instant::now();
+                    m.predict(inp).unwrap();
+                    times[j].push(t.elapsed());
+                }
+            }
+        }
+        let p: Vec<f64> = times.into_iter().map(p50).collect();
+        for (j, (name, _)) in models.iter().enumerate() {
+            let d = p[j] - p[0];
+            println!(
+                "| {what} | {name} | {:.2} µs | {:+.2} µs | {:+.1}% |",
+                p[j],
+                d,
+                100.0 * d / p[0]
+            );
+        }
+        if p_one == 0.0 {
+            p_one = p[0];
+        }
     }
-    let p: Vec<f64> = times.into_iter().map(p50).collect();
-    println!("## 1. Telemetry overhead per predict (digits, one 8x8 digit per call)\n");
-    println!("| telemetry | p50 per predict | overhead | overhead / predict |");
-    println!("|---|---:|---:|---:|");
-    for (j, (name, _)) in models.iter().enumerate() {
-        let d = p[j] - p[0];
-        println!(
-            "| {name} | {:.2} µs | {:+.2} µs | {:+.1}% |",
-            p[j],
-            d,
-            100.0 * d / p[0]
-        );
-    }
+    let p = [p_one];
 
     // `record` alone: what telemetry adds to each predict, without the predict's noise.
     let alone = Telemetry::start(TelemetryConfig::new("bench", tmp.join("alone"))).unwrap();
@@ -154,7 +165,7 @@ fn overhead(quick: bool, tmp: &Path) {
             },
             monitoring_features: on.metadata().monitoring_features.clone(),
             labels,
-        baseline: None,
+            baseline: None,
         })
         .unwrap();
     let monitoring = [0.3f32, 0.4, 0.0, 1.0];
@@ -287,7 +298,11 @@ fn ingest_rate(quick: bool, tmp: &Path) {
         let mut a = Vec::new();
         let mut b = Vec::new();
         for (i, x) in bodies.into_iter().enumerate() {
-            if i % 2 == 0 { a.push(x) } else { b.push(x) }
+            if i % 2 == 0 {
+                a.push(x)
+            } else {
+                b.push(x)
+            }
         }
         vec![a, b]
     };
@@ -305,7 +320,11 @@ fn ingest_rate(quick: bool, tmp: &Path) {
                         .body(body.clone())
                         .send()
                         .unwrap();
-                    assert!(resp.status().is_success(), "{}", resp.text().unwrap_or_default());
+                    assert!(
+                        resp.status().is_success(),
+                        "{}",
+                        resp.text().unwrap_or_default()
+                    );
                 }
             });
         }

@@ -86,7 +86,7 @@ fn readme_monitoring_walkthrough_runs() {
         .nth(1)
         .expect("monitoring section");
     let section = section.split("\n## ").next().unwrap();
-    let mut script = String::from("set -e\ntrap 'kill $collector 2>/dev/null' EXIT\n");
+    let mut script = String::from("set -e\ntrap 'kill $collector 2>/dev/null || true' EXIT\n");
     for block in section.split("```sh\n").skip(1) {
         script.push_str(block.split("\n```").next().unwrap());
         script.push('\n');
@@ -130,7 +130,12 @@ fn readme_monitoring_walkthrough_runs() {
         .filter(|l| l.contains(" predictions  "))
         .collect();
     assert!(buckets.iter().any(|l| l.contains("no drift")), "{stdout}");
-    assert!(buckets.iter().any(|l| l.contains("DRIFT: ") && l.contains("temperature_c")), "{stdout}");
+    assert!(
+        buckets
+            .iter()
+            .any(|l| l.contains("DRIFT: ") && l.contains("temperature_c")),
+        "{stdout}"
+    );
     for f in ["samples.parquet", "samples.npy", "samples.json"] {
         assert!(tmp.path().join("export").join(f).is_file(), "{f}");
     }

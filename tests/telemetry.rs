@@ -9,8 +9,8 @@ use edgeml_runtime::telemetry::wire::{
     self, Batch, Record, RecordBody, SampleInput, SpoolStats, WindowRecord,
 };
 use edgeml_runtime::telemetry::{
-    CollectorConfig, DeviceIdentity, DriftStatus, SampleConfig, Sketch, Telemetry,
-    TelemetryConfig, WindowDrift,
+    CollectorConfig, DeviceIdentity, DriftStatus, SampleConfig, Sketch, Telemetry, TelemetryConfig,
+    WindowDrift,
 };
 use edgeml_runtime::{Config, Input, Model, Runtime, Tensor};
 use serde_json::{json, Value};
@@ -88,7 +88,9 @@ fn fleet_stats(server: &Server, model: &str) -> Value {
 fn rows(rel: &str) -> Vec<Vec<f32>> {
     let (shape, v) = npy_f32(rel);
     assert_eq!(shape.len(), 2, "{rel}: expected [N, D]");
-    v.chunks_exact(shape[1] as usize).map(<[f32]>::to_vec).collect()
+    v.chunks_exact(shape[1] as usize)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 /// One example per row, for a model whose only input is `[N, D]`.
@@ -194,7 +196,10 @@ fn two_windows(
     }
     let drift = admin_get(
         &server,
-        &format!("/v1/models/{}/versions/1.0.0/drift?bucket_s=86400", spec.name),
+        &format!(
+            "/v1/models/{}/versions/1.0.0/drift?bucket_s=86400",
+            spec.name
+        ),
     )["drift"]
         .clone();
     let stats = fleet_stats(&server, spec.name);
@@ -220,7 +225,8 @@ fn alerted(drift: &Value) -> Vec<String> {
 
 #[test]
 fn shifted_sensor_readings_are_flagged_as_drift_within_two_windows() {
-    let (local, drift, _) = two_windows(&SENSOR, "sensor/reference.npy", rows("sensor/shifted.npy"));
+    let (local, drift, _) =
+        two_windows(&SENSOR, "sensor/reference.npy", rows("sensor/shifted.npy"));
     // On the device, between uploads: the first window is already flagged,
     // on the channels that moved and not on the one that did not.
     for w in &local {
@@ -229,7 +235,11 @@ fn shifted_sensor_readings_are_flagged_as_drift_within_two_windows() {
         for moved in ["temperature_c", "humidity_pct", "vibration_rms"] {
             assert_eq!(local_status(w, moved), DriftStatus::Drift, "{moved}: {w:?}");
         }
-        assert_eq!(local_status(w, "pressure_kpa"), DriftStatus::Stable, "{w:?}");
+        assert_eq!(
+            local_status(w, "pressure_kpa"),
+            DriftStatus::Stable,
+            "{w:?}"
+        );
     }
     // At the collector, from the merged sketches.
     let bucket = &drift["buckets"][0];
@@ -239,7 +249,10 @@ fn shifted_sensor_readings_are_flagged_as_drift_within_two_windows() {
     assert_eq!(status(&bucket["features"], "pressure_kpa"), "stable");
     let flagged = alerted(&drift);
     for moved in ["temperature_c", "humidity_pct", "vibration_rms"] {
-        assert!(flagged.iter().any(|f| f == moved), "{moved} not in {flagged:?}");
+        assert!(
+            flagged.iter().any(|f| f == moved),
+            "{moved} not in {flagged:?}"
+        );
     }
 }
 
@@ -248,7 +261,10 @@ fn unshifted_sensor_readings_are_not_flagged() {
     let (local, drift, _) = two_windows(&SENSOR, "sensor/reference.npy", rows("sensor/live.npy"));
     for w in &local {
         assert!(!w.drifted, "{w:?}");
-        assert!(w.features.iter().all(|f| f.status != DriftStatus::InsufficientData));
+        assert!(w
+            .features
+            .iter()
+            .all(|f| f.status != DriftStatus::InsufficientData));
     }
     assert_eq!(drift["buckets"][0]["drifted"], false, "{drift}");
     assert_eq!(alerted(&drift), Vec::<String>::new());
@@ -272,7 +288,11 @@ fn inverted_digits_are_flagged_as_drift_within_two_windows() {
 
 #[test]
 fn held_out_digits_are_not_flagged() {
-    let (local, drift, _) = two_windows(&DIGITS_GENERIC, "digits/reference.npy", rows("digits/live.npy"));
+    let (local, drift, _) = two_windows(
+        &DIGITS_GENERIC,
+        "digits/reference.npy",
+        rows("digits/live.npy"),
+    );
     for w in &local {
         assert!(!w.drifted, "{w:?}");
     }
@@ -294,9 +314,15 @@ fn too_few_predictions_give_insufficient_data_not_a_verdict() {
     dev.predict_all(inputs(&dev.model, &rows("sensor/shifted.npy")[..20]));
     let w = dev.window();
     assert!(!w.drifted);
-    assert_eq!(local_status(&w, "temperature_c"), DriftStatus::InsufficientData);
+    assert_eq!(
+        local_status(&w, "temperature_c"),
+        DriftStatus::InsufficientData
+    );
     let drift = admin_get(&server, "/v1/models/sensor/versions/1.0.0/drift")["drift"].clone();
-    assert_eq!(status(&drift["buckets"][0]["features"], "temperature_c"), "insufficient_data");
+    assert_eq!(
+        status(&drift["buckets"][0]["features"], "temperature_c"),
+        "insufficient_data"
+    );
     dev.telemetry.shutdown();
 }
 
@@ -313,7 +339,11 @@ fn records_made_while_the_collector_is_down_arrive_once_it_returns() {
     let publisher = Publisher::new();
     let bundle = signed_with_baseline(&DIGITS_GENERIC, "digits/reference.npy", &publisher);
     let dev = Device::start(
-        device(&tmp.path().join("device"), "gw-01", &format!("http://{addr}")),
+        device(
+            &tmp.path().join("device"),
+            "gw-01",
+            &format!("http://{addr}"),
+        ),
         &bundle,
         &publisher,
     );
@@ -348,8 +378,11 @@ fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
     let tmp = tempfile::tempdir().unwrap();
     let server = collector(&tmp.path().join("collector.db"));
     let publisher = Publisher::new();
-    std::fs::write(tmp.path().join("publisher.pub"), publisher.key.public_key().to_bytes())
-        .unwrap();
+    std::fs::write(
+        tmp.path().join("publisher.pub"),
+        publisher.key.public_key().to_bytes(),
+    )
+    .unwrap();
     let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
     std::fs::write(tmp.path().join("sensor.wasm"), &bundle).unwrap();
     let toml = tmp.path().join("telemetry.toml");
@@ -364,8 +397,17 @@ fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
     .unwrap();
     let mut child = edgeml()
         .args(["replay", "sensor.wasm", "--trust", "publisher.pub"])
-        .args(["--data", &model_path("sensor/live.npy").display().to_string()])
-        .args(["--telemetry", "telemetry.toml", "--count", "100000000", "--progress"])
+        .args([
+            "--data",
+            &model_path("sensor/live.npy").display().to_string(),
+        ])
+        .args([
+            "--telemetry",
+            "telemetry.toml",
+            "--count",
+            "100000000",
+            "--progress",
+        ])
         .current_dir(tmp.path())
         .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
         .stdout(std::process::Stdio::piped())
@@ -378,7 +420,12 @@ fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
     while last < 150 {
         line.clear();
         assert!(out.read_line(&mut line).unwrap() > 0, "replay exited early");
-        last = line.trim().strip_prefix("predicted ").unwrap().parse().unwrap();
+        last = line
+            .trim()
+            .strip_prefix("predicted ")
+            .unwrap()
+            .parse()
+            .unwrap();
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -442,7 +489,10 @@ fn full_spool_drops_oldest_first_and_reports_how_many() {
     let dev = Device::start(device(&dir, "gw-full", &server.url()), &bundle, &publisher);
     let stats = dev.telemetry.flush(FLUSH);
     assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
-    assert_eq!(stats.spool.dropped_records, dropped, "the count survives restarts");
+    assert_eq!(
+        stats.spool.dropped_records, dropped,
+        "the count survives restarts"
+    );
     // Oldest first: the model record went first, then the first windows;
     // the newest `kept` windows arrived.
     let expected: u64 = ((windows as u64 - kept + 1)..=windows as u64).sum();
@@ -451,6 +501,23 @@ fn full_spool_drops_oldest_first_and_reports_how_many() {
     assert_eq!(fleet["count"], expected, "{fleet}");
     let devices = admin_get(&server, "/v1/devices");
     assert_eq!(devices[0]["dropped_records"], dropped, "{devices}");
+    dev.telemetry.shutdown();
+}
+
+#[test]
+fn switched_off_telemetry_records_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = collector(&tmp.path().join("collector.db"));
+    let publisher = Publisher::new();
+    let bundle = publisher.sign(&pack(&DIGITS_GENERIC));
+    let mut config = device(&tmp.path().join("device"), "gw-off", &server.url());
+    config.enabled = false;
+    let dev = Device::start(config, &bundle, &publisher);
+    dev.predict_all(inputs(&dev.model, &rows("digits/live.npy")[..50]));
+    let stats = dev.telemetry.flush(Duration::from_secs(2));
+    assert_eq!((stats.windows, stats.shipped_records), (0, 0), "{stats:?}");
+    assert_eq!(stats.spool.pending_records, 0);
+    assert_eq!(admin_get(&server, "/v1/models"), json!([]));
     dev.telemetry.shutdown();
 }
 
@@ -501,7 +568,10 @@ fn drift_samples_export_as_parquet_and_npy_with_metadata() {
     assert_eq!(f.shape(), &[5, 1, 6]);
     let exported: Vec<f32> = f.into_vec().unwrap();
     for row in exported.chunks_exact(6) {
-        assert!(shifted[..200].iter().any(|r| r == row), "{row:?} was never fed");
+        assert!(
+            shifted[..200].iter().any(|r| r == row),
+            "{row:?} was never fed"
+        );
     }
 
     let parquet = admin_get_bytes(&server, "/v1/samples?model=sensor&format=parquet");
@@ -681,9 +751,17 @@ fn accepts_a_signed_batch_from_an_enrolled_device() {
 fn rejects_batch_from_unknown_device() {
     let a = Attack::new();
     let stranger = a.identity("gw-99");
-    let (status, resp) = ingest(&a.server, "gw-99", &stranger, batch_body("gw-99", vec![window(7)]));
+    let (status, resp) = ingest(
+        &a.server,
+        "gw-99",
+        &stranger,
+        batch_body("gw-99", vec![window(7)]),
+    );
     assert_eq!(status, 401);
-    assert!(resp["error"].as_str().unwrap().contains("unknown device"), "{resp}");
+    assert!(
+        resp["error"].as_str().unwrap().contains("unknown device"),
+        "{resp}"
+    );
     a.assert_nothing_stored();
 }
 
@@ -692,11 +770,24 @@ fn rejects_batch_with_bad_signature() {
     let a = Attack::new();
     // Signed by another key, sent as the enrolled device.
     let forger = a.identity("gw-01");
-    let (status, resp) = ingest(&a.server, "gw-01", &forger, batch_body("gw-01", vec![window(7)]));
+    let (status, resp) = ingest(
+        &a.server,
+        "gw-01",
+        &forger,
+        batch_body("gw-01", vec![window(7)]),
+    );
     assert_eq!(status, 401);
-    assert!(resp["error"].as_str().unwrap().contains("signature"), "{resp}");
+    assert!(
+        resp["error"].as_str().unwrap().contains("signature"),
+        "{resp}"
+    );
     // A signature that is not even hex.
-    let (status, _) = ingest_raw(&a.server, "gw-01", "zz", batch_body("gw-01", vec![window(7)]));
+    let (status, _) = ingest_raw(
+        &a.server,
+        "gw-01",
+        "zz",
+        batch_body("gw-01", vec![window(7)]),
+    );
     assert_eq!(status, 401);
     a.assert_nothing_stored();
 }
@@ -718,7 +809,12 @@ fn rejects_device_impersonation_in_batch_body() {
     let victim = a.identity("gw-02");
     assert_eq!(enrol(&a.server, &victim, ENROL).status(), 201);
     // gw-01 signs correctly as itself but the records claim to be gw-02's.
-    let (status, resp) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-02", vec![window(7)]));
+    let (status, resp) = ingest(
+        &a.server,
+        "gw-01",
+        &a.device,
+        batch_body("gw-02", vec![window(7)]),
+    );
     assert_eq!(status, 400);
     assert!(resp["error"].as_str().unwrap().contains("gw-02"), "{resp}");
     a.assert_nothing_stored();
@@ -734,7 +830,12 @@ fn rejects_enrolment_with_wrong_token() {
     let devices = admin_get(&a.server, "/v1/devices");
     assert_eq!(devices.as_array().unwrap().len(), 1, "{devices}");
     // And the refused device cannot ship.
-    let (status, _) = ingest(&a.server, "gw-77", &intruder, batch_body("gw-77", vec![window(1)]));
+    let (status, _) = ingest(
+        &a.server,
+        "gw-77",
+        &intruder,
+        batch_body("gw-77", vec![window(1)]),
+    );
     assert_eq!(status, 401);
     a.assert_nothing_stored();
 }
@@ -745,7 +846,12 @@ fn rejects_key_takeover_by_re_enrolment() {
     // Someone holding the enrolment token tries to replace gw-01's key.
     let thief = a.identity("gw-01");
     assert_eq!(enrol(&a.server, &thief, ENROL).status(), 409);
-    let (status, _) = ingest(&a.server, "gw-01", &thief, batch_body("gw-01", vec![window(1)]));
+    let (status, _) = ingest(
+        &a.server,
+        "gw-01",
+        &thief,
+        batch_body("gw-01", vec![window(1)]),
+    );
     assert_eq!(status, 401);
     // Re-enrolling with the same key is harmless.
     assert_eq!(enrol(&a.server, &a.device, ENROL).status(), 200);
@@ -793,15 +899,28 @@ fn rejects_malformed_batch_and_stores_none_of_it() {
     if let RecordBody::Window(w) = &mut liar.body {
         w.errors.insert("invalid_input".into(), 9);
     }
-    let (status, resp) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![window(7), liar]));
+    let (status, resp) = ingest(
+        &a.server,
+        "gw-01",
+        &a.device,
+        batch_body("gw-01", vec![window(7), liar]),
+    );
     assert_eq!(status, 422, "{resp}");
-    assert!(resp["error"].as_str().unwrap().contains("9 errors"), "{resp}");
+    assert!(
+        resp["error"].as_str().unwrap().contains("9 errors"),
+        "{resp}"
+    );
     // A sketch that does not decode.
     let mut garbage = window(3);
     if let RecordBody::Window(w) = &mut garbage.body {
         w.numeric.insert("X.mean".into(), "////".into());
     }
-    let (status, _) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![garbage]));
+    let (status, _) = ingest(
+        &a.server,
+        "gw-01",
+        &a.device,
+        batch_body("gw-01", vec![garbage]),
+    );
     assert_eq!(status, 422);
     // A sample whose tensor bytes do not match its shape.
     let sample = Record {
@@ -825,7 +944,12 @@ fn rejects_malformed_batch_and_stores_none_of_it() {
             },
         }),
     };
-    let (status, _) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![sample]));
+    let (status, _) = ingest(
+        &a.server,
+        "gw-01",
+        &a.device,
+        batch_body("gw-01", vec![sample]),
+    );
     assert_eq!(status, 422);
     a.assert_nothing_stored();
 }
@@ -836,10 +960,16 @@ fn replayed_batch_is_counted_once() {
     let body = batch_body("gw-01", vec![window(7), window(5)]);
     let (status, first) = ingest(&a.server, "gw-01", &a.device, body.clone());
     assert_eq!(status, 200);
-    assert_eq!((first["accepted"].as_u64(), first["duplicates"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(
+        (first["accepted"].as_u64(), first["duplicates"].as_u64()),
+        (Some(2), Some(0))
+    );
     let (status, again) = ingest(&a.server, "gw-01", &a.device, body);
     assert_eq!(status, 200);
-    assert_eq!((again["accepted"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(2))
+    );
     assert_eq!(fleet_stats(&a.server, "digits")["count"], 12);
     assert_eq!(a.stored(), (2, 0, 0));
 }
@@ -847,7 +977,12 @@ fn replayed_batch_is_counted_once() {
 #[test]
 fn rejects_read_api_without_admin_token() {
     let a = Attack::new();
-    ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![window(7)]));
+    ingest(
+        &a.server,
+        "gw-01",
+        &a.device,
+        batch_body("gw-01", vec![window(7)]),
+    );
     for path in [
         "/v1/devices",
         "/v1/models",
@@ -880,6 +1015,9 @@ fn openapi_document_lists_every_route() {
         "/v1/models/{name}/versions/{version}/drift",
         "/v1/samples",
     ] {
-        assert!(doc.contains(route), "openapi.yaml does not document {route}");
+        assert!(
+            doc.contains(route),
+            "openapi.yaml does not document {route}"
+        );
     }
 }

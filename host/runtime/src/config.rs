@@ -98,7 +98,9 @@ impl Config {
 
     /// Record every prediction of every model this runtime loads into
     /// `telemetry` (latency, outcome, monitoring features, scores, and
-    /// samples if enabled): see [`edgeml_telemetry`]. Default: off.
+    /// samples if enabled): see [`edgeml_telemetry`]. Default: off; with
+    /// [`TelemetryConfig::enabled`](edgeml_telemetry::TelemetryConfig::enabled)
+    /// false, nothing is recorded either.
     pub fn telemetry(&mut self, telemetry: edgeml_telemetry::Telemetry) -> &mut Self {
         self.telemetry = Some(telemetry);
         self

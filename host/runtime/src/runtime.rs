@@ -138,7 +138,7 @@ impl Runtime {
         check_metadata(&manifest, &meta)?;
         shared.release(slot);
         let telemetry = match &self.inner.config.telemetry {
-            Some(t) => Some(t.register(ModelDescriptor {
+            Some(t) if t.config().enabled => Some(t.register(ModelDescriptor {
                 model: ModelRef {
                     name: manifest.name.clone(),
                     version: manifest.version.to_string(),
@@ -148,7 +148,7 @@ impl Runtime {
                 labels: manifest.labels.clone(),
                 baseline: manifest.baseline.clone(),
             })?),
-            None => None,
+            _ => None,
         };
         Ok(Model {
             shared,

@@ -26,6 +26,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
+    /// The off switch (default on). Off, the host records no predictions;
+    /// records already in the spool still ship.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// This device's id (`[A-Za-z0-9._-]`, at most 64 characters).
     pub device_id: String,
     /// Directory for the journal, spool, samples and device key.
@@ -146,6 +150,7 @@ impl TelemetryConfig {
     /// Defaults for a device id and directory; nothing shipped, no samples.
     pub fn new(device_id: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
         TelemetryConfig {
+            enabled: true,
             device_id: device_id.into(),
             dir: dir.into(),
             window: default_window(),
@@ -220,6 +225,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+fn default_enabled() -> bool {
+    true
+}
 fn default_window() -> Duration {
     Duration::from_secs(60)
 }
