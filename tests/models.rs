@@ -119,12 +119,11 @@ fn sensor_matches_onnxruntime_and_reports_channel_means(rt: &Runtime) {
     let features = &model.metadata().monitoring_features;
     assert_eq!(features[0], "temperature_c");
     assert_eq!(features[5], "acoustic_db");
-    for c in 0..6 {
+    for (c, name) in features.iter().take(6).enumerate() {
         let mean = rows.iter().skip(c).step_by(6).sum::<f32>() / 16.0;
         assert!(
             (p.monitoring[c] - mean).abs() < 1e-3 * mean.abs().max(1.0),
-            "{}",
-            features[c]
+            "{name}"
         );
     }
 }

@@ -171,10 +171,13 @@ fn ship_once(inner: &Inner, client: &reqwest::blocking::Client, one: bool) -> Ou
     let text = resp.text().unwrap_or_default();
     match status {
         200..=299 => {
+            // Count before removing, so whoever sees the spool empty sees the count.
+            {
+                let mut stats = lock(&inner.stats);
+                stats.shipped_records += seqs.len() as u64;
+                stats.shipped_bytes += body_len;
+            }
             inner.spool.remove(&seqs);
-            let mut stats = lock(&inner.stats);
-            stats.shipped_records += seqs.len() as u64;
-            stats.shipped_bytes += body_len;
             Outcome::Shipped
         }
         401 | 403 => {

@@ -50,7 +50,7 @@ impl Tensor {
     /// length does not match the dtype).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         let size = self.dtype.size();
-        if self.data.len() % size != 0 {
+        if !self.data.len().is_multiple_of(size) {
             return None;
         }
         Some(
