@@ -471,12 +471,7 @@ impl Model {
         let latency = started.elapsed();
         match &result {
             Ok(p) => {
-                let scores: Vec<(u32, f32)> = p
-                    .scores
-                    .iter()
-                    .flatten()
-                    .map(|s| (s.index, s.score))
-                    .collect();
+                let scores = observed_scores(p);
                 let observed = Observed {
                     monitoring: &p.monitoring,
                     scores: &scores,
@@ -501,12 +496,7 @@ impl Model {
         );
         for input in inputs {
             let p = self.run(input).0?;
-            let scores: Vec<(u32, f32)> = p
-                .scores
-                .iter()
-                .flatten()
-                .map(|s| (s.index, s.score))
-                .collect();
+            let scores = observed_scores(&p);
             builder.add(Observed {
                 monitoring: &p.monitoring,
                 scores: &scores,
@@ -553,6 +543,15 @@ impl Model {
             monitoring: p.monitoring,
         })
     }
+}
+
+/// A prediction's scores as telemetry takes them: `(label index, score)`, best first.
+fn observed_scores(p: &Prediction) -> Vec<(u32, f32)> {
+    p.scores
+        .iter()
+        .flatten()
+        .map(|s| (s.index, s.score))
+        .collect()
 }
 
 /// A guest input as a telemetry sample.

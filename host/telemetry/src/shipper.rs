@@ -171,11 +171,13 @@ fn ship_once(inner: &Inner, client: &reqwest::blocking::Client, one: bool) -> Ou
     let text = resp.text().unwrap_or_default();
     match status {
         200..=299 => {
-            // Count before removing, so whoever sees the spool empty sees the count.
+            // Update the stats before removing, so whoever sees the spool
+            // empty also sees the count and no stale error.
             {
                 let mut stats = lock(&inner.stats);
                 stats.shipped_records += seqs.len() as u64;
                 stats.shipped_bytes += body_len;
+                stats.last_error = None;
             }
             inner.spool.remove(&seqs);
             Outcome::Shipped
