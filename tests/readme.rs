@@ -34,14 +34,9 @@ fn walkthrough_commands() -> Vec<String> {
     commands
 }
 
-#[test]
-fn readme_walkthrough_commands_run() {
-    let commands = walkthrough_commands();
-    assert!(
-        commands.len() >= 15,
-        "found only {} commands",
-        commands.len()
-    );
+/// A fresh directory with `models/` linked in, as after a clone, and a
+/// `PATH` that finds the built `edgeml` first.
+fn shell_dir() -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(repo().join("models"), tmp.path().join("models")).unwrap();
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_edgeml"))
@@ -53,6 +48,18 @@ fn readme_walkthrough_commands_run() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    (tmp, path)
+}
+
+#[test]
+fn readme_walkthrough_commands_run() {
+    let commands = walkthrough_commands();
+    assert!(
+        commands.len() >= 15,
+        "found only {} commands",
+        commands.len()
+    );
+    let (tmp, path) = shell_dir();
     for cmd in commands {
         assert!(
             cmd.starts_with("edgeml "),
@@ -92,17 +99,7 @@ fn readme_monitoring_walkthrough_runs() {
         script.push('\n');
     }
     assert!(script.contains("edgeml collector serve") && script.contains("edgeml replay"));
-    let tmp = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(repo().join("models"), tmp.path().join("models")).unwrap();
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_edgeml"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let (tmp, path) = shell_dir();
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(&script)
