@@ -55,6 +55,7 @@ fn signed_bundle(onnx: &[u8], name: &str, key: &SecretKey) -> Vec<u8> {
         min_host_version: semver::Version::new(0, 1, 0),
         created: None,
         baseline: None,
+        self_test: Vec::new(),
     })
     .unwrap();
     bundle::sign(&unsigned, key).unwrap()

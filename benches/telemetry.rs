@@ -85,6 +85,7 @@ fn overhead(quick: bool, tmp: &Path) {
             min_host_version: semver::Version::new(0, 1, 0),
             created: None,
             baseline: None,
+            self_test: Vec::new(),
         })
         .unwrap(),
         &key,
@@ -166,6 +167,7 @@ fn overhead(quick: bool, tmp: &Path) {
             monitoring_features: on.metadata().monitoring_features.clone(),
             labels,
             baseline: None,
+            self_test: Vec::new(),
         })
         .unwrap();
     let monitoring = [0.3f32, 0.4, 0.0, 1.0];
@@ -402,6 +404,7 @@ fn bytes_per_day(tmp: &Path) {
                 monitoring_features: feature_names(),
                 labels: vec!["normal".into(), "fault".into()],
                 baseline: Some(baseline.clone()),
+                self_test: Vec::new(),
             })
             .unwrap();
         // The model record goes first, alone.

@@ -101,6 +101,7 @@ pub fn pack_generic_as_digits(model: &[u8], min_host_version: semver::Version) -
         min_host_version,
         created: None,
         baseline: None,
+        self_test: Vec::new(),
     })
     .expect("pack")
 }
@@ -140,6 +141,7 @@ pub fn pack_with_baseline(spec: &Spec, baseline: Option<bundle::Baseline>) -> Ve
         min_host_version: semver::Version::new(0, 1, 0),
         created: None,
         baseline,
+        self_test: Vec::new(),
     })
     .expect("pack")
 }

@@ -144,6 +144,7 @@ fn pack(args: &PackArgs) -> Result<()> {
         min_host_version,
         created: None,
         baseline: None,
+        self_test: Vec::new(),
     };
     if let Some(reference) = &args.reference {
         opts.baseline = Some(

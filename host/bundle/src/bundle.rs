@@ -55,6 +55,8 @@ pub struct PackOptions<'a> {
     pub created: Option<std::time::SystemTime>,
     /// Reference distributions for drift monitoring.
     pub baseline: Option<crate::manifest::Baseline>,
+    /// Self-test vectors devices run before switching to this bundle.
+    pub self_test: Vec<crate::manifest::SelfTest>,
 }
 
 fn is_ours(s: &Section<'_>) -> bool {
@@ -106,6 +108,7 @@ pub fn pack(opts: &PackOptions<'_>) -> Result<Vec<u8>> {
         labels: opts.labels.clone(),
         preprocessing: opts.preprocessing.clone(),
         baseline: opts.baseline.clone(),
+        self_test: opts.self_test.clone(),
     };
     manifest.validate()?;
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Manifest(e.to_string()))?;

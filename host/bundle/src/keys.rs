@@ -81,7 +81,9 @@ impl PublicKey {
         KeyId(id)
     }
 
-    pub(crate) fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+    /// Check an Ed25519 signature over `msg` (strict verification). Used for
+    /// bundle signatures and for signed fleet metadata.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
             return false;
         };
@@ -153,7 +155,9 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
-    pub(crate) fn sign(&self, msg: &[u8]) -> Vec<u8> {
+    /// Sign `msg` (64-byte Ed25519 signature). Callers put a domain tag in
+    /// `msg` so that a signature made for one purpose never verifies as another.
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         self.0.sign(msg).to_bytes().to_vec()
     }
 

@@ -44,6 +44,7 @@ pub use bundle::{
 pub use error::{Error, Result};
 pub use keys::{KeyId, PublicKey, SecretKey};
 pub use manifest::{
-    Baseline, CategoricalBaseline, Dim, Dtype, Manifest, NumericBaseline, TensorSpec,
+    Baseline, CategoricalBaseline, Dim, Dtype, Manifest, NumericBaseline, SelfTest, SelfTestInput,
+    SelfTestTensor, TensorSpec,
 };
 pub use policy::TrustPolicy;

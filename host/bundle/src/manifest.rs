@@ -159,6 +159,67 @@ pub struct Manifest {
     /// devices and the collector measure drift against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Baseline>,
+    /// Self-test vectors (`edgeml pack --self-test`): inputs and the answers
+    /// the model must give. A device runs them before it switches to this
+    /// version, and rolls back if any fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub self_test: Vec<SelfTest>,
+}
+
+/// Most self-test vectors a manifest may carry.
+pub const MAX_SELF_TESTS: usize = 32;
+
+/// One self-test vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTest {
+    /// A name for reports (usually the input's file name).
+    pub name: String,
+    /// What to feed the model.
+    pub input: SelfTestInput,
+    /// The expected top label, when the model has labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Expected output values (f32), compared within `tolerance`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<SelfTestTensor>,
+    /// Largest absolute difference allowed per output value.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f32,
+}
+
+fn default_tolerance() -> f32 {
+    1e-3
+}
+
+/// A self-test input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SelfTestInput {
+    /// Raw media, decoded by the component.
+    Media {
+        /// Media type (`image/png`, `audio/wav`, `application/json`).
+        media_type: String,
+        /// The bytes, base64 (standard alphabet, padded).
+        base64: String,
+    },
+    /// Named f32 tensors.
+    Tensors {
+        /// The tensors.
+        tensors: Vec<SelfTestTensor>,
+    },
+}
+
+/// A named f32 tensor in a self-test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTestTensor {
+    /// Tensor name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Values in row-major order.
+    pub values: Vec<f32>,
 }
 
 /// Number of evenly spaced ranks a [`NumericBaseline`] keeps (0, 1/100, ..., 1).
@@ -236,6 +297,26 @@ impl Manifest {
                         f.name
                     )));
                 }
+            }
+        }
+        if self.self_test.len() > MAX_SELF_TESTS {
+            return Err(Error::Manifest(format!(
+                "{} self-test vectors; at most {MAX_SELF_TESTS}",
+                self.self_test.len()
+            )));
+        }
+        for t in &self.self_test {
+            if t.label.is_none() && t.outputs.is_empty() {
+                return Err(Error::Manifest(format!(
+                    "self-test `{}` expects nothing: give a label or output values",
+                    t.name
+                )));
+            }
+            if !(t.tolerance.is_finite() && t.tolerance >= 0.0) {
+                return Err(Error::Manifest(format!(
+                    "self-test `{}`: tolerance must be a finite number >= 0",
+                    t.name
+                )));
             }
         }
         Ok(())

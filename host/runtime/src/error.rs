@@ -36,6 +36,14 @@ pub enum Error {
         /// Backend message.
         reason: String,
     },
+    /// A self-test vector carried in the manifest did not give the expected answer.
+    #[error("self-test `{name}` failed: {reason}")]
+    SelfTest {
+        /// The vector's name.
+        name: String,
+        /// What differed.
+        reason: String,
+    },
     /// An input is missing, unknown, or has the wrong dtype, shape or size.
     #[error("invalid input: {0}")]
     InvalidInput(String),

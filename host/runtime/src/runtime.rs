@@ -505,6 +505,109 @@ impl Model {
         Ok(builder.build())
     }
 
+    /// Run the self-test vectors the manifest carries (none is a pass) and
+    /// return how many ran. Predictions made here are not recorded in telemetry.
+    pub fn self_test(&self) -> Result<usize, Error> {
+        let tests = &self.shared.manifest.self_test;
+        for t in tests {
+            let fail = |reason: String| Error::SelfTest {
+                name: t.name.clone(),
+                reason,
+            };
+            let input = self_test_input(&t.input).map_err(fail)?;
+            let p = self.run(input).0.map_err(|e| fail(e.to_string()))?;
+            if let Some(want) = &t.label {
+                let got = p
+                    .scores
+                    .as_ref()
+                    .and_then(|s| s.first())
+                    .map(|s| s.label.as_str());
+                if got != Some(want.as_str()) {
+                    return Err(fail(format!(
+                        "expected label `{want}`, the model answered {}",
+                        got.map_or("no label".to_string(), |g| format!("`{g}`"))
+                    )));
+                }
+            }
+            for want in &t.outputs {
+                let got = p
+                    .output(&want.name)
+                    .and_then(|o| o.to_f32())
+                    .ok_or_else(|| fail(format!("no f32 output `{}`", want.name)))?;
+                if got.len() != want.values.len() {
+                    return Err(fail(format!(
+                        "output `{}` has {} values, expected {}",
+                        want.name,
+                        got.len(),
+                        want.values.len()
+                    )));
+                }
+                if let Some((i, (g, w))) = got
+                    .iter()
+                    .zip(&want.values)
+                    .enumerate()
+                    .find(|(_, (g, w))| !((*g - *w).abs() <= t.tolerance))
+                {
+                    return Err(fail(format!(
+                        "output `{}`[{i}] is {g}, expected {w} (tolerance {})",
+                        want.name, t.tolerance
+                    )));
+                }
+            }
+        }
+        Ok(tests.len())
+    }
+
+    /// Predict `input` and record the answer as a self-test vector: the top
+    /// label when the model has labels (or `label` when given, which must
+    /// match), else every f32 output. For `edgeml pack --self-test`.
+    pub fn record_self_test(
+        &self,
+        name: &str,
+        input: &edgeml_bundle::SelfTestInput,
+        label: Option<String>,
+    ) -> Result<edgeml_bundle::SelfTest, Error> {
+        let fail = |reason: String| Error::SelfTest {
+            name: name.to_string(),
+            reason,
+        };
+        let p = self.run(self_test_input(input).map_err(fail)?).0?;
+        let top = p
+            .scores
+            .as_ref()
+            .and_then(|s| s.first())
+            .map(|s| s.label.clone());
+        let (label, outputs) = match (label, top) {
+            (Some(want), Some(got)) if want != got => {
+                return Err(fail(format!(
+                    "expected label `{want}`, the model answered `{got}`"
+                )))
+            }
+            (Some(want), _) => (Some(want), Vec::new()),
+            (None, Some(got)) => (Some(got), Vec::new()),
+            (None, None) => (
+                None,
+                p.outputs
+                    .iter()
+                    .filter_map(|o| {
+                        Some(edgeml_bundle::SelfTestTensor {
+                            name: o.name.clone(),
+                            shape: o.shape.clone(),
+                            values: o.to_f32()?,
+                        })
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(edgeml_bundle::SelfTest {
+            name: name.to_string(),
+            input: input.clone(),
+            label,
+            outputs,
+            tolerance: 1e-3,
+        })
+    }
+
     /// One prediction; also hands back the input as sent to the guest, for telemetry samples.
     fn run(&self, input: Input) -> (Result<Prediction, Error>, Option<wit::Input>) {
         let input = match input {
@@ -634,3 +737,21 @@ fn check_tensors(manifest: &Manifest, tensors: &[Tensor]) -> Result<(), Error> {
 }
 
 crate::backend::wit_tensor_conversions!(crate::bindings::edgeml::model::types);
+
+fn self_test_input(input: &edgeml_bundle::SelfTestInput) -> Result<Input, String> {
+    use base64::Engine as _;
+    match input {
+        edgeml_bundle::SelfTestInput::Media { media_type, base64 } => Ok(Input::Media {
+            media_type: media_type.clone(),
+            bytes: base64::engine::general_purpose::STANDARD
+                .decode(base64)
+                .map_err(|e| format!("input is not valid base64: {e}"))?,
+        }),
+        edgeml_bundle::SelfTestInput::Tensors { tensors } => Ok(Input::Tensors(
+            tensors
+                .iter()
+                .map(|t| edgeml_tract::Tensor::from_f32(t.name.clone(), t.shape.clone(), &t.values))
+                .collect(),
+        )),
+    }
+}

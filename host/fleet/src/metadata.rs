@@ -1,0 +1,604 @@
+//! The two signed documents: the root of trust and per-channel release metadata.
+
+use crate::{Error, Result};
+use edgeml_bundle::{KeyId, PublicKey, SecretKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+/// Largest metadata document accepted (either kind).
+pub const MAX_METADATA_BYTES: usize = 1 << 20;
+
+/// A signed document: the payload exactly as signed (JSON text) and its signatures.
+///
+/// Signatures cover `"edgeml-fleet-v1" 0x00 type 0x00 payload`, so a root
+/// signature never verifies as a release signature and no JSON
+/// canonicalisation is needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// The payload's JSON text.
+    pub payload: String,
+    /// Signatures over it.
+    pub signatures: Vec<Signature>,
+}
+
+/// One signature in an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// Hex key id (a hint; checks recompute ids from trusted keys).
+    pub keyid: String,
+    /// Hex Ed25519 signature.
+    pub sig: String,
+}
+
+fn message(kind: &str, payload: &str) -> Vec<u8> {
+    let mut m = b"edgeml-fleet-v1\0".to_vec();
+    m.extend(kind.as_bytes());
+    m.push(0);
+    m.extend(payload.as_bytes());
+    m
+}
+
+impl Envelope {
+    /// Serialise `payload` and sign it with each key.
+    pub fn sign<T: Payload>(payload: &T, keys: &[&SecretKey]) -> Result<Envelope> {
+        let text = serde_json::to_string_pretty(payload).map_err(|e| Error::Malformed {
+            what: T::KIND,
+            reason: e.to_string(),
+        })?;
+        let mut env = Envelope {
+            payload: text,
+            signatures: Vec::new(),
+        };
+        for k in keys {
+            env.add_signature::<T>(k);
+        }
+        Ok(env)
+    }
+
+    /// Add (or replace) `key`'s signature.
+    pub fn add_signature<T: Payload>(&mut self, key: &SecretKey) {
+        let keyid = key.public_key().id().to_string();
+        self.signatures.retain(|s| s.keyid != keyid);
+        let sig = key.sign(&message(T::KIND, &self.payload));
+        self.signatures.push(Signature {
+            keyid,
+            sig: hex::encode(sig),
+        });
+    }
+
+    /// Parse an envelope (JSON bytes).
+    pub fn from_slice(bytes: &[u8], what: &'static str) -> Result<Envelope> {
+        if bytes.len() > MAX_METADATA_BYTES {
+            return Err(Error::Malformed {
+                what,
+                reason: format!("larger than {MAX_METADATA_BYTES} bytes"),
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|e| Error::Malformed {
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The envelope as JSON bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Parse the payload without checking signatures (for display and for
+    /// the server's own bookkeeping; devices use [`TrustedRoot`]).
+    pub fn payload_unverified<T: Payload>(&self) -> Result<T> {
+        let p: T = serde_json::from_str(&self.payload).map_err(|e| Error::Malformed {
+            what: T::KIND,
+            reason: e.to_string(),
+        })?;
+        if p.kind() != T::KIND {
+            return Err(Error::Malformed {
+                what: T::KIND,
+                reason: format!("type is `{}`, expected `{}`", p.kind(), T::KIND),
+            });
+        }
+        Ok(p)
+    }
+
+    /// Check signatures against `role`: returns the key ids with valid
+    /// signatures, or the error naming what was wrong.
+    fn check(
+        &self,
+        kind: &'static str,
+        role_name: &'static str,
+        role: &Role,
+        root: &Root,
+    ) -> Result<BTreeSet<String>> {
+        let msg = message(kind, &self.payload);
+        let mut valid = BTreeSet::new();
+        let mut foreign = None;
+        for s in &self.signatures {
+            let Ok(sig) = hex::decode(&s.sig) else {
+                continue;
+            };
+            // Which trusted key made it? Key ids are hints: check the key itself.
+            let signer = root
+                .keys
+                .iter()
+                .filter_map(|(id, k)| Some((id, root_key(k).ok()?)))
+                .find(|(_, k)| k.verify(&msg, &sig));
+            match signer {
+                Some((id, _)) if root.revoked.contains(id) => {
+                    return Err(Error::RevokedKey {
+                        role: role_name,
+                        keyid: id.clone(),
+                    })
+                }
+                Some((id, _)) if role.keyids.contains(id) => {
+                    valid.insert(id.clone());
+                }
+                Some((id, _)) => foreign = foreign.or(Some(id.clone())),
+                None => foreign = foreign.or(Some(s.keyid.clone())),
+            }
+        }
+        if valid.len() < role.threshold as usize {
+            if let (true, Some(keyid)) = (valid.is_empty(), foreign) {
+                return Err(Error::WrongKey {
+                    role: role_name,
+                    keyid,
+                    root_version: root.version,
+                });
+            }
+            return Err(Error::ThresholdNotMet {
+                role: role_name,
+                have: valid.len(),
+                need: role.threshold as usize,
+            });
+        }
+        Ok(valid)
+    }
+}
+
+fn root_key(hex_key: &str) -> Result<PublicKey> {
+    let bytes =
+        hex::decode(hex_key).map_err(|e| Error::InvalidRoot(format!("key is not hex: {e}")))?;
+    PublicKey::from_bytes(&bytes).map_err(|e| Error::InvalidRoot(e.to_string()))
+}
+
+/// A signed document type.
+pub trait Payload: Serialize + for<'de> Deserialize<'de> {
+    /// `root` or `release`.
+    const KIND: &'static str;
+    /// The document's `type` field.
+    fn kind(&self) -> &str;
+}
+
+/// Keys and threshold for one role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    /// Hex key ids (each in [`Root::keys`]).
+    pub keyids: Vec<String>,
+    /// Valid signatures required (k of n).
+    pub threshold: u32,
+}
+
+/// The roles a root names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roles {
+    /// Signs new roots.
+    pub root: Role,
+    /// Signs release metadata.
+    pub release: Role,
+    /// Signs bundles (`edgeml sign`).
+    pub publisher: Role,
+}
+
+/// The root of trust: keys, roles and thresholds, revoked keys. Version 1
+/// ships with the device; later versions must be signed by the previous
+/// version's root keys and their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    /// Always `root`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// 1, 2, 3, ...
+    pub version: u64,
+    /// RFC 3339 expiry.
+    pub expires: String,
+    /// Hex key id -> hex public key (tool-conventions serialisation).
+    pub keys: BTreeMap<String, String>,
+    /// The roles.
+    pub roles: Roles,
+    /// Key ids refused in every role, now and in every later root.
+    #[serde(default)]
+    pub revoked: BTreeSet<String>,
+}
+
+impl Payload for Root {
+    const KIND: &'static str = "root";
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl Root {
+    /// A root with the given keys per role (thresholds checked by [`Root::validate`]).
+    pub fn new(
+        version: u64,
+        expires: SystemTime,
+        root: (&[PublicKey], u32),
+        release: (&[PublicKey], u32),
+        publisher: (&[PublicKey], u32),
+    ) -> Root {
+        let mut keys = BTreeMap::new();
+        let mut role = |(ks, threshold): (&[PublicKey], u32)| {
+            let mut keyids = Vec::new();
+            for k in ks {
+                let id = k.id().to_string();
+                keys.insert(id.clone(), hex::encode(k.to_bytes()));
+                keyids.push(id);
+            }
+            Role { keyids, threshold }
+        };
+        let roles = Roles {
+            root: role(root),
+            release: role(release),
+            publisher: role(publisher),
+        };
+        Root {
+            kind: "root".into(),
+            version,
+            expires: humantime::format_rfc3339_seconds(expires).to_string(),
+            keys,
+            roles,
+            revoked: BTreeSet::new(),
+        }
+    }
+
+    /// Check what the types do not: key ids match keys, thresholds are
+    /// reachable, revoked keys hold no role.
+    pub fn validate(&self) -> Result<()> {
+        if self.kind != "root" || self.version == 0 {
+            return Err(Error::InvalidRoot(
+                "type must be `root` and version at least 1".into(),
+            ));
+        }
+        parse_time(&self.expires, "root")?;
+        for (id, k) in &self.keys {
+            if root_key(k)?.id().to_string() != *id {
+                return Err(Error::InvalidRoot(format!(
+                    "key id {id} does not match its key"
+                )));
+            }
+        }
+        for (name, role) in [
+            ("root", &self.roles.root),
+            ("release", &self.roles.release),
+            ("publisher", &self.roles.publisher),
+        ] {
+            let distinct: BTreeSet<_> = role.keyids.iter().collect();
+            if role.threshold == 0 || role.threshold as usize > distinct.len() {
+                return Err(Error::InvalidRoot(format!(
+                    "{name} threshold {} needs 1..={} distinct keys",
+                    role.threshold,
+                    distinct.len()
+                )));
+            }
+            for id in &role.keyids {
+                if !self.keys.contains_key(id) {
+                    return Err(Error::InvalidRoot(format!(
+                        "{name} key {id} is not in `keys`"
+                    )));
+                }
+                if self.revoked.contains(id) {
+                    return Err(Error::InvalidRoot(format!(
+                        "{name} key {id} is revoked; remove it from the role"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When it expires.
+    pub fn expires_at(&self) -> Result<SystemTime> {
+        parse_time(&self.expires, "root")
+    }
+
+    /// The publisher keys and threshold, as a bundle trust policy.
+    pub fn publisher_policy(&self) -> Result<edgeml_bundle::TrustPolicy> {
+        let keys = self
+            .roles
+            .publisher
+            .keyids
+            .iter()
+            .map(|id| root_key(&self.keys[id]))
+            .collect::<Result<Vec<_>>>()?;
+        edgeml_bundle::TrustPolicy::new(keys, self.roles.publisher.threshold as usize)
+            .map_err(|e| Error::InvalidRoot(e.to_string()))
+    }
+
+    /// Whether `key` is revoked.
+    pub fn is_revoked(&self, key: KeyId) -> bool {
+        self.revoked.contains(&key.to_string())
+    }
+}
+
+/// The bundle a release pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRef {
+    /// Hex SHA-256 of the whole bundle file.
+    pub sha256: String,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// Release metadata for one channel: which bundle, to how much of the
+/// fleet, until when. Signed by the root's release keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Always `release`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The channel (`stable`, `beta`).
+    pub channel: String,
+    /// Metadata version: grows with every publish to the channel.
+    pub version: u64,
+    /// RFC 3339 expiry.
+    pub expires: String,
+    /// Model name (the bundle manifest's `name`).
+    pub model: String,
+    /// Model version (the bundle manifest's `version`).
+    pub model_version: semver::Version,
+    /// The bundle.
+    pub bundle: BundleRef,
+    /// Share of the fleet that takes it, 0 to 100 (percent).
+    pub rollout_percent: f64,
+    /// Devices with a higher version installed may install this one.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+impl Payload for Release {
+    const KIND: &'static str = "release";
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl Release {
+    /// When it expires.
+    pub fn expires_at(&self) -> Result<SystemTime> {
+        parse_time(&self.expires, "release")
+    }
+
+    /// Refuse a lower model version than `installed` unless this release
+    /// allows a downgrade.
+    pub fn check_version(&self, installed: Option<&semver::Version>) -> Result<()> {
+        match installed {
+            Some(v) if self.model_version < *v && !self.allow_downgrade => Err(Error::Rollback {
+                model: self.model.clone(),
+                installed: v.clone(),
+                offered: self.model_version.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Check downloaded bytes against the pinned length and digest.
+    pub fn check_bundle(&self, bytes: &[u8]) -> Result<()> {
+        let got = bytes.len() as u64;
+        if got < self.bundle.size {
+            return Err(Error::Truncated {
+                expected: self.bundle.size,
+                got,
+            });
+        }
+        if got > self.bundle.size {
+            return Err(Error::TooLong {
+                expected: self.bundle.size,
+            });
+        }
+        let found = hex::encode(Sha256::digest(bytes));
+        if found != self.bundle.sha256 {
+            return Err(Error::DigestMismatch {
+                expected: self.bundle.sha256.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Check the verified bundle's manifest names this release's model and version.
+    pub fn check_manifest(&self, manifest: &edgeml_bundle::Manifest) -> Result<()> {
+        if manifest.name != self.model || manifest.version != self.model_version {
+            return Err(Error::ManifestMismatch {
+                expected: format!("{} {}", self.model, self.model_version),
+                found: format!("{} {}", manifest.name, manifest.version),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `device_id` is in this release's rollout: a stable hash of the
+    /// channel, model name and device id puts each device in one of 10 000
+    /// buckets, and the first `rollout_percent` of them take the release.
+    /// The same devices go first for every version, and raising the share
+    /// only adds devices.
+    pub fn includes(&self, device_id: &str) -> bool {
+        rollout_bucket(&self.channel, &self.model, device_id)
+            < (self.rollout_percent * 100.0).round() as u64
+    }
+}
+
+/// A device's rollout bucket, 0..10 000 (see [`Release::includes`]).
+pub fn rollout_bucket(channel: &str, model: &str, device_id: &str) -> u64 {
+    let mut h = Sha256::new();
+    for part in [channel, model, device_id] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(first) % 10_000
+}
+
+fn parse_time(s: &str, role: &'static str) -> Result<SystemTime> {
+    humantime::parse_rfc3339(s).map_err(|e| Error::Malformed {
+        what: role,
+        reason: format!("expires `{s}`: {e}"),
+    })
+}
+
+/// The root a device trusts, and the checks it makes with it.
+#[derive(Debug, Clone)]
+pub struct TrustedRoot {
+    root: Root,
+    envelope: Envelope,
+}
+
+impl TrustedRoot {
+    /// Trust an initial root (shipped with the device): it must be valid
+    /// and signed by its own root threshold. Expiry is checked by
+    /// [`TrustedRoot::check_fresh`], once the chain has been followed.
+    pub fn bootstrap(bytes: &[u8]) -> Result<TrustedRoot> {
+        let envelope = Envelope::from_slice(bytes, "root")?;
+        let root: Root = envelope.payload_unverified()?;
+        root.validate()?;
+        envelope.check(Root::KIND, "root", &root.roles.root, &root)?;
+        Ok(TrustedRoot { root, envelope })
+    }
+
+    /// The trusted root.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// The trusted root's envelope, for storing.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Move to the next root version: it must be version n+1, valid, signed
+    /// by the threshold of this root's root keys and of its own, and keep
+    /// every revocation.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<()> {
+        let envelope = Envelope::from_slice(bytes, "root")?;
+        let next: Root = envelope.payload_unverified()?;
+        if next.version != self.root.version + 1 {
+            return Err(Error::RootVersion {
+                expected: self.root.version + 1,
+                found: next.version,
+            });
+        }
+        next.validate()?;
+        // The old root keys vouch for the new root ...
+        match envelope.check(Root::KIND, "root", &self.root.roles.root, &self.root) {
+            Ok(_) => {}
+            Err(Error::ThresholdNotMet { have, need, .. }) => {
+                return Err(Error::RootRotationUnsigned {
+                    version: next.version,
+                    previous: self.root.version,
+                    have,
+                    need,
+                })
+            }
+            Err(Error::WrongKey { .. }) => {
+                return Err(Error::RootRotationUnsigned {
+                    version: next.version,
+                    previous: self.root.version,
+                    have: 0,
+                    need: self.root.roles.root.threshold as usize,
+                })
+            }
+            Err(e) => return Err(e),
+        }
+        // ... and its own root keys accept it.
+        envelope.check(Root::KIND, "root", &next.roles.root, &next)?;
+        if let Some(keyid) = self.root.revoked.difference(&next.revoked).next() {
+            return Err(Error::Unrevoked {
+                version: next.version,
+                keyid: keyid.clone(),
+            });
+        }
+        self.root = next;
+        self.envelope = envelope;
+        Ok(())
+    }
+
+    /// Refuse an expired root (after following the chain).
+    pub fn check_fresh(&self, now: SystemTime) -> Result<()> {
+        let expired = self.root.expires_at()?;
+        if now >= expired {
+            return Err(Error::Expired {
+                role: "root",
+                expired,
+            });
+        }
+        Ok(())
+    }
+
+    /// Verify release metadata for `channel`: release-key threshold, no
+    /// revoked signer, not expired, and not older than `seen` (the last
+    /// release metadata the device accepted for the channel).
+    pub fn verify_release(
+        &self,
+        bytes: &[u8],
+        channel: &str,
+        now: SystemTime,
+        seen: Option<&Release>,
+    ) -> Result<Release> {
+        let envelope = Envelope::from_slice(bytes, "release")?;
+        let release: Release = envelope.payload_unverified()?;
+        envelope.check(
+            Release::KIND,
+            "release",
+            &self.root.roles.release,
+            &self.root,
+        )?;
+        if release.channel != channel {
+            return Err(Error::WrongChannel {
+                expected: channel.into(),
+                found: release.channel,
+            });
+        }
+        if let Some(seen) = seen {
+            if release.version < seen.version {
+                return Err(Error::MetadataRollback {
+                    channel: channel.into(),
+                    seen: seen.version,
+                    offered: release.version,
+                });
+            }
+            if release.version == seen.version && release != *seen {
+                return Err(Error::Equivocation {
+                    channel: channel.into(),
+                    version: release.version,
+                });
+            }
+        }
+        let expired = release.expires_at()?;
+        if now >= expired {
+            return Err(Error::Expired {
+                role: "release",
+                expired,
+            });
+        }
+        if !(0.0..=100.0).contains(&release.rollout_percent) {
+            return Err(Error::Malformed {
+                what: "release",
+                reason: format!(
+                    "rollout_percent {} is not in 0..=100",
+                    release.rollout_percent
+                ),
+            });
+        }
+        Ok(release)
+    }
+}

@@ -1,0 +1,450 @@
+//! The metadata attacks, one test each.
+
+use crate::*;
+use edgeml_bundle::SecretKey;
+use std::time::{Duration, SystemTime};
+
+struct Keys {
+    root: SecretKey,
+    release: Vec<SecretKey>,
+    publisher: SecretKey,
+}
+
+fn keys(releases: usize) -> Keys {
+    Keys {
+        root: SecretKey::generate().unwrap(),
+        release: (0..releases)
+            .map(|_| SecretKey::generate().unwrap())
+            .collect(),
+        publisher: SecretKey::generate().unwrap(),
+    }
+}
+
+fn in_days(d: u64) -> SystemTime {
+    SystemTime::now() + Duration::from_secs(d * 86400)
+}
+
+fn root_v1(k: &Keys, release_threshold: u32) -> Root {
+    let release: Vec<_> = k.release.iter().map(|s| s.public_key()).collect();
+    Root::new(
+        1,
+        in_days(365),
+        (&[k.root.public_key()], 1),
+        (&release, release_threshold),
+        (&[k.publisher.public_key()], 1),
+    )
+}
+
+fn trusted(k: &Keys, release_threshold: u32) -> TrustedRoot {
+    let env = Envelope::sign(&root_v1(k, release_threshold), &[&k.root]).unwrap();
+    TrustedRoot::bootstrap(&env.to_vec()).unwrap()
+}
+
+fn release(version: u64, model_version: &str) -> Release {
+    Release {
+        kind: "release".into(),
+        channel: "stable".into(),
+        version,
+        expires: humantime::format_rfc3339_seconds(in_days(30)).to_string(),
+        model: "digits".into(),
+        model_version: model_version.parse().unwrap(),
+        bundle: BundleRef {
+            sha256: hex::encode(sha2::Sha256::digest(b"bundle")),
+            size: 6,
+        },
+        rollout_percent: 100.0,
+        allow_downgrade: false,
+    }
+}
+use sha2::Digest;
+
+fn signed(r: &Release, keys: &[&SecretKey]) -> Vec<u8> {
+    Envelope::sign(r, keys).unwrap().to_vec()
+}
+
+#[test]
+fn accepts_release_signed_by_release_key() {
+    let k = keys(1);
+    let t = trusted(&k, 1);
+    let r = t
+        .verify_release(
+            &signed(&release(1, "1.0.0"), &[&k.release[0]]),
+            "stable",
+            SystemTime::now(),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.model_version.to_string(), "1.0.0");
+    r.check_bundle(b"bundle").unwrap();
+}
+
+#[test]
+fn rejects_release_signed_with_wrong_key() {
+    let k = keys(1);
+    let t = trusted(&k, 1);
+    // The publisher key is trusted, but not for release metadata.
+    let err = t
+        .verify_release(
+            &signed(&release(1, "1.0.0"), &[&k.publisher]),
+            "stable",
+            SystemTime::now(),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WrongKey {
+                role: "release",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let stranger = SecretKey::generate().unwrap();
+    let err = t
+        .verify_release(
+            &signed(&release(1, "1.0.0"), &[&stranger]),
+            "stable",
+            SystemTime::now(),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WrongKey {
+                role: "release",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn rejects_release_below_threshold() {
+    let k = keys(3);
+    let t = trusted(&k, 2);
+    let err = t
+        .verify_release(
+            &signed(&release(1, "1.0.0"), &[&k.release[0]]),
+            "stable",
+            SystemTime::now(),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ThresholdNotMet {
+                role: "release",
+                have: 1,
+                need: 2
+            }
+        ),
+        "{err}"
+    );
+    // The same key twice is still one key.
+    let mut env = Envelope::sign(&release(1, "1.0.0"), &[&k.release[0]]).unwrap();
+    let dup = env.signatures[0].clone();
+    env.signatures.push(dup);
+    let err = t
+        .verify_release(&env.to_vec(), "stable", SystemTime::now(), None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ThresholdNotMet {
+                have: 1,
+                need: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    t.verify_release(
+        &signed(&release(1, "1.0.0"), &[&k.release[0], &k.release[2]]),
+        "stable",
+        SystemTime::now(),
+        None,
+    )
+    .unwrap();
+}
+
+#[test]
+fn rejects_expired_release() {
+    let k = keys(1);
+    let t = trusted(&k, 1);
+    let bytes = signed(&release(1, "1.0.0"), &[&k.release[0]]);
+    let err = t
+        .verify_release(&bytes, "stable", in_days(31), None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Expired {
+                role: "release",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn rejects_replayed_older_release_metadata() {
+    let k = keys(1);
+    let t = trusted(&k, 1);
+    let seen = release(5, "1.2.0");
+    let err = t
+        .verify_release(
+            &signed(&release(4, "1.3.0"), &[&k.release[0]]),
+            "stable",
+            SystemTime::now(),
+            Some(&seen),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MetadataRollback {
+                seen: 5,
+                offered: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = t
+        .verify_release(
+            &signed(&release(5, "1.3.0"), &[&k.release[0]]),
+            "stable",
+            SystemTime::now(),
+            Some(&seen),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Equivocation { version: 5, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn rejects_rollback_version() {
+    let installed: semver::Version = "1.2.0".parse().unwrap();
+    let err = release(2, "1.1.0")
+        .check_version(Some(&installed))
+        .unwrap_err();
+    assert!(matches!(err, Error::Rollback { .. }), "{err}");
+    let mut allowed = release(2, "1.1.0");
+    allowed.allow_downgrade = true;
+    allowed.check_version(Some(&installed)).unwrap();
+}
+
+#[test]
+fn rejects_mix_and_match_bundle() {
+    let r = release(1, "1.0.0");
+    let err = r.check_bundle(b"BUNDLE").unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    let err = r.check_bundle(b"bund").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Truncated {
+                expected: 6,
+                got: 4
+            }
+        ),
+        "{err}"
+    );
+    let err = r.check_bundle(b"bundle!").unwrap_err();
+    assert!(matches!(err, Error::TooLong { expected: 6 }), "{err}");
+}
+
+#[test]
+fn rejects_release_for_another_channel() {
+    let k = keys(1);
+    let t = trusted(&k, 1);
+    let err = t
+        .verify_release(
+            &signed(&release(1, "1.0.0"), &[&k.release[0]]),
+            "beta",
+            SystemTime::now(),
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongChannel { .. }), "{err}");
+}
+
+#[test]
+fn rejects_root_rotation_without_old_root_signatures() {
+    let k = keys(1);
+    let mut t = trusted(&k, 1);
+    let new_root_key = SecretKey::generate().unwrap();
+    let mut v2 = root_v1(&k, 1);
+    v2.version = 2;
+    v2.keys.clear();
+    v2 = Root {
+        version: 2,
+        ..Root::new(
+            2,
+            in_days(365),
+            (&[new_root_key.public_key()], 1),
+            (&[k.release[0].public_key()], 1),
+            (&[k.publisher.public_key()], 1),
+        )
+    };
+    // Signed by the new root key only: an attacker's rotation.
+    let only_new = Envelope::sign(&v2, &[&new_root_key]).unwrap().to_vec();
+    let err = t.update(&only_new).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RootRotationUnsigned {
+                version: 2,
+                previous: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Signed by the old root key only: the new keys never accepted it.
+    let only_old = Envelope::sign(&v2, &[&k.root]).unwrap().to_vec();
+    let err = t.update(&only_old).unwrap_err();
+    assert!(matches!(err, Error::WrongKey { role: "root", .. }), "{err}");
+    // Both: a proper rotation. Release keys keep working.
+    t.update(
+        &Envelope::sign(&v2, &[&k.root, &new_root_key])
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(t.root().version, 2);
+    // Skipping a version is refused.
+    let mut v4 = v2.clone();
+    v4.version = 4;
+    let err = t
+        .update(&Envelope::sign(&v4, &[&new_root_key]).unwrap().to_vec())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RootVersion {
+                expected: 3,
+                found: 4
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn rejects_release_signed_by_revoked_key() {
+    let k = keys(2);
+    let mut t = trusted(&k, 1);
+    // Root v2 revokes release key 0 (say it leaked) and keeps key 1.
+    let mut v2 = Root::new(
+        2,
+        in_days(365),
+        (&[k.root.public_key()], 1),
+        (&[k.release[1].public_key()], 1),
+        (&[k.publisher.public_key()], 1),
+    );
+    let leaked = k.release[0].public_key();
+    v2.keys
+        .insert(leaked.id().to_string(), hex::encode(leaked.to_bytes()));
+    v2.revoked.insert(leaked.id().to_string());
+    t.update(&Envelope::sign(&v2, &[&k.root]).unwrap().to_vec())
+        .unwrap();
+    let err = t
+        .verify_release(
+            &signed(&release(1, "1.0.0"), &[&k.release[0]]),
+            "stable",
+            SystemTime::now(),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RevokedKey {
+                role: "release",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Even alongside a valid signature.
+    let err = t
+        .verify_release(
+            &signed(&release(1, "1.0.0"), &[&k.release[1], &k.release[0]]),
+            "stable",
+            SystemTime::now(),
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::RevokedKey { .. }), "{err}");
+    t.verify_release(
+        &signed(&release(1, "1.0.0"), &[&k.release[1]]),
+        "stable",
+        SystemTime::now(),
+        None,
+    )
+    .unwrap();
+    // A later root cannot quietly un-revoke it.
+    let mut v3 = v2.clone();
+    v3.version = 3;
+    v3.revoked.clear();
+    let err = t
+        .update(&Envelope::sign(&v3, &[&k.root]).unwrap().to_vec())
+        .unwrap_err();
+    assert!(matches!(err, Error::Unrevoked { version: 3, .. }), "{err}");
+}
+
+#[test]
+fn rejects_tampered_payload() {
+    let k = keys(1);
+    let t = trusted(&k, 1);
+    let mut env = Envelope::sign(&release(1, "1.0.0"), &[&k.release[0]]).unwrap();
+    env.payload = env
+        .payload
+        .replace("\"rollout_percent\": 100.0", "\"rollout_percent\": 50.0");
+    assert!(env.payload.contains("50.0"));
+    let err = t
+        .verify_release(&env.to_vec(), "stable", SystemTime::now(), None)
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongKey { .. }), "{err}");
+}
+
+#[test]
+fn rejects_expired_root() {
+    let k = keys(1);
+    let mut root = root_v1(&k, 1);
+    root.expires = "2001-01-01T00:00:00Z".into();
+    let t = TrustedRoot::bootstrap(&Envelope::sign(&root, &[&k.root]).unwrap().to_vec()).unwrap();
+    let err = t.check_fresh(SystemTime::now()).unwrap_err();
+    assert!(matches!(err, Error::Expired { role: "root", .. }), "{err}");
+}
+
+#[test]
+fn rollout_share_is_stable_and_monotonic() {
+    let mut r = release(1, "1.0.0");
+    let devices: Vec<String> = (0..2000).map(|i| format!("gw-{i}")).collect();
+    r.rollout_percent = 10.0;
+    let ten: Vec<_> = devices.iter().filter(|d| r.includes(d)).collect();
+    assert!(
+        (150..=250).contains(&ten.len()),
+        "{} of 2000 at 10%",
+        ten.len()
+    );
+    r.rollout_percent = 50.0;
+    assert!(
+        ten.iter().all(|d| r.includes(d)),
+        "raising the share keeps every device"
+    );
+    r.rollout_percent = 0.0;
+    assert!(devices.iter().all(|d| !r.includes(d)));
+    r.rollout_percent = 100.0;
+    assert!(devices.iter().all(|d| r.includes(d)));
+}
