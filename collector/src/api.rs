@@ -34,7 +34,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
+pub(crate) fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(status, msg.into())
 }
 
@@ -44,10 +44,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Run a blocking store call on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
@@ -74,6 +74,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/models/{name}/versions/{version}/drift", get(drift))
         .route("/v1/samples", get(samples))
         .layer(DefaultBodyLimit::max(limit))
+        .merge(crate::fleet::router(state.settings.fleet.max_bundle_bytes))
         .with_state(state)
 }
 
@@ -91,7 +92,7 @@ fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
     !expected.is_empty() && Sha256::digest(given.trim()) == Sha256::digest(expected)
 }
 
-fn admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+pub(crate) fn admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     if token_ok(headers, &state.settings.admin_token) {
         Ok(())
     } else {
@@ -234,11 +235,9 @@ fn validate(batch: &Batch, max_records: usize) -> ApiResult<()> {
     Ok(())
 }
 
-async fn ingest(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
+
+/// Check the device headers and signature of a device request; returns the device id.
+pub(crate) async fn authenticate(st: &AppState, headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
     let device = headers
         .get(wire::DEVICE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -290,6 +289,15 @@ async fn ingest(
             format!("signature does not verify with device `{device}`'s key"),
         )
     })?;
+    Ok(device)
+}
+
+async fn ingest(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let device = authenticate(&st, &headers, &body).await?;
     let gzip = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -1,5 +1,7 @@
-//! The edgeml collector: devices enrol and ship signed telemetry batches;
-//! operators read fleet statistics, drift over time and export samples.
+//! The edgeml collector and fleet server: devices enrol and ship signed
+//! telemetry batches; operators read fleet statistics, drift over time and
+//! export samples; publishers push signed bundles and release metadata to
+//! channels, and a metric-gated canary halts bad rollouts.
 //!
 //! ```no_run
 //! use edgeml_collector::{Server, Settings, SqliteStore};
@@ -21,9 +23,11 @@
 pub mod analysis;
 mod api;
 pub mod export;
+mod fleet;
 pub mod store;
 
 pub use edgeml_telemetry::drift::DriftThresholds;
+pub use fleet::{CanaryPolicy, FleetSettings};
 pub use store::{SqliteStore, Store, StoreError};
 
 use std::net::SocketAddr;
@@ -47,6 +51,8 @@ pub struct Settings {
     pub max_records: usize,
     /// Drift bands for the drift endpoint.
     pub drift: DriftThresholds,
+    /// The fleet server (bundles, releases, rollouts).
+    pub fleet: FleetSettings,
 }
 
 impl Settings {
@@ -59,6 +65,7 @@ impl Settings {
             max_batch_bytes: 64 << 20,
             max_records: 10_000,
             drift: DriftThresholds::default(),
+            fleet: FleetSettings::default(),
         }
     }
 }
@@ -117,15 +124,21 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
-        let app = api::router(api::AppState {
+        let state = api::AppState {
             store: Arc::new(store),
             settings: Arc::new(settings),
-        });
+        };
+        let fleet_on = state.settings.fleet.bundle_dir.is_some();
+        let gate = state.clone();
+        let app = api::router(state);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("edgeml-collector".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    if fleet_on {
+                        tokio::spawn(fleet::canary_loop(gate));
+                    }
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(async move {
                             let _ = stopped.await;

@@ -6,6 +6,8 @@ use edgeml_bundle::Baseline;
 use edgeml_telemetry::wire::{
     Batch, IngestResponse, ModelRef, RecordBody, SampleInput, SampleReason,
 };
+use edgeml_fleet::wire::{FleetDevice, RolloutState, StatusReport};
+use edgeml_fleet::Release;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -178,6 +180,61 @@ pub trait Store: Send + Sync + 'static {
     fn windows(&self, q: &Query) -> Result<Vec<StoredWindow>, StoreError>;
     /// Samples matching `q`, oldest first.
     fn samples(&self, q: &Query) -> Result<Vec<StoredSample>, StoreError>;
+
+    /// Store a root version (the caller has verified it against the previous one).
+    fn put_root(&self, version: u64, envelope: &str, now_ms: u64) -> Result<(), StoreError>;
+    /// A root version, or the newest with `None`.
+    fn root(&self, version: Option<u64>) -> Result<Option<(u64, String)>, StoreError>;
+    /// Store verified release metadata. A new model version starts a new
+    /// rollout (state active, the channel's previous model version kept
+    /// for the canary comparison); the same version keeps the rollout's state.
+    fn put_release(
+        &self,
+        release: &Release,
+        envelope: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// A channel's newest release and rollout state.
+    fn release(&self, channel: &str) -> Result<Option<StoredRelease>, StoreError>;
+    /// Every channel's newest release and rollout state.
+    fn channels(&self) -> Result<Vec<StoredRelease>, StoreError>;
+    /// Pause, resume or halt a channel's rollout. False if there is no such channel.
+    fn set_rollout(
+        &self,
+        channel: &str,
+        state: RolloutState,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// Keep a device's latest status report.
+    fn report(&self, device_id: &str, report: &StatusReport, now_ms: u64)
+        -> Result<(), StoreError>;
+    /// Every device that has reported, with its latest report.
+    fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError>;
+}
+
+/// A channel's newest release and the state of its rollout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredRelease {
+    /// The channel.
+    pub channel: String,
+    /// Release metadata version.
+    pub version: u64,
+    /// The signed envelope (JSON).
+    #[serde(skip)]
+    pub envelope: String,
+    /// The release.
+    pub release: Release,
+    /// When it was published (ms).
+    pub published_ms: u64,
+    /// The rollout's state.
+    pub state: RolloutState,
+    /// Why it is paused or halted.
+    pub reason: Option<String>,
+    /// The model version the channel carried before this rollout started.
+    pub previous_version: Option<String>,
+    /// When this model version's rollout started (ms).
+    pub started_ms: u64,
 }
 
 /// Numbered schema migrations, applied in order, each once.
@@ -244,6 +301,34 @@ const MIGRATIONS: &[&str] = &[
         input TEXT NOT NULL
     );
     CREATE INDEX samples_by_model_time ON samples (name, version, at_ms);",
+    // 2: fleet: roots, releases, rollout state per channel, device status.
+    "CREATE TABLE fleet_roots (
+        version INTEGER PRIMARY KEY,
+        envelope TEXT NOT NULL,
+        published_ms INTEGER NOT NULL
+    );
+    CREATE TABLE fleet_releases (
+        channel TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        envelope TEXT NOT NULL,
+        release TEXT NOT NULL,
+        published_ms INTEGER NOT NULL,
+        PRIMARY KEY (channel, version)
+    );
+    CREATE TABLE fleet_channels (
+        channel TEXT PRIMARY KEY,
+        model_version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        previous_version TEXT,
+        started_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE fleet_status (
+        device_id TEXT PRIMARY KEY REFERENCES devices(id),
+        report TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The embedded SQLite store (one file, WAL mode).
@@ -253,6 +338,23 @@ pub struct SqliteStore {
 
 fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn rollout_str(state: RolloutState) -> &'static str {
+    match state {
+        RolloutState::Active => "active",
+        RolloutState::Paused => "paused",
+        RolloutState::Halted => "halted",
+    }
+}
+
+fn parse_rollout(s: &str) -> Result<RolloutState, StoreError> {
+    match s {
+        "active" => Ok(RolloutState::Active),
+        "paused" => Ok(RolloutState::Paused),
+        "halted" => Ok(RolloutState::Halted),
+        other => Err(StoreError::Corrupt(format!("rollout state `{other}`"))),
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
@@ -307,6 +409,47 @@ impl SqliteStore {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn releases(&self, channel: Option<&str>) -> Result<Vec<StoredRelease>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT c.channel, r.version, r.envelope, r.release, r.published_ms, c.state, c.reason, c.previous_version, c.started_ms
+             FROM fleet_channels c JOIN fleet_releases r ON r.channel = c.channel
+             WHERE r.version = (SELECT MAX(version) FROM fleet_releases WHERE channel = c.channel)
+               AND (?1 IS NULL OR c.channel = ?1)
+             ORDER BY c.channel",
+        )?;
+        let rows = stmt
+            .query_map([channel], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(channel, version, envelope, release, published, state, reason, previous, started)| {
+                Ok(StoredRelease {
+                    channel,
+                    version: version as u64,
+                    envelope,
+                    release: parse(&release)?,
+                    published_ms: published as u64,
+                    state: parse_rollout(&state)?,
+                    reason,
+                    previous_version: previous,
+                    started_ms: started as u64,
+                })
+            })
+            .collect()
     }
 
     /// The schema version in use.
@@ -653,6 +796,140 @@ impl Store for SqliteStore {
                     reason: parse(&format!("\"{reason}\""))?,
                     prediction,
                     input: parse(&input)?,
+                })
+            })
+            .collect()
+    }
+
+    fn put_root(&self, version: u64, envelope: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO fleet_roots (version, envelope, published_ms) VALUES (?1, ?2, ?3)",
+            params![version as i64, envelope, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    fn root(&self, version: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
+        let conn = self.conn();
+        let row = |r: &rusqlite::Row<'_>| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?));
+        Ok(match version {
+            Some(v) => conn
+                .query_row(
+                    "SELECT version, envelope FROM fleet_roots WHERE version = ?1",
+                    [v as i64],
+                    row,
+                )
+                .optional()?,
+            None => conn
+                .query_row(
+                    "SELECT version, envelope FROM fleet_roots ORDER BY version DESC LIMIT 1",
+                    [],
+                    row,
+                )
+                .optional()?,
+        })
+    }
+
+    fn put_release(
+        &self,
+        release: &Release,
+        envelope: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO fleet_releases (channel, version, envelope, release, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![release.channel, release.version as i64, envelope, json(release)?, now_ms as i64],
+        )?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT model_version FROM fleet_channels WHERE channel = ?1",
+                [&release.channel],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let version = release.model_version.to_string();
+        match current {
+            None => {
+                tx.execute(
+                    "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms) VALUES (?1, ?2, 'active', ?3, ?3)",
+                    params![release.channel, version, now_ms as i64],
+                )?;
+            }
+            Some(old) if old != version => {
+                tx.execute(
+                    "UPDATE fleet_channels SET model_version = ?2, state = 'active', reason = NULL, previous_version = ?3, started_ms = ?4, updated_ms = ?4 WHERE channel = ?1",
+                    params![release.channel, version, old, now_ms as i64],
+                )?;
+            }
+            Some(_) => {
+                tx.execute(
+                    "UPDATE fleet_channels SET updated_ms = ?2 WHERE channel = ?1",
+                    params![release.channel, now_ms as i64],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn release(&self, channel: &str) -> Result<Option<StoredRelease>, StoreError> {
+        Ok(self.releases(Some(channel))?.pop())
+    }
+
+    fn channels(&self) -> Result<Vec<StoredRelease>, StoreError> {
+        self.releases(None)
+    }
+
+    fn set_rollout(
+        &self,
+        channel: &str,
+        state: RolloutState,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE fleet_channels SET state = ?2, reason = ?3, updated_ms = ?4 WHERE channel = ?1",
+            params![channel, rollout_str(state), reason, now_ms as i64],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn report(
+        &self,
+        device_id: &str,
+        report: &StatusReport,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO fleet_status (device_id, report, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (device_id) DO UPDATE SET report = ?2, updated_ms = ?3",
+            params![device_id, json(report)?, now_ms as i64],
+        )?;
+        conn.execute(
+            "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
+            params![device_id, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT device_id, report, updated_ms FROM fleet_status ORDER BY device_id")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(device_id, report, at)| {
+                Ok(FleetDevice {
+                    device_id,
+                    last_seen_ms: at as u64,
+                    status: parse(&report)?,
                 })
             })
             .collect()

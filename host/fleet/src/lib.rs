@@ -39,6 +39,7 @@
 
 mod error;
 pub mod metadata;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use metadata::{
