@@ -1,1 +1,611 @@
-//! placeholder
+//! The edgeml device agent: follows a fleet channel and keeps the device
+//! serving a model it has verified and health-checked.
+//!
+//! Each poll it follows the root chain, fetches the channel's release
+//! metadata (conditionally, with a jittered interval), checks it (release
+//! keys and threshold, expiry, no older metadata, no lower model version
+//! unless a downgrade is signed), decides from a stable hash of its device
+//! id whether it is in the rollout, downloads the pinned bundle (resumable,
+//! size and time caps), verifies it against the root's publisher keys,
+//! stages it, loads it, runs its self-test vectors, serves it while
+//! watching its error rate, and then commits or rolls back. The last known
+//! good bundle stays on disk; after a crash mid-update the agent restarts
+//! into it. Local inference is served over the Open Inference Protocol
+//! (KServe v2 REST) on loopback or a Unix socket.
+//!
+//! ```no_run
+//! use edgeml_agent::{Agent, AgentConfig};
+//! use edgeml_runtime::{Config, Runtime};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = AgentConfig::from_file("agent.toml".as_ref())?;
+//! let agent = Agent::start(config, Runtime::new(&Config::new())?)?;
+//! println!("serving on {:?}: {:?}", agent.serve_addr(), agent.status().installed);
+//! agent.wait();
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod client;
+mod config;
+mod error;
+mod serve;
+mod state;
+
+pub use config::{AgentConfig, DownloadConfig, HealthConfig, ServeConfig};
+pub use edgeml_fleet::wire::{Installed, StatusReport, UpdateState};
+pub use error::Error;
+
+use client::{Client, Poll};
+use edgeml_fleet::wire::RolloutState;
+use edgeml_fleet::{Release, TrustedRoot};
+use edgeml_runtime::{Input, Model, Prediction, Runtime};
+use edgeml_telemetry::DeviceIdentity;
+use state::{Disk, Pending, StateDir};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// What one poll did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PollOutcome {
+    /// Nothing is published to the channel yet.
+    NothingPublished,
+    /// The channel has not changed since the last poll.
+    NotModified,
+    /// Already serving the release's bundle.
+    UpToDate,
+    /// The device is outside the rollout share.
+    NotInRollout,
+    /// The rollout is paused or halted; nothing to do.
+    Waiting,
+    /// Installed a new version.
+    Installed(Installed),
+    /// Went back to the last known good bundle because the rollout was halted.
+    RolledBack(Installed),
+}
+
+/// A model being served, with its request counters (for the health watch).
+struct Slot {
+    model: Model,
+    installed: Installed,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Inner {
+    config: AgentConfig,
+    runtime: Runtime,
+    state: StateDir,
+    client: Client,
+    identity: DeviceIdentity,
+    trusted: Mutex<TrustedRoot>,
+    serving: RwLock<Option<Arc<Slot>>>,
+    disk: Mutex<Disk>,
+    status: Mutex<Status>,
+    etag: Mutex<Option<String>>,
+    enrolled: AtomicBool,
+    polling: Mutex<()>,
+    stop: (Mutex<bool>, Condvar),
+}
+
+#[derive(Debug, Clone)]
+struct Status {
+    state: UpdateState,
+    target: Option<String>,
+    last_error: Option<String>,
+    error_kind: Option<String>,
+}
+
+/// A running agent: a poll thread and a local inference server.
+pub struct Agent {
+    inner: Arc<Inner>,
+    poller: Option<std::thread::JoinHandle<()>>,
+    server: Option<serve::Server>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// Recover the state directory, start serving the installed bundle
+    /// (restarting into the last known good one if an update was
+    /// interrupted), start the local inference server and poll in the background.
+    pub fn start(config: AgentConfig, runtime: Runtime) -> Result<Agent, Error> {
+        let mut agent = Agent::open(config, runtime)?;
+        agent.server = serve::Server::start(agent.inner.clone())?;
+        let inner = agent.inner.clone();
+        agent.poller = Some(
+            std::thread::Builder::new()
+                .name("edgeml-agent".into())
+                .spawn(move || poll_loop(&inner))
+                .map_err(|e| Error::Config(format!("cannot start the poll thread: {e}")))?,
+        );
+        Ok(agent)
+    }
+
+    /// Like [`Agent::start`] but without the poll thread and with no local
+    /// server: the caller drives updates with [`Agent::poll`] and predicts
+    /// with [`Agent::predict`] (a gateway process embedding the agent).
+    pub fn open(config: AgentConfig, runtime: Runtime) -> Result<Agent, Error> {
+        config.validate()?;
+        let state = StateDir::open(&config.dir)?;
+        let id_dir = config.identity_dir.clone().unwrap_or_else(|| config.dir.clone());
+        std::fs::create_dir_all(&id_dir).map_err(error::io(&id_dir))?;
+        let identity = DeviceIdentity::load_or_create(&id_dir, &config.device_id)
+            .map_err(|e| Error::Config(format!("device key: {e}")))?;
+        // The newest root this device trusts: what it stored, else the provisioned one.
+        let stored = state.path("root.json");
+        let trusted = match std::fs::read(&stored) {
+            Ok(bytes) => TrustedRoot::bootstrap(&bytes)?,
+            Err(_) => {
+                let bytes = std::fs::read(&config.root).map_err(error::io(&config.root))?;
+                let t = TrustedRoot::bootstrap(&bytes)?;
+                state.write(&stored, &bytes)?;
+                t
+            }
+        };
+        let mut disk: Disk = state.read_json("state.json")?.unwrap_or_default();
+        let mut status = Status {
+            state: UpdateState::Idle,
+            target: None,
+            last_error: None,
+            error_kind: None,
+        };
+        if let Some(p) = state.read_json::<Pending>("pending.json")? {
+            // Crashed or lost power between staging and commit: the committed
+            // bundle is the last known good. Do not retry that bundle.
+            let e = Error::Interrupted {
+                version: p.target.version.clone(),
+            };
+            disk.failed.insert(p.target.sha256.clone());
+            state.write_json("state.json", &disk)?;
+            state.remove("pending.json")?;
+            status = Status {
+                state: UpdateState::Recovered,
+                target: Some(p.target.version),
+                last_error: Some(e.to_string()),
+                error_kind: Some(e.kind().into()),
+            };
+        }
+        let client = Client::new(&config.server)?;
+        let inner = Arc::new(Inner {
+            config,
+            runtime,
+            state,
+            client,
+            identity,
+            trusted: Mutex::new(trusted),
+            serving: RwLock::new(None),
+            disk: Mutex::new(disk.clone()),
+            status: Mutex::new(status),
+            etag: Mutex::new(None),
+            enrolled: AtomicBool::new(false),
+            polling: Mutex::new(()),
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        // Serve the last known good bundle; fall back to the one before it.
+        for candidate in [disk.current.clone(), disk.previous.clone()].into_iter().flatten() {
+            match inner.load(&candidate) {
+                Ok(slot) => {
+                    *inner.serving.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(slot));
+                    if Some(&candidate) != disk.current.as_ref() {
+                        let mut d = lock(&inner.disk);
+                        d.current = Some(candidate);
+                        d.previous = None;
+                        inner.state.write_json("state.json", &*d)?;
+                    }
+                    break;
+                }
+                Err(e) => inner.set_error(UpdateState::Failed, Some(candidate.version.clone()), &e),
+            }
+        }
+        Ok(Agent {
+            inner,
+            poller: None,
+            server: None,
+        })
+    }
+
+    /// Poll once now: follow the root chain, check the channel, update or
+    /// roll back as needed, and report to the server. The agent keeps
+    /// serving what it had whenever this returns an error.
+    pub fn poll(&self) -> Result<PollOutcome, Error> {
+        self.inner.poll()
+    }
+
+    /// Predict with the model being served (counted in the health watch).
+    pub fn predict(&self, input: Input) -> Result<Prediction, PredictError> {
+        self.inner.predict(None, None, input)
+    }
+
+    /// The current status, as reported to the fleet server.
+    pub fn status(&self) -> StatusReport {
+        self.inner.report()
+    }
+
+    /// The local inference server's address (`None` when it is off or on a Unix socket).
+    pub fn serve_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().and_then(|s| s.addr())
+    }
+
+    /// The device id.
+    pub fn device_id(&self) -> &str {
+        &self.inner.config.device_id
+    }
+
+    /// Block until the agent stops (it runs until the process ends).
+    pub fn wait(mut self) {
+        if let Some(t) = self.poller.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stop polling and serving, and return once both have stopped. An
+    /// update in progress stops at its next step.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        *lock(&self.inner.stop.0) = true;
+        self.inner.stop.1.notify_all();
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+        if let Some(t) = self.poller.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Why a local prediction failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PredictError {
+    /// No model is installed yet.
+    #[error("no model is being served yet")]
+    NotReady,
+    /// The agent serves another model or version.
+    #[error("model `{asked}` is not served here; this agent serves {serving}")]
+    UnknownModel {
+        /// What was asked for.
+        asked: String,
+        /// What is served.
+        serving: String,
+    },
+    /// The model refused the input or failed.
+    #[error(transparent)]
+    Model(#[from] edgeml_runtime::Error),
+}
+
+fn poll_loop(inner: &Arc<Inner>) {
+    loop {
+        let _ = inner.poll();
+        let base = inner.config.poll_interval.as_secs_f64();
+        let jitter = inner.config.poll_jitter * (2.0 * random_unit() - 1.0);
+        let wait = Duration::from_secs_f64((base * (1.0 + jitter)).max(0.05));
+        if inner.sleep(wait) {
+            return;
+        }
+    }
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Inner {
+    /// Sleep unless stopped; true when stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let (m, cv) = &self.stop;
+        let guard = lock(m);
+        let (guard, _) = cv
+            .wait_timeout_while(guard, d, |stopped| !*stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    fn serving(&self) -> Option<Arc<Slot>> {
+        self.serving.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn swap(&self, slot: Option<Arc<Slot>>) -> Option<Arc<Slot>> {
+        std::mem::replace(&mut *self.serving.write().unwrap_or_else(|p| p.into_inner()), slot)
+    }
+
+    fn set_state(&self, state: UpdateState, target: Option<String>) {
+        let mut s = lock(&self.status);
+        s.state = state;
+        s.target = target;
+        if matches!(state, UpdateState::Installed | UpdateState::Idle) {
+            s.last_error = None;
+            s.error_kind = None;
+        }
+    }
+
+    fn set_error(&self, state: UpdateState, target: Option<String>, e: &Error) {
+        let mut s = lock(&self.status);
+        s.state = state;
+        s.target = target;
+        s.last_error = Some(e.to_string());
+        s.error_kind = Some(e.kind().into());
+    }
+
+    fn report(&self) -> StatusReport {
+        let s = lock(&self.status).clone();
+        let d = lock(&self.disk).clone();
+        StatusReport {
+            channel: self.config.channel.clone(),
+            state: s.state,
+            installed: self.serving().map(|slot| slot.installed.clone()),
+            last_good: d.current,
+            target: s.target,
+            last_error: s.last_error,
+            error_kind: s.error_kind,
+            root_version: lock(&self.trusted).root().version,
+        }
+    }
+
+    fn send_report(&self) {
+        let _ = self.client.report(&self.identity, &self.report());
+    }
+
+    /// Verify and load a stored bundle.
+    fn load(&self, installed: &Installed) -> Result<Slot, Error> {
+        let path = self.state.bundle_path(&installed.sha256);
+        let bytes = std::fs::read(&path).map_err(error::io(&path))?;
+        self.load_bytes(bytes, installed.clone())
+    }
+
+    fn load_bytes(&self, bytes: Vec<u8>, installed: Installed) -> Result<Slot, Error> {
+        let model_err = |source| Error::Model {
+            version: installed.version.clone(),
+            source,
+        };
+        let policy = lock(&self.trusted).root().publisher_policy()?;
+        let verified = self.runtime.verify(bytes, &policy).map_err(model_err)?;
+        let model = self.runtime.load(&verified).map_err(model_err)?;
+        Ok(Slot {
+            model,
+            installed,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    fn predict(&self, name: Option<&str>, version: Option<&str>, input: Input) -> Result<Prediction, PredictError> {
+        let slot = self.serving().ok_or(PredictError::NotReady)?;
+        let i = &slot.installed;
+        if name.is_some_and(|n| n != i.model) || version.is_some_and(|v| v != i.version) {
+            return Err(PredictError::UnknownModel {
+                asked: format!("{}{}", name.unwrap_or(""), version.map(|v| format!(" {v}")).unwrap_or_default()),
+                serving: format!("{} {}", i.model, i.version),
+            });
+        }
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        slot.model.predict(input).map_err(|e| {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+            PredictError::Model(e)
+        })
+    }
+
+    fn ensure_enrolled(&self) -> Result<(), Error> {
+        if self.enrolled.load(Ordering::Relaxed) || self.state.path("enrolled").exists() {
+            self.enrolled.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        let token = self.config.enrolment_token()?.ok_or_else(|| {
+            Error::Config("the device is not enrolled and no enrolment token is configured (enrolment_token_file)".into())
+        })?;
+        edgeml_telemetry::enrol_device(self.client.http(), self.client.base(), &token, &self.identity)
+            .map_err(Error::Server)?;
+        self.state.write(&self.state.path("enrolled"), self.config.server.as_bytes())?;
+        self.enrolled.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Follow the root chain: fetch version n+1 until the server has none.
+    fn update_root(&self) -> Result<(), Error> {
+        loop {
+            let next = lock(&self.trusted).root().version + 1;
+            let Some(bytes) = self.client.root(next)? else {
+                break;
+            };
+            let mut t = lock(&self.trusted);
+            t.update(&bytes)?;
+            self.state.write(&self.state.path("root.json"), &bytes)?;
+        }
+        lock(&self.trusted).check_fresh(SystemTime::now())?;
+        Ok(())
+    }
+
+    fn poll(&self) -> Result<PollOutcome, Error> {
+        let _one = lock(&self.polling);
+        let result = self.poll_inner();
+        match &result {
+            Ok(PollOutcome::NotModified) => {}
+            Ok(_) => {}
+            Err(e) => {
+                let (state, target) = {
+                    let s = lock(&self.status);
+                    (s.state, s.target.clone())
+                };
+                let state = match state {
+                    UpdateState::RolledBack | UpdateState::Recovered => state,
+                    _ => UpdateState::Failed,
+                };
+                self.set_error(state, target, e);
+            }
+        }
+        self.send_report();
+        result
+    }
+
+    fn poll_inner(&self) -> Result<PollOutcome, Error> {
+        self.ensure_enrolled()?;
+        self.update_root()?;
+        let etag = lock(&self.etag).clone();
+        let (view, etag) = match self.client.channel(&self.config.channel, etag.as_deref())? {
+            Poll::NotModified => return Ok(PollOutcome::NotModified),
+            Poll::NotPublished => return Ok(PollOutcome::NothingPublished),
+            Poll::View(v, e) => (v, e),
+        };
+        let seen: Option<Release> = self.state.read_json("release.json")?;
+        let release = lock(&self.trusted).verify_release(
+            &view.release.to_vec(),
+            &self.config.channel,
+            SystemTime::now(),
+            seen.as_ref(),
+        )?;
+        self.state.write_json("release.json", &release)?;
+        let outcome = self.act(&release, view.state, view.reason.as_deref());
+        // Only a fully handled view is skipped next time.
+        if outcome.is_ok() {
+            *lock(&self.etag) = etag;
+        }
+        outcome
+    }
+
+    fn act(&self, release: &Release, state: RolloutState, reason: Option<&str>) -> Result<PollOutcome, Error> {
+        let disk = lock(&self.disk).clone();
+        let on_release = disk.current.as_ref().is_some_and(|c| c.sha256 == release.bundle.sha256);
+        match state {
+            RolloutState::Halted if on_release => {
+                let Some(previous) = disk.previous.clone() else {
+                    return Ok(PollOutcome::Waiting);
+                };
+                let slot = self.load(&previous)?;
+                self.swap(Some(Arc::new(slot)));
+                {
+                    let mut d = lock(&self.disk);
+                    d.current = Some(previous.clone());
+                    d.previous = None;
+                    self.state.write_json("state.json", &*d)?;
+                }
+                let e = Error::Halted(reason.unwrap_or("no reason given").to_string());
+                self.set_error(UpdateState::RolledBack, Some(release.model_version.to_string()), &e);
+                return Ok(PollOutcome::RolledBack(previous));
+            }
+            RolloutState::Halted | RolloutState::Paused => return Ok(PollOutcome::Waiting),
+            RolloutState::Active => {}
+        }
+        if on_release {
+            return Ok(PollOutcome::UpToDate);
+        }
+        if !release.includes(&self.config.device_id) {
+            return Ok(PollOutcome::NotInRollout);
+        }
+        if disk.failed.contains(&release.bundle.sha256) {
+            return Err(Error::KnownBad {
+                version: release.model_version.to_string(),
+                sha256: release.bundle.sha256.clone(),
+            });
+        }
+        let installed_version = disk
+            .current
+            .as_ref()
+            .filter(|c| c.model == release.model)
+            .and_then(|c| c.version.parse::<semver::Version>().ok());
+        release.check_version(installed_version.as_ref())?;
+        self.install(release)
+    }
+
+    fn install(&self, release: &Release) -> Result<PollOutcome, Error> {
+        let target = Installed {
+            model: release.model.clone(),
+            version: release.model_version.to_string(),
+            sha256: release.bundle.sha256.clone(),
+        };
+        self.set_state(UpdateState::Downloading, Some(target.version.clone()));
+        self.send_report();
+        let bytes = self.client.download(&self.state, release, &self.config.download)?;
+        // Verify before anything else touches it: publisher signatures
+        // (root's keys and threshold), digests, and the manifest naming
+        // the release's model and version.
+        let policy = lock(&self.trusted).root().publisher_policy()?;
+        let verified = self.runtime.verify(bytes.clone(), &policy).map_err(|source| Error::Model {
+            version: target.version.clone(),
+            source,
+        })?;
+        release.check_manifest(verified.manifest())?;
+        // Stage: the bundle on disk, and a marker saying an update is in flight.
+        self.state.write(&self.state.bundle_path(&target.sha256), &bytes)?;
+        let _ = std::fs::remove_file(self.state.part_path(&target.sha256));
+        self.state.write_json("pending.json", &Pending { target: target.clone() })?;
+        let fail = |e: Error| -> Error {
+            let mut d = lock(&self.disk);
+            d.failed.insert(target.sha256.clone());
+            let _ = self.state.write_json("state.json", &*d);
+            let _ = self.state.remove("pending.json");
+            self.set_error(UpdateState::RolledBack, Some(target.version.clone()), &e);
+            e
+        };
+        // Health check 1: it loads and passes its own self-test vectors.
+        let slot = match self.load_bytes(bytes, target.clone()) {
+            Ok(s) => s,
+            Err(e) => return Err(fail(e)),
+        };
+        if let Err(source) = slot.model.self_test() {
+            return Err(fail(Error::Model {
+                version: target.version.clone(),
+                source,
+            }));
+        }
+        // Health check 2: serve it and watch its error rate.
+        let slot = Arc::new(slot);
+        let old = self.swap(Some(slot.clone()));
+        self.set_state(UpdateState::Checking, Some(target.version.clone()));
+        self.send_report();
+        let watch = &self.config.health;
+        let until = Instant::now() + watch.watch;
+        loop {
+            let (requests, errors) = (slot.requests.load(Ordering::Relaxed), slot.errors.load(Ordering::Relaxed));
+            let unhealthy = requests >= watch.min_requests.max(1)
+                && errors as f64 > watch.max_error_rate * requests as f64;
+            if unhealthy {
+                self.swap(old);
+                return Err(fail(Error::Unhealthy {
+                    version: target.version.clone(),
+                    requests,
+                    errors,
+                    limit: watch.max_error_rate,
+                }));
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if self.sleep(left.min(Duration::from_millis(100))) {
+                // Shutting down mid-check: go back to the last known good; the
+                // pending marker makes the next start treat it as interrupted.
+                self.swap(old);
+                return Err(Error::Interrupted {
+                    version: target.version.clone(),
+                });
+            }
+        }
+        // Commit: the new bundle becomes the last known good, the old one is kept to roll back to.
+        {
+            let mut d = lock(&self.disk);
+            d.previous = d.current.take().filter(|c| c.sha256 != target.sha256);
+            d.current = Some(target.clone());
+            self.state.write_json("state.json", &*d)?;
+            self.state.remove("pending.json")?;
+            let keep: Vec<&Installed> = d.current.iter().chain(d.previous.iter()).collect();
+            self.state.gc(&keep);
+        }
+        self.set_state(UpdateState::Installed, Some(target.version.clone()));
+        Ok(PollOutcome::Installed(target))
+    }
+}

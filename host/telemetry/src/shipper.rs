@@ -210,13 +210,27 @@ fn enrol(inner: &Inner, client: &reqwest::blocking::Client) -> Result<(), String
         .token()
         .map_err(|e| e.to_string())?
         .ok_or("the device is not enrolled and no enrolment token is configured (collector.enrolment_token or enrolment_token_file)")?;
-    let url = format!("{}/v1/enrol", c.url.trim_end_matches('/'));
+    enrol_device(client, &c.url, &token, &inner.identity)?;
+    let _ = std::fs::write(inner.config.dir.join("enrolled"), &c.url);
+    lock(&inner.stats).enrolled = true;
+    Ok(())
+}
+
+/// Enrol `identity` with the collector at `url` (idempotent: enrolling
+/// again with the same key succeeds). The device agent uses it too.
+pub fn enrol_device(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    token: &str,
+    identity: &crate::DeviceIdentity,
+) -> Result<(), String> {
+    let url = format!("{}/v1/enrol", url.trim_end_matches('/'));
     let resp = client
         .post(&url)
         .bearer_auth(token)
         .json(&EnrolRequest {
-            device_id: inner.identity.device_id().into(),
-            public_key: inner.identity.public_key_hex(),
+            device_id: identity.device_id().into(),
+            public_key: identity.public_key_hex(),
         })
         .send()
         .map_err(|e| format!("collector unreachable at {url}: {e}"))?;
@@ -225,8 +239,6 @@ fn enrol(inner: &Inner, client: &reqwest::blocking::Client) -> Result<(), String
         let text = resp.text().unwrap_or_default();
         return Err(format!("enrolment refused ({status}): {text}"));
     }
-    let _ = std::fs::write(inner.config.dir.join("enrolled"), &c.url);
-    lock(&inner.stats).enrolled = true;
     Ok(())
 }
 

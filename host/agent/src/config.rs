@@ -1,0 +1,264 @@
+//! `agent.toml`.
+
+use crate::Error;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The agent's configuration. Every field but `device_id`, `dir`, `server`,
+/// `channel` and `root` has a default.
+///
+/// ```toml
+/// device_id = "gateway-17"
+/// dir = "/var/lib/edgeml-agent"
+/// server = "https://fleet.example.com"
+/// channel = "stable"
+/// root = "/etc/edgeml/root.json"          # root version 1, shipped with the device
+/// enrolment_token_file = "/etc/edgeml/enrolment-token"
+/// poll_interval = "30s"
+///
+/// [download]
+/// max_bytes = 268435456
+/// timeout = "10m"
+///
+/// [health]
+/// watch = "30s"
+/// max_error_rate = 0.1
+/// min_requests = 20
+///
+/// [serve]
+/// listen = "127.0.0.1:8080"               # or "unix:/run/edgeml/agent.sock"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This device's id (1-64 of `[A-Za-z0-9._-]`).
+    pub device_id: String,
+    /// State directory: trusted root, bundles, the installed and last known
+    /// good versions, partial downloads, the device key.
+    pub dir: PathBuf,
+    /// Fleet server base URL.
+    pub server: String,
+    /// The channel to follow.
+    pub channel: String,
+    /// The initial root of trust (root version 1, or any root the device
+    /// was provisioned with). Used until `dir` holds a newer one.
+    pub root: PathBuf,
+    /// Enrolment token (prefer `enrolment_token_file`).
+    #[serde(default)]
+    pub enrolment_token: Option<String>,
+    /// File with the enrolment token.
+    #[serde(default)]
+    pub enrolment_token_file: Option<PathBuf>,
+    /// Where the device key lives (default: `dir`). Point it at the
+    /// telemetry directory so that telemetry and the agent share one key.
+    #[serde(default)]
+    pub identity_dir: Option<PathBuf>,
+    /// Time between polls (default 30 s), jittered by `poll_jitter`.
+    #[serde(default = "default_poll", with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// Fraction of `poll_interval` added or removed at random (default 0.2),
+    /// so a fleet does not poll in step.
+    #[serde(default = "default_jitter")]
+    pub poll_jitter: f64,
+    /// Download limits.
+    #[serde(default)]
+    pub download: DownloadConfig,
+    /// Health check of a new version.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Local inference server.
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// Download limits: what stops endless-data and slow-retrieval attacks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadConfig {
+    /// Largest bundle the device accepts (default 256 MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Longest a bundle download may take, across resumes within one poll (default 10 min).
+    #[serde(default = "default_download_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            max_bytes: default_max_bytes(),
+            timeout: default_download_timeout(),
+        }
+    }
+}
+
+/// How a new version is checked before the agent commits to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// How long to watch the new version's error rate (default 30 s).
+    #[serde(default = "default_watch", with = "humantime_serde_compat")]
+    pub watch: Duration,
+    /// Roll back when more than this share of requests fail (default 0.1).
+    #[serde(default = "default_error_rate")]
+    pub max_error_rate: f64,
+    /// Requests needed before the error rate counts (default 20).
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            watch: default_watch(),
+            max_error_rate: default_error_rate(),
+            min_requests: default_min_requests(),
+        }
+    }
+}
+
+/// Where the local inference server listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// `HOST:PORT` (loopback by default: `127.0.0.1:8080`), `unix:PATH`, or
+    /// `off`. A non-loopback address must be named in `insecure_listen_any`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Allow listening on a non-loopback address (the API has no authentication).
+    #[serde(default)]
+    pub insecure_listen_any: bool,
+    /// Largest request body (default 16 MiB).
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: default_listen(),
+            insecure_listen_any: false,
+            max_body_bytes: default_body(),
+        }
+    }
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+fn default_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_download_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_watch() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_error_rate() -> f64 {
+    0.1
+}
+fn default_min_requests() -> u64 {
+    20
+}
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_body() -> usize {
+    16 << 20
+}
+
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl AgentConfig {
+    /// A configuration with defaults for everything optional.
+    pub fn new(
+        device_id: impl Into<String>,
+        dir: impl Into<PathBuf>,
+        server: impl Into<String>,
+        channel: impl Into<String>,
+        root: impl Into<PathBuf>,
+    ) -> Self {
+        AgentConfig {
+            device_id: device_id.into(),
+            dir: dir.into(),
+            server: server.into(),
+            channel: channel.into(),
+            root: root.into(),
+            enrolment_token: None,
+            enrolment_token_file: None,
+            identity_dir: None,
+            poll_interval: default_poll(),
+            poll_jitter: default_jitter(),
+            download: DownloadConfig::default(),
+            health: HealthConfig::default(),
+            serve: ServeConfig::default(),
+        }
+    }
+
+    /// Read and check a TOML file. Relative paths in it are relative to the file.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut c: AgentConfig =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [Some(&mut c.dir), Some(&mut c.root), c.enrolment_token_file.as_mut(), c.identity_dir.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(sock) = c.serve.listen.strip_prefix("unix:") {
+            if Path::new(sock).is_relative() {
+                c.serve.listen = format!("unix:{}", base.join(sock).display());
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check what serde does not.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !edgeml_telemetry::wire::valid_device_id(&self.device_id) {
+            return Err(Error::Config("device_id must be 1-64 characters of [A-Za-z0-9._-]".into()));
+        }
+        if self.channel.is_empty() || self.channel.contains('/') {
+            return Err(Error::Config("channel must be a non-empty name without `/`".into()));
+        }
+        if !(self.server.starts_with("http://") || self.server.starts_with("https://")) {
+            return Err(Error::Config(format!("server `{}` must be an http(s) URL", self.server)));
+        }
+        if !(0.0..=1.0).contains(&self.poll_jitter) || !(0.0..=1.0).contains(&self.health.max_error_rate) {
+            return Err(Error::Config("poll_jitter and health.max_error_rate must be between 0 and 1".into()));
+        }
+        if self.poll_interval.is_zero() || self.download.timeout.is_zero() {
+            return Err(Error::Config("poll_interval and download.timeout must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn enrolment_token(&self) -> Result<Option<String>, Error> {
+        if let Some(t) = &self.enrolment_token {
+            return Ok(Some(t.trim().to_string()));
+        }
+        match &self.enrolment_token_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map(|t| Some(t.trim().to_string()))
+                .map_err(|e| Error::Config(format!("enrolment_token_file {}: {e}", p.display()))),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why the agent could not start, or why an update was refused. In every
+/// update case the agent keeps serving the model it had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("invalid agent configuration: {0}")]
+    Config(String),
+    /// A file in the state directory could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state directory holds something the agent did not write.
+    #[error("state file {}: {reason}; remove it to start over", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The fleet server could not be reached or answered with an error.
+    #[error("fleet server: {0}")]
+    Server(String),
+    /// Metadata or bundle checks failed (rollback, expiry, mix-and-match,
+    /// wrong or revoked key, threshold, root rotation, truncated or corrupt bundle).
+    #[error(transparent)]
+    Metadata(#[from] edgeml_fleet::Error),
+    /// The release pins a bundle larger than the device accepts.
+    #[error("the release pins a {size}-byte bundle; this device accepts at most {limit} (download.max_bytes)")]
+    TooLarge {
+        /// Pinned size.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// The server sent more bytes than the release pins (endless data).
+    #[error("the server sent more than the {expected} bytes the release pins; download abandoned")]
+    EndlessData {
+        /// Pinned size.
+        expected: u64,
+    },
+    /// The download took longer than the time cap (slow retrieval).
+    #[error("the download took longer than {limit:?} (download.timeout); got {got} of {expected} bytes, will resume")]
+    SlowRetrieval {
+        /// The cap.
+        limit: Duration,
+        /// Bytes so far.
+        got: u64,
+        /// Pinned size.
+        expected: u64,
+    },
+    /// The bundle failed verification, loading or its self-test.
+    #[error("{version}: {source}")]
+    Model {
+        /// The version that failed.
+        version: String,
+        /// The cause.
+        #[source]
+        source: edgeml_runtime::Error,
+    },
+    /// The new version failed more requests than allowed while it was watched.
+    #[error("{version} failed {errors} of {requests} requests while watched ({rate:.0}% > {limit:.0}%)", rate = *errors as f64 * 100.0 / (*requests).max(1) as f64, limit = limit * 100.0)]
+    Unhealthy {
+        /// The version.
+        version: String,
+        /// Requests while watched.
+        requests: u64,
+        /// Failed requests.
+        errors: u64,
+        /// `health.max_error_rate`.
+        limit: f64,
+    },
+    /// The server halted the rollout; the device went back to its last known good.
+    #[error("rollout halted by the fleet server: {0}")]
+    Halted(String),
+    /// An update was interrupted (crash or power loss); the device restarted
+    /// into its last known good bundle and will not retry that bundle.
+    #[error("the update to {version} was interrupted (crash or power loss); restarted into the last known good bundle")]
+    Interrupted {
+        /// The version being installed.
+        version: String,
+    },
+    /// A bundle this device already rolled back is not tried again.
+    #[error("{version} ({sha256}) failed on this device before; waiting for a new release")]
+    KnownBad {
+        /// The version.
+        version: String,
+        /// Its digest.
+        sha256: String,
+    },
+    /// The local inference server could not start.
+    #[error("cannot serve on {addr}: {reason}")]
+    Serve {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A stable name for the kind of error, for reports and the fleet view.
+    pub fn kind(&self) -> &'static str {
+        use edgeml_fleet::Error as F;
+        match self {
+            Error::Metadata(F::Rollback { .. }) => "rollback",
+            Error::Metadata(F::Expired { .. }) => "expired",
+            Error::Metadata(F::DigestMismatch { .. } | F::ManifestMismatch { .. }) => "mix_and_match",
+            Error::Metadata(F::WrongKey { .. }) => "wrong_key",
+            Error::Metadata(F::ThresholdNotMet { .. }) => "threshold",
+            Error::Metadata(F::RevokedKey { .. }) => "revoked_key",
+            Error::Metadata(F::RootRotationUnsigned { .. }) => "root_rotation",
+            Error::Metadata(F::Truncated { .. }) => "truncated",
+            Error::Metadata(_) => "metadata",
+            Error::TooLarge { .. } | Error::EndlessData { .. } => "endless_data",
+            Error::SlowRetrieval { .. } => "slow_retrieval",
+            Error::Model { source: edgeml_runtime::Error::SelfTest { .. }, .. } => "self_test",
+            Error::Model { .. } => "load",
+            Error::Unhealthy { .. } => "error_rate",
+            Error::Halted(_) => "halted",
+            Error::Interrupted { .. } => "interrupted",
+            Error::KnownBad { .. } => "known_bad",
+            Error::Server(_) => "server",
+            Error::Config(_) | Error::Io { .. } | Error::State { .. } | Error::Serve { .. } => "agent",
+        }
+    }
+}
+
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,132 @@
+//! The state directory. Every file is replaced atomically (write, fsync,
+//! rename), so a power cut leaves either the old or the new version.
+//!
+//! ```text
+//! root.json              newest trusted root (envelope)
+//! release.json           newest release metadata accepted for the channel
+//! state.json             installed and previous (last known good) bundles, bundles that failed
+//! pending.json           an update in progress (present only between staging and commit)
+//! bundles/<sha256>.wasm  verified bundles: the installed one and the one before
+//! downloads/<sha256>.part  partial downloads, resumed with HTTP Range
+//! ```
+
+use crate::error::io;
+use crate::Error;
+use edgeml_fleet::wire::Installed;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// What is installed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Disk {
+    /// The committed, serving bundle (the last known good).
+    pub current: Option<Installed>,
+    /// The bundle before it, kept to roll back to.
+    pub previous: Option<Installed>,
+    /// Digests that failed their health check here or were interrupted; not retried.
+    #[serde(default)]
+    pub failed: BTreeSet<String>,
+}
+
+/// An update between staging and commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Pending {
+    pub target: Installed,
+}
+
+pub(crate) struct StateDir {
+    pub dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(dir: &Path) -> Result<StateDir, Error> {
+        for sub in ["bundles", "downloads"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        Ok(StateDir { dir: dir.to_path_buf() })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn bundle_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("bundles").join(format!("{sha256}.wasm"))
+    }
+
+    pub fn part_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("downloads").join(format!("{sha256}.part"))
+    }
+
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
+        let path = self.path(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::State {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io { path, source: e }),
+        }
+    }
+
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), Error> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::State {
+            path: self.path(name),
+            reason: e.to_string(),
+        })?;
+        self.write(&self.path(name), &bytes)
+    }
+
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+        write_atomic(path, bytes)
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
+        let path = self.path(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path, source: e }),
+            _ => {
+                sync_dir(&self.dir);
+                Ok(())
+            }
+        }
+    }
+
+    /// Delete bundles other than `keep` (installed and previous).
+    pub fn gc(&self, keep: &[&Installed]) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("bundles")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep_it = keep.iter().any(|k| name == format!("{}.wasm", k.sha256));
+            if !keep_it {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
