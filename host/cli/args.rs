@@ -63,6 +63,176 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Run the telemetry collector, or query one.
     Collector(CollectorArgs),
+    /// Make, rotate or publish the fleet's root of trust.
+    Root(RootArgs),
+    /// Upload a signed bundle and publish signed release metadata to a channel.
+    Push(PushArgs),
+    /// Pause, resume or widen a channel's rollout.
+    Rollout(RolloutArgs),
+    /// The fleet view: each device's installed versions, last seen, update state and last error.
+    Fleet {
+        #[command(flatten)]
+        server: FleetServer,
+        /// Only devices following this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the device agent: follow a channel, update safely, serve local inference (KServe v2).
+    Agent {
+        /// Agent configuration (TOML; see the README).
+        #[arg(long)]
+        config: PathBuf,
+        /// Telemetry configuration (TOML), so the canary gate sees this device's error rate and drift.
+        #[arg(long)]
+        telemetry: Option<PathBuf>,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FleetServer {
+    /// Fleet server (collector) URL.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// File with the admin token. Default: $EDGEML_ADMIN_TOKEN.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RootArgs {
+    #[command(subcommand)]
+    pub command: RootCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct RootKeys {
+    /// Root key pair(s) (.key): they sign this root and must sign the next.
+    #[arg(long = "root-key", required = true)]
+    pub root_keys: Vec<PathBuf>,
+    /// Root signatures a new root needs.
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u32,
+    /// Release public key(s) (.pub): they sign release metadata.
+    #[arg(long = "release-key", required = true)]
+    pub release_keys: Vec<PathBuf>,
+    /// Release signatures a release needs (k of n).
+    #[arg(long, default_value_t = 1)]
+    pub release_threshold: u32,
+    /// Publisher public key(s) (.pub): they sign bundles (`edgeml sign`).
+    #[arg(long = "publisher-key", required = true)]
+    pub publisher_keys: Vec<PathBuf>,
+    /// Publisher signatures a bundle needs.
+    #[arg(long, default_value_t = 1)]
+    pub publisher_threshold: u32,
+    /// How long the root is valid.
+    #[arg(long, default_value = "365d")]
+    pub expires: humantime::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Write root version 1 (ship it to devices as their root of trust).
+    Init {
+        #[command(flatten)]
+        keys: RootKeys,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the next root version: new keys and thresholds, revocations.
+    /// Signed by the new root keys and by `--sign` (the current root keys).
+    Rotate {
+        /// The current root.
+        #[arg(long)]
+        from: PathBuf,
+        /// Current root key pair(s) (.key) that vouch for the new root.
+        #[arg(long = "sign", required = true)]
+        sign: Vec<PathBuf>,
+        #[command(flatten)]
+        keys: RootKeys,
+        /// Public key(s) (.pub) to revoke: refused in every role from now on.
+        #[arg(long = "revoke")]
+        revoke: Vec<PathBuf>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Upload a root to the fleet server (it checks the chain).
+    Publish {
+        /// The root file.
+        root: PathBuf,
+        #[command(flatten)]
+        server: FleetServer,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseOptions {
+    /// Release key pair(s) (.key); give as many as the root's release threshold.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// How long the release metadata is valid; devices refuse it afterwards.
+    #[arg(long, default_value = "30d")]
+    pub expires: humantime::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The signed bundle.
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub server: FleetServer,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// Share of the fleet that takes it (`10%`, `100%`).
+    #[arg(long, default_value = "100%")]
+    pub rollout: String,
+    #[command(flatten)]
+    pub release: ReleaseOptions,
+    /// Let devices with a higher version install this one.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Stop devices from taking the channel's release.
+    Pause {
+        #[arg(long)]
+        channel: String,
+        #[command(flatten)]
+        server: FleetServer,
+    },
+    /// Let them take it again (also lifts a halt by the canary gate).
+    Resume {
+        #[arg(long)]
+        channel: String,
+        #[command(flatten)]
+        server: FleetServer,
+    },
+    /// Re-sign the channel's release with a new rollout share.
+    Set {
+        /// The new share (`50%`).
+        share: String,
+        #[arg(long)]
+        channel: String,
+        #[command(flatten)]
+        server: FleetServer,
+        #[command(flatten)]
+        release: ReleaseOptions,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +298,15 @@ pub enum CollectorCommand {
         /// File with the enrolment token devices present. Default: $EDGEML_ENROLMENT_TOKEN.
         #[arg(long)]
         enrolment_token_file: Option<PathBuf>,
+        /// Directory for pushed bundles (content-addressed); turns the fleet API on.
+        #[arg(long)]
+        bundles: Option<PathBuf>,
+        /// How often the canary gate compares a rollout's new version with the old.
+        #[arg(long, default_value = "10s")]
+        canary_interval: humantime::Duration,
+        /// Predictions the new version needs before the canary gate judges its error rate.
+        #[arg(long, default_value_t = 100)]
+        canary_min_predictions: u64,
     },
     /// List enrolled devices: last seen, spool, models.
     Devices {
@@ -221,6 +400,11 @@ pub struct PackArgs {
     /// baseline of what the model sees on it, for drift monitoring.
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// A self-test vector: an input file (`.png`, `.wav`, `.json`), optionally
+    /// with the label the model must give (`digit0.png=0`). Without a label the
+    /// model's answer now is recorded. Devices run these before switching.
+    #[arg(long = "self-test")]
+    pub self_test: Vec<String>,
     /// Print the manifest as JSON.
     #[arg(long)]
     pub json: bool,

@@ -69,6 +69,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => crate::bench::bench(&args),
         Command::Replay(args) => crate::monitor::replay(&args),
         Command::Collector(args) => crate::monitor::collector(&args),
+        Command::Root(args) => crate::fleet::root(&args),
+        Command::Push(args) => crate::fleet::push(&args),
+        Command::Rollout(args) => crate::fleet::rollout(&args),
+        Command::Fleet {
+            server,
+            channel,
+            json,
+        } => crate::fleet::view(&server, channel.as_deref(), json),
+        Command::Agent {
+            config,
+            telemetry,
+            host,
+        } => crate::fleet::agent(&config, telemetry.as_deref(), &host),
     }
 }
 
@@ -150,6 +163,12 @@ fn pack(args: &PackArgs) -> Result<()> {
         opts.baseline = Some(
             crate::monitor::baseline(&opts, reference)
                 .with_context(|| format!("computing the baseline from {}", reference.display()))?,
+        );
+    }
+    for spec in &args.self_test {
+        opts.self_test.push(
+            crate::monitor::self_test(&opts, spec)
+                .with_context(|| format!("self-test vector `{spec}`"))?,
         );
     }
     let bytes = bundle::pack(&opts)?;

@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod commands;
+mod fleet;
 mod monitor;
 mod npy;
 

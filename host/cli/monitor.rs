@@ -89,15 +89,55 @@ impl Rows {
 /// Run the freshly packed bundle on the reference data and summarise what
 /// it saw. The bundle is signed with a throwaway key for this, so nothing
 /// runs unverified.
-pub fn baseline(opts: &PackOptions<'_>, reference: &Path) -> Result<Baseline> {
+/// Load what `opts` would pack (signed with a throwaway key), to run it at pack time.
+fn load_unpacked(opts: &PackOptions<'_>) -> Result<edgeml_runtime::Model> {
     let unsigned = bundle::pack(opts)?;
     let key = SecretKey::generate()?;
     let signed = bundle::sign(&unsigned, &key)?;
     let runtime = Runtime::new(&Config::new())?;
     let verified = runtime.verify(signed, &TrustPolicy::any_of(vec![key.public_key()])?)?;
-    let model = runtime
-        .load(&verified)
-        .context("loading the model to compute its baseline")?;
+    Ok(runtime.load(&verified)?)
+}
+
+/// A self-test vector from `FILE[=LABEL]`, answered by the model being packed.
+pub fn self_test(opts: &PackOptions<'_>, spec: &str) -> Result<edgeml_runtime::bundle::SelfTest> {
+    use base64::Engine as _;
+    let (file, label) = match spec.rsplit_once('=') {
+        Some((f, l)) => (Path::new(f), Some(l.to_string())),
+        None => (Path::new(spec), None),
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let Some(edgeml_runtime::Input::Media { media_type, .. }) =
+        edgeml_runtime::Input::media_for_extension(ext, Vec::new())
+    else {
+        bail!("{}: self-test inputs are .png, .jpg, .wav or .json files", file.display());
+    };
+    let input = edgeml_runtime::bundle::SelfTestInput::Media {
+        media_type,
+        base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+    };
+    let name = file.file_name().map_or(spec.into(), |n| n.to_string_lossy().into_owned());
+    let model = load_unpacked(opts).context("loading the model to record its self-test")?;
+    match model.record_self_test(&name, &input, label.clone()) {
+        Ok(t) => Ok(t),
+        // The publisher's expectation stands: devices will check it and refuse the bundle.
+        Err(edgeml_runtime::Error::SelfTest { reason, .. }) if label.is_some() => {
+            eprintln!("warning: self-test `{name}`: {reason}; devices will refuse this bundle");
+            Ok(edgeml_runtime::bundle::SelfTest {
+                name,
+                input,
+                label,
+                outputs: Vec::new(),
+                tolerance: 1e-3,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn baseline(opts: &PackOptions<'_>, reference: &Path) -> Result<Baseline> {
+    let model = load_unpacked(opts).context("loading the model to compute its baseline")?;
     let rows = Rows::read(reference, model.manifest())?;
     if rows.len() == 0 {
         bail!("{}: no reference examples", reference.display());
@@ -190,7 +230,7 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-fn token(value: Option<&str>, file: Option<&Path>, env: &str, what: &str) -> Result<String> {
+pub(crate) fn token(value: Option<&str>, file: Option<&Path>, env: &str, what: &str) -> Result<String> {
     if let Some(v) = value {
         return Ok(v.trim().to_string());
     }
@@ -266,8 +306,11 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
             listen,
             admin_token_file,
             enrolment_token_file,
+            bundles,
+            canary_interval,
+            canary_min_predictions,
         } => {
-            let settings = Settings::new(
+            let mut settings = Settings::new(
                 token(
                     None,
                     admin_token_file.as_deref(),
@@ -281,6 +324,9 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
                     "enrolment-token",
                 )?,
             );
+            settings.fleet.bundle_dir = bundles.clone();
+            settings.fleet.canary.interval = (*canary_interval).into();
+            settings.fleet.canary.min_predictions = *canary_min_predictions;
             let store =
                 SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
             let server = Server::start(store, settings, *listen)?;
