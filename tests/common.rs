@@ -113,6 +113,18 @@ pub fn pack(spec: &Spec) -> Vec<u8> {
 
 /// [`pack`], with a drift baseline in the manifest.
 pub fn pack_with_baseline(spec: &Spec, baseline: Option<bundle::Baseline>) -> Vec<u8> {
+    pack_custom(spec, "1.0.0", baseline, Vec::new(), |_| {})
+}
+
+/// [`pack`] with a version, baseline, self-test vectors, and a chance to
+/// change the labels (a packing mistake).
+pub fn pack_custom(
+    spec: &Spec,
+    version: &str,
+    baseline: Option<bundle::Baseline>,
+    self_test: Vec<bundle::SelfTest>,
+    edit_labels: impl FnOnce(&mut Vec<String>),
+) -> Vec<u8> {
     let model = read(model_path(spec.onnx));
     let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model).expect("IO schema");
     let labels = spec
@@ -125,13 +137,15 @@ pub fn pack_with_baseline(spec: &Spec, baseline: Option<bundle::Baseline>) -> Ve
                 .collect()
         })
         .unwrap_or_default();
+    let mut labels = labels;
+    edit_labels(&mut labels);
     let preprocessing = spec
         .preprocess
         .map(|p| serde_json::from_slice(&read(model_path(p))).unwrap())
         .unwrap_or(serde_json::Value::Null);
     bundle::pack(&PackOptions {
         name: spec.name,
-        version: semver::Version::new(1, 0, 0),
+        version: version.parse().expect("semver"),
         component: &guest(spec.guest),
         model: &model,
         inputs,
@@ -141,7 +155,7 @@ pub fn pack_with_baseline(spec: &Spec, baseline: Option<bundle::Baseline>) -> Ve
         min_host_version: semver::Version::new(0, 1, 0),
         created: None,
         baseline,
-        self_test: Vec::new(),
+        self_test,
     })
     .expect("pack")
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+mod fleet;
+
 mod bad_input;
 mod cache;
 mod cli;

@@ -88,14 +88,6 @@ pub enum Error {
         /// The version being installed.
         version: String,
     },
-    /// A bundle this device already rolled back is not tried again.
-    #[error("{version} ({sha256}) failed on this device before; waiting for a new release")]
-    KnownBad {
-        /// The version.
-        version: String,
-        /// Its digest.
-        sha256: String,
-    },
     /// The local inference server could not start.
     #[error("cannot serve on {addr}: {reason}")]
     Serve {
@@ -127,7 +119,6 @@ impl Error {
             Error::Unhealthy { .. } => "error_rate",
             Error::Halted(_) => "halted",
             Error::Interrupted { .. } => "interrupted",
-            Error::KnownBad { .. } => "known_bad",
             Error::Server(_) => "server",
             Error::Config(_) | Error::Io { .. } | Error::State { .. } | Error::Serve { .. } => "agent",
         }

@@ -58,7 +58,8 @@ pub enum PollOutcome {
     UpToDate,
     /// The device is outside the rollout share.
     NotInRollout,
-    /// The rollout is paused or halted; nothing to do.
+    /// The rollout is paused or halted, or its bundle already failed on
+    /// this device; nothing to do until a new release.
     Waiting,
     /// Installed a new version.
     Installed(Installed),
@@ -507,10 +508,8 @@ impl Inner {
             return Ok(PollOutcome::NotInRollout);
         }
         if disk.failed.contains(&release.bundle.sha256) {
-            return Err(Error::KnownBad {
-                version: release.model_version.to_string(),
-                sha256: release.bundle.sha256.clone(),
-            });
+            // It failed here before (health check or interrupted): wait for a new release.
+            return Ok(PollOutcome::Waiting);
         }
         let installed_version = disk
             .current

@@ -1,0 +1,706 @@
+//! Fleet push, the device agent, staged rollouts, health checks, rollback,
+//! and the update attacks. A real fleet server (the collector) on
+//! 127.0.0.1 with a SQLite file and a bundle directory, real signatures,
+//! real bundles. "Compromised server" attacks write straight into the
+//! server's database or bundle directory, or put a hostile proxy in front
+//! of it, because the real server refuses to publish them.
+
+use crate::common::*;
+use edgeml_agent::{Agent, AgentConfig, Error, PollOutcome, UpdateState};
+use edgeml_bundle::{SecretKey, SelfTest, SelfTestInput};
+use edgeml_collector::{Server, Settings, SqliteStore, Store};
+use edgeml_fleet::wire::RolloutState;
+use edgeml_fleet::{BundleRef, Envelope, Release, Root};
+use edgeml_runtime::{Config, Runtime};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+const ADMIN: &str = "fleet-admin-token";
+const ENROL: &str = "fleet-enrolment-token";
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    server: Option<Server>,
+    root_key: SecretKey,
+    release: Vec<SecretKey>,
+    publisher: SecretKey,
+    http: reqwest::blocking::Client,
+}
+
+fn in_days(d: i64) -> String {
+    let t = if d >= 0 {
+        SystemTime::now() + Duration::from_secs(d as u64 * 86400)
+    } else {
+        SystemTime::now() - Duration::from_secs((-d) as u64 * 86400)
+    };
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// One runtime for every in-process agent without telemetry: components
+/// compile once into a shared cache.
+fn runtime() -> Runtime {
+    static RT: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        let mut c = Config::new();
+        c.cache_dir(std::env::temp_dir().join("edgeml-fleet-test-cache"));
+        Runtime::new(&c).expect("runtime")
+    })
+    .clone()
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        Fleet::with_canary(|_| {})
+    }
+
+    fn with_canary(edit: impl FnOnce(&mut edgeml_collector::CanaryPolicy)) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::new(ADMIN, ENROL);
+        settings.fleet.bundle_dir = Some(dir.path().join("bundles"));
+        settings.fleet.canary.interval = Duration::from_millis(300);
+        edit(&mut settings.fleet.canary);
+        let store = SqliteStore::open(&dir.path().join("fleet.db")).unwrap();
+        let server = Server::start(store, settings, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let f = Fleet {
+            dir,
+            server: Some(server),
+            root_key: SecretKey::generate().unwrap(),
+            release: (0..3).map(|_| SecretKey::generate().unwrap()).collect(),
+            publisher: SecretKey::generate().unwrap(),
+            http: reqwest::blocking::Client::new(),
+        };
+        let root = f.root_v1();
+        std::fs::write(f.dir.path().join("root.json"), root.to_vec()).unwrap();
+        f.put(&format!("/v1/fleet/roots/1"), root.to_vec()).unwrap();
+        f
+    }
+
+    fn url(&self) -> String {
+        self.server.as_ref().unwrap().url()
+    }
+
+    /// Root v1: one root key; release keys 2 of 3; one publisher.
+    fn root_v1(&self) -> Envelope {
+        let rel: Vec<_> = self.release.iter().map(|k| k.public_key()).collect();
+        let root = Root::new(
+            1,
+            SystemTime::now() + Duration::from_secs(365 * 86400),
+            (&[self.root_key.public_key()], 1),
+            (&rel, 2),
+            (&[self.publisher.public_key()], 1),
+        );
+        Envelope::sign(&root, &[&self.root_key]).unwrap()
+    }
+
+    fn put(&self, path: &str, body: Vec<u8>) -> Result<serde_json::Value, String> {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.url()))
+            .bearer_auth(ADMIN)
+            .body(body)
+            .send()
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().unwrap_or_default();
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(format!("{status}: {v}"))
+        }
+    }
+
+    fn store(&self) -> SqliteStore {
+        SqliteStore::open(&self.dir.path().join("fleet.db")).unwrap()
+    }
+
+    fn upload(&self, bundle: &[u8]) -> BundleRef {
+        let sha256 = hex::encode(Sha256::digest(bundle));
+        self.put(&format!("/v1/fleet/bundles/{sha256}"), bundle.to_vec()).unwrap();
+        BundleRef {
+            sha256,
+            size: bundle.len() as u64,
+        }
+    }
+
+    fn next_version(&self) -> u64 {
+        self.store().release("stable").unwrap().map_or(1, |r| r.version + 1)
+    }
+
+    fn release_for(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
+        let bref = self.upload(bundle);
+        Release {
+            kind: "release".into(),
+            channel: "stable".into(),
+            version: self.next_version(),
+            expires: in_days(30),
+            model: "digits".into(),
+            model_version: model_version.parse().unwrap(),
+            bundle: bref,
+            rollout_percent: percent,
+            allow_downgrade: false,
+        }
+    }
+
+    /// What `edgeml push` does, through the real server.
+    fn push(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
+        let r = self.release_for(bundle, model_version, percent);
+        let env = Envelope::sign(&r, &[&self.release[0], &self.release[1]]).unwrap();
+        self.put("/v1/fleet/channels/stable/release", env.to_vec()).unwrap();
+        r
+    }
+
+    /// Put release metadata in the server's database without the server's
+    /// checks: what a compromised server would serve.
+    fn inject(&self, r: &Release, keys: &[&SecretKey]) {
+        let env = Envelope::sign(r, keys).unwrap();
+        self.store().put_release(r, &String::from_utf8(env.to_vec()).unwrap(), 0).unwrap();
+    }
+
+    fn signed(&self, spec: &Spec, version: &str) -> Vec<u8> {
+        self.sign(pack_custom(spec, version, None, Vec::new(), |_| {}))
+    }
+
+    fn sign(&self, bundle: Vec<u8>) -> Vec<u8> {
+        edgeml_bundle::sign(&bundle, &self.publisher).unwrap()
+    }
+
+    fn agent_config(&self, id: &str) -> AgentConfig {
+        let mut c = AgentConfig::new(
+            id,
+            self.dir.path().join("devices").join(id),
+            self.url(),
+            "stable",
+            self.dir.path().join("root.json"),
+        );
+        c.enrolment_token = Some(ENROL.into());
+        c.health.watch = Duration::ZERO;
+        c.serve.listen = "off".into();
+        c.download.timeout = Duration::from_secs(20);
+        c
+    }
+
+    fn agent(&self, id: &str) -> Agent {
+        Agent::open(self.agent_config(id), runtime()).expect("agent")
+    }
+
+    fn channel_state(&self) -> (RolloutState, Option<String>) {
+        let r = self.store().release("stable").unwrap().unwrap();
+        (r.state, r.reason)
+    }
+}
+
+fn version_of(agent: &Agent) -> Option<String> {
+    agent.status().installed.map(|i| i.version)
+}
+
+fn png(i: usize) -> Vec<u8> {
+    read(model_path(&format!("digits/holdout/{i:03}.png")))
+}
+
+fn predicts(agent: &Agent) -> String {
+    let p = agent
+        .predict(edgeml_runtime::Input::Media {
+            media_type: "image/png".into(),
+            bytes: png(0),
+        })
+        .expect("the agent keeps serving");
+    p.scores.unwrap()[0].label.clone()
+}
+
+/// A fleet with one agent serving digits 1.0.0.
+fn on_v1() -> (Fleet, Agent) {
+    let f = Fleet::new();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    let a = f.agent("gw-1");
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    assert_eq!(version_of(&a).as_deref(), Some("1.0.0"));
+    (f, a)
+}
+
+/// After an attack: still serving 1.0.0 and answering.
+fn still_serving_v1(a: &Agent) {
+    assert_eq!(version_of(a).as_deref(), Some("1.0.0"));
+    assert_eq!(predicts(a), "0");
+}
+
+#[test]
+fn agent_installs_and_polls_conditionally() {
+    let (_f, a) = on_v1();
+    assert!(matches!(a.poll(), Ok(PollOutcome::NotModified)));
+    let s = a.status();
+    assert_eq!(s.state, UpdateState::Installed);
+    assert_eq!(predicts(&a), "0");
+}
+
+#[test]
+fn rejects_rollback_version() {
+    let (f, a) = on_v1();
+    let r = f.release_for(&f.signed(&DIGITS_IMAGE, "0.9.0"), "0.9.0", 100.0);
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
+    let err = a.poll().unwrap_err();
+    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::Rollback { .. })), "{err}");
+    assert_eq!(a.status().error_kind.as_deref(), Some("rollback"));
+    still_serving_v1(&a);
+    // A signed downgrade is allowed.
+    let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "0.9.0"), "0.9.0", 100.0);
+    r.allow_downgrade = true;
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    assert_eq!(version_of(&a).as_deref(), Some("0.9.0"));
+}
+
+#[test]
+fn rejects_expired_release() {
+    let (f, a) = on_v1();
+    let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    r.expires = in_days(-1);
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
+    let err = a.poll().unwrap_err();
+    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::Expired { role: "release", .. })), "{err}");
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_release_signed_with_wrong_key() {
+    let (f, a) = on_v1();
+    let r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    let stranger = SecretKey::generate().unwrap();
+    let other = SecretKey::generate().unwrap();
+    f.inject(&r, &[&stranger, &other]);
+    let err = a.poll().unwrap_err();
+    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::WrongKey { role: "release", .. })), "{err}");
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_release_below_threshold() {
+    let (f, a) = on_v1();
+    let r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    f.inject(&r, &[&f.release[0]]);
+    let err = a.poll().unwrap_err();
+    assert!(
+        matches!(err, Error::Metadata(edgeml_fleet::Error::ThresholdNotMet { have: 1, need: 2, .. })),
+        "{err}"
+    );
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_release_signed_by_revoked_key() {
+    let (f, a) = on_v1();
+    // Root v2 (properly signed) revokes release key 2.
+    let leaked = f.release[2].public_key();
+    let rel = [f.release[0].public_key(), f.release[1].public_key()];
+    let mut v2 = Root::new(
+        2,
+        SystemTime::now() + Duration::from_secs(365 * 86400),
+        (&[f.root_key.public_key()], 1),
+        (&rel, 2),
+        (&[f.publisher.public_key()], 1),
+    );
+    v2.keys.insert(leaked.id().to_string(), hex::encode(leaked.to_bytes()));
+    v2.revoked.insert(leaked.id().to_string());
+    f.put("/v1/fleet/roots/2", Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec())
+        .unwrap();
+    let r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    f.inject(&r, &[&f.release[0], &f.release[2]]);
+    let err = a.poll().unwrap_err();
+    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::RevokedKey { .. })), "{err}");
+    assert_eq!(a.status().root_version, 2, "the device followed the root chain");
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_root_rotation_without_old_root_signatures() {
+    let (f, a) = on_v1();
+    let attacker = SecretKey::generate().unwrap();
+    let rel: Vec<_> = [&attacker].iter().map(|k| k.public_key()).collect();
+    let v2 = Root::new(
+        2,
+        SystemTime::now() + Duration::from_secs(365 * 86400),
+        (&[attacker.public_key()], 1),
+        (&rel, 1),
+        (&[attacker.public_key()], 1),
+    );
+    // The server refuses it ...
+    let refused = f.put("/v1/fleet/roots/2", Envelope::sign(&v2, &[&attacker]).unwrap().to_vec());
+    assert!(refused.unwrap_err().contains("not signed by"), "server checks the chain too");
+    // ... so write it into a compromised server's database.
+    let env = Envelope::sign(&v2, &[&attacker]).unwrap();
+    f.store().put_root(2, &String::from_utf8(env.to_vec()).unwrap(), 0).unwrap();
+    let err = a.poll().unwrap_err();
+    assert!(
+        matches!(err, Error::Metadata(edgeml_fleet::Error::RootRotationUnsigned { version: 2, previous: 1, .. })),
+        "{err}"
+    );
+    assert_eq!(a.status().root_version, 1);
+    still_serving_v1(&a);
+}
+
+/// Overwrite the stored bundle for `r` with `bytes` (a compromised mirror).
+fn replace_blob(f: &Fleet, r: &Release, bytes: &[u8]) {
+    let path = f.dir.path().join("bundles").join("sha256").join(&r.bundle.sha256);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn rejects_mix_and_match_bundle() {
+    let (f, a) = on_v1();
+    let v11 = f.signed(&DIGITS_IMAGE, "1.1.0");
+    let v12 = f.signed(&DIGITS_IMAGE, "1.2.0");
+    assert_eq!(v11.len(), v12.len(), "same-length bundles, so only the digest tells them apart");
+    let r = f.push(&v11, "1.1.0", 100.0);
+    replace_blob(&f, &r, &v12);
+    let err = a.poll().unwrap_err();
+    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::DigestMismatch { .. })), "{err}");
+    assert_eq!(a.status().error_kind.as_deref(), Some("mix_and_match"));
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_corrupted_download() {
+    let (f, a) = on_v1();
+    let v11 = f.signed(&DIGITS_IMAGE, "1.1.0");
+    let r = f.push(&v11, "1.1.0", 100.0);
+    let mut bad = v11.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    replace_blob(&f, &r, &bad);
+    let err = a.poll().unwrap_err();
+    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::DigestMismatch { .. })), "{err}");
+    still_serving_v1(&a);
+    // Once the mirror is fixed, the update goes through.
+    replace_blob(&f, &r, &v11);
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+}
+
+/// A hostile mirror in front of the fleet server: bundle downloads get
+/// `serve`'s treatment, everything else is forwarded.
+fn hostile_proxy(upstream: String, serve: fn(&mut std::net::TcpStream, &[u8])) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::new();
+        for conn in listener.incoming().take(200) {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let upstream_resp = http.get(format!("{upstream}{path}")).send().unwrap();
+            let status = upstream_resp.status().as_u16();
+            let etag = upstream_resp.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
+            let body = upstream_resp.bytes().unwrap().to_vec();
+            if path.starts_with("/v1/fleet/bundles/") && status == 200 {
+                serve(&mut conn, &body);
+                continue;
+            }
+            let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+            if let Some(e) = etag {
+                out.push_str(&format!("etag: {e}\r\n"));
+            }
+            out.push_str("\r\n");
+            let _ = conn.write_all(out.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn proxied_agent(f: &Fleet, proxy: String, timeout: Duration) -> Agent {
+    let mut c = f.agent_config("gw-1");
+    c.server = proxy;
+    c.download.timeout = timeout;
+    Agent::open(c, runtime()).unwrap()
+}
+
+#[test]
+fn rejects_endless_data() {
+    let (f, a) = on_v1();
+    drop(a);
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    let proxy = hostile_proxy(f.url(), |conn, body| {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        let _ = conn.write_all(body);
+        let junk = vec![0u8; 64 << 10];
+        for _ in 0..4096 {
+            if conn.write_all(&junk).is_err() {
+                break;
+            }
+        }
+    });
+    let a = proxied_agent(&f, proxy, Duration::from_secs(30));
+    let err = a.poll().unwrap_err();
+    assert!(matches!(err, Error::EndlessData { .. }), "{err}");
+    assert_eq!(a.status().error_kind.as_deref(), Some("endless_data"));
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_slow_retrieval() {
+    let (f, a) = on_v1();
+    drop(a);
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    let proxy = hostile_proxy(f.url(), |conn, body| {
+        let _ = conn.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
+        for b in body.chunks(64).take(100) {
+            if conn.write_all(b).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let started = Instant::now();
+    let a = proxied_agent(&f, proxy, Duration::from_secs(1));
+    let err = a.poll().unwrap_err();
+    assert!(matches!(err, Error::SlowRetrieval { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "the time cap held: {:?}", started.elapsed());
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_truncated_download_then_resumes_with_range() {
+    let (f, a) = on_v1();
+    drop(a);
+    let v11 = f.signed(&DIGITS_IMAGE, "1.1.0");
+    f.push(&v11, "1.1.0", 100.0);
+    let proxy = hostile_proxy(f.url(), |conn, body| {
+        let _ = conn.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
+        let _ = conn.write_all(&body[..body.len() / 2]);
+    });
+    let a = proxied_agent(&f, proxy, Duration::from_secs(20));
+    let err = a.poll().unwrap_err();
+    assert!(
+        matches!(err, Error::Server(_) | Error::Metadata(edgeml_fleet::Error::Truncated { .. })),
+        "{err}"
+    );
+    still_serving_v1(&a);
+    let part = f.dir.path().join("devices/gw-1/downloads").join(format!("{}.part", hex::encode(Sha256::digest(&v11))));
+    let kept = std::fs::metadata(&part).expect("partial download kept").len();
+    assert!(kept > 0 && kept < v11.len() as u64, "kept {kept} bytes");
+    drop(a);
+    // Straight to the server: the agent asks for the rest only.
+    let a = f.agent("gw-1");
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    assert_eq!(version_of(&a).as_deref(), Some("1.1.0"));
+    assert!(!part.exists());
+}
+
+fn self_test_zero(label: &str) -> SelfTest {
+    use base64::Engine as _;
+    SelfTest {
+        name: "000.png".into(),
+        input: SelfTestInput::Media {
+            media_type: "image/png".into(),
+            base64: base64::engine::general_purpose::STANDARD.encode(png(0)),
+        },
+        label: Some(label.into()),
+        outputs: Vec::new(),
+        tolerance: 1e-3,
+    }
+}
+
+#[test]
+fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts() {
+    let f = Fleet::new();
+    let agents: Vec<Agent> = (0..20).map(|i| f.agent(&format!("gateway-{i:02}"))).collect();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    for a in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))), "{}", a.device_id());
+    }
+    // 1.1.0 to 10%.
+    let good = f.sign(pack_custom(&DIGITS_IMAGE, "1.1.0", None, vec![self_test_zero("0")], |_| {}));
+    let r = f.push(&good, "1.1.0", 10.0);
+    let expected: Vec<_> = agents.iter().filter(|a| r.includes(a.device_id())).map(|a| a.device_id().to_string()).collect();
+    for a in &agents {
+        a.poll().unwrap();
+    }
+    let on_new: Vec<_> = agents
+        .iter()
+        .filter(|a| version_of(a).as_deref() == Some("1.1.0"))
+        .map(|a| a.device_id().to_string())
+        .collect();
+    assert_eq!(on_new, expected, "exactly the devices whose bucket is in the first 10%");
+    assert!((1..=5).contains(&on_new.len()), "about 10% of 20: {}", on_new.len());
+    // Widen to 100% (re-signed release metadata).
+    let mut wider = r.clone();
+    wider.version += 1;
+    wider.rollout_percent = 100.0;
+    let env = Envelope::sign(&wider, &[&f.release[0], &f.release[1]]).unwrap();
+    f.put("/v1/fleet/channels/stable/release", env.to_vec()).unwrap();
+    for a in &agents {
+        a.poll().unwrap();
+        assert_eq!(version_of(a).as_deref(), Some("1.1.0"), "{}", a.device_id());
+    }
+    // 1.2.0 was packed with its labels shifted by one: its self-test (000.png is a 0) fails.
+    let broken = f.sign(pack_custom(&DIGITS_IMAGE, "1.2.0", None, vec![self_test_zero("0")], |labels| labels.rotate_left(1)));
+    f.push(&broken, "1.2.0", 100.0);
+    let mut rolled_back = 0;
+    for a in &agents {
+        match a.poll() {
+            Err(Error::Model { source: edgeml_runtime::Error::SelfTest { .. }, .. }) => {
+                rolled_back += 1;
+                assert_eq!(a.status().state, UpdateState::RolledBack);
+                assert_eq!(a.status().error_kind.as_deref(), Some("self_test"));
+            }
+            Ok(PollOutcome::Waiting) => {}
+            other => panic!("{}: {other:?}", a.device_id()),
+        }
+        assert_eq!(version_of(a).as_deref(), Some("1.1.0"), "{} keeps 1.1.0", a.device_id());
+        assert_eq!(predicts(a), "0");
+    }
+    assert!(rolled_back >= 1);
+    let (state, reason) = f.channel_state();
+    assert_eq!(state, RolloutState::Halted);
+    assert!(reason.unwrap().contains("self-test"), "halt reason names the failure");
+}
+
+fn telemetry_runtime(f: &Fleet, id: &str) -> (Runtime, edgeml_runtime::Telemetry) {
+    let mut tc = edgeml_runtime::TelemetryConfig::new(id, f.dir.path().join("telemetry").join(id));
+    tc.window = Duration::from_millis(500);
+    let mut cc = edgeml_runtime::telemetry::CollectorConfig::new(f.url());
+    cc.enrolment_token = Some(ENROL.into());
+    cc.interval = Duration::from_millis(200);
+    tc.collector = Some(cc);
+    std::fs::create_dir_all(&tc.dir).unwrap();
+    let t = edgeml_runtime::Telemetry::start(tc).unwrap();
+    let mut c = Config::new();
+    c.cache_dir(std::env::temp_dir().join("edgeml-fleet-test-cache"));
+    c.telemetry(t.clone());
+    (Runtime::new(&c).unwrap(), t)
+}
+
+#[test]
+fn high_error_rate_halts_the_canary_and_devices_roll_back() {
+    let f = Fleet::with_canary(|c| c.min_predictions = 20);
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        let id = format!("canary-{i}");
+        let (rt, t) = telemetry_runtime(&f, &id);
+        let mut c = f.agent_config(&id);
+        c.identity_dir = Some(t.config().dir.clone());
+        agents.push((Agent::open(c, rt).unwrap(), t));
+    }
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    // 1.1.0 takes tensors only: the gateway's PNG clients now fail.
+    f.push(&f.signed(&DIGITS_GENERIC, "1.1.0"), "1.1.0", 100.0);
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+        for i in 0..10 {
+            let r = a.predict(edgeml_runtime::Input::Media { media_type: "image/png".into(), bytes: png(i) });
+            assert!(r.is_err());
+        }
+    }
+    for (_, t) in &agents {
+        std::thread::sleep(Duration::from_millis(600));
+        t.flush(Duration::from_secs(10));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.channel_state().0 != RolloutState::Halted {
+        assert!(Instant::now() < deadline, "the canary gate did not halt the rollout");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reason = f.channel_state().1.unwrap();
+    assert!(reason.contains("error rate"), "{reason}");
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::RolledBack(_))));
+        assert_eq!(version_of(a).as_deref(), Some("1.0.0"));
+        assert_eq!(a.status().error_kind.as_deref(), Some("halted"));
+        assert_eq!(predicts(a), "0");
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn device_report(f: &Fleet, id: &str) -> Option<edgeml_fleet::wire::StatusReport> {
+    f.store()
+        .fleet_devices()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.device_id == id)
+        .map(|d| d.status)
+}
+
+fn write_agent_toml(f: &Fleet, path: &Path, port: u16) {
+    std::fs::write(f.dir.path().join("enrol.token"), ENROL).unwrap();
+    std::fs::write(
+        path,
+        format!(
+            "device_id = \"gw-kill\"\ndir = \"state\"\nserver = \"{}\"\nchannel = \"stable\"\nroot = \"root.json\"\nenrolment_token_file = \"enrol.token\"\npoll_interval = \"300ms\"\n[health]\nwatch = \"4s\"\n[serve]\nlisten = \"127.0.0.1:{port}\"\n",
+            f.url()
+        ),
+    )
+    .unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn agent_killed_mid_update_restarts_on_last_known_good() {
+    let f = Fleet::new();
+    let config: PathBuf = f.dir.path().join("agent.toml");
+    let port = free_port();
+    write_agent_toml(&f, &config, port);
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    let spawn = || {
+        edgeml()
+            .args(["agent", "--config", config.to_str().unwrap(), "--no-cache"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    wait_for("1.0.0 installed", 60, || {
+        device_report(&f, "gw-kill").is_some_and(|r| r.state == UpdateState::Installed)
+    });
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    wait_for("1.1.0 under watch", 60, || {
+        device_report(&f, "gw-kill").is_some_and(|r| r.state == UpdateState::Checking)
+    });
+    child.kill().unwrap(); // SIGKILL, mid health check
+    child.wait().unwrap();
+    let mut child = spawn();
+    let http = reqwest::blocking::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("the restarted agent", 60, || {
+        http.get(format!("{base}/v2/health/ready")).send().is_ok_and(|r| r.status() == 200)
+    });
+    let meta: serde_json::Value = http.get(format!("{base}/v2/models/digits")).send().unwrap().json().unwrap();
+    assert_eq!(meta["versions"], serde_json::json!(["1.0.0"]), "{meta}");
+    // Open Inference Protocol request with a PNG as BYTES.
+    use base64::Engine as _;
+    let req = serde_json::json!({"id": "q1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+        "parameters": {"content_type": "image/png"}, "data": [base64::engine::general_purpose::STANDARD.encode(png(0))]}]});
+    let resp: serde_json::Value = http.post(format!("{base}/v2/models/digits/infer")).json(&req).send().unwrap().json().unwrap();
+    assert_eq!(resp["model_version"], "1.0.0", "{resp}");
+    assert_eq!(resp["parameters"]["labels"][0]["label"], "0", "{resp}");
+    assert_eq!(resp["id"], "q1");
+    wait_for("the recovery report", 30, || {
+        device_report(&f, "gw-kill").is_some_and(|r| r.error_kind.as_deref() == Some("interrupted"))
+    });
+    let r = device_report(&f, "gw-kill").unwrap();
+    assert_eq!(r.installed.unwrap().version, "1.0.0");
+    // The interrupted bundle is not retried.
+    std::thread::sleep(Duration::from_secs(1));
+    let meta: serde_json::Value = http.get(format!("{base}/v2/models/digits")).send().unwrap().json().unwrap();
+    assert_eq!(meta["versions"], serde_json::json!(["1.0.0"]));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
