@@ -117,7 +117,8 @@ impl Fleet {
 
     fn upload(&self, bundle: &[u8]) -> BundleRef {
         let sha256 = hex::encode(Sha256::digest(bundle));
-        self.put(&format!("/v1/fleet/bundles/{sha256}"), bundle.to_vec()).unwrap();
+        self.put(&format!("/v1/fleet/bundles/{sha256}"), bundle.to_vec())
+            .unwrap();
         BundleRef {
             sha256,
             size: bundle.len() as u64,
@@ -125,7 +126,10 @@ impl Fleet {
     }
 
     fn next_version(&self) -> u64 {
-        self.store().release("stable").unwrap().map_or(1, |r| r.version + 1)
+        self.store()
+            .release("stable")
+            .unwrap()
+            .map_or(1, |r| r.version + 1)
     }
 
     fn release_for(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
@@ -147,7 +151,8 @@ impl Fleet {
     fn push(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
         let r = self.release_for(bundle, model_version, percent);
         let env = Envelope::sign(&r, &[&self.release[0], &self.release[1]]).unwrap();
-        self.put("/v1/fleet/channels/stable/release", env.to_vec()).unwrap();
+        self.put("/v1/fleet/channels/stable/release", env.to_vec())
+            .unwrap();
         r
     }
 
@@ -155,7 +160,9 @@ impl Fleet {
     /// checks: what a compromised server would serve.
     fn inject(&self, r: &Release, keys: &[&SecretKey]) {
         let env = Envelope::sign(r, keys).unwrap();
-        self.store().put_release(r, &String::from_utf8(env.to_vec()).unwrap(), 0).unwrap();
+        self.store()
+            .put_release(r, &String::from_utf8(env.to_vec()).unwrap(), 0)
+            .unwrap();
     }
 
     fn signed(&self, spec: &Spec, version: &str) -> Vec<u8> {
@@ -222,7 +229,7 @@ fn on_v1() -> (Fleet, Agent) {
 /// After an attack: still serving 1.0.0 and answering.
 fn still_serving_v1(a: &Agent) {
     assert_eq!(version_of(a).as_deref(), Some("1.0.0"));
-    assert_eq!(predicts(a), "0");
+    assert_eq!(predicts(a), "7");
 }
 
 #[test]
@@ -231,7 +238,7 @@ fn agent_installs_and_polls_conditionally() {
     assert!(matches!(a.poll(), Ok(PollOutcome::NotModified)));
     let s = a.status();
     assert_eq!(s.state, UpdateState::Installed);
-    assert_eq!(predicts(&a), "0");
+    assert_eq!(predicts(&a), "7");
 }
 
 #[test]
@@ -240,7 +247,10 @@ fn rejects_rollback_version() {
     let r = f.release_for(&f.signed(&DIGITS_IMAGE, "0.9.0"), "0.9.0", 100.0);
     f.inject(&r, &[&f.release[0], &f.release[1]]);
     let err = a.poll().unwrap_err();
-    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::Rollback { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Metadata(edgeml_fleet::Error::Rollback { .. })),
+        "{err}"
+    );
     assert_eq!(a.status().error_kind.as_deref(), Some("rollback"));
     still_serving_v1(&a);
     // A signed downgrade is allowed.
@@ -258,7 +268,16 @@ fn rejects_expired_release() {
     r.expires = in_days(-1);
     f.inject(&r, &[&f.release[0], &f.release[1]]);
     let err = a.poll().unwrap_err();
-    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::Expired { role: "release", .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::Expired {
+                role: "release",
+                ..
+            })
+        ),
+        "{err}"
+    );
     still_serving_v1(&a);
 }
 
@@ -270,7 +289,16 @@ fn rejects_release_signed_with_wrong_key() {
     let other = SecretKey::generate().unwrap();
     f.inject(&r, &[&stranger, &other]);
     let err = a.poll().unwrap_err();
-    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::WrongKey { role: "release", .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::WrongKey {
+                role: "release",
+                ..
+            })
+        ),
+        "{err}"
+    );
     still_serving_v1(&a);
 }
 
@@ -281,7 +309,14 @@ fn rejects_release_below_threshold() {
     f.inject(&r, &[&f.release[0]]);
     let err = a.poll().unwrap_err();
     assert!(
-        matches!(err, Error::Metadata(edgeml_fleet::Error::ThresholdNotMet { have: 1, need: 2, .. })),
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::ThresholdNotMet {
+                have: 1,
+                need: 2,
+                ..
+            })
+        ),
         "{err}"
     );
     still_serving_v1(&a);
@@ -300,15 +335,26 @@ fn rejects_release_signed_by_revoked_key() {
         (&rel, 2),
         (&[f.publisher.public_key()], 1),
     );
-    v2.keys.insert(leaked.id().to_string(), hex::encode(leaked.to_bytes()));
+    v2.keys
+        .insert(leaked.id().to_string(), hex::encode(leaked.to_bytes()));
     v2.revoked.insert(leaked.id().to_string());
-    f.put("/v1/fleet/roots/2", Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec())
-        .unwrap();
+    f.put(
+        "/v1/fleet/roots/2",
+        Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec(),
+    )
+    .unwrap();
     let r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
     f.inject(&r, &[&f.release[0], &f.release[2]]);
     let err = a.poll().unwrap_err();
-    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::RevokedKey { .. })), "{err}");
-    assert_eq!(a.status().root_version, 2, "the device followed the root chain");
+    assert!(
+        matches!(err, Error::Metadata(edgeml_fleet::Error::RevokedKey { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        a.status().root_version,
+        2,
+        "the device followed the root chain"
+    );
     still_serving_v1(&a);
 }
 
@@ -325,14 +371,29 @@ fn rejects_root_rotation_without_old_root_signatures() {
         (&[attacker.public_key()], 1),
     );
     // The server refuses it ...
-    let refused = f.put("/v1/fleet/roots/2", Envelope::sign(&v2, &[&attacker]).unwrap().to_vec());
-    assert!(refused.unwrap_err().contains("not signed by"), "server checks the chain too");
+    let refused = f.put(
+        "/v1/fleet/roots/2",
+        Envelope::sign(&v2, &[&attacker]).unwrap().to_vec(),
+    );
+    assert!(
+        refused.unwrap_err().contains("not signed by"),
+        "server checks the chain too"
+    );
     // ... so write it into a compromised server's database.
     let env = Envelope::sign(&v2, &[&attacker]).unwrap();
-    f.store().put_root(2, &String::from_utf8(env.to_vec()).unwrap(), 0).unwrap();
+    f.store()
+        .put_root(2, &String::from_utf8(env.to_vec()).unwrap(), 0)
+        .unwrap();
     let err = a.poll().unwrap_err();
     assert!(
-        matches!(err, Error::Metadata(edgeml_fleet::Error::RootRotationUnsigned { version: 2, previous: 1, .. })),
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::RootRotationUnsigned {
+                version: 2,
+                previous: 1,
+                ..
+            })
+        ),
         "{err}"
     );
     assert_eq!(a.status().root_version, 1);
@@ -341,7 +402,12 @@ fn rejects_root_rotation_without_old_root_signatures() {
 
 /// Overwrite the stored bundle for `r` with `bytes` (a compromised mirror).
 fn replace_blob(f: &Fleet, r: &Release, bytes: &[u8]) {
-    let path = f.dir.path().join("bundles").join("sha256").join(&r.bundle.sha256);
+    let path = f
+        .dir
+        .path()
+        .join("bundles")
+        .join("sha256")
+        .join(&r.bundle.sha256);
     std::fs::write(path, bytes).unwrap();
 }
 
@@ -350,11 +416,21 @@ fn rejects_mix_and_match_bundle() {
     let (f, a) = on_v1();
     let v11 = f.signed(&DIGITS_IMAGE, "1.1.0");
     let v12 = f.signed(&DIGITS_IMAGE, "1.2.0");
-    assert_eq!(v11.len(), v12.len(), "same-length bundles, so only the digest tells them apart");
+    assert_eq!(
+        v11.len(),
+        v12.len(),
+        "same-length bundles, so only the digest tells them apart"
+    );
     let r = f.push(&v11, "1.1.0", 100.0);
     replace_blob(&f, &r, &v12);
     let err = a.poll().unwrap_err();
-    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::DigestMismatch { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::DigestMismatch { .. })
+        ),
+        "{err}"
+    );
     assert_eq!(a.status().error_kind.as_deref(), Some("mix_and_match"));
     still_serving_v1(&a);
 }
@@ -369,7 +445,13 @@ fn rejects_corrupted_download() {
     bad[mid] ^= 0xff;
     replace_blob(&f, &r, &bad);
     let err = a.poll().unwrap_err();
-    assert!(matches!(err, Error::Metadata(edgeml_fleet::Error::DigestMismatch { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::DigestMismatch { .. })
+        ),
+        "{err}"
+    );
     still_serving_v1(&a);
     // Once the mirror is fixed, the update goes through.
     replace_blob(&f, &r, &v11);
@@ -394,13 +476,19 @@ fn hostile_proxy(upstream: String, serve: fn(&mut std::net::TcpStream, &[u8])) -
             let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
             let upstream_resp = http.get(format!("{upstream}{path}")).send().unwrap();
             let status = upstream_resp.status().as_u16();
-            let etag = upstream_resp.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
+            let etag = upstream_resp
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().unwrap().to_string());
             let body = upstream_resp.bytes().unwrap().to_vec();
             if path.starts_with("/v1/fleet/bundles/") && status == 200 {
                 serve(&mut conn, &body);
                 continue;
             }
-            let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+            let mut out = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                body.len()
+            );
             if let Some(e) = etag {
                 out.push_str(&format!("etag: {e}\r\n"));
             }
@@ -447,7 +535,13 @@ fn rejects_slow_retrieval() {
     drop(a);
     f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
     let proxy = hostile_proxy(f.url(), |conn, body| {
-        let _ = conn.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
+        let _ = conn.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
         for b in body.chunks(64).take(100) {
             if conn.write_all(b).is_err() {
                 break;
@@ -459,7 +553,11 @@ fn rejects_slow_retrieval() {
     let a = proxied_agent(&f, proxy, Duration::from_secs(1));
     let err = a.poll().unwrap_err();
     assert!(matches!(err, Error::SlowRetrieval { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(15), "the time cap held: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the time cap held: {:?}",
+        started.elapsed()
+    );
     still_serving_v1(&a);
 }
 
@@ -470,18 +568,33 @@ fn rejects_truncated_download_then_resumes_with_range() {
     let v11 = f.signed(&DIGITS_IMAGE, "1.1.0");
     f.push(&v11, "1.1.0", 100.0);
     let proxy = hostile_proxy(f.url(), |conn, body| {
-        let _ = conn.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
+        let _ = conn.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
         let _ = conn.write_all(&body[..body.len() / 2]);
     });
     let a = proxied_agent(&f, proxy, Duration::from_secs(20));
     let err = a.poll().unwrap_err();
     assert!(
-        matches!(err, Error::Server(_) | Error::Metadata(edgeml_fleet::Error::Truncated { .. })),
+        matches!(
+            err,
+            Error::Server(_) | Error::Metadata(edgeml_fleet::Error::Truncated { .. })
+        ),
         "{err}"
     );
     still_serving_v1(&a);
-    let part = f.dir.path().join("devices/gw-1/downloads").join(format!("{}.part", hex::encode(Sha256::digest(&v11))));
-    let kept = std::fs::metadata(&part).expect("partial download kept").len();
+    let part = f
+        .dir
+        .path()
+        .join("devices/gw-1/downloads")
+        .join(format!("{}.part", hex::encode(Sha256::digest(&v11))));
+    let kept = std::fs::metadata(&part)
+        .expect("partial download kept")
+        .len();
     assert!(kept > 0 && kept < v11.len() as u64, "kept {kept} bytes");
     drop(a);
     // Straight to the server: the agent asks for the rest only.
@@ -491,7 +604,7 @@ fn rejects_truncated_download_then_resumes_with_range() {
     assert!(!part.exists());
 }
 
-fn self_test_zero(label: &str) -> SelfTest {
+fn self_test_png(label: &str) -> SelfTest {
     use base64::Engine as _;
     SelfTest {
         name: "000.png".into(),
@@ -508,15 +621,31 @@ fn self_test_zero(label: &str) -> SelfTest {
 #[test]
 fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts() {
     let f = Fleet::new();
-    let agents: Vec<Agent> = (0..20).map(|i| f.agent(&format!("gateway-{i:02}"))).collect();
+    let agents: Vec<Agent> = (0..20)
+        .map(|i| f.agent(&format!("gateway-{i:02}")))
+        .collect();
     f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
     for a in &agents {
-        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))), "{}", a.device_id());
+        assert!(
+            matches!(a.poll(), Ok(PollOutcome::Installed(_))),
+            "{}",
+            a.device_id()
+        );
     }
     // 1.1.0 to 10%.
-    let good = f.sign(pack_custom(&DIGITS_IMAGE, "1.1.0", None, vec![self_test_zero("0")], |_| {}));
+    let good = f.sign(pack_custom(
+        &DIGITS_IMAGE,
+        "1.1.0",
+        None,
+        vec![self_test_png("7")],
+        |_| {},
+    ));
     let r = f.push(&good, "1.1.0", 10.0);
-    let expected: Vec<_> = agents.iter().filter(|a| r.includes(a.device_id())).map(|a| a.device_id().to_string()).collect();
+    let expected: Vec<_> = agents
+        .iter()
+        .filter(|a| r.includes(a.device_id()))
+        .map(|a| a.device_id().to_string())
+        .collect();
     for a in &agents {
         a.poll().unwrap();
     }
@@ -525,25 +654,42 @@ fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts
         .filter(|a| version_of(a).as_deref() == Some("1.1.0"))
         .map(|a| a.device_id().to_string())
         .collect();
-    assert_eq!(on_new, expected, "exactly the devices whose bucket is in the first 10%");
-    assert!((1..=5).contains(&on_new.len()), "about 10% of 20: {}", on_new.len());
+    assert_eq!(
+        on_new, expected,
+        "exactly the devices whose bucket is in the first 10%"
+    );
+    assert!(
+        (1..=5).contains(&on_new.len()),
+        "about 10% of 20: {}",
+        on_new.len()
+    );
     // Widen to 100% (re-signed release metadata).
     let mut wider = r.clone();
     wider.version += 1;
     wider.rollout_percent = 100.0;
     let env = Envelope::sign(&wider, &[&f.release[0], &f.release[1]]).unwrap();
-    f.put("/v1/fleet/channels/stable/release", env.to_vec()).unwrap();
+    f.put("/v1/fleet/channels/stable/release", env.to_vec())
+        .unwrap();
     for a in &agents {
         a.poll().unwrap();
         assert_eq!(version_of(a).as_deref(), Some("1.1.0"), "{}", a.device_id());
     }
-    // 1.2.0 was packed with its labels shifted by one: its self-test (000.png is a 0) fails.
-    let broken = f.sign(pack_custom(&DIGITS_IMAGE, "1.2.0", None, vec![self_test_zero("0")], |labels| labels.rotate_left(1)));
+    // 1.2.0 was packed with its labels shifted by one: its self-test (000.png is a 7) fails.
+    let broken = f.sign(pack_custom(
+        &DIGITS_IMAGE,
+        "1.2.0",
+        None,
+        vec![self_test_png("7")],
+        |labels| labels.rotate_left(1),
+    ));
     f.push(&broken, "1.2.0", 100.0);
     let mut rolled_back = 0;
     for a in &agents {
         match a.poll() {
-            Err(Error::Model { source: edgeml_runtime::Error::SelfTest { .. }, .. }) => {
+            Err(Error::Model {
+                source: edgeml_runtime::Error::SelfTest { .. },
+                ..
+            }) => {
                 rolled_back += 1;
                 assert_eq!(a.status().state, UpdateState::RolledBack);
                 assert_eq!(a.status().error_kind.as_deref(), Some("self_test"));
@@ -551,13 +697,21 @@ fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts
             Ok(PollOutcome::Waiting) => {}
             other => panic!("{}: {other:?}", a.device_id()),
         }
-        assert_eq!(version_of(a).as_deref(), Some("1.1.0"), "{} keeps 1.1.0", a.device_id());
-        assert_eq!(predicts(a), "0");
+        assert_eq!(
+            version_of(a).as_deref(),
+            Some("1.1.0"),
+            "{} keeps 1.1.0",
+            a.device_id()
+        );
+        assert_eq!(predicts(a), "7");
     }
     assert!(rolled_back >= 1);
     let (state, reason) = f.channel_state();
     assert_eq!(state, RolloutState::Halted);
-    assert!(reason.unwrap().contains("self-test"), "halt reason names the failure");
+    assert!(
+        reason.unwrap().contains("self-test"),
+        "halt reason names the failure"
+    );
 }
 
 fn telemetry_runtime(f: &Fleet, id: &str) -> (Runtime, edgeml_runtime::Telemetry) {
@@ -595,7 +749,10 @@ fn high_error_rate_halts_the_canary_and_devices_roll_back() {
     for (a, _) in &agents {
         assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
         for i in 0..10 {
-            let r = a.predict(edgeml_runtime::Input::Media { media_type: "image/png".into(), bytes: png(i) });
+            let r = a.predict(edgeml_runtime::Input::Media {
+                media_type: "image/png".into(),
+                bytes: png(i),
+            });
             assert!(r.is_err());
         }
     }
@@ -605,7 +762,10 @@ fn high_error_rate_halts_the_canary_and_devices_roll_back() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while f.channel_state().0 != RolloutState::Halted {
-        assert!(Instant::now() < deadline, "the canary gate did not halt the rollout");
+        assert!(
+            Instant::now() < deadline,
+            "the canary gate did not halt the rollout"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let reason = f.channel_state().1.unwrap();
@@ -614,7 +774,7 @@ fn high_error_rate_halts_the_canary_and_devices_roll_back() {
         assert!(matches!(a.poll(), Ok(PollOutcome::RolledBack(_))));
         assert_eq!(version_of(a).as_deref(), Some("1.0.0"));
         assert_eq!(a.status().error_kind.as_deref(), Some("halted"));
-        assert_eq!(predicts(a), "0");
+        assert_eq!(predicts(a), "7");
     }
 }
 
@@ -648,7 +808,11 @@ fn write_agent_toml(f: &Fleet, path: &Path, port: u16) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -680,17 +844,30 @@ fn agent_killed_mid_update_restarts_on_last_known_good() {
     let http = reqwest::blocking::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_for("the restarted agent", 60, || {
-        http.get(format!("{base}/v2/health/ready")).send().is_ok_and(|r| r.status() == 200)
+        http.get(format!("{base}/v2/health/ready"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
     });
-    let meta: serde_json::Value = http.get(format!("{base}/v2/models/digits")).send().unwrap().json().unwrap();
+    let meta: serde_json::Value = http
+        .get(format!("{base}/v2/models/digits"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(meta["versions"], serde_json::json!(["1.0.0"]), "{meta}");
     // Open Inference Protocol request with a PNG as BYTES.
     use base64::Engine as _;
     let req = serde_json::json!({"id": "q1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
         "parameters": {"content_type": "image/png"}, "data": [base64::engine::general_purpose::STANDARD.encode(png(0))]}]});
-    let resp: serde_json::Value = http.post(format!("{base}/v2/models/digits/infer")).json(&req).send().unwrap().json().unwrap();
+    let resp: serde_json::Value = http
+        .post(format!("{base}/v2/models/digits/infer"))
+        .json(&req)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(resp["model_version"], "1.0.0", "{resp}");
-    assert_eq!(resp["parameters"]["labels"][0]["label"], "0", "{resp}");
+    assert_eq!(resp["parameters"]["labels"][0]["label"], "7", "{resp}");
     assert_eq!(resp["id"], "q1");
     wait_for("the recovery report", 30, || {
         device_report(&f, "gw-kill").is_some_and(|r| r.error_kind.as_deref() == Some("interrupted"))
@@ -699,7 +876,12 @@ fn agent_killed_mid_update_restarts_on_last_known_good() {
     assert_eq!(r.installed.unwrap().version, "1.0.0");
     // The interrupted bundle is not retried.
     std::thread::sleep(Duration::from_secs(1));
-    let meta: serde_json::Value = http.get(format!("{base}/v2/models/digits")).send().unwrap().json().unwrap();
+    let meta: serde_json::Value = http
+        .get(format!("{base}/v2/models/digits"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(meta["versions"], serde_json::json!(["1.0.0"]));
     child.kill().unwrap();
     child.wait().unwrap();

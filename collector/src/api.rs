@@ -235,9 +235,12 @@ fn validate(batch: &Batch, max_records: usize) -> ApiResult<()> {
     Ok(())
 }
 
-
 /// Check the device headers and signature of a device request; returns the device id.
-pub(crate) async fn authenticate(st: &AppState, headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
+pub(crate) async fn authenticate(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<String> {
     let device = headers
         .get(wire::DEVICE_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -106,7 +106,11 @@ fn bundle_dir(st: &AppState) -> ApiResult<PathBuf> {
 }
 
 fn bundle_path(dir: &std::path::Path, sha256: &str) -> ApiResult<PathBuf> {
-    if sha256.len() != 64 || !sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return Err(err(
             StatusCode::BAD_REQUEST,
             "bundle id must be 64 lowercase hex digits (SHA-256)",
@@ -130,13 +134,23 @@ async fn trusted_root(st: &AppState) -> ApiResult<Option<TrustedRoot>> {
         let store = st.store.clone();
         let (_, env) = blocking(move || store.root(Some(v)))
             .await?
-            .ok_or_else(|| err(StatusCode::INTERNAL_SERVER_ERROR, format!("root version {v} is missing")))?;
+            .ok_or_else(|| {
+                err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("root version {v} is missing"),
+                )
+            })?;
         let bytes = env.as_bytes();
         let r = match &mut trusted {
             None => TrustedRoot::bootstrap(bytes),
             Some(t) => t.update(bytes).map(|_| t.clone()),
         }
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("stored root {v}: {e}")))?;
+        .map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored root {v}: {e}"),
+            )
+        })?;
         trusted = Some(r);
     }
     Ok(trusted)
@@ -146,7 +160,10 @@ async fn latest_root(State(st): State<AppState>) -> ApiResult<Response> {
     let store = st.store.clone();
     match blocking(move || store.root(None)).await? {
         Some((_, env)) => Ok(([(header::CONTENT_TYPE, "application/json")], env).into_response()),
-        None => Err(err(StatusCode::NOT_FOUND, "no root published yet (edgeml root publish)")),
+        None => Err(err(
+            StatusCode::NOT_FOUND,
+            "no root published yet (edgeml root publish)",
+        )),
     }
 }
 
@@ -154,7 +171,10 @@ async fn get_root(State(st): State<AppState>, Path(version): Path<u64>) -> ApiRe
     let store = st.store.clone();
     match blocking(move || store.root(Some(version))).await? {
         Some((_, env)) => Ok(([(header::CONTENT_TYPE, "application/json")], env).into_response()),
-        None => Err(err(StatusCode::NOT_FOUND, format!("no root version {version}"))),
+        None => Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no root version {version}"),
+        )),
     }
 }
 
@@ -180,7 +200,10 @@ async fn put_root(
     if trusted.root().version != version {
         return Err(err(
             StatusCode::BAD_REQUEST,
-            format!("the document is root version {}, the URL says {version}", trusted.root().version),
+            format!(
+                "the document is root version {}, the URL says {version}",
+                trusted.root().version
+            ),
         ));
     }
     let store = st.store.clone();
@@ -205,9 +228,12 @@ async fn put_bundle(
         ));
     }
     // Refuse bundles devices would refuse: signed by the root's publishers.
-    let root = trusted_root(&st)
-        .await?
-        .ok_or_else(|| err(StatusCode::CONFLICT, "publish a root first (edgeml root publish)"))?;
+    let root = trusted_root(&st).await?.ok_or_else(|| {
+        err(
+            StatusCode::CONFLICT,
+            "publish a root first (edgeml root publish)",
+        )
+    })?;
     let policy = root
         .root()
         .publisher_policy()
@@ -232,7 +258,12 @@ async fn put_bundle(
         tokio::task::spawn_blocking(write)
             .await
             .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the bundle: {e}")))?;
+            .map_err(|e| {
+                err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("storing the bundle: {e}"),
+                )
+            })?;
     }
     Ok((
         if existed { StatusCode::OK } else { StatusCode::CREATED },
@@ -307,14 +338,22 @@ async fn put_release(
 ) -> ApiResult<Response> {
     admin(&st, &headers)?;
     let dir = bundle_dir(&st)?;
-    let root = trusted_root(&st)
-        .await?
-        .ok_or_else(|| err(StatusCode::CONFLICT, "publish a root first (edgeml root publish)"))?;
+    let root = trusted_root(&st).await?.ok_or_else(|| {
+        err(
+            StatusCode::CONFLICT,
+            "publish a root first (edgeml root publish)",
+        )
+    })?;
     let store = st.store.clone();
     let ch = channel.clone();
     let current = blocking(move || store.release(&ch)).await?;
     let release = root
-        .verify_release(&body, &channel, SystemTime::now(), current.as_ref().map(|c| &c.release))
+        .verify_release(
+            &body,
+            &channel,
+            SystemTime::now(),
+            current.as_ref().map(|c| &c.release),
+        )
         .map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     if let Some(c) = &current {
         if release.version <= c.version {
@@ -340,7 +379,10 @@ async fn put_release(
     if size != release.bundle.size {
         return Err(err(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the release says {} bytes; the stored bundle has {size}", release.bundle.size),
+            format!(
+                "the release says {} bytes; the stored bundle has {size}",
+                release.bundle.size
+            ),
         ));
     }
     let text = String::from_utf8_lossy(&body).into_owned();
@@ -363,9 +405,12 @@ async fn get_channel(
 ) -> ApiResult<Response> {
     let store = st.store.clone();
     let ch = channel.clone();
-    let stored = blocking(move || store.release(&ch))
-        .await?
-        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("nothing published to channel `{channel}`")))?;
+    let stored = blocking(move || store.release(&ch)).await?.ok_or_else(|| {
+        err(
+            StatusCode::NOT_FOUND,
+            format!("nothing published to channel `{channel}`"),
+        )
+    })?;
     let store = st.store.clone();
     let root_version = blocking(move || store.root(None)).await?.map_or(0, |r| r.0);
     let envelope = Envelope::from_slice(stored.envelope.as_bytes(), "release")
@@ -376,7 +421,8 @@ async fn get_channel(
         reason: stored.reason,
         root_version,
     };
-    let body = serde_json::to_vec(&view).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = serde_json::to_vec(&view)
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
     let matches = headers
         .get(header::IF_NONE_MATCH)
@@ -386,7 +432,10 @@ async fn get_channel(
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     Ok((
-        [(header::CONTENT_TYPE, "application/json".to_string()), (header::ETAG, etag)],
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::ETAG, etag),
+        ],
         body,
     )
         .into_response())
@@ -406,8 +455,15 @@ async fn rollout(
     Json(action): Json<serde_json::Value>,
 ) -> ApiResult<Response> {
     admin(&st, &headers)?;
-    let action: RolloutAction = serde_json::from_value(action.get("action").cloned().unwrap_or_default())
-        .map_err(|_| err(StatusCode::BAD_REQUEST, "body must be {\"action\": \"pause\"} or {\"action\": \"resume\"}"))?;
+    let action: RolloutAction = serde_json::from_value(
+        action.get("action").cloned().unwrap_or_default(),
+    )
+    .map_err(|_| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"action\": \"pause\"} or {\"action\": \"resume\"}",
+        )
+    })?;
     let (state, reason) = match action {
         RolloutAction::Pause => (RolloutState::Paused, Some("paused by an operator")),
         RolloutAction::Resume => (RolloutState::Active, None),
@@ -415,12 +471,19 @@ async fn rollout(
     let store = st.store.clone();
     let ch = channel.clone();
     if !blocking(move || store.set_rollout(&ch, state, reason, now_ms())).await? {
-        return Err(err(StatusCode::NOT_FOUND, format!("nothing published to channel `{channel}`")));
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("nothing published to channel `{channel}`"),
+        ));
     }
     Ok(Json(json!({"channel": channel, "state": state})).into_response())
 }
 
-async fn report(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn report(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let device = authenticate(&st, &headers, &body).await?;
     let report: StatusReport = serde_json::from_slice(&body)
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("status report: {e}")))?;
@@ -461,11 +524,16 @@ async fn halt_on_rollbacks(st: &AppState, channel: &str) -> ApiResult<()> {
             failed.len(),
             current.release.model,
             first.device_id,
-            first.status.last_error.as_deref().unwrap_or("no reason given")
+            first
+                .status
+                .last_error
+                .as_deref()
+                .unwrap_or("no reason given")
         );
         let store = st.store.clone();
         let ch = channel.to_string();
-        blocking(move || store.set_rollout(&ch, RolloutState::Halted, Some(&reason), now_ms())).await?;
+        blocking(move || store.set_rollout(&ch, RolloutState::Halted, Some(&reason), now_ms()))
+            .await?;
     }
     Ok(())
 }
@@ -493,10 +561,14 @@ pub(crate) async fn canary_loop(st: AppState) {
                 continue;
             }
             let st2 = st.clone();
-            let verdict = tokio::task::spawn_blocking(move || judge(&st2, &c).map(|r| (c, r))).await;
+            let verdict =
+                tokio::task::spawn_blocking(move || judge(&st2, &c).map(|r| (c, r))).await;
             if let Ok(Ok((c, Some(reason)))) = verdict {
                 let store = st.store.clone();
-                let _ = blocking(move || store.set_rollout(&c.channel, RolloutState::Halted, Some(&reason), now_ms())).await;
+                let _ = blocking(move || {
+                    store.set_rollout(&c.channel, RolloutState::Halted, Some(&reason), now_ms())
+                })
+                .await;
             }
         }
     }
@@ -533,25 +605,29 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
         )));
     }
     let models = st.store.models().map_err(|e| e.to_string())?;
-    let max_psi = |version: &str, w: &[crate::store::StoredWindow]| -> Result<Option<f64>, String> {
-        let Some(baseline) = models
-            .iter()
-            .filter(|m| m.model.name == *model && m.model.version == version)
-            .find_map(|m| m.baseline.clone())
-        else {
-            return Ok(None);
+    let max_psi =
+        |version: &str, w: &[crate::store::StoredWindow]| -> Result<Option<f64>, String> {
+            let Some(baseline) = models
+                .iter()
+                .filter(|m| m.model.name == *model && m.model.version == version)
+                .find_map(|m| m.baseline.clone())
+            else {
+                return Ok(None);
+            };
+            if w.is_empty() {
+                return Ok(None);
+            }
+            let report = analysis::drift(&baseline, w, u64::MAX / 4, &st.settings.drift)?;
+            Ok(report
+                .buckets
+                .iter()
+                .flat_map(|b| b.features.iter().map(|f| f.psi))
+                .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p)))))
         };
-        if w.is_empty() {
-            return Ok(None);
-        }
-        let report = analysis::drift(&baseline, w, u64::MAX / 4, &st.settings.drift)?;
-        Ok(report
-            .buckets
-            .iter()
-            .flat_map(|b| b.features.iter().map(|f| f.psi))
-            .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p)))))
-    };
-    if let (Some(new_psi), old_psi) = (max_psi(&new_version, &new_w)?, max_psi(&old_version, &old_w)?) {
+    if let (Some(new_psi), old_psi) = (
+        max_psi(&new_version, &new_w)?,
+        max_psi(&old_version, &old_w)?,
+    ) {
         let old_psi = old_psi.unwrap_or(0.0);
         if new_psi > old_psi + policy.psi_margin {
             return Ok(Some(format!(

@@ -3,11 +3,11 @@
 //! the same trait (the SQL is plain and the migrations are numbered).
 
 use edgeml_bundle::Baseline;
+use edgeml_fleet::wire::{FleetDevice, RolloutState, StatusReport};
+use edgeml_fleet::Release;
 use edgeml_telemetry::wire::{
     Batch, IngestResponse, ModelRef, RecordBody, SampleInput, SampleReason,
 };
-use edgeml_fleet::wire::{FleetDevice, RolloutState, StatusReport};
-use edgeml_fleet::Release;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -188,12 +188,8 @@ pub trait Store: Send + Sync + 'static {
     /// Store verified release metadata. A new model version starts a new
     /// rollout (state active, the channel's previous model version kept
     /// for the canary comparison); the same version keeps the rollout's state.
-    fn put_release(
-        &self,
-        release: &Release,
-        envelope: &str,
-        now_ms: u64,
-    ) -> Result<(), StoreError>;
+    fn put_release(&self, release: &Release, envelope: &str, now_ms: u64)
+        -> Result<(), StoreError>;
     /// A channel's newest release and rollout state.
     fn release(&self, channel: &str) -> Result<Option<StoredRelease>, StoreError>;
     /// Every channel's newest release and rollout state.
@@ -436,19 +432,31 @@ impl SqliteStore {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(channel, version, envelope, release, published, state, reason, previous, started)| {
-                Ok(StoredRelease {
+            .map(
+                |(
                     channel,
-                    version: version as u64,
+                    version,
                     envelope,
-                    release: parse(&release)?,
-                    published_ms: published as u64,
-                    state: parse_rollout(&state)?,
+                    release,
+                    published,
+                    state,
                     reason,
-                    previous_version: previous,
-                    started_ms: started as u64,
-                })
-            })
+                    previous,
+                    started,
+                )| {
+                    Ok(StoredRelease {
+                        channel,
+                        version: version as u64,
+                        envelope,
+                        release: parse(&release)?,
+                        published_ms: published as u64,
+                        state: parse_rollout(&state)?,
+                        reason,
+                        previous_version: previous,
+                        started_ms: started as u64,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -921,7 +929,11 @@ impl Store for SqliteStore {
             .prepare("SELECT device_id, report, updated_ms FROM fleet_status ORDER BY device_id")?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()

@@ -1,6 +1,9 @@
 //! `edgeml root`, `push`, `rollout`, `fleet` and `agent`.
 
-use crate::args::{FleetServer, HostArgs, ReleaseOptions, RolloutArgs, RolloutCommand, RootArgs, RootCommand, RootKeys, PushArgs};
+use crate::args::{
+    FleetServer, HostArgs, PushArgs, ReleaseOptions, RolloutArgs, RolloutCommand, RootArgs,
+    RootCommand, RootKeys,
+};
 use crate::monitor::token;
 use anyhow::{anyhow, bail, Context, Result};
 use edgeml_bundle::{PublicKey, SecretKey};
@@ -17,7 +20,12 @@ fn client() -> Result<reqwest::blocking::Client> {
 }
 
 fn admin_token(s: &FleetServer) -> Result<String> {
-    token(None, s.admin_token_file.as_deref(), "EDGEML_ADMIN_TOKEN", "admin-token")
+    token(
+        None,
+        s.admin_token_file.as_deref(),
+        "EDGEML_ADMIN_TOKEN",
+        "admin-token",
+    )
 }
 
 fn url(s: &FleetServer, path: &str) -> String {
@@ -26,7 +34,9 @@ fn url(s: &FleetServer, path: &str) -> String {
 
 /// Send, and turn a non-2xx answer into the server's error message.
 fn send(req: reqwest::blocking::RequestBuilder, what: &str) -> Result<reqwest::blocking::Response> {
-    let resp = req.send().with_context(|| format!("{what}: fleet server unreachable"))?;
+    let resp = req
+        .send()
+        .with_context(|| format!("{what}: fleet server unreachable"))?;
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -87,21 +97,27 @@ pub fn root(args: &RootArgs) -> Result<()> {
             revoke,
             out,
         } => {
-            let old_bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-            let mut trusted = TrustedRoot::bootstrap(&old_bytes).with_context(|| format!("{} is not a valid root", from.display()))?;
+            let old_bytes =
+                std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+            let mut trusted = TrustedRoot::bootstrap(&old_bytes)
+                .with_context(|| format!("{} is not a valid root", from.display()))?;
             let old = trusted.root().clone();
             let (mut root, new_signers) = build_root(old.version + 1, keys)?;
             root.revoked = old.revoked.clone();
             for p in revoke {
-                let k = PublicKey::from_file(p).with_context(|| format!("reading {}", p.display()))?;
-                root.keys.insert(k.id().to_string(), hex::encode(k.to_bytes()));
+                let k =
+                    PublicKey::from_file(p).with_context(|| format!("reading {}", p.display()))?;
+                root.keys
+                    .insert(k.id().to_string(), hex::encode(k.to_bytes()));
                 root.revoked.insert(k.id().to_string());
             }
             root.validate()?;
             let old_signers = secret_keys(sign)?;
             let signers: Vec<&SecretKey> = old_signers.iter().chain(new_signers.iter()).collect();
             let env = Envelope::sign(&root, &signers)?;
-            trusted.update(&env.to_vec()).context("checking the new root against the current one")?;
+            trusted
+                .update(&env.to_vec())
+                .context("checking the new root against the current one")?;
             write(out, &env.to_vec())?;
             println!(
                 "wrote root version {} to {} ({} key(s) revoked); publish it with `edgeml root publish`",
@@ -111,7 +127,8 @@ pub fn root(args: &RootArgs) -> Result<()> {
             );
         }
         RootCommand::Publish { root, server } => {
-            let bytes = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
+            let bytes =
+                std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
             let env = Envelope::from_slice(&bytes, "root")?;
             let r: Root = env.payload_unverified()?;
             send(
@@ -165,7 +182,10 @@ fn publish(s: &FleetServer, release: &Release, opts: &ReleaseOptions) -> Result<
     let env = Envelope::sign(release, &keys.iter().collect::<Vec<_>>())?;
     send(
         client()?
-            .put(url(s, &format!("/v1/fleet/channels/{}/release", release.channel)))
+            .put(url(
+                s,
+                &format!("/v1/fleet/channels/{}/release", release.channel),
+            ))
             .bearer_auth(admin_token(s)?)
             .body(env.to_vec()),
         "publishing the release",
@@ -174,11 +194,15 @@ fn publish(s: &FleetServer, release: &Release, opts: &ReleaseOptions) -> Result<
 }
 
 pub fn push(args: &PushArgs) -> Result<()> {
-    let bytes = std::fs::read(&args.bundle).with_context(|| format!("reading {}", args.bundle.display()))?;
+    let bytes = std::fs::read(&args.bundle)
+        .with_context(|| format!("reading {}", args.bundle.display()))?;
     let info = edgeml_bundle::inspect(&bytes)?;
-    let manifest = info
-        .manifest
-        .ok_or_else(|| anyhow!("{} has no manifest; pack it with `edgeml pack`", args.bundle.display()))?;
+    let manifest = info.manifest.ok_or_else(|| {
+        anyhow!(
+            "{} has no manifest; pack it with `edgeml pack`",
+            args.bundle.display()
+        )
+    })?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let share = parse_share(&args.rollout)?;
     let s = &args.server;
@@ -194,7 +218,10 @@ pub fn push(args: &PushArgs) -> Result<()> {
         kind: "release".into(),
         channel: args.channel.clone(),
         version,
-        expires: humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from(args.release.expires)).to_string(),
+        expires: humantime::format_rfc3339_seconds(
+            SystemTime::now() + Duration::from(args.release.expires),
+        )
+        .to_string(),
         model: manifest.name.clone(),
         model_version: manifest.version.clone(),
         bundle: BundleRef {
@@ -226,18 +253,28 @@ pub fn rollout(args: &RolloutArgs) -> Result<()> {
             server,
             release,
         } => {
-            let mut r = current(server, channel)?.ok_or_else(|| anyhow!("nothing published to channel `{channel}`"))?;
+            let mut r = current(server, channel)?
+                .ok_or_else(|| anyhow!("nothing published to channel `{channel}`"))?;
             r.version += 1;
             r.rollout_percent = parse_share(share)?;
-            r.expires = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from(release.expires)).to_string();
+            r.expires = humantime::format_rfc3339_seconds(
+                SystemTime::now() + Duration::from(release.expires),
+            )
+            .to_string();
             publish(server, &r, release)?;
-            println!("channel {channel}: {} {} now rolls out to {}% (release {})", r.model, r.model_version, r.rollout_percent, r.version);
+            println!(
+                "channel {channel}: {} {} now rolls out to {}% (release {})",
+                r.model, r.model_version, r.rollout_percent, r.version
+            );
             return Ok(());
         }
     };
     send(
         client()?
-            .post(url(server, &format!("/v1/fleet/channels/{channel}/rollout")))
+            .post(url(
+                server,
+                &format!("/v1/fleet/channels/{channel}/rollout"),
+            ))
             .bearer_auth(admin_token(server)?)
             .json(&serde_json::json!({ "action": action })),
         "changing the rollout",
@@ -248,19 +285,36 @@ pub fn rollout(args: &RolloutArgs) -> Result<()> {
 
 pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
     let token = admin_token(s)?;
-    let channels: serde_json::Value = send(client()?.get(url(s, "/v1/fleet/channels")).bearer_auth(&token), "reading channels")?.json()?;
+    let channels: serde_json::Value = send(
+        client()?
+            .get(url(s, "/v1/fleet/channels"))
+            .bearer_auth(&token),
+        "reading channels",
+    )?
+    .json()?;
     #[derive(serde::Deserialize)]
     struct Devices {
         devices: Vec<FleetDevice>,
     }
-    let devices: Devices = send(client()?.get(url(s, "/v1/fleet/devices")).bearer_auth(&token), "reading devices")?.json()?;
+    let devices: Devices = send(
+        client()?
+            .get(url(s, "/v1/fleet/devices"))
+            .bearer_auth(&token),
+        "reading devices",
+    )?
+    .json()?;
     let devices: Vec<_> = devices
         .devices
         .into_iter()
         .filter(|d| channel.is_none_or(|c| d.status.channel == c))
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"channels": channels["channels"], "devices": devices}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"channels": channels["channels"], "devices": devices})
+            )?
+        );
         return Ok(());
     }
     for c in channels["channels"].as_array().into_iter().flatten() {
@@ -274,10 +328,16 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
             c["release"]["model_version"].as_str().unwrap_or("?"),
             c["release"]["rollout_percent"],
             c["state"].as_str().unwrap_or("?"),
-            c["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+            c["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         );
     }
-    println!("{:<16} {:<10} {:<10} {:<12} {:>9}  last error", "DEVICE", "INSTALLED", "TARGET", "STATE", "SEEN");
+    println!(
+        "{:<16} {:<10} {:<10} {:<12} {:>9}  last error",
+        "DEVICE", "INSTALLED", "TARGET", "STATE", "SEEN"
+    );
     let now = edgeml_telemetry::now_ms();
     for d in &devices {
         let st = &d.status;
@@ -300,7 +360,11 @@ pub fn agent(config: &Path, telemetry: Option<&Path>, host: &HostArgs) -> Result
     if let Some(t) = telemetry {
         let tc = edgeml_runtime::TelemetryConfig::from_file(t)?;
         if tc.device_id != agent_config.device_id {
-            bail!("the telemetry device_id `{}` differs from the agent's `{}`", tc.device_id, agent_config.device_id);
+            bail!(
+                "the telemetry device_id `{}` differs from the agent's `{}`",
+                tc.device_id,
+                agent_config.device_id
+            );
         }
         // One device key for both.
         agent_config.identity_dir.get_or_insert(tc.dir.clone());
@@ -312,8 +376,15 @@ pub fn agent(config: &Path, telemetry: Option<&Path>, host: &HostArgs) -> Result
     println!(
         "edgeml agent {} serving {} on {}",
         agent.device_id(),
-        status.installed.map_or("nothing yet".to_string(), |i| format!("{} {}", i.model, i.version)),
-        agent.serve_addr().map_or("a Unix socket".to_string(), |a| format!("http://{a}"))
+        status
+            .installed
+            .map_or("nothing yet".to_string(), |i| format!(
+                "{} {}",
+                i.model, i.version
+            )),
+        agent
+            .serve_addr()
+            .map_or("a Unix socket".to_string(), |a| format!("http://{a}"))
     );
     if let Some(e) = status.last_error {
         println!("last error: {e}");

@@ -111,13 +111,18 @@ pub fn self_test(opts: &PackOptions<'_>, spec: &str) -> Result<edgeml_runtime::b
     let Some(edgeml_runtime::Input::Media { media_type, .. }) =
         edgeml_runtime::Input::media_for_extension(ext, Vec::new())
     else {
-        bail!("{}: self-test inputs are .png, .jpg, .wav or .json files", file.display());
+        bail!(
+            "{}: self-test inputs are .png, .jpg, .wav or .json files",
+            file.display()
+        );
     };
     let input = edgeml_runtime::bundle::SelfTestInput::Media {
         media_type,
         base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
     };
-    let name = file.file_name().map_or(spec.into(), |n| n.to_string_lossy().into_owned());
+    let name = file
+        .file_name()
+        .map_or(spec.into(), |n| n.to_string_lossy().into_owned());
     let model = load_unpacked(opts).context("loading the model to record its self-test")?;
     match model.record_self_test(&name, &input, label.clone()) {
         Ok(t) => Ok(t),
@@ -230,7 +235,12 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn token(value: Option<&str>, file: Option<&Path>, env: &str, what: &str) -> Result<String> {
+pub(crate) fn token(
+    value: Option<&str>,
+    file: Option<&Path>,
+    env: &str,
+    what: &str,
+) -> Result<String> {
     if let Some(v) = value {
         return Ok(v.trim().to_string());
     }

@@ -51,10 +51,18 @@ impl Client {
     /// Root `version`, or `None` when the server has no such version.
     pub fn root(&self, version: u64) -> Result<Option<Vec<u8>>, Error> {
         let url = format!("{}/v1/fleet/roots/{version}", self.base);
-        let resp = self.http.get(&url).send().map_err(|e| server_err(&url, e))?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .map_err(|e| server_err(&url, e))?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(Some(limited(resp, edgeml_fleet::metadata::MAX_METADATA_BYTES, &url)?)),
+            s if s.is_success() => Ok(Some(limited(
+                resp,
+                edgeml_fleet::metadata::MAX_METADATA_BYTES,
+                &url,
+            )?)),
             s => Err(server_err(&url, format!("answered {s}"))),
         }
     }
@@ -88,7 +96,12 @@ impl Client {
     /// Download the release's bundle into `downloads/<sha256>.part`,
     /// resuming what an earlier poll left, within the size and time caps.
     /// Returns the checked bytes (length and digest as pinned).
-    pub fn download(&self, state: &StateDir, release: &Release, caps: &DownloadConfig) -> Result<Vec<u8>, Error> {
+    pub fn download(
+        &self,
+        state: &StateDir,
+        release: &Release,
+        caps: &DownloadConfig,
+    ) -> Result<Vec<u8>, Error> {
         let size = release.bundle.size;
         if size > caps.max_bytes {
             return Err(Error::TooLarge {
@@ -171,7 +184,10 @@ impl Client {
                             let _ = file.sync_all();
                             return Err(slow(have));
                         }
-                        last_error = Some(server_err(&url, format!("connection lost after {have} bytes: {e}")));
+                        last_error = Some(server_err(
+                            &url,
+                            format!("connection lost after {have} bytes: {e}"),
+                        ));
                         break;
                     }
                 }
@@ -179,12 +195,20 @@ impl Client {
             let _ = file.sync_all();
             if have < size && last_error.is_none() {
                 // The server ended the body early: resume from here.
-                last_error = Some(Error::Metadata(edgeml_fleet::Error::Truncated { expected: size, got: have }));
+                last_error = Some(Error::Metadata(edgeml_fleet::Error::Truncated {
+                    expected: size,
+                    got: have,
+                }));
             }
         }
         if have < size {
             // Keep the part file: the next poll resumes from it.
-            return Err(last_error.unwrap_or(Error::Metadata(edgeml_fleet::Error::Truncated { expected: size, got: have })));
+            return Err(
+                last_error.unwrap_or(Error::Metadata(edgeml_fleet::Error::Truncated {
+                    expected: size,
+                    got: have,
+                })),
+            );
         }
         let bytes = std::fs::read(&part).map_err(crate::error::io(&part))?;
         if let Err(e) = release.check_bundle(&bytes) {
@@ -223,7 +247,10 @@ fn limited(resp: reqwest::blocking::Response, limit: usize, url: &str) -> Result
         .read_to_end(&mut out)
         .map_err(|e| server_err(url, e))?;
     if out.len() > limit {
-        return Err(server_err(url, format!("response larger than {limit} bytes")));
+        return Err(server_err(
+            url,
+            format!("response larger than {limit} bytes"),
+        ));
     }
     Ok(out)
 }

@@ -209,13 +209,19 @@ impl AgentConfig {
 
     /// Read and check a TOML file. Relative paths in it are relative to the file.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let mut c: AgentConfig =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [Some(&mut c.dir), Some(&mut c.root), c.enrolment_token_file.as_mut(), c.identity_dir.as_mut()]
-            .into_iter()
-            .flatten()
+        for p in [
+            Some(&mut c.dir),
+            Some(&mut c.root),
+            c.enrolment_token_file.as_mut(),
+            c.identity_dir.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -233,19 +239,32 @@ impl AgentConfig {
     /// Check what serde does not.
     pub fn validate(&self) -> Result<(), Error> {
         if !edgeml_telemetry::wire::valid_device_id(&self.device_id) {
-            return Err(Error::Config("device_id must be 1-64 characters of [A-Za-z0-9._-]".into()));
+            return Err(Error::Config(
+                "device_id must be 1-64 characters of [A-Za-z0-9._-]".into(),
+            ));
         }
         if self.channel.is_empty() || self.channel.contains('/') {
-            return Err(Error::Config("channel must be a non-empty name without `/`".into()));
+            return Err(Error::Config(
+                "channel must be a non-empty name without `/`".into(),
+            ));
         }
         if !(self.server.starts_with("http://") || self.server.starts_with("https://")) {
-            return Err(Error::Config(format!("server `{}` must be an http(s) URL", self.server)));
+            return Err(Error::Config(format!(
+                "server `{}` must be an http(s) URL",
+                self.server
+            )));
         }
-        if !(0.0..=1.0).contains(&self.poll_jitter) || !(0.0..=1.0).contains(&self.health.max_error_rate) {
-            return Err(Error::Config("poll_jitter and health.max_error_rate must be between 0 and 1".into()));
+        if !(0.0..=1.0).contains(&self.poll_jitter)
+            || !(0.0..=1.0).contains(&self.health.max_error_rate)
+        {
+            return Err(Error::Config(
+                "poll_jitter and health.max_error_rate must be between 0 and 1".into(),
+            ));
         }
         if self.poll_interval.is_zero() || self.download.timeout.is_zero() {
-            return Err(Error::Config("poll_interval and download.timeout must be positive".into()));
+            return Err(Error::Config(
+                "poll_interval and download.timeout must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -105,7 +105,9 @@ impl Error {
         match self {
             Error::Metadata(F::Rollback { .. }) => "rollback",
             Error::Metadata(F::Expired { .. }) => "expired",
-            Error::Metadata(F::DigestMismatch { .. } | F::ManifestMismatch { .. }) => "mix_and_match",
+            Error::Metadata(F::DigestMismatch { .. } | F::ManifestMismatch { .. }) => {
+                "mix_and_match"
+            }
             Error::Metadata(F::WrongKey { .. }) => "wrong_key",
             Error::Metadata(F::ThresholdNotMet { .. }) => "threshold",
             Error::Metadata(F::RevokedKey { .. }) => "revoked_key",
@@ -114,13 +116,18 @@ impl Error {
             Error::Metadata(_) => "metadata",
             Error::TooLarge { .. } | Error::EndlessData { .. } => "endless_data",
             Error::SlowRetrieval { .. } => "slow_retrieval",
-            Error::Model { source: edgeml_runtime::Error::SelfTest { .. }, .. } => "self_test",
+            Error::Model {
+                source: edgeml_runtime::Error::SelfTest { .. },
+                ..
+            } => "self_test",
             Error::Model { .. } => "load",
             Error::Unhealthy { .. } => "error_rate",
             Error::Halted(_) => "halted",
             Error::Interrupted { .. } => "interrupted",
             Error::Server(_) => "server",
-            Error::Config(_) | Error::Io { .. } | Error::State { .. } | Error::Serve { .. } => "agent",
+            Error::Config(_) | Error::Io { .. } | Error::State { .. } | Error::Serve { .. } => {
+                "agent"
+            }
         }
     }
 }

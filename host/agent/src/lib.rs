@@ -133,7 +133,10 @@ impl Agent {
     pub fn open(config: AgentConfig, runtime: Runtime) -> Result<Agent, Error> {
         config.validate()?;
         let state = StateDir::open(&config.dir)?;
-        let id_dir = config.identity_dir.clone().unwrap_or_else(|| config.dir.clone());
+        let id_dir = config
+            .identity_dir
+            .clone()
+            .unwrap_or_else(|| config.dir.clone());
         std::fs::create_dir_all(&id_dir).map_err(error::io(&id_dir))?;
         let identity = DeviceIdentity::load_or_create(&id_dir, &config.device_id)
             .map_err(|e| Error::Config(format!("device key: {e}")))?;
@@ -188,10 +191,14 @@ impl Agent {
             stop: (Mutex::new(false), Condvar::new()),
         });
         // Serve the last known good bundle; fall back to the one before it.
-        for candidate in [disk.current.clone(), disk.previous.clone()].into_iter().flatten() {
+        for candidate in [disk.current.clone(), disk.previous.clone()]
+            .into_iter()
+            .flatten()
+        {
             match inner.load(&candidate) {
                 Ok(slot) => {
-                    *inner.serving.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(slot));
+                    *inner.serving.write().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Arc::new(slot));
                     if Some(&candidate) != disk.current.as_ref() {
                         let mut d = lock(&inner.disk);
                         d.current = Some(candidate);
@@ -318,11 +325,17 @@ impl Inner {
     }
 
     fn serving(&self) -> Option<Arc<Slot>> {
-        self.serving.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.serving
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn swap(&self, slot: Option<Arc<Slot>>) -> Option<Arc<Slot>> {
-        std::mem::replace(&mut *self.serving.write().unwrap_or_else(|p| p.into_inner()), slot)
+        std::mem::replace(
+            &mut *self.serving.write().unwrap_or_else(|p| p.into_inner()),
+            slot,
+        )
     }
 
     fn set_state(&self, state: UpdateState, target: Option<String>) {
@@ -385,12 +398,21 @@ impl Inner {
         })
     }
 
-    fn predict(&self, name: Option<&str>, version: Option<&str>, input: Input) -> Result<Prediction, PredictError> {
+    fn predict(
+        &self,
+        name: Option<&str>,
+        version: Option<&str>,
+        input: Input,
+    ) -> Result<Prediction, PredictError> {
         let slot = self.serving().ok_or(PredictError::NotReady)?;
         let i = &slot.installed;
         if name.is_some_and(|n| n != i.model) || version.is_some_and(|v| v != i.version) {
             return Err(PredictError::UnknownModel {
-                asked: format!("{}{}", name.unwrap_or(""), version.map(|v| format!(" {v}")).unwrap_or_default()),
+                asked: format!(
+                    "{}{}",
+                    name.unwrap_or(""),
+                    version.map(|v| format!(" {v}")).unwrap_or_default()
+                ),
                 serving: format!("{} {}", i.model, i.version),
             });
         }
@@ -409,9 +431,15 @@ impl Inner {
         let token = self.config.enrolment_token()?.ok_or_else(|| {
             Error::Config("the device is not enrolled and no enrolment token is configured (enrolment_token_file)".into())
         })?;
-        edgeml_telemetry::enrol_device(self.client.http(), self.client.base(), &token, &self.identity)
-            .map_err(Error::Server)?;
-        self.state.write(&self.state.path("enrolled"), self.config.server.as_bytes())?;
+        edgeml_telemetry::enrol_device(
+            self.client.http(),
+            self.client.base(),
+            &token,
+            &self.identity,
+        )
+        .map_err(Error::Server)?;
+        self.state
+            .write(&self.state.path("enrolled"), self.config.server.as_bytes())?;
         self.enrolled.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -478,9 +506,17 @@ impl Inner {
         outcome
     }
 
-    fn act(&self, release: &Release, state: RolloutState, reason: Option<&str>) -> Result<PollOutcome, Error> {
+    fn act(
+        &self,
+        release: &Release,
+        state: RolloutState,
+        reason: Option<&str>,
+    ) -> Result<PollOutcome, Error> {
         let disk = lock(&self.disk).clone();
-        let on_release = disk.current.as_ref().is_some_and(|c| c.sha256 == release.bundle.sha256);
+        let on_release = disk
+            .current
+            .as_ref()
+            .is_some_and(|c| c.sha256 == release.bundle.sha256);
         match state {
             RolloutState::Halted if on_release => {
                 let Some(previous) = disk.previous.clone() else {
@@ -495,7 +531,11 @@ impl Inner {
                     self.state.write_json("state.json", &*d)?;
                 }
                 let e = Error::Halted(reason.unwrap_or("no reason given").to_string());
-                self.set_error(UpdateState::RolledBack, Some(release.model_version.to_string()), &e);
+                self.set_error(
+                    UpdateState::RolledBack,
+                    Some(release.model_version.to_string()),
+                    &e,
+                );
                 return Ok(PollOutcome::RolledBack(previous));
             }
             RolloutState::Halted | RolloutState::Paused => return Ok(PollOutcome::Waiting),
@@ -528,20 +568,31 @@ impl Inner {
         };
         self.set_state(UpdateState::Downloading, Some(target.version.clone()));
         self.send_report();
-        let bytes = self.client.download(&self.state, release, &self.config.download)?;
+        let bytes = self
+            .client
+            .download(&self.state, release, &self.config.download)?;
         // Verify before anything else touches it: publisher signatures
         // (root's keys and threshold), digests, and the manifest naming
         // the release's model and version.
         let policy = lock(&self.trusted).root().publisher_policy()?;
-        let verified = self.runtime.verify(bytes.clone(), &policy).map_err(|source| Error::Model {
-            version: target.version.clone(),
-            source,
-        })?;
+        let verified = self
+            .runtime
+            .verify(bytes.clone(), &policy)
+            .map_err(|source| Error::Model {
+                version: target.version.clone(),
+                source,
+            })?;
         release.check_manifest(verified.manifest())?;
         // Stage: the bundle on disk, and a marker saying an update is in flight.
-        self.state.write(&self.state.bundle_path(&target.sha256), &bytes)?;
+        self.state
+            .write(&self.state.bundle_path(&target.sha256), &bytes)?;
         let _ = std::fs::remove_file(self.state.part_path(&target.sha256));
-        self.state.write_json("pending.json", &Pending { target: target.clone() })?;
+        self.state.write_json(
+            "pending.json",
+            &Pending {
+                target: target.clone(),
+            },
+        )?;
         let fail = |e: Error| -> Error {
             let mut d = lock(&self.disk);
             d.failed.insert(target.sha256.clone());
@@ -569,7 +620,10 @@ impl Inner {
         let watch = &self.config.health;
         let until = Instant::now() + watch.watch;
         loop {
-            let (requests, errors) = (slot.requests.load(Ordering::Relaxed), slot.errors.load(Ordering::Relaxed));
+            let (requests, errors) = (
+                slot.requests.load(Ordering::Relaxed),
+                slot.errors.load(Ordering::Relaxed),
+            );
             let unhealthy = requests >= watch.min_requests.max(1)
                 && errors as f64 > watch.max_error_rate * requests as f64;
             if unhealthy {

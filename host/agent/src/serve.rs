@@ -63,7 +63,10 @@ impl Server {
                         "the inference API has no authentication; listen on loopback or a Unix socket, or set serve.insecure_listen_any = true".into(),
                     ));
                 }
-                Listener::Tcp(rt.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| fail(e.to_string()))?)
+                Listener::Tcp(
+                    rt.block_on(tokio::net::TcpListener::bind(addr))
+                        .map_err(|e| fail(e.to_string()))?,
+                )
             }
         };
         let addr = match &listener {
@@ -81,9 +84,13 @@ impl Server {
                         let _ = stopped.await;
                     };
                     let _ = match listener {
-                        Listener::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+                        Listener::Tcp(l) => {
+                            axum::serve(l, app).with_graceful_shutdown(shutdown).await
+                        }
                         #[cfg(unix)]
-                        Listener::Unix(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+                        Listener::Unix(l) => {
+                            axum::serve(l, app).with_graceful_shutdown(shutdown).await
+                        }
                     };
                 });
             })
@@ -119,8 +126,14 @@ fn router(inner: Arc<Inner>, max_body: usize) -> Router {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata_v))
-        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(inner)
@@ -154,13 +167,19 @@ fn datatype(d: Dtype) -> &'static str {
 
 fn metadata(inner: &Inner, name: &str, version: Option<&str>) -> Response {
     let Some(slot) = inner.serving() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no model is being served yet");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no model is being served yet",
+        );
     };
     let i = &slot.installed;
     if name != i.model || version.is_some_and(|v| v != i.version) {
         return error(
             StatusCode::NOT_FOUND,
-            format!("model `{name}` is not served here; this agent serves {} {}", i.model, i.version),
+            format!(
+                "model `{name}` is not served here; this agent serves {} {}",
+                i.model, i.version
+            ),
         );
     }
     let m = slot.model.manifest();
@@ -185,13 +204,20 @@ async fn model_metadata(State(inner): St, Path(name): Path<String>) -> Response 
     metadata(&inner, &name, None)
 }
 
-async fn model_metadata_v(State(inner): St, Path((name, version)): Path<(String, String)>) -> Response {
+async fn model_metadata_v(
+    State(inner): St,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
     metadata(&inner, &name, Some(&version))
 }
 
 fn model_is_ready(inner: &Inner, name: &str, version: Option<&str>) -> StatusCode {
     match inner.serving() {
-        Some(s) if s.installed.model == name && version.is_none_or(|v| v == s.installed.version) => StatusCode::OK,
+        Some(s)
+            if s.installed.model == name && version.is_none_or(|v| v == s.installed.version) =>
+        {
+            StatusCode::OK
+        }
         Some(_) => StatusCode::NOT_FOUND,
         None => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -201,7 +227,10 @@ async fn model_ready(State(inner): St, Path(name): Path<String>) -> StatusCode {
     model_is_ready(&inner, &name, None)
 }
 
-async fn model_ready_v(State(inner): St, Path((name, version)): Path<(String, String)>) -> StatusCode {
+async fn model_ready_v(
+    State(inner): St,
+    Path((name, version)): Path<(String, String)>,
+) -> StatusCode {
     model_is_ready(&inner, &name, Some(&version))
 }
 
@@ -261,9 +290,17 @@ fn to_input(req: InferRequest) -> Result<Input, String> {
         flatten(&t.data, &mut flat);
         let want: u64 = t.shape.iter().product();
         if flat.len() as u64 != want {
-            return Err(format!("input `{}`: shape {:?} needs {want} values, got {}", t.name, t.shape, flat.len()));
+            return Err(format!(
+                "input `{}`: shape {:?} needs {want} values, got {}",
+                t.name,
+                t.shape,
+                flat.len()
+            ));
         }
-        let num = |v: &Value| v.as_f64().ok_or_else(|| format!("input `{}` has a non-number value", t.name));
+        let num = |v: &Value| {
+            v.as_f64()
+                .ok_or_else(|| format!("input `{}` has a non-number value", t.name))
+        };
         let (dtype, data) = match t.datatype.as_str() {
             "FP32" => (Dtype::F32, flat.iter().map(|v| num(v).map(|x| (x as f32).to_le_bytes().to_vec())).collect::<Result<Vec<_>, _>>()?),
             "FP64" => (Dtype::F64, flat.iter().map(|v| num(v).map(|x| x.to_le_bytes().to_vec())).collect::<Result<Vec<_>, _>>()?),
@@ -285,10 +322,18 @@ fn to_input(req: InferRequest) -> Result<Input, String> {
 fn values(t: &Tensor) -> Vec<Value> {
     let chunks = t.data.chunks_exact(t.dtype.size());
     match t.dtype {
-        Dtype::F32 => chunks.map(|c| json!(f32::from_le_bytes(c.try_into().unwrap_or([0; 4])))).collect(),
-        Dtype::F64 => chunks.map(|c| json!(f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect(),
-        Dtype::I32 => chunks.map(|c| json!(i32::from_le_bytes(c.try_into().unwrap_or([0; 4])))).collect(),
-        Dtype::I64 => chunks.map(|c| json!(i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect(),
+        Dtype::F32 => chunks
+            .map(|c| json!(f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
+            .collect(),
+        Dtype::F64 => chunks
+            .map(|c| json!(f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+            .collect(),
+        Dtype::I32 => chunks
+            .map(|c| json!(i32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
+            .collect(),
+        Dtype::I64 => chunks
+            .map(|c| json!(i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+            .collect(),
         Dtype::U8 => t.data.iter().map(|b| json!(b)).collect(),
     }
 }
@@ -310,7 +355,12 @@ fn to_response(p: &Prediction, model: &str, version: &str, id: Option<String>) -
     body
 }
 
-async fn run(inner: Arc<Inner>, name: String, version: Option<String>, body: axum::body::Bytes) -> Response {
+async fn run(
+    inner: Arc<Inner>,
+    name: String,
+    version: Option<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let req: InferRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("inference request: {e}")),
@@ -328,7 +378,10 @@ async fn run(inner: Arc<Inner>, name: String, version: Option<String>, body: axu
     .await;
     match job {
         Ok((Ok(p), Some(i))) => Json(to_response(&p, &i.model, &i.version, id)).into_response(),
-        Ok((Ok(_), None)) | Ok((Err(PredictError::NotReady), _)) => error(StatusCode::SERVICE_UNAVAILABLE, "no model is being served yet"),
+        Ok((Ok(_), None)) | Ok((Err(PredictError::NotReady), _)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no model is being served yet",
+        ),
         Ok((Err(e @ PredictError::UnknownModel { .. }), _)) => error(StatusCode::NOT_FOUND, e),
         Ok((Err(PredictError::Model(e)), _)) => {
             let status = match e {
@@ -339,7 +392,10 @@ async fn run(inner: Arc<Inner>, name: String, version: Option<String>, body: axu
             };
             error(status, e)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("inference task failed: {e}"),
+        ),
     }
 }
 
@@ -347,6 +403,10 @@ async fn infer(State(inner): St, Path(name): Path<String>, body: axum::body::Byt
     run(inner, name, None, body).await
 }
 
-async fn infer_v(State(inner): St, Path((name, version)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
+async fn infer_v(
+    State(inner): St,
+    Path((name, version)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
     run(inner, name, Some(version), body).await
 }
