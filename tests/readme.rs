@@ -137,3 +137,48 @@ fn readme_monitoring_walkthrough_runs() {
         assert!(tmp.path().join("export").join(f).is_file(), "{f}");
     }
 }
+
+/// The "## Fleet" section's `sh` blocks, run as one script in a fresh
+/// directory: a fleet server and two agents in the background, a staged
+/// rollout, and an automatic rollback.
+#[test]
+fn readme_fleet_walkthrough_runs() {
+    let readme = String::from_utf8(read(repo().join("README.md"))).unwrap();
+    let section = readme.split("\n## Fleet").nth(1).expect("fleet section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut script =
+        String::from("set -e\ntrap 'kill $agent1 $agent2 $server 2>/dev/null || true' EXIT\n");
+    for block in section.split("```sh\n").skip(1) {
+        script.push_str(block.split("\n```").next().unwrap());
+        script.push('\n');
+    }
+    assert!(script.contains("edgeml push") && script.contains("edgeml agent"));
+    let (tmp, path) = shell_dir();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(tmp.path())
+        .env("PATH", &path)
+        .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the fleet walkthrough failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The gateway answered over KServe v2 before and after the rollback.
+    assert!(stdout.contains("\"model_version\":\"1.0.0\""), "{stdout}");
+    assert!(stdout.contains("\"model_version\":\"1.1.0\""), "{stdout}");
+    assert!(stdout.contains("\"label\":\"7\""), "{stdout}");
+    // The bad release was halted after a self-test rollback; both devices serve 1.1.0.
+    assert!(
+        stdout.contains("rollout halted") && stdout.contains("self-test `000.png` failed"),
+        "{stdout}"
+    );
+    let last = stdout.rsplit("DEVICE").next().unwrap();
+    assert_eq!(last.matches(" 1.1.0 ").count() >= 2, true, "{stdout}");
+    assert!(!last.contains("1.2.0      installed"), "{stdout}");
+    assert!(stdout.contains("published root version 2"), "{stdout}");
+}
