@@ -87,32 +87,9 @@ fn readme_walkthrough_commands_run() {
 /// directory, the collector in the background as the README has it.
 #[test]
 fn readme_monitoring_walkthrough_runs() {
-    let readme = String::from_utf8(read(repo().join("README.md"))).unwrap();
-    let section = readme
-        .split("\n## Monitoring")
-        .nth(1)
-        .expect("monitoring section");
-    let section = section.split("\n## ").next().unwrap();
-    let mut script = String::from("set -e\ntrap 'kill $collector 2>/dev/null || true' EXIT\n");
-    for block in section.split("```sh\n").skip(1) {
-        script.push_str(block.split("\n```").next().unwrap());
-        script.push('\n');
-    }
-    assert!(script.contains("edgeml collector serve") && script.contains("edgeml replay"));
-    let (tmp, path) = shell_dir();
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(tmp.path())
-        .env("PATH", &path)
-        .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the monitoring walkthrough failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (tmp, stdout) = run_section(
+        "Monitoring",
+        "set -e\ntrap 'kill $collector 2>/dev/null || true' EXIT\n",
     );
     // The live data is not flagged, the shifted data is, on the device and at the collector.
     let local: Vec<&str> = stdout
@@ -143,31 +120,11 @@ fn readme_monitoring_walkthrough_runs() {
 /// rollout, and an automatic rollback.
 #[test]
 fn readme_fleet_walkthrough_runs() {
-    let readme = String::from_utf8(read(repo().join("README.md"))).unwrap();
-    let section = readme.split("\n## Fleet").nth(1).expect("fleet section");
-    let section = section.split("\n## ").next().unwrap();
-    let mut script =
-        String::from("set -e\ntrap 'kill $agent1 $agent2 $server 2>/dev/null || true' EXIT\n");
-    for block in section.split("```sh\n").skip(1) {
-        script.push_str(block.split("\n```").next().unwrap());
-        script.push('\n');
-    }
-    assert!(script.contains("edgeml push") && script.contains("edgeml agent"));
-    let (tmp, path) = shell_dir();
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(tmp.path())
-        .env("PATH", &path)
-        .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the fleet walkthrough failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_tmp, stdout) = run_section(
+        "Fleet",
+        "set -e\ntrap 'kill $agent1 $agent2 $server 2>/dev/null || true' EXIT\n",
     );
+    assert!(stdout.contains("pushed digits 1.2.0"), "{stdout}");
     // The gateway answered over KServe v2 before and after the rollback.
     assert!(stdout.contains("\"model_version\":\"1.0.0\""), "{stdout}");
     assert!(stdout.contains("\"model_version\":\"1.1.0\""), "{stdout}");
@@ -181,4 +138,37 @@ fn readme_fleet_walkthrough_runs() {
     assert_eq!(last.matches(" 1.1.0 ").count() >= 2, true, "{stdout}");
     assert!(!last.contains("1.2.0      installed"), "{stdout}");
     assert!(stdout.contains("published root version 2"), "{stdout}");
+}
+
+/// Run a README section's `sh` blocks as one script in a fresh directory
+/// (with `prelude` first); returns the directory and stdout, failing the
+/// test on a non-zero exit.
+fn run_section(heading: &str, prelude: &str) -> (tempfile::TempDir, String) {
+    let readme = String::from_utf8(read(repo().join("README.md"))).unwrap();
+    let section = readme
+        .split(&format!("\n## {heading}"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `## {heading}` section"));
+    let section = section.split("\n## ").next().unwrap();
+    let mut script = String::from(prelude);
+    for block in section.split("```sh\n").skip(1) {
+        script.push_str(block.split("\n```").next().unwrap());
+        script.push('\n');
+    }
+    let (tmp, path) = shell_dir();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(tmp.path())
+        .env("PATH", &path)
+        .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the {heading} walkthrough failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (tmp, stdout)
 }
