@@ -165,16 +165,14 @@ fn current(s: &FleetServer, channel: &str) -> Result<Option<Release>> {
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
     }
-    let view: ChannelView = send_ok(resp)?.json().context("channel view")?;
-    Ok(Some(view.release.payload_unverified()?))
-}
-
-fn send_ok(resp: reqwest::blocking::Response) -> Result<reqwest::blocking::Response> {
-    if resp.status().is_success() {
-        Ok(resp)
-    } else {
-        bail!("fleet server answered {}", resp.status())
+    if !resp.status().is_success() {
+        bail!(
+            "reading channel `{channel}`: fleet server answered {}",
+            resp.status()
+        );
     }
+    let view: ChannelView = resp.json().context("channel view")?;
+    Ok(Some(view.release.payload_unverified()?))
 }
 
 fn publish(s: &FleetServer, release: &Release, opts: &ReleaseOptions) -> Result<()> {

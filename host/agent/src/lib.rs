@@ -462,20 +462,17 @@ impl Inner {
     fn poll(&self) -> Result<PollOutcome, Error> {
         let _one = lock(&self.polling);
         let result = self.poll_inner();
-        match &result {
-            Ok(PollOutcome::NotModified) => {}
-            Ok(_) => {}
-            Err(e) => {
-                let (state, target) = {
-                    let s = lock(&self.status);
-                    (s.state, s.target.clone())
-                };
-                let state = match state {
-                    UpdateState::RolledBack | UpdateState::Recovered => state,
-                    _ => UpdateState::Failed,
-                };
-                self.set_error(state, target, e);
-            }
+        if let Err(e) = &result {
+            let (state, target) = {
+                let s = lock(&self.status);
+                (s.state, s.target.clone())
+            };
+            // A rollback or recovery stays the state; anything else failed this poll.
+            let state = match state {
+                UpdateState::RolledBack | UpdateState::Recovered => state,
+                _ => UpdateState::Failed,
+            };
+            self.set_error(state, target, e);
         }
         self.send_report();
         result
