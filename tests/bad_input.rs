@@ -190,3 +190,56 @@ fn rejects_malformed_json_input() {
         "{err:?}"
     );
 }
+
+/// Random and mutated PNG and WAV bytes through the image and voice
+/// components: a typed error (or a prediction, for a mutation the decoder
+/// tolerates), never a panic in the host, and the model serves the next
+/// real input. The decoders run inside the guest, so a decoder panic would
+/// surface as `Error::Trap`; that is refused too: they must return errors.
+#[test]
+fn random_media_gets_a_typed_error() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as PtConfig, TestRunner};
+    let rt = runtime();
+    let (_, image) = load(&DIGITS_IMAGE, &rt);
+    let (_, voice) = load(&VAD, &rt);
+    let png = read(model_path("digits/holdout/000.png"));
+    let wav = read(model_path("vad/speech.wav"));
+    let mut runner = TestRunner::new(PtConfig::with_cases(64));
+    let strategy = (
+        proptest::collection::vec(any::<u8>(), 0..256),
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        any::<prop::sample::Index>(),
+    );
+    runner
+        .run(&strategy, |(noise, flips, cut)| {
+            for (model, media_type, good) in [
+                (&image, "image/png", &png),
+                (&voice, "audio/wav", &wav),
+            ] {
+                // Noise, and a real file with bytes flipped and cut short.
+                let mut mutated = good.clone();
+                for (i, x) in &flips {
+                    let at = i.index(mutated.len());
+                    mutated[at] ^= x;
+                }
+                mutated.truncate(cut.index(mutated.len() + 1));
+                for bytes in [noise.clone(), mutated] {
+                    match model.predict(media(media_type, bytes)) {
+                        Ok(_) | Err(Error::Decode(_)) | Err(Error::InvalidInput(_)) => {}
+                        Err(e) => {
+                            return Err(TestCaseError::fail(format!("{media_type}: {e:?}")))
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    model_still_serves(&image, &png);
+}
+
+fn model_still_serves(model: &edgeml_runtime::Model, png: &[u8]) {
+    let p = model.predict(media("image/png", png.to_vec())).unwrap();
+    assert_eq!(p.scores.unwrap()[0].label, "7");
+}

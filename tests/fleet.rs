@@ -17,19 +17,19 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-const ADMIN: &str = "fleet-admin-token";
-const ENROL: &str = "fleet-enrolment-token";
+pub(crate) const ADMIN: &str = "fleet-admin-token";
+pub(crate) const ENROL: &str = "fleet-enrolment-token";
 
-struct Fleet {
-    dir: tempfile::TempDir,
-    server: Option<Server>,
-    root_key: SecretKey,
-    release: Vec<SecretKey>,
-    publisher: SecretKey,
-    http: reqwest::blocking::Client,
+pub(crate) struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub server: Option<Server>,
+    pub root_key: SecretKey,
+    pub release: Vec<SecretKey>,
+    pub publisher: SecretKey,
+    pub http: reqwest::blocking::Client,
 }
 
-fn in_days(d: i64) -> String {
+pub(crate) fn in_days(d: i64) -> String {
     let t = if d >= 0 {
         SystemTime::now() + Duration::from_secs(d as u64 * 86400)
     } else {
@@ -40,7 +40,7 @@ fn in_days(d: i64) -> String {
 
 /// One runtime for every in-process agent without telemetry: components
 /// compile once into a shared cache.
-fn runtime() -> Runtime {
+pub(crate) fn runtime() -> Runtime {
     static RT: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
         let mut c = Config::new();
@@ -51,16 +51,20 @@ fn runtime() -> Runtime {
 }
 
 impl Fleet {
-    fn new() -> Fleet {
+    pub(crate) fn new() -> Fleet {
         Fleet::with_canary(|_| {})
     }
 
-    fn with_canary(edit: impl FnOnce(&mut edgeml_collector::CanaryPolicy)) -> Fleet {
+    pub(crate) fn with_canary(edit: impl FnOnce(&mut edgeml_collector::CanaryPolicy)) -> Fleet {
+        Fleet::with_settings(|s| edit(&mut s.fleet.canary))
+    }
+
+    pub(crate) fn with_settings(edit: impl FnOnce(&mut Settings)) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::new(ADMIN, ENROL);
         settings.fleet.bundle_dir = Some(dir.path().join("bundles"));
         settings.fleet.canary.interval = Duration::from_millis(300);
-        edit(&mut settings.fleet.canary);
+        edit(&mut settings);
         let store = SqliteStore::open(&dir.path().join("fleet.db")).unwrap();
         let server = Server::start(store, settings, "127.0.0.1:0".parse().unwrap()).unwrap();
         let f = Fleet {
@@ -77,12 +81,12 @@ impl Fleet {
         f
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.server.as_ref().unwrap().url()
     }
 
     /// Root v1: one root key; release keys 2 of 3; one publisher.
-    fn root_v1(&self) -> Envelope {
+    pub(crate) fn root_v1(&self) -> Envelope {
         let rel: Vec<_> = self.release.iter().map(|k| k.public_key()).collect();
         let root = Root::new(
             1,
@@ -94,7 +98,7 @@ impl Fleet {
         Envelope::sign(&root, &[&self.root_key]).unwrap()
     }
 
-    fn put(&self, path: &str, body: Vec<u8>) -> Result<serde_json::Value, String> {
+    pub(crate) fn put(&self, path: &str, body: Vec<u8>) -> Result<serde_json::Value, String> {
         let resp = self
             .http
             .put(format!("{}{path}", self.url()))
@@ -111,11 +115,11 @@ impl Fleet {
         }
     }
 
-    fn store(&self) -> SqliteStore {
+    pub(crate) fn store(&self) -> SqliteStore {
         SqliteStore::open(&self.dir.path().join("fleet.db")).unwrap()
     }
 
-    fn upload(&self, bundle: &[u8]) -> BundleRef {
+    pub(crate) fn upload(&self, bundle: &[u8]) -> BundleRef {
         let sha256 = hex::encode(Sha256::digest(bundle));
         self.put(&format!("/v1/fleet/bundles/{sha256}"), bundle.to_vec())
             .unwrap();
@@ -125,14 +129,14 @@ impl Fleet {
         }
     }
 
-    fn next_version(&self) -> u64 {
+    pub(crate) fn next_version(&self) -> u64 {
         self.store()
             .release("stable")
             .unwrap()
             .map_or(1, |r| r.version + 1)
     }
 
-    fn release_for(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
+    pub(crate) fn release_for(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
         let bref = self.upload(bundle);
         Release {
             kind: "release".into(),
@@ -148,7 +152,7 @@ impl Fleet {
     }
 
     /// What `edgeml push` does, through the real server.
-    fn push(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
+    pub(crate) fn push(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
         let r = self.release_for(bundle, model_version, percent);
         let env = Envelope::sign(&r, &[&self.release[0], &self.release[1]]).unwrap();
         self.put("/v1/fleet/channels/stable/release", env.to_vec())
@@ -158,22 +162,22 @@ impl Fleet {
 
     /// Put release metadata in the server's database without the server's
     /// checks: what a compromised server would serve.
-    fn inject(&self, r: &Release, keys: &[&SecretKey]) {
+    pub(crate) fn inject(&self, r: &Release, keys: &[&SecretKey]) {
         let env = Envelope::sign(r, keys).unwrap();
         self.store()
             .put_release(r, &String::from_utf8(env.to_vec()).unwrap(), 0)
             .unwrap();
     }
 
-    fn signed(&self, spec: &Spec, version: &str) -> Vec<u8> {
+    pub(crate) fn signed(&self, spec: &Spec, version: &str) -> Vec<u8> {
         self.sign(pack_custom(spec, version, None, Vec::new(), |_| {}))
     }
 
-    fn sign(&self, bundle: Vec<u8>) -> Vec<u8> {
+    pub(crate) fn sign(&self, bundle: Vec<u8>) -> Vec<u8> {
         edgeml_bundle::sign(&bundle, &self.publisher).unwrap()
     }
 
-    fn agent_config(&self, id: &str) -> AgentConfig {
+    pub(crate) fn agent_config(&self, id: &str) -> AgentConfig {
         let mut c = AgentConfig::new(
             id,
             self.dir.path().join("devices").join(id),
@@ -188,25 +192,25 @@ impl Fleet {
         c
     }
 
-    fn agent(&self, id: &str) -> Agent {
+    pub(crate) fn agent(&self, id: &str) -> Agent {
         Agent::open(self.agent_config(id), runtime()).expect("agent")
     }
 
-    fn channel_state(&self) -> (RolloutState, Option<String>) {
+    pub(crate) fn channel_state(&self) -> (RolloutState, Option<String>) {
         let r = self.store().release("stable").unwrap().unwrap();
         (r.state, r.reason)
     }
 }
 
-fn version_of(agent: &Agent) -> Option<String> {
+pub(crate) fn version_of(agent: &Agent) -> Option<String> {
     agent.status().installed.map(|i| i.version)
 }
 
-fn png(i: usize) -> Vec<u8> {
+pub(crate) fn png(i: usize) -> Vec<u8> {
     read(model_path(&format!("digits/holdout/{i:03}.png")))
 }
 
-fn predicts(agent: &Agent) -> String {
+pub(crate) fn predicts(agent: &Agent) -> String {
     let p = agent
         .predict(edgeml_runtime::Input::Media {
             media_type: "image/png".into(),
@@ -217,7 +221,7 @@ fn predicts(agent: &Agent) -> String {
 }
 
 /// A fleet with one agent serving digits 1.0.0.
-fn on_v1() -> (Fleet, Agent) {
+pub(crate) fn on_v1() -> (Fleet, Agent) {
     let f = Fleet::new();
     f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
     let a = f.agent("gw-1");
@@ -227,7 +231,7 @@ fn on_v1() -> (Fleet, Agent) {
 }
 
 /// After an attack: still serving 1.0.0 and answering.
-fn still_serving_v1(a: &Agent) {
+pub(crate) fn still_serving_v1(a: &Agent) {
     assert_eq!(version_of(a).as_deref(), Some("1.0.0"));
     assert_eq!(predicts(a), "7");
 }
@@ -401,7 +405,7 @@ fn rejects_root_rotation_without_old_root_signatures() {
 }
 
 /// Overwrite the stored bundle for `r` with `bytes` (a compromised mirror).
-fn replace_blob(f: &Fleet, r: &Release, bytes: &[u8]) {
+pub(crate) fn replace_blob(f: &Fleet, r: &Release, bytes: &[u8]) {
     let path = f
         .dir
         .path()
@@ -460,7 +464,7 @@ fn rejects_corrupted_download() {
 
 /// A hostile mirror in front of the fleet server: bundle downloads get
 /// `serve`'s treatment, everything else is forwarded.
-fn hostile_proxy(upstream: String, serve: fn(&mut std::net::TcpStream, &[u8])) -> String {
+pub(crate) fn hostile_proxy(upstream: String, serve: fn(&mut std::net::TcpStream, &[u8])) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -474,7 +478,12 @@ fn hostile_proxy(upstream: String, serve: fn(&mut std::net::TcpStream, &[u8])) -
             }
             let head = String::from_utf8_lossy(&head).to_string();
             let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let upstream_resp = http.get(format!("{upstream}{path}")).send().unwrap();
+            // A mirror holds the bundles: it fetches them with its own credentials.
+            let upstream_resp = http
+                .get(format!("{upstream}{path}"))
+                .bearer_auth(ADMIN)
+                .send()
+                .unwrap();
             let status = upstream_resp.status().as_u16();
             let etag = upstream_resp
                 .headers()
@@ -500,7 +509,7 @@ fn hostile_proxy(upstream: String, serve: fn(&mut std::net::TcpStream, &[u8])) -
     format!("http://{addr}")
 }
 
-fn proxied_agent(f: &Fleet, proxy: String, timeout: Duration) -> Agent {
+pub(crate) fn proxied_agent(f: &Fleet, proxy: String, timeout: Duration) -> Agent {
     let mut c = f.agent_config("gw-1");
     c.server = proxy;
     c.download.timeout = timeout;
@@ -604,7 +613,7 @@ fn rejects_truncated_download_then_resumes_with_range() {
     assert!(!part.exists());
 }
 
-fn self_test_png(label: &str) -> SelfTest {
+pub(crate) fn self_test_png(label: &str) -> SelfTest {
     use base64::Engine as _;
     SelfTest {
         name: "000.png".into(),
@@ -714,7 +723,7 @@ fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts
     );
 }
 
-fn telemetry_runtime(f: &Fleet, id: &str) -> (Runtime, edgeml_runtime::Telemetry) {
+pub(crate) fn telemetry_runtime(f: &Fleet, id: &str) -> (Runtime, edgeml_runtime::Telemetry) {
     let mut tc = edgeml_runtime::TelemetryConfig::new(id, f.dir.path().join("telemetry").join(id));
     tc.window = Duration::from_millis(500);
     let mut cc = edgeml_runtime::telemetry::CollectorConfig::new(f.url());
@@ -778,7 +787,7 @@ fn high_error_rate_halts_the_canary_and_devices_roll_back() {
     }
 }
 
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -786,7 +795,7 @@ fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn device_report(f: &Fleet, id: &str) -> Option<edgeml_fleet::wire::StatusReport> {
+pub(crate) fn device_report(f: &Fleet, id: &str) -> Option<edgeml_fleet::wire::StatusReport> {
     f.store()
         .fleet_devices()
         .unwrap()
@@ -795,7 +804,7 @@ fn device_report(f: &Fleet, id: &str) -> Option<edgeml_fleet::wire::StatusReport
         .map(|d| d.status)
 }
 
-fn write_agent_toml(f: &Fleet, path: &Path, port: u16) {
+pub(crate) fn write_agent_toml(f: &Fleet, path: &Path, port: u16) {
     std::fs::write(f.dir.path().join("enrol.token"), ENROL).unwrap();
     std::fs::write(
         path,
@@ -807,7 +816,7 @@ fn write_agent_toml(f: &Fleet, path: &Path, port: u16) {
     .unwrap();
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -885,4 +894,267 @@ fn agent_killed_mid_update_restarts_on_last_known_good() {
     assert_eq!(meta["versions"], serde_json::json!(["1.0.0"]));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Root `version` with the given release keys (2 of them needed), signed by the root key.
+fn root_with_release_keys(f: &Fleet, version: u64, release: &[&SecretKey]) -> Envelope {
+    let rel: Vec<_> = release.iter().map(|k| k.public_key()).collect();
+    let root = Root::new(
+        version,
+        SystemTime::now() + Duration::from_secs(365 * 86400),
+        (&[f.root_key.public_key()], 1),
+        (&rel, 2),
+        (&[f.publisher.public_key()], 1),
+    );
+    Envelope::sign(&root, &[&f.root_key]).unwrap()
+}
+
+#[test]
+fn recovers_from_fast_forward_after_release_key_rotation() {
+    let (f, a) = on_v1();
+    // A threshold of release keys leaks; the attacker publishes version 2^62
+    // (through a compromised server) and the device accepts it: it is validly signed.
+    let mut r = f.store().release("stable").unwrap().unwrap().release;
+    r.version = 1 << 62;
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
+    assert!(matches!(a.poll(), Ok(PollOutcome::UpToDate)));
+    // The operator rotates the release keys away in root version 2 and
+    // publishes 1.1.0 under the new keys with an honest version number.
+    let new_keys: Vec<SecretKey> = (0..2).map(|_| SecretKey::generate().unwrap()).collect();
+    f.put(
+        "/v1/fleet/roots/2",
+        root_with_release_keys(&f, 2, &[&new_keys[0], &new_keys[1]]).to_vec(),
+    )
+    .unwrap();
+    let mut next = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    next.version = 2;
+    let env = Envelope::sign(&next, &[&new_keys[0], &new_keys[1]]).unwrap();
+    f.put("/v1/fleet/channels/stable/release", env.to_vec())
+        .expect("the server drops the ratchet of metadata signed by rotated-away keys");
+    // The device follows the root, drops the fast-forwarded version, and updates.
+    let outcome = a.poll();
+    assert!(matches!(outcome, Ok(PollOutcome::Installed(_))), "{outcome:?}");
+    assert_eq!(version_of(&a).as_deref(), Some("1.1.0"));
+    assert_eq!(a.status().root_version, 2);
+    // The model-version anti-rollback still holds after the reset.
+    let mut old = f.release_for(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    old.version = 3;
+    f.inject(&old, &[&new_keys[0], &new_keys[1]]);
+    let err = a.poll().unwrap_err();
+    assert!(
+        matches!(err, Error::Metadata(edgeml_fleet::Error::Rollback { .. })),
+        "{err}"
+    );
+    assert_eq!(version_of(&a).as_deref(), Some("1.1.0"));
+}
+
+#[test]
+fn rejects_endless_root_chain() {
+    let (f, a) = on_v1();
+    let limit = edgeml_fleet::MAX_ROOT_UPDATES;
+    for v in 2..=limit + 8 {
+        f.put(
+            &format!("/v1/fleet/roots/{v}"),
+            root_with_release_keys(&f, v, &[&f.release[0], &f.release[1]]).to_vec(),
+        )
+        .unwrap();
+    }
+    let err = a.poll().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::RootChainTooLong { limit: l, reached })
+                if l == limit && reached == limit + 1
+        ),
+        "{err}"
+    );
+    let s = a.status();
+    assert_eq!(s.root_version, limit + 1, "stopped after {limit} rotations");
+    assert_eq!(s.error_kind.as_deref(), Some("root_chain_too_long"));
+    still_serving_v1(&a);
+    // The rest of a legitimate chain is followed on the next poll.
+    a.poll().unwrap();
+    assert_eq!(a.status().root_version, limit + 8);
+}
+
+#[test]
+fn rejects_release_version_out_of_range() {
+    let (f, a) = on_v1();
+    let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    r.version = i64::MAX as u64 + 1;
+    let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
+    let refused = f
+        .put("/v1/fleet/channels/stable/release", env.to_vec())
+        .unwrap_err();
+    assert!(refused.starts_with("422"), "{refused}");
+    assert!(refused.contains("above the largest allowed"), "{refused}");
+    // Served anyway by a compromised server: the device refuses it too.
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
+    let err = a.poll().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::VersionOutOfRange { .. })
+        ),
+        "{err}"
+    );
+    still_serving_v1(&a);
+}
+
+#[test]
+fn detects_freeze_when_server_answers_not_modified() {
+    let f = Fleet::new();
+    let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    // Metadata that expires in a few seconds; the server then keeps
+    // answering 304 Not Modified for it.
+    r.expires = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3))
+        .to_string();
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
+    let a = f.agent("gw-1");
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    assert!(matches!(a.poll(), Ok(PollOutcome::NotModified)));
+    std::thread::sleep(Duration::from_secs(4));
+    let err = a.poll().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::Expired {
+                role: "release",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let s = a.status();
+    assert_eq!(s.error_kind.as_deref(), Some("release_expired"));
+    assert_eq!(
+        device_report(&f, "gw-1").and_then(|r| r.error_kind).as_deref(),
+        Some("release_expired"),
+        "the server sees the freeze"
+    );
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_non_hex_digest() {
+    let (f, a) = on_v1();
+    let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    r.bundle.sha256 = "../../../../etc/passwd".into();
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
+    let err = a.poll().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(edgeml_fleet::Error::InvalidDigest { ref found }) if found == "../../../../etc/passwd"
+        ),
+        "{err}"
+    );
+    assert!(!f.dir.path().join("etc").exists());
+    still_serving_v1(&a);
+}
+
+#[test]
+fn rejects_unauthenticated_bundle_download() {
+    let f = Fleet::new();
+    let r = f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    let url = format!("{}/v1/fleet/bundles/{}", f.url(), r.bundle.sha256);
+    let anonymous = f.http.get(&url).send().unwrap();
+    assert_eq!(anonymous.status(), 401);
+    // Admins get it, streamed with Range and a strong ETag.
+    let part = f
+        .http
+        .get(&url)
+        .bearer_auth(ADMIN)
+        .header("range", "bytes=0-99")
+        .send()
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["etag"].to_str().unwrap(),
+        format!("\"{}\"", r.bundle.sha256)
+    );
+    assert_eq!(part.bytes().unwrap().len(), 100);
+}
+
+#[test]
+fn starts_after_damaged_state_file() {
+    let f = Fleet::new();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    {
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    {
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    // A power cut on a bad flash card: state.json is garbage, root.json too.
+    let dir = f.dir.path().join("devices").join("gw-1");
+    std::fs::write(dir.join("state.json"), b"{\"current\": {\"mod").unwrap();
+    std::fs::write(dir.join("root.json"), b"\0\0\0").unwrap();
+    let a = f.agent("gw-1");
+    let s = a.status();
+    assert_eq!(s.state, UpdateState::Recovered);
+    assert_eq!(s.error_kind.as_deref(), Some("state_discarded"));
+    assert!(
+        s.last_error.as_deref().unwrap().contains("state.json.damaged"),
+        "{:?}",
+        s.last_error
+    );
+    assert!(dir.join("state.json.damaged").exists());
+    // Rebuilt from the verified bundles: the release's 1.1.0 serves, 1.0.0 is the one before.
+    assert_eq!(version_of(&a).as_deref(), Some("1.1.0"));
+    assert_eq!(s.last_good.unwrap().version, "1.1.0");
+    assert_eq!(predicts(&a), "7");
+    assert!(matches!(a.poll(), Ok(PollOutcome::UpToDate)));
+}
+
+#[test]
+fn rejects_tampered_installed_bundle_on_restart() {
+    let f = Fleet::new();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    {
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    let r = f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    {
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    // Someone with access to the disk swaps the installed bundle for another
+    // validly signed one (1.2.0): it is not what the release pinned.
+    let other = f.signed(&DIGITS_IMAGE, "1.2.0");
+    let path = f
+        .dir
+        .path()
+        .join("devices/gw-1/bundles")
+        .join(format!("{}.wasm", r.bundle.sha256));
+    std::fs::write(&path, &other).unwrap();
+    let a = f.agent("gw-1");
+    let s = a.status();
+    assert_eq!(s.error_kind.as_deref(), Some("mix_and_match"), "{:?}", s.last_error);
+    assert_eq!(
+        version_of(&a).as_deref(),
+        Some("1.0.0"),
+        "back on the bundle before it"
+    );
+    assert_eq!(predicts(&a), "7");
+}
+
+#[test]
+fn rejects_zero_canary_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(ADMIN, ENROL);
+    settings.fleet.bundle_dir = Some(dir.path().join("bundles"));
+    settings.fleet.canary.interval = Duration::ZERO;
+    let store = SqliteStore::open(&dir.path().join("fleet.db")).unwrap();
+    let err = Server::start(store, settings, "127.0.0.1:0".parse().unwrap())
+        .err()
+        .expect("a zero interval is refused, not a panic");
+    assert!(
+        matches!(err, edgeml_collector::Error::Settings(ref m) if m.contains("canary interval")),
+        "{err}"
+    );
 }

@@ -139,3 +139,41 @@ fn sandboxed_backend_is_held_to_its_own_memory_limit() {
         "{err:?}"
     );
 }
+
+#[test]
+fn guest_tensor_flood_is_trapped() {
+    // The guest reuses one 1 MiB buffer for every tensor: its own memory
+    // stays small, the host's grows. One budget covers both.
+    let mut config = Config::new();
+    config.max_memory_bytes(64 << 20);
+    let (_rt, model) = hostile(&config);
+    let err = model
+        .predict(media("x-test/tensor-flood", vec![]))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ResourceLimit { what: "memory", limit } if limit == 64 << 20),
+        "{err:?}"
+    );
+    still_serves(&model);
+}
+
+#[test]
+fn guest_context_flood_is_trapped() {
+    for (backend, config) in [("native", Config::new()), ("sandboxed", sandboxed_config())] {
+        let (_rt, model) = hostile(&config);
+        let err = model
+            .predict(media("x-test/context-flood", vec![]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ResourceLimit {
+                    what: "wasi-nn execution contexts",
+                    limit: 4
+                }
+            ),
+            "{backend:?}: {err:?}"
+        );
+        still_serves(&model);
+    }
+}

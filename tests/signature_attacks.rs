@@ -296,3 +296,47 @@ fn keys_round_trip_in_tool_conventions_format() {
         Err(Error::Io { .. })
     ));
 }
+
+#[test]
+fn rejects_signature_flood() {
+    // 65 signers: each signature could cost a check per trusted key, so the
+    // section is refused before any signature is checked.
+    let p = Publisher::new();
+    let mut signed = p.sign(&pack(&DIGITS_GENERIC));
+    for _ in 0..bundle::signature::MAX_TOTAL_SIGNATURES {
+        signed = bundle::sign(&signed, &SecretKey::generate().unwrap()).unwrap();
+    }
+    let err = bundle::verify(signed, &p.policy()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                what: "signatures in the signature section",
+                limit: 64,
+                found: 65
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn rejects_section_flood() {
+    // Millions of tiny sections would cost memory before any check: bounded.
+    let p = Publisher::new();
+    let mut bundle = pack(&DIGITS_GENERIC);
+    for _ in 0..bundle::wasm::MAX_SECTIONS {
+        bundle.extend_from_slice(&[0, 2, 1, b'x']);
+    }
+    let err = bundle::sign(&bundle, &p.key).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                what: "top-level sections",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -5,6 +5,9 @@
 mod common;
 
 mod fleet;
+mod freshness;
+mod local_api;
+mod rollout_evidence;
 
 mod bad_input;
 mod cache;
@@ -14,3 +17,4 @@ mod models;
 mod readme;
 mod signature_attacks;
 mod telemetry;
+mod wasmsign2_interop;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 pub(crate) struct AppState {
     pub store: Arc<dyn Store>,
     pub settings: Arc<Settings>,
+    pub timestamps: Arc<crate::fleet::TimestampCache>,
 }
 
 /// An API error: a status and a reason, sent as `{"error": reason}`.

@@ -19,8 +19,13 @@ use edgeml_fleet::wire::{ChannelView, RolloutAction, RolloutState, StatusReport,
 use edgeml_fleet::{Envelope, TrustedRoot};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use edgeml_bundle::SecretKey;
+use edgeml_fleet::Timestamp;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use tower::ServiceExt as _;
 
 /// Fleet settings.
 #[derive(Debug, Clone)]
@@ -32,6 +37,13 @@ pub struct FleetSettings {
     pub max_bundle_bytes: usize,
     /// The canary gate.
     pub canary: CanaryPolicy,
+    /// The online timestamp key (named in root's timestamp role). When set,
+    /// every channel view carries a timestamp of the current release signed
+    /// with it (default: none).
+    pub timestamp_key: Option<Arc<SecretKey>>,
+    /// How long a timestamp is valid (default 1 day). The server signs a
+    /// new one when half of this has passed.
+    pub timestamp_ttl: Duration,
 }
 
 impl Default for FleetSettings {
@@ -40,6 +52,8 @@ impl Default for FleetSettings {
             bundle_dir: None,
             max_bundle_bytes: 256 << 20,
             canary: CanaryPolicy::default(),
+            timestamp_key: None,
+            timestamp_ttl: Duration::from_secs(86400),
         }
     }
 }
@@ -58,8 +72,44 @@ pub struct CanaryPolicy {
     /// Halt when the new version's largest feature PSI exceeds the old's by
     /// more than this (default 0.25; needs a baseline in the bundles).
     pub psi_margin: f64,
-    /// Halt after this many devices roll the new version back (default 1).
-    pub max_rollbacks: usize,
+    /// Distinct devices whose evidence a halt needs (default 2): devices
+    /// that rolled the new version back, or whose own error rate is above
+    /// the margin. Each device counts once, however much it sends.
+    pub min_devices: usize,
+    /// Or, when set, this share (0 to 1] of the devices the new bundle was
+    /// served to (default unset): lets a one-device canary halt.
+    pub min_share: Option<f64>,
+}
+
+impl CanaryPolicy {
+    /// Check the settings: a zero interval or device count, or a share
+    /// outside (0, 1], is refused.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interval.is_zero() {
+            return Err("the canary interval must be above zero (for example 10s)".into());
+        }
+        if self.min_devices == 0 {
+            return Err("the canary's minimum device count must be at least 1".into());
+        }
+        if let Some(share) = self.min_share {
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(format!("the canary's minimum share {share} is not in (0, 1]"));
+            }
+        }
+        if !(self.error_rate_margin >= 0.0 && self.psi_margin >= 0.0) {
+            return Err("the canary margins must be zero or above".into());
+        }
+        Ok(())
+    }
+
+    /// Whether evidence from `devices` distinct devices, out of a cohort of
+    /// `cohort` devices the bundle was served to, is enough to halt.
+    pub fn enough(&self, devices: usize, cohort: usize) -> bool {
+        devices >= self.min_devices
+            || self.min_share.is_some_and(|share| {
+                devices > 0 && cohort > 0 && devices as f64 >= share * cohort as f64
+            })
+    }
 }
 
 impl Default for CanaryPolicy {
@@ -69,7 +119,8 @@ impl Default for CanaryPolicy {
             min_predictions: 100,
             error_rate_margin: 0.05,
             psi_margin: 0.25,
-            max_rollbacks: 1,
+            min_devices: 2,
+            min_share: None,
         }
     }
 }
@@ -272,62 +323,99 @@ async fn put_bundle(
         .into_response())
 }
 
-/// Serve a bundle, honouring `Range: bytes=N-` and `bytes=N-M` so devices
-/// on flaky links resume where they stopped.
+/// Serve a bundle, streamed from disk by tower-http (with `Range`, so
+/// devices on flaky links resume where they stopped), with its digest as a
+/// strong `ETag`. Bundles are the publisher's property: they go to admins,
+/// and to enrolled devices (signed request) in the rollout of a channel
+/// whose current release pins the bundle. Serving a device records the
+/// offer: only then can its rollback count as evidence.
 async fn get_bundle(
     State(st): State<AppState>,
-    headers: HeaderMap,
     Path(sha256): Path<String>,
+    req: axum::extract::Request,
 ) -> ApiResult<Response> {
     let dir = bundle_dir(&st)?;
     let path = bundle_path(&dir, &sha256)?;
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|_| err(StatusCode::NOT_FOUND, format!("no bundle {sha256}")))?;
-    let len = bytes.len() as u64;
-    let etag = format!("\"{sha256}\"");
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|r| parse_range(r, len));
-    match range {
-        None => Ok((
-            [
-                (header::CONTENT_TYPE, "application/wasm".to_string()),
-                (header::ACCEPT_RANGES, "bytes".to_string()),
-                (header::ETAG, etag),
-            ],
-            bytes,
-        )
-            .into_response()),
-        Some(Some((start, end))) => Ok((
-            StatusCode::PARTIAL_CONTENT,
-            [
-                (header::CONTENT_TYPE, "application/wasm".to_string()),
-                (header::ACCEPT_RANGES, "bytes".to_string()),
-                (header::ETAG, etag),
-                (header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")),
-            ],
-            bytes[start as usize..=end as usize].to_vec(),
-        )
-            .into_response()),
-        Some(None) => Ok((
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-        )
-            .into_response()),
+    let headers = req.headers().clone();
+    if admin(&st, &headers).is_err() {
+        let device = authenticate_request(&st, &headers, "GET", req.uri().path()).await?;
+        let store = st.store.clone();
+        let channels = blocking(move || store.channels()).await?;
+        let offered = channels.iter().any(|c| {
+            c.release.bundle.sha256 == sha256 && c.release.includes(&device)
+        });
+        if !offered {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                format!("bundle {sha256} is not offered to device `{device}` by any channel"),
+            ));
+        }
+        let store = st.store.clone();
+        let sha = sha256.clone();
+        blocking(move || store.record_offer(&device, &sha, now_ms())).await?;
     }
+    let etag = format!("\"{sha256}\"");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return Err(err(StatusCode::NOT_FOUND, format!("no bundle {sha256}")));
+    }
+    let resp = tower_http::services::ServeFile::new(&path)
+        .oneshot(req)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("serving {sha256}: {e}")))?;
+    let mut resp = resp.map(axum::body::Body::new);
+    if let Ok(v) = header::HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    if resp.status().is_success() {
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/wasm"),
+        );
+    }
+    Ok(resp)
 }
 
-/// `bytes=N-` or `bytes=N-M` within `len`; `None` when unsatisfiable.
-fn parse_range(r: &str, len: u64) -> Option<(u64, u64)> {
-    let (start, end) = r.strip_prefix("bytes=")?.split_once('-')?;
-    let start: u64 = start.trim().parse().ok()?;
-    let end: u64 = match end.trim() {
-        "" => len.checked_sub(1)?,
-        e => e.parse::<u64>().ok()?.min(len.checked_sub(1)?),
-    };
-    (start <= end && start < len).then_some((start, end))
+/// Check a bodiless request signed by a device key (see
+/// [`edgeml_telemetry::wire::get_signing_body`]): the device, the method,
+/// the path and a time within a few minutes of ours.
+async fn authenticate_request(
+    st: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+) -> ApiResult<String> {
+    use edgeml_telemetry::wire;
+    let time: u64 = headers
+        .get(wire::TIME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            err(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "bundles need the admin token or a device signature ({} and {} headers)",
+                    wire::TIME_HEADER,
+                    wire::SIGNATURE_HEADER
+                ),
+            )
+        })?;
+    if now_ms().abs_diff(time) > wire::MAX_REQUEST_SKEW_MS {
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "the request was signed at {time} ms, more than {} s from the server's clock; check the device's clock",
+                wire::MAX_REQUEST_SKEW_MS / 1000
+            ),
+        ));
+    }
+    authenticate(st, headers, &wire::get_signing_body(method, path, time)).await
 }
 
 async fn put_release(
@@ -346,7 +434,13 @@ async fn put_release(
     })?;
     let store = st.store.clone();
     let ch = channel.clone();
-    let current = blocking(move || store.release(&ch)).await?;
+    // The version ratchet holds only for metadata signed under the current
+    // release keys: after a root rotation replaces them, a release with a
+    // lower version (by the new keys) recovers the channel from a
+    // fast-forward by leaked keys.
+    let current = blocking(move || store.release(&ch))
+        .await?
+        .filter(|c| root.check_release_signatures(c.envelope.as_bytes()).is_ok());
     let release = root
         .verify_release(
             &body,
@@ -415,11 +509,13 @@ async fn get_channel(
     let root_version = blocking(move || store.root(None)).await?.map_or(0, |r| r.0);
     let envelope = Envelope::from_slice(stored.envelope.as_bytes(), "release")
         .map_err(|e| fleet_err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let timestamp = timestamp_for(&st, &channel, &envelope)?;
     let view = ChannelView {
         release: envelope,
         state: stored.state,
         reason: stored.reason,
         root_version,
+        timestamp,
     };
     let body = serde_json::to_vec(&view)
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -439,6 +535,39 @@ async fn get_channel(
         body,
     )
         .into_response())
+}
+
+/// Signed timestamps per channel: reused (so `ETag`s stay stable and
+/// devices get 304s) until half their lifetime has passed or the release
+/// changes.
+#[derive(Default)]
+pub(crate) struct TimestampCache(Mutex<HashMap<String, (String, Envelope, SystemTime)>>);
+
+/// The timestamp for `channel`'s current release, when the server holds a
+/// timestamp key.
+fn timestamp_for(st: &AppState, channel: &str, release: &Envelope) -> ApiResult<Option<Envelope>> {
+    let Some(key) = &st.settings.fleet.timestamp_key else {
+        return Ok(None);
+    };
+    let ttl = st.settings.fleet.timestamp_ttl;
+    let now = SystemTime::now();
+    let payload_sha = hex::encode(Sha256::digest(release.payload.as_bytes()));
+    let mut cache = st.timestamps.0.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((sha, env, expires)) = cache.get(channel) {
+        let fresh = expires
+            .duration_since(now)
+            .is_ok_and(|left| left > ttl / 2);
+        if *sha == payload_sha && fresh {
+            return Ok(Some(env.clone()));
+        }
+    }
+    let expires = now + ttl;
+    let ts = Timestamp::for_release(release, expires)
+        .map_err(|e| fleet_err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let env = Envelope::sign(&ts, &[key.as_ref()])
+        .map_err(|e| fleet_err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    cache.insert(channel.to_string(), (payload_sha, env.clone(), expires));
+    Ok(Some(env))
 }
 
 async fn channels(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
@@ -489,52 +618,81 @@ async fn report(
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("status report: {e}")))?;
     let store = st.store.clone();
     let (d, r) = (device.clone(), report.clone());
-    blocking(move || store.report(&d, &r, now_ms())).await?;
+    if !blocking(move || store.report(&d, &r, now_ms())).await? {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!(
+                "status report sequence number {} is not above the last one accepted from device `{device}` (a replay?)",
+                report.seq
+            ),
+        ));
+    }
     if report.state == UpdateState::RolledBack {
-        halt_on_rollbacks(&st, &report.channel).await?;
+        rollback_evidence(&st, &device, &report).await?;
     }
     Ok(Json(json!({"device_id": device})).into_response())
 }
 
-/// Halt the channel's rollout once enough devices rolled its version back.
-async fn halt_on_rollbacks(st: &AppState, channel: &str) -> ApiResult<()> {
+/// Count a device's rollback against its channel's current release, and
+/// halt the rollout once enough distinct devices have rolled it back.
+///
+/// A report counts only if it names the bundle the channel's current
+/// release pins, the server served that bundle to this device (so the
+/// device was in the rollout), and the device rolled back on its own
+/// (a rollback the halt itself ordered is not evidence). Each device
+/// counts once per bundle, and only within the rollout's evidence window
+/// (since it started or was last resumed).
+async fn rollback_evidence(st: &AppState, device: &str, report: &StatusReport) -> ApiResult<()> {
+    if report.error_kind.as_deref() == Some("halted") {
+        return Ok(());
+    }
+    let Some(sha256) = report.target_sha256.clone() else {
+        return Ok(());
+    };
     let store = st.store.clone();
-    let ch = channel.to_string();
+    let ch = report.channel.clone();
     let Some(current) = blocking(move || store.release(&ch)).await? else {
         return Ok(());
     };
-    if current.state == RolloutState::Halted {
+    if current.release.bundle.sha256 != sha256 {
         return Ok(());
     }
-    let version = current.release.model_version.to_string();
     let store = st.store.clone();
-    let devices = blocking(move || store.fleet_devices()).await?;
-    let failed: Vec<_> = devices
-        .iter()
-        .filter(|d| {
-            d.status.channel == channel
-                && d.status.state == UpdateState::RolledBack
-                && d.status.target.as_deref() == Some(version.as_str())
-        })
-        .collect();
-    if failed.len() >= st.settings.fleet.canary.max_rollbacks.max(1) {
-        let first = failed[0];
-        let reason = format!(
-            "{} device(s) rolled back {} {version}; first: {}: {}",
-            failed.len(),
-            current.release.model,
-            first.device_id,
-            first
-                .status
-                .last_error
-                .as_deref()
-                .unwrap_or("no reason given")
-        );
-        let store = st.store.clone();
-        let ch = channel.to_string();
-        blocking(move || store.set_rollout(&ch, RolloutState::Halted, Some(&reason), now_ms()))
-            .await?;
+    let sha = sha256.clone();
+    let cohort = blocking(move || store.offered(&sha)).await?;
+    if !cohort.iter().any(|d| d == device) {
+        return Ok(());
     }
+    let store = st.store.clone();
+    let (ch, sha, dev, why) = (
+        report.channel.clone(),
+        sha256.clone(),
+        device.to_string(),
+        report.last_error.clone(),
+    );
+    let from = current.evidence_from_ms;
+    let failed = blocking(move || {
+        store.add_rollback(&ch, &sha, &dev, why.as_deref(), now_ms())?;
+        store.rollbacks(&ch, &sha, from)
+    })
+    .await?;
+    if current.state == RolloutState::Halted
+        || !st.settings.fleet.canary.enough(failed.len(), cohort.len())
+    {
+        return Ok(());
+    }
+    let (first, why) = &failed[0];
+    let reason = format!(
+        "{} of {} device(s) served {} {} rolled it back; first: {first}: {}",
+        failed.len(),
+        cohort.len(),
+        current.release.model,
+        current.release.model_version,
+        why.as_deref().unwrap_or("no reason given")
+    );
+    let store = st.store.clone();
+    let ch = report.channel.clone();
+    blocking(move || store.set_rollout(&ch, RolloutState::Halted, Some(&reason), now_ms())).await?;
     Ok(())
 }
 
@@ -575,6 +733,12 @@ pub(crate) async fn canary_loop(st: AppState) {
 }
 
 /// Why the rollout of `c` should halt, if it should.
+///
+/// Evidence for the new version comes only from devices the server served
+/// its bundle to, and only from the rollout's evidence window (since it
+/// started or was last resumed). Error rates are weighted by device, not by
+/// request: each device's own rate counts once, so one chatty device cannot
+/// decide, and a halt needs enough distinct devices above the margin.
 fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
     let policy = &st.settings.fleet.canary;
     let model = &c.release.model;
@@ -585,25 +749,41 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
             .windows(&Query {
                 model: Some(model.clone()),
                 version: Some(version.to_string()),
-                from_ms: Some(c.started_ms),
+                from_ms: Some(c.evidence_from_ms),
                 ..Query::default()
             })
             .map_err(|e| e.to_string())
     };
-    let (new_w, old_w) = (windows(&new_version)?, windows(&old_version)?);
-    let (new_s, old_s) = (analysis::stats(&new_w)?, analysis::stats(&old_w)?);
-    if new_s.count < policy.min_predictions {
+    let cohort = st
+        .store
+        .offered(&c.release.bundle.sha256)
+        .map_err(|e| e.to_string())?;
+    let mut new_w = windows(&new_version)?;
+    new_w.retain(|w| cohort.contains(&w.device_id));
+    let old_w = windows(&old_version)?;
+    let (new_s, old_s) = (per_device(&new_w), per_device(&old_w));
+    let new_count: u64 = new_s.iter().map(|d| d.1.count).sum();
+    if new_count < policy.min_predictions {
         return Ok(None);
     }
-    if new_s.error_rate > old_s.error_rate + policy.error_rate_margin {
+    let old_rate = mean_rate(&old_s);
+    let new_rate = mean_rate(&new_s);
+    let worse: Vec<&str> = new_s
+        .iter()
+        .filter(|(_, s)| s.error_rate > old_rate + policy.error_rate_margin)
+        .map(|(d, _)| d.as_str())
+        .collect();
+    if new_rate > old_rate + policy.error_rate_margin && policy.enough(worse.len(), cohort.len()) {
         return Ok(Some(format!(
-            "canary: error rate {:.1}% on {model} {new_version} ({} predictions) vs {:.1}% on {old_version}, margin {:.1} points",
-            new_s.error_rate * 100.0,
-            new_s.count,
-            old_s.error_rate * 100.0,
+            "canary: error rate {:.1}% on {model} {new_version} (mean of {} devices, {new_count} predictions; above the margin: {}) vs {:.1}% on {old_version}, margin {:.1} points",
+            new_rate * 100.0,
+            new_s.len(),
+            worse.join(", "),
+            old_rate * 100.0,
             policy.error_rate_margin * 100.0
         )));
     }
+    let new_devices = new_s.len();
     let models = st.store.models().map_err(|e| e.to_string())?;
     let max_psi =
         |version: &str, w: &[crate::store::StoredWindow]| -> Result<Option<f64>, String> {
@@ -628,6 +808,9 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
         max_psi(&new_version, &new_w)?,
         max_psi(&old_version, &old_w)?,
     ) {
+        if !policy.enough(new_devices, cohort.len()) {
+            return Ok(None);
+        }
         let old_psi = old_psi.unwrap_or(0.0);
         if new_psi > old_psi + policy.psi_margin {
             return Ok(Some(format!(
@@ -637,4 +820,46 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
         }
     }
     Ok(None)
+}
+
+/// One device's evidence on one version.
+struct DeviceRate {
+    /// Predictions.
+    count: u64,
+    /// Share of them that failed. Unlike the device's own health watch,
+    /// this counts client errors too: a version that stops accepting what
+    /// clients send shows up here as more errors than the old version had,
+    /// on several devices (one device's clients alone cannot halt a rollout).
+    error_rate: f64,
+}
+
+/// Error rates per device, by device id.
+fn per_device(windows: &[crate::store::StoredWindow]) -> Vec<(String, DeviceRate)> {
+    let mut by_device: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for w in windows {
+        let e = by_device.entry(&w.device_id).or_default();
+        e.0 += w.count;
+        e.1 += w.errors.values().sum::<u64>();
+    }
+    by_device
+        .into_iter()
+        .filter(|(_, (count, _))| *count > 0)
+        .map(|(d, (count, errors))| {
+            (
+                d.to_string(),
+                DeviceRate {
+                    count,
+                    error_rate: errors as f64 / count as f64,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The mean of the devices' own error rates (0 with no devices).
+fn mean_rate(devices: &[(String, DeviceRate)]) -> f64 {
+    if devices.is_empty() {
+        return 0.0;
+    }
+    devices.iter().map(|(_, s)| s.error_rate).sum::<f64>() / devices.len() as f64
 }

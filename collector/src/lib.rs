@@ -112,6 +112,11 @@ impl Server {
                     .into(),
             ));
         }
+        settings
+            .fleet
+            .canary
+            .validate()
+            .map_err(Error::Settings)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -127,6 +132,7 @@ impl Server {
         let state = api::AppState {
             store: Arc::new(store),
             settings: Arc::new(settings),
+            timestamps: Arc::default(),
         };
         let fleet_on = state.settings.fleet.bundle_dir.is_some();
         let gate = state.clone();

@@ -202,9 +202,33 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<&str>,
         now_ms: u64,
     ) -> Result<bool, StoreError>;
-    /// Keep a device's latest status report.
+    /// Keep a device's latest status report. False (and nothing stored)
+    /// when its sequence number is not above the last one accepted from
+    /// the device: a replay.
     fn report(&self, device_id: &str, report: &StatusReport, now_ms: u64)
-        -> Result<(), StoreError>;
+        -> Result<bool, StoreError>;
+    /// Record that a bundle was served to a device (first time kept).
+    fn record_offer(&self, device_id: &str, sha256: &str, now_ms: u64) -> Result<(), StoreError>;
+    /// The devices a bundle was served to.
+    fn offered(&self, sha256: &str) -> Result<Vec<String>, StoreError>;
+    /// Record a device's rollback of a channel's bundle (once per device
+    /// and bundle; the first time is kept).
+    fn add_rollback(
+        &self,
+        channel: &str,
+        sha256: &str,
+        device_id: &str,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Devices that rolled back a channel's bundle at or after `from_ms`,
+    /// with their reasons, first first.
+    fn rollbacks(
+        &self,
+        channel: &str,
+        sha256: &str,
+        from_ms: u64,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError>;
     /// Every device that has reported, with its latest report.
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError>;
 }
@@ -231,6 +255,9 @@ pub struct StoredRelease {
     pub previous_version: Option<String>,
     /// When this model version's rollout started (ms).
     pub started_ms: u64,
+    /// Where the rollout's evidence window starts (ms): its start, or the
+    /// last resume. Rollbacks and telemetry before it do not count.
+    pub evidence_from_ms: u64,
 }
 
 /// Numbered schema migrations, applied in order, each once.
@@ -325,6 +352,25 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL,
         updated_ms INTEGER NOT NULL
     );",
+    // 3: rollout evidence: which bundles were served to which device, one
+    // rollback per device and bundle, the start of each rollout's evidence
+    // window, and report sequence numbers.
+    "CREATE TABLE fleet_offers (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        sha256 TEXT NOT NULL,
+        first_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_id, sha256)
+    );
+    CREATE TABLE fleet_rollbacks (
+        channel TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        at_ms INTEGER NOT NULL,
+        reason TEXT,
+        PRIMARY KEY (channel, sha256, device_id)
+    );
+    ALTER TABLE fleet_channels ADD COLUMN evidence_from_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE fleet_status ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The embedded SQLite store (one file, WAL mode).
@@ -410,9 +456,9 @@ impl SqliteStore {
     fn releases(&self, channel: Option<&str>) -> Result<Vec<StoredRelease>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT c.channel, r.version, r.envelope, r.release, r.published_ms, c.state, c.reason, c.previous_version, c.started_ms
+            "SELECT c.channel, r.version, r.envelope, r.release, r.published_ms, c.state, c.reason, c.previous_version, c.started_ms, c.evidence_from_ms
              FROM fleet_channels c JOIN fleet_releases r ON r.channel = c.channel
-             WHERE r.version = (SELECT MAX(version) FROM fleet_releases WHERE channel = c.channel)
+             WHERE r.rowid = (SELECT MAX(rowid) FROM fleet_releases WHERE channel = c.channel)
                AND (?1 IS NULL OR c.channel = ?1)
              ORDER BY c.channel",
         )?;
@@ -428,6 +474,7 @@ impl SqliteStore {
                     r.get::<_, Option<String>>(6)?,
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -443,6 +490,7 @@ impl SqliteStore {
                     reason,
                     previous,
                     started,
+                    evidence_from,
                 )| {
                     Ok(StoredRelease {
                         channel,
@@ -454,6 +502,7 @@ impl SqliteStore {
                         reason,
                         previous_version: previous,
                         started_ms: started as u64,
+                        evidence_from_ms: evidence_from as u64,
                     })
                 },
             )
@@ -861,13 +910,13 @@ impl Store for SqliteStore {
         match current {
             None => {
                 tx.execute(
-                    "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms) VALUES (?1, ?2, 'active', ?3, ?3)",
+                    "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms, evidence_from_ms) VALUES (?1, ?2, 'active', ?3, ?3, ?3)",
                     params![release.channel, version, now_ms as i64],
                 )?;
             }
             Some(old) if old != version => {
                 tx.execute(
-                    "UPDATE fleet_channels SET model_version = ?2, state = 'active', reason = NULL, previous_version = ?3, started_ms = ?4, updated_ms = ?4 WHERE channel = ?1",
+                    "UPDATE fleet_channels SET model_version = ?2, state = 'active', reason = NULL, previous_version = ?3, started_ms = ?4, updated_ms = ?4, evidence_from_ms = ?4 WHERE channel = ?1",
                     params![release.channel, version, old, now_ms as i64],
                 )?;
             }
@@ -897,8 +946,11 @@ impl Store for SqliteStore {
         reason: Option<&str>,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
+        // Resuming starts a fresh evidence window.
         let n = self.conn().execute(
-            "UPDATE fleet_channels SET state = ?2, reason = ?3, updated_ms = ?4 WHERE channel = ?1",
+            "UPDATE fleet_channels SET state = ?2, reason = ?3, updated_ms = ?4,
+                evidence_from_ms = CASE WHEN ?2 = 'active' THEN ?4 ELSE evidence_from_ms END
+             WHERE channel = ?1",
             params![channel, rollout_str(state), reason, now_ms as i64],
         )?;
         Ok(n > 0)
@@ -909,18 +961,75 @@ impl Store for SqliteStore {
         device_id: &str,
         report: &StatusReport,
         now_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let conn = self.conn();
-        conn.execute(
-            "INSERT INTO fleet_status (device_id, report, updated_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (device_id) DO UPDATE SET report = ?2, updated_ms = ?3",
-            params![device_id, json(report)?, now_ms as i64],
+        let seq = report.seq.min(i64::MAX as u64) as i64;
+        let n = conn.execute(
+            "INSERT INTO fleet_status (device_id, report, updated_ms, seq) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device_id) DO UPDATE SET report = ?2, updated_ms = ?3, seq = ?4
+             WHERE excluded.seq > fleet_status.seq",
+            params![device_id, json(report)?, now_ms as i64, seq],
         )?;
+        if n == 0 {
+            return Ok(false);
+        }
         conn.execute(
             "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
             params![device_id, now_ms as i64],
         )?;
+        Ok(true)
+    }
+
+    fn record_offer(&self, device_id: &str, sha256: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO fleet_offers (device_id, sha256, first_ms) VALUES (?1, ?2, ?3)",
+            params![device_id, sha256, now_ms as i64],
+        )?;
         Ok(())
+    }
+
+    fn offered(&self, sha256: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT device_id FROM fleet_offers WHERE sha256 = ?1 ORDER BY device_id")?;
+        let rows = stmt
+            .query_map([sha256], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn add_rollback(
+        &self,
+        channel: &str,
+        sha256: &str,
+        device_id: &str,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO fleet_rollbacks (channel, sha256, device_id, at_ms, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![channel, sha256, device_id, now_ms as i64, reason],
+        )?;
+        Ok(())
+    }
+
+    fn rollbacks(
+        &self,
+        channel: &str,
+        sha256: &str,
+        from_ms: u64,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT device_id, reason FROM fleet_rollbacks
+             WHERE channel = ?1 AND sha256 = ?2 AND at_ms >= ?3 ORDER BY at_ms, device_id",
+        )?;
+        let rows = stmt
+            .query_map(params![channel, sha256, from_ms.min(i64::MAX as u64) as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError> {

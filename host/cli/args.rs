@@ -129,6 +129,14 @@ pub struct RootKeys {
     /// Publisher signatures a bundle needs.
     #[arg(long, default_value_t = 1)]
     pub publisher_threshold: u32,
+    /// Timestamp public key(s) (.pub), held online by the fleet server
+    /// (`collector serve --timestamp-key`): devices then require a fresh,
+    /// short-lived timestamp with every release (freeze protection).
+    #[arg(long = "timestamp-key")]
+    pub timestamp_keys: Vec<PathBuf>,
+    /// Timestamp signatures a timestamp needs.
+    #[arg(long, default_value_t = 1)]
+    pub timestamp_threshold: u32,
     /// How long the root is valid.
     #[arg(long, default_value = "365d")]
     pub expires: humantime::Duration,
@@ -307,6 +315,18 @@ pub enum CollectorCommand {
         /// Predictions the new version needs before the canary gate judges its error rate.
         #[arg(long, default_value_t = 100)]
         canary_min_predictions: u64,
+        /// Distinct devices whose evidence (rollbacks, error rate) a halt needs.
+        #[arg(long, default_value_t = 2)]
+        canary_min_devices: usize,
+        /// The online timestamp key pair (.key) named in root's timestamp role.
+        #[arg(long)]
+        timestamp_key: Option<PathBuf>,
+        /// How long each timestamp is valid.
+        #[arg(long, default_value = "1d")]
+        timestamp_ttl: humantime::Duration,
+        /// Or this share (0 to 1] of the devices served the new bundle (lets a one-device canary halt).
+        #[arg(long)]
+        canary_min_share: Option<f64>,
     },
     /// List enrolled devices: last seen, spool, models.
     Devices {

@@ -73,6 +73,11 @@ fn build_root(version: u64, k: &RootKeys) -> Result<(Root, Vec<SecretKey>)> {
         (&public_keys(&k.release_keys)?, k.release_threshold),
         (&public_keys(&k.publisher_keys)?, k.publisher_threshold),
     );
+    let root = if k.timestamp_keys.is_empty() {
+        root
+    } else {
+        root.with_timestamp(&public_keys(&k.timestamp_keys)?, k.timestamp_threshold)
+    };
     Ok((root, root_keys))
 }
 

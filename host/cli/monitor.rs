@@ -319,6 +319,10 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
             bundles,
             canary_interval,
             canary_min_predictions,
+            canary_min_devices,
+            canary_min_share,
+            timestamp_key,
+            timestamp_ttl,
         } => {
             let mut settings = Settings::new(
                 token(
@@ -337,6 +341,14 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
             settings.fleet.bundle_dir = bundles.clone();
             settings.fleet.canary.interval = (*canary_interval).into();
             settings.fleet.canary.min_predictions = *canary_min_predictions;
+            settings.fleet.canary.min_devices = *canary_min_devices;
+            settings.fleet.canary.min_share = *canary_min_share;
+            settings.fleet.timestamp_ttl = (*timestamp_ttl).into();
+            if let Some(path) = timestamp_key {
+                let key = edgeml_bundle::SecretKey::from_file(path)
+                    .with_context(|| format!("reading the timestamp key {}", path.display()))?;
+                settings.fleet.timestamp_key = Some(std::sync::Arc::new(key));
+            }
             let store =
                 SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
             let server = Server::start(store, settings, *listen)?;

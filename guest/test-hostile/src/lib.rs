@@ -8,9 +8,17 @@
 //!   (the host must refuse: they are not the signed model);
 //! - `x-test/escape`: tries the filesystem, environment and arguments and
 //!   reports what it could see as monitoring values (all must be zero);
+//! - `x-test/tensor-flood`: makes 1 MiB `wasi:nn` tensors from one small
+//!   buffer and keeps them all (host memory, not its own: the host must
+//!   count it against the guest's memory limit);
+//! - `x-test/context-flood`: creates execution contexts and keeps them all
+//!   (the host must cap them);
 //! - tensors: passed to the model, like the generic component.
 
-use edgeml_guest::bindings::wasi::nn::graph::{load, ExecutionTarget, GraphEncoding};
+use edgeml_guest::bindings::wasi::nn::graph::{
+    load, load_by_name, ExecutionTarget, GraphEncoding,
+};
+use edgeml_guest::bindings::wasi::nn::tensor::{Tensor as NnTensor, TensorType};
 use edgeml_guest::{Error, Guest, Input, Metadata, Prediction};
 
 struct Hostile;
@@ -50,6 +58,27 @@ impl Guest for Hostile {
                 }
             }
             "x-test/panic" => panic!("hostile guest panicked on purpose"),
+            "x-test/tensor-flood" => {
+                let buffer = vec![0u8; 1 << 20];
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(NnTensor::new(&[1 << 18], TensorType::Fp32, &buffer));
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "x-test/context-flood" => {
+                let name = edgeml_guest::manifest()?.name.clone();
+                let graph = load_by_name(&name)
+                    .map_err(|e| Error::Inference(format!("{:?}: {}", e.code(), e.data())))?;
+                let mut hoard = Vec::new();
+                loop {
+                    let ctx = graph
+                        .init_execution_context()
+                        .map_err(|e| Error::Inference(format!("{:?}: {}", e.code(), e.data())))?;
+                    hoard.push(ctx);
+                    std::hint::black_box(&hoard);
+                }
+            }
             "x-test/load-bytes" => {
                 let foreign = b"these bytes are not the signed model".to_vec();
                 match load(&[foreign], GraphEncoding::Onnx, ExecutionTarget::Cpu) {

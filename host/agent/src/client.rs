@@ -98,6 +98,7 @@ impl Client {
     /// Returns the checked bytes (length and digest as pinned).
     pub fn download(
         &self,
+        identity: &DeviceIdentity,
         state: &StateDir,
         release: &Release,
         caps: &DownloadConfig,
@@ -109,7 +110,8 @@ impl Client {
                 limit: caps.max_bytes,
             });
         }
-        let url = format!("{}/v1/fleet/bundles/{}", self.base, release.bundle.sha256);
+        let path = format!("/v1/fleet/bundles/{}", release.bundle.sha256);
+        let url = format!("{}{path}", self.base);
         let part = state.part_path(&release.bundle.sha256);
         let deadline = Instant::now() + caps.timeout;
         let mut have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
@@ -130,7 +132,18 @@ impl Client {
             if remaining.is_zero() {
                 return Err(slow(have));
             }
-            let mut req = self.http.get(&url).timeout(remaining);
+            // Bundles go only to enrolled devices: sign the path and the time.
+            let now = edgeml_telemetry::now_ms();
+            let mut req = self
+                .http
+                .get(&url)
+                .timeout(remaining)
+                .header(wire::DEVICE_HEADER, identity.device_id())
+                .header(wire::TIME_HEADER, now.to_string())
+                .header(
+                    wire::SIGNATURE_HEADER,
+                    identity.sign_batch(&wire::get_signing_body("GET", &path, now)),
+                );
             if have > 0 {
                 req = req.header(header::RANGE, format!("bytes={have}-"));
             }

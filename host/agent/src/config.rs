@@ -28,6 +28,9 @@ use std::time::Duration;
 ///
 /// [serve]
 /// listen = "127.0.0.1:8080"               # or "unix:/run/edgeml/agent.sock"
+/// max_concurrent = 2                      # inferences at once
+/// max_queue = 16                          # waiting requests; beyond: 503 + Retry-After
+/// # max_body_bytes = 1048576              # default: derived from the model's inputs
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,9 +132,19 @@ pub struct ServeConfig {
     /// Allow listening on a non-loopback address (the API has no authentication).
     #[serde(default)]
     pub insecure_listen_any: bool,
-    /// Largest request body (default 16 MiB).
-    #[serde(default = "default_body")]
-    pub max_body_bytes: usize,
+    /// Largest request body. Default: derived from the served model's
+    /// inputs (fixed-size tensors as JSON numbers, 4 MiB per media or
+    /// variable-size input, plus 64 KiB), at most 64 MiB. Larger requests
+    /// get 413.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// Inferences run at once (default 2). Requests beyond this wait in the queue.
+    #[serde(default = "default_concurrent")]
+    pub max_concurrent: usize,
+    /// Requests that may wait for a free slot (default 16); beyond that the
+    /// agent answers 503 with `Retry-After`.
+    #[serde(default = "default_queue")]
+    pub max_queue: usize,
 }
 
 impl Default for ServeConfig {
@@ -139,7 +152,9 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: default_listen(),
             insecure_listen_any: false,
-            max_body_bytes: default_body(),
+            max_body_bytes: None,
+            max_concurrent: default_concurrent(),
+            max_queue: default_queue(),
         }
     }
 }
@@ -168,8 +183,11 @@ fn default_min_requests() -> u64 {
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
-fn default_body() -> usize {
-    16 << 20
+fn default_concurrent() -> usize {
+    2
+}
+fn default_queue() -> usize {
+    16
 }
 
 mod humantime_serde_compat {
@@ -264,6 +282,11 @@ impl AgentConfig {
         if self.poll_interval.is_zero() || self.download.timeout.is_zero() {
             return Err(Error::Config(
                 "poll_interval and download.timeout must be positive".into(),
+            ));
+        }
+        if self.serve.max_concurrent == 0 || self.serve.max_body_bytes == Some(0) {
+            return Err(Error::Config(
+                "serve.max_concurrent and serve.max_body_bytes must be at least 1".into(),
             ));
         }
         Ok(())

@@ -26,6 +26,17 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The state file was damaged; the agent set it aside and rebuilt its
+    /// state from the verified bundles on disk (the server fills in the rest).
+    #[error("state file was damaged ({reason}); kept it as {} and rebuilt the state from the bundles on disk: serving {}", kept.display(), current.as_deref().unwrap_or("nothing yet"))]
+    StateDiscarded {
+        /// What was wrong with it.
+        reason: String,
+        /// Where the damaged file was kept.
+        kept: PathBuf,
+        /// The version the rebuilt state serves.
+        current: Option<String>,
+    },
     /// The fleet server could not be reached or answered with an error.
     #[error("fleet server: {0}")]
     Server(String),
@@ -104,7 +115,12 @@ impl Error {
         use edgeml_fleet::Error as F;
         match self {
             Error::Metadata(F::Rollback { .. }) => "rollback",
+            Error::Metadata(F::Expired { role: "release", .. }) => "release_expired",
+            Error::Metadata(F::Expired { role: "timestamp", .. }) => "timestamp_expired",
+            Error::Metadata(F::TimestampMismatch { .. } | F::MissingTimestamp { .. }) => "timestamp",
             Error::Metadata(F::Expired { .. }) => "expired",
+            Error::Metadata(F::RootChainTooLong { .. }) => "root_chain_too_long",
+            Error::Metadata(F::VersionOutOfRange { .. }) => "version_out_of_range",
             Error::Metadata(F::DigestMismatch { .. } | F::ManifestMismatch { .. }) => {
                 "mix_and_match"
             }
@@ -124,6 +140,7 @@ impl Error {
             Error::Unhealthy { .. } => "error_rate",
             Error::Halted(_) => "halted",
             Error::Interrupted { .. } => "interrupted",
+            Error::StateDiscarded { .. } => "state_discarded",
             Error::Server(_) => "server",
             Error::Config(_) | Error::Io { .. } | Error::State { .. } | Error::Serve { .. } => {
                 "agent"

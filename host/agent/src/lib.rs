@@ -38,10 +38,11 @@ pub use error::Error;
 
 use client::{Client, Poll};
 use edgeml_fleet::wire::RolloutState;
-use edgeml_fleet::{Release, TrustedRoot};
+use edgeml_fleet::{Release, Timestamp, TrustedRoot};
 use edgeml_runtime::{Input, Model, Prediction, Runtime};
 use edgeml_telemetry::DeviceIdentity;
 use state::{Disk, Pending, StateDir};
+use sha2::Digest as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -87,6 +88,8 @@ struct Inner {
     status: Mutex<Status>,
     etag: Mutex<Option<String>>,
     enrolled: AtomicBool,
+    /// Sequence number of the last status report sent.
+    report_seq: AtomicU64,
     polling: Mutex<()>,
     stop: (Mutex<bool>, Condvar),
 }
@@ -94,7 +97,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 struct Status {
     state: UpdateState,
-    target: Option<String>,
+    target: Option<Installed>,
     last_error: Option<String>,
     error_kind: Option<String>,
 }
@@ -142,23 +145,50 @@ impl Agent {
             .map_err(|e| Error::Config(format!("device key: {e}")))?;
         // The newest root this device trusts: what it stored, else the provisioned one.
         let stored = state.path("root.json");
-        let trusted = match std::fs::read(&stored) {
-            Ok(bytes) => TrustedRoot::bootstrap(&bytes)?,
-            Err(_) => {
+        let from_disk = std::fs::read(&stored)
+            .ok()
+            .map(|bytes| TrustedRoot::bootstrap(&bytes));
+        if let Some(Err(_)) = &from_disk {
+            // Damaged: start again from the provisioned root and follow the chain.
+            state.set_aside("root.json")?;
+        }
+        let trusted = match from_disk {
+            Some(Ok(t)) => t,
+            _ => {
                 let bytes = std::fs::read(&config.root).map_err(error::io(&config.root))?;
                 let t = TrustedRoot::bootstrap(&bytes)?;
                 state.write(&stored, &bytes)?;
                 t
             }
         };
-        let mut disk: Disk = state.read_json("state.json")?.unwrap_or_default();
         let mut status = Status {
             state: UpdateState::Idle,
             target: None,
             last_error: None,
             error_kind: None,
         };
-        if let Some(p) = state.read_json::<Pending>("pending.json")? {
+        let mut disk: Disk = match state.read_json("state.json") {
+            Ok(d) => d.unwrap_or_default(),
+            // A damaged state file must not keep the device down: set it
+            // aside, rebuild from the verified bundles on disk, and say so.
+            Err(e @ Error::State { .. }) => {
+                let kept = state.set_aside("state.json")?;
+                let policy = trusted.root().publisher_policy()?;
+                let rebuilt = state.rebuild(&policy);
+                state.write_json("state.json", &rebuilt)?;
+                let e = Error::StateDiscarded {
+                    reason: e.to_string(),
+                    kept,
+                    current: rebuilt.current.as_ref().map(|c| c.version.clone()),
+                };
+                status.state = UpdateState::Recovered;
+                status.last_error = Some(e.to_string());
+                status.error_kind = Some(e.kind().into());
+                rebuilt
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(p) = state.read_json_or_set_aside::<Pending>("pending.json")? {
             // Crashed or lost power between staging and commit: the committed
             // bundle is the last known good. Do not retry that bundle.
             let e = Error::Interrupted {
@@ -169,7 +199,7 @@ impl Agent {
             state.remove("pending.json")?;
             status = Status {
                 state: UpdateState::Recovered,
-                target: Some(p.target.version),
+                target: Some(p.target),
                 last_error: Some(e.to_string()),
                 error_kind: Some(e.kind().into()),
             };
@@ -187,6 +217,7 @@ impl Agent {
             status: Mutex::new(status),
             etag: Mutex::new(None),
             enrolled: AtomicBool::new(false),
+            report_seq: AtomicU64::new(0),
             polling: Mutex::new(()),
             stop: (Mutex::new(false), Condvar::new()),
         });
@@ -207,7 +238,7 @@ impl Agent {
                     }
                     break;
                 }
-                Err(e) => inner.set_error(UpdateState::Failed, Some(candidate.version.clone()), &e),
+                Err(e) => inner.set_error(UpdateState::Failed, Some(candidate.clone()), &e),
             }
         }
         Ok(Agent {
@@ -307,6 +338,14 @@ fn poll_loop(inner: &Arc<Inner>) {
     }
 }
 
+fn installed_of(release: &Release) -> Installed {
+    Installed {
+        model: release.model.clone(),
+        version: release.model_version.to_string(),
+        sha256: release.bundle.sha256.clone(),
+    }
+}
+
 fn random_unit() -> f64 {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
@@ -338,7 +377,7 @@ impl Inner {
         )
     }
 
-    fn set_state(&self, state: UpdateState, target: Option<String>) {
+    fn set_state(&self, state: UpdateState, target: Option<Installed>) {
         let mut s = lock(&self.status);
         s.state = state;
         s.target = target;
@@ -348,7 +387,7 @@ impl Inner {
         }
     }
 
-    fn set_error(&self, state: UpdateState, target: Option<String>, e: &Error) {
+    fn set_error(&self, state: UpdateState, target: Option<Installed>, e: &Error) {
         let mut s = lock(&self.status);
         s.state = state;
         s.target = target;
@@ -364,21 +403,41 @@ impl Inner {
             state: s.state,
             installed: self.serving().map(|slot| slot.installed.clone()),
             last_good: d.current,
-            target: s.target,
+            target: s.target.as_ref().map(|t| t.version.clone()),
+            target_sha256: s.target.map(|t| t.sha256),
             last_error: s.last_error,
             error_kind: s.error_kind,
             root_version: lock(&self.trusted).root().version,
+            seq: self.report_seq.load(Ordering::SeqCst),
         }
     }
 
     fn send_report(&self) {
-        let _ = self.client.report(&self.identity, &self.report());
+        let mut report = self.report();
+        // Milliseconds since the epoch, strictly increasing: above anything
+        // sent before a restart without keeping a counter on disk.
+        let now = edgeml_telemetry::now_ms();
+        let prev = self
+            .report_seq
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(now.max(p + 1)))
+            .unwrap_or(0);
+        report.seq = now.max(prev + 1);
+        let _ = self.client.report(&self.identity, &report);
     }
 
     /// Verify and load a stored bundle.
     fn load(&self, installed: &Installed) -> Result<Slot, Error> {
         let path = self.state.bundle_path(&installed.sha256);
         let bytes = std::fs::read(&path).map_err(error::io(&path))?;
+        // The file must still be the bundle the release pinned.
+        let found = hex::encode(sha2::Sha256::digest(&bytes));
+        if found != installed.sha256 {
+            return Err(edgeml_fleet::Error::DigestMismatch {
+                expected: installed.sha256.clone(),
+                found,
+            }
+            .into());
+        }
         self.load_bytes(bytes, installed.clone())
     }
 
@@ -416,11 +475,21 @@ impl Inner {
                 serving: format!("{} {}", i.model, i.version),
             });
         }
-        slot.requests.fetch_add(1, Ordering::Relaxed);
-        slot.model.predict(input).map_err(|e| {
-            slot.errors.fetch_add(1, Ordering::Relaxed);
-            PredictError::Model(e)
-        })
+        // The health watch counts what the model and runtime did: a
+        // malformed request is the client's error and counts for nothing,
+        // so no local client can veto an update.
+        match slot.model.predict(input) {
+            Ok(p) => {
+                slot.requests.fetch_add(1, Ordering::Relaxed);
+                Ok(p)
+            }
+            Err(e) if e.is_client_error() => Err(PredictError::Model(e)),
+            Err(e) => {
+                slot.requests.fetch_add(1, Ordering::Relaxed);
+                slot.errors.fetch_add(1, Ordering::Relaxed);
+                Err(PredictError::Model(e))
+            }
+        }
     }
 
     fn ensure_enrolled(&self) -> Result<(), Error> {
@@ -444,19 +513,32 @@ impl Inner {
         Ok(())
     }
 
-    /// Follow the root chain: fetch version n+1 until the server has none.
+    /// Follow the root chain: fetch version n+1 until the server has none,
+    /// at most [`edgeml_fleet::MAX_ROOT_UPDATES`] versions per poll. When a
+    /// new root changes the release keys, the trusted release metadata
+    /// version is dropped (fast-forward recovery, as in TUF); the installed
+    /// model version still guards against rollback.
     fn update_root(&self) -> Result<(), Error> {
-        loop {
+        for _ in 0..edgeml_fleet::MAX_ROOT_UPDATES {
             let next = lock(&self.trusted).root().version + 1;
             let Some(bytes) = self.client.root(next)? else {
-                break;
+                lock(&self.trusted).check_fresh(SystemTime::now())?;
+                return Ok(());
             };
             let mut t = lock(&self.trusted);
-            t.update(&bytes)?;
+            let change = t.update(&bytes)?;
             self.state.write(&self.state.path("root.json"), &bytes)?;
+            if change.release_keys_changed {
+                self.state.remove("release.json")?;
+                *lock(&self.etag) = None;
+            }
         }
-        lock(&self.trusted).check_fresh(SystemTime::now())?;
-        Ok(())
+        // More versions may follow: stop here, carry on next poll.
+        Err(edgeml_fleet::Error::RootChainTooLong {
+            limit: edgeml_fleet::MAX_ROOT_UPDATES,
+            reached: lock(&self.trusted).root().version,
+        }
+        .into())
     }
 
     fn poll(&self) -> Result<PollOutcome, Error> {
@@ -482,19 +564,53 @@ impl Inner {
         self.ensure_enrolled()?;
         self.update_root()?;
         let etag = lock(&self.etag).clone();
+        let seen: Option<Release> = self.state.read_json_or_set_aside("release.json")?;
         let (view, etag) = match self.client.channel(&self.config.channel, etag.as_deref())? {
-            Poll::NotModified => return Ok(PollOutcome::NotModified),
+            Poll::NotModified => {
+                // A server (or proxy) that answers 304 forever must not
+                // freeze the device on metadata past its expiry.
+                let now = SystemTime::now();
+                if let Some(seen) = &seen {
+                    seen.check_fresh(now)?;
+                }
+                if lock(&self.trusted).requires_timestamp() {
+                    if let Some(ts) = self.state.read_json_or_set_aside::<Timestamp>("timestamp.json")? {
+                        ts.check_fresh(now)?;
+                    }
+                }
+                return Ok(PollOutcome::NotModified);
+            }
             Poll::NotPublished => return Ok(PollOutcome::NothingPublished),
             Poll::View(v, e) => (v, e),
         };
-        let seen: Option<Release> = self.state.read_json("release.json")?;
-        let release = lock(&self.trusted).verify_release(
-            &view.release.to_vec(),
-            &self.config.channel,
-            SystemTime::now(),
-            seen.as_ref(),
-        )?;
+        let now = SystemTime::now();
+        let (release, timestamp) = {
+            let trusted = lock(&self.trusted);
+            let release = trusted.verify_release(
+                &view.release.to_vec(),
+                &self.config.channel,
+                now,
+                seen.as_ref(),
+            )?;
+            let timestamp = if trusted.requires_timestamp() {
+                let env = view.timestamp.as_ref().ok_or(edgeml_fleet::Error::MissingTimestamp {
+                    root_version: trusted.root().version,
+                })?;
+                Some(trusted.verify_timestamp(
+                    &env.to_vec(),
+                    &view.release,
+                    &self.config.channel,
+                    now,
+                )?)
+            } else {
+                None
+            };
+            (release, timestamp)
+        };
         self.state.write_json("release.json", &release)?;
+        if let Some(ts) = &timestamp {
+            self.state.write_json("timestamp.json", ts)?;
+        }
         let outcome = self.act(&release, view.state, view.reason.as_deref());
         // Only a fully handled view is skipped next time.
         if outcome.is_ok() {
@@ -528,11 +644,7 @@ impl Inner {
                     self.state.write_json("state.json", &*d)?;
                 }
                 let e = Error::Halted(reason.unwrap_or("no reason given").to_string());
-                self.set_error(
-                    UpdateState::RolledBack,
-                    Some(release.model_version.to_string()),
-                    &e,
-                );
+                self.set_error(UpdateState::RolledBack, Some(installed_of(release)), &e);
                 return Ok(PollOutcome::RolledBack(previous));
             }
             RolloutState::Halted | RolloutState::Paused => return Ok(PollOutcome::Waiting),
@@ -558,16 +670,12 @@ impl Inner {
     }
 
     fn install(&self, release: &Release) -> Result<PollOutcome, Error> {
-        let target = Installed {
-            model: release.model.clone(),
-            version: release.model_version.to_string(),
-            sha256: release.bundle.sha256.clone(),
-        };
-        self.set_state(UpdateState::Downloading, Some(target.version.clone()));
+        let target = installed_of(release);
+        self.set_state(UpdateState::Downloading, Some(target.clone()));
         self.send_report();
         let bytes = self
             .client
-            .download(&self.state, release, &self.config.download)?;
+            .download(&self.identity, &self.state, release, &self.config.download)?;
         // Verify before anything else touches it: publisher signatures
         // (root's keys and threshold), digests, and the manifest naming
         // the release's model and version.
@@ -595,7 +703,7 @@ impl Inner {
             d.failed.insert(target.sha256.clone());
             let _ = self.state.write_json("state.json", &*d);
             let _ = self.state.remove("pending.json");
-            self.set_error(UpdateState::RolledBack, Some(target.version.clone()), &e);
+            self.set_error(UpdateState::RolledBack, Some(target.clone()), &e);
             e
         };
         // Health check 1: it loads and passes its own self-test vectors.
@@ -612,7 +720,7 @@ impl Inner {
         // Health check 2: serve it and watch its error rate.
         let slot = Arc::new(slot);
         let old = self.swap(Some(slot.clone()));
-        self.set_state(UpdateState::Checking, Some(target.version.clone()));
+        self.set_state(UpdateState::Checking, Some(target.clone()));
         self.send_report();
         let watch = &self.config.health;
         let until = Instant::now() + watch.watch;
@@ -655,7 +763,7 @@ impl Inner {
             let keep: Vec<&Installed> = d.current.iter().chain(d.previous.iter()).collect();
             self.state.gc(&keep);
         }
-        self.set_state(UpdateState::Installed, Some(target.version.clone()));
+        self.set_state(UpdateState::Installed, Some(target.clone()));
         Ok(PollOutcome::Installed(target))
     }
 }

@@ -3,7 +3,7 @@
 //! `/v2/models/{name}[/versions/{v}]`, `.../ready` and `.../infer`.
 
 use crate::{Inner, PredictError};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -74,7 +74,7 @@ impl Server {
             #[cfg(unix)]
             Listener::Unix(_) => None,
         };
-        let app = router(inner, cfg.max_body_bytes);
+        let app = router(inner, &cfg);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("edgeml-agent-serve".into())
@@ -116,9 +116,31 @@ impl Server {
     }
 }
 
-type St = State<Arc<Inner>>;
+/// The API's shared state: the agent, and the admission limits.
+pub(crate) struct Api {
+    inner: Arc<Inner>,
+    /// Requests admitted (running or queued): `max_concurrent + max_queue`.
+    admitted: Arc<tokio::sync::Semaphore>,
+    /// Inferences running: `max_concurrent`.
+    running: Arc<tokio::sync::Semaphore>,
+    /// `serve.max_body_bytes`, or `None` to derive it from the model.
+    max_body: Option<usize>,
+}
 
-fn router(inner: Arc<Inner>, max_body: usize) -> Router {
+type St = State<Arc<Api>>;
+
+/// The largest request body the agent ever reads.
+const HARD_BODY_LIMIT: usize = 64 << 20;
+
+fn router(inner: Arc<Inner>, cfg: &crate::ServeConfig) -> Router {
+    let api = Arc::new(Api {
+        inner,
+        admitted: Arc::new(tokio::sync::Semaphore::new(
+            cfg.max_concurrent.saturating_add(cfg.max_queue),
+        )),
+        running: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent)),
+        max_body: cfg.max_body_bytes,
+    });
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -135,8 +157,30 @@ fn router(inner: Arc<Inner>, max_body: usize) -> Router {
             get(model_ready_v),
         )
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(inner)
+        .layer(DefaultBodyLimit::max(HARD_BODY_LIMIT))
+        .with_state(api)
+}
+
+/// The body limit for the model being served: its fixed-size tensor inputs
+/// as JSON numbers (up to 24 characters each), 4 MiB for each media or
+/// variable-size input, plus 64 KiB for the rest of the request.
+fn derived_body_limit(model: &edgeml_runtime::Model) -> usize {
+    const MEDIA: usize = 4 << 20;
+    let mut total: usize = 64 << 10;
+    if !model.metadata().media_types.is_empty() {
+        total = total.saturating_add(MEDIA / 3 * 4);
+    }
+    for input in &model.manifest().inputs {
+        let fixed = input.shape.iter().try_fold(1usize, |n, d| match d {
+            edgeml_runtime::bundle::Dim::Fixed(k) => n.checked_mul(usize::try_from(*k).ok()?),
+            _ => None,
+        });
+        total = total.saturating_add(match fixed {
+            Some(n) => n.saturating_mul(24),
+            None => MEDIA,
+        });
+    }
+    total.min(HARD_BODY_LIMIT)
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -147,8 +191,8 @@ async fn server_metadata() -> Json<Value> {
     Json(json!({"name": "edgeml-agent", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))
 }
 
-async fn ready(State(inner): St) -> StatusCode {
-    if inner.serving().is_some() {
+async fn ready(State(api): St) -> StatusCode {
+    if api.inner.serving().is_some() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -200,15 +244,15 @@ fn metadata(inner: &Inner, name: &str, version: Option<&str>) -> Response {
     .into_response()
 }
 
-async fn model_metadata(State(inner): St, Path(name): Path<String>) -> Response {
-    metadata(&inner, &name, None)
+async fn model_metadata(State(api): St, Path(name): Path<String>) -> Response {
+    metadata(&api.inner, &name, None)
 }
 
 async fn model_metadata_v(
-    State(inner): St,
+    State(api): St,
     Path((name, version)): Path<(String, String)>,
 ) -> Response {
-    metadata(&inner, &name, Some(&version))
+    metadata(&api.inner, &name, Some(&version))
 }
 
 fn model_is_ready(inner: &Inner, name: &str, version: Option<&str>) -> StatusCode {
@@ -223,15 +267,15 @@ fn model_is_ready(inner: &Inner, name: &str, version: Option<&str>) -> StatusCod
     }
 }
 
-async fn model_ready(State(inner): St, Path(name): Path<String>) -> StatusCode {
-    model_is_ready(&inner, &name, None)
+async fn model_ready(State(api): St, Path(name): Path<String>) -> StatusCode {
+    model_is_ready(&api.inner, &name, None)
 }
 
 async fn model_ready_v(
-    State(inner): St,
+    State(api): St,
     Path((name, version)): Path<(String, String)>,
 ) -> StatusCode {
-    model_is_ready(&inner, &name, Some(&version))
+    model_is_ready(&api.inner, &name, Some(&version))
 }
 
 #[derive(Deserialize)]
@@ -248,15 +292,68 @@ struct InferTensor {
     name: String,
     shape: Vec<u64>,
     datatype: String,
-    data: Value,
+    data: Data,
     #[serde(default)]
     parameters: Option<Value>,
 }
 
-fn flatten(v: &Value, out: &mut Vec<Value>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
-        other => out.push(other.clone()),
+/// A tensor's `data`, flattened while it is parsed (nested arrays in row
+/// order): numbers straight into one vector, no JSON tree in between.
+#[derive(Default)]
+struct Data {
+    numbers: Vec<f64>,
+    strings: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut data = Data::default();
+        d.deserialize_any(Flatten(&mut data))?;
+        Ok(data)
+    }
+}
+
+struct Flatten<'a>(&'a mut Data);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number, a string, or (nested) arrays of them")
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.numbers.push(v);
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.numbers.push(v as f64);
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.numbers.push(v as f64);
+        Ok(())
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.0.numbers.push(if v { 1.0 } else { 0.0 });
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.0.strings.push(v.to_string());
+        Ok(())
+    }
+    fn visit_string<E>(self, v: String) -> Result<(), E> {
+        self.0.strings.push(v);
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
     }
 }
 
@@ -273,9 +370,7 @@ fn to_input(req: InferRequest) -> Result<Input, String> {
             let media_type = content_type(&t.parameters)
                 .or_else(|| content_type(&req.parameters))
                 .ok_or("a BYTES input needs parameters.content_type (e.g. image/png)")?;
-            let mut flat = Vec::new();
-            flatten(&t.data, &mut flat);
-            let [Value::String(b64)] = flat.as_slice() else {
+            let ([b64], []) = (t.data.strings.as_slice(), t.data.numbers.as_slice()) else {
                 return Err("a BYTES input carries one base64 string in `data`".into());
             };
             let bytes = base64::engine::general_purpose::STANDARD
@@ -286,9 +381,15 @@ fn to_input(req: InferRequest) -> Result<Input, String> {
     }
     let mut tensors = Vec::new();
     for t in req.inputs {
-        let mut flat = Vec::new();
-        flatten(&t.data, &mut flat);
-        let want: u64 = t.shape.iter().product();
+        if !t.data.strings.is_empty() {
+            return Err(format!("input `{}` has a non-number value", t.name));
+        }
+        let flat = t.data.numbers;
+        let want = t
+            .shape
+            .iter()
+            .try_fold(1u64, |n, d| n.checked_mul(*d))
+            .ok_or_else(|| format!("input `{}`: shape {:?} is too large", t.name, t.shape))?;
         if flat.len() as u64 != want {
             return Err(format!(
                 "input `{}`: shape {:?} needs {want} values, got {}",
@@ -297,23 +398,29 @@ fn to_input(req: InferRequest) -> Result<Input, String> {
                 flat.len()
             ));
         }
-        let num = |v: &Value| {
-            v.as_f64()
-                .ok_or_else(|| format!("input `{}` has a non-number value", t.name))
-        };
-        let (dtype, data) = match t.datatype.as_str() {
-            "FP32" => (Dtype::F32, flat.iter().map(|v| num(v).map(|x| (x as f32).to_le_bytes().to_vec())).collect::<Result<Vec<_>, _>>()?),
-            "FP64" => (Dtype::F64, flat.iter().map(|v| num(v).map(|x| x.to_le_bytes().to_vec())).collect::<Result<Vec<_>, _>>()?),
-            "INT32" => (Dtype::I32, flat.iter().map(|v| num(v).map(|x| (x as i32).to_le_bytes().to_vec())).collect::<Result<Vec<_>, _>>()?),
-            "INT64" => (Dtype::I64, flat.iter().map(|v| num(v).map(|x| (x as i64).to_le_bytes().to_vec())).collect::<Result<Vec<_>, _>>()?),
-            "UINT8" => (Dtype::U8, flat.iter().map(|v| num(v).map(|x| vec![x as u8])).collect::<Result<Vec<_>, _>>()?),
+        let dtype = match t.datatype.as_str() {
+            "FP32" => Dtype::F32,
+            "FP64" => Dtype::F64,
+            "INT32" => Dtype::I32,
+            "INT64" => Dtype::I64,
+            "UINT8" => Dtype::U8,
             other => return Err(format!("input `{}`: datatype {other} is not supported (FP32, FP64, INT32, INT64, UINT8, BYTES)", t.name)),
         };
+        let mut data = Vec::with_capacity(flat.len() * dtype.size());
+        for x in flat {
+            match dtype {
+                Dtype::F32 => data.extend_from_slice(&(x as f32).to_le_bytes()),
+                Dtype::F64 => data.extend_from_slice(&x.to_le_bytes()),
+                Dtype::I32 => data.extend_from_slice(&(x as i32).to_le_bytes()),
+                Dtype::I64 => data.extend_from_slice(&(x as i64).to_le_bytes()),
+                Dtype::U8 => data.push(x as u8),
+            }
+        }
         tensors.push(Tensor {
             name: t.name,
             dtype,
             shape: t.shape,
-            data: data.concat(),
+            data,
         });
     }
     Ok(Input::Tensors(tensors))
@@ -355,21 +462,70 @@ fn to_response(p: &Prediction, model: &str, version: &str, id: Option<String>) -
     body
 }
 
-async fn run(
-    inner: Arc<Inner>,
-    name: String,
-    version: Option<String>,
-    body: axum::body::Bytes,
-) -> Response {
+/// Whether the request says it carries JSON. Anything else gets 415: a
+/// web page can send a cross-site form POST or a `no-cors` fetch without a
+/// preflight, but not with `Content-Type: application/json`.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn run(api: Arc<Api>, name: String, version: Option<String>, req: Request) -> Response {
+    if !is_json(req.headers()) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "inference requests must be sent with Content-Type: application/json",
+        );
+    }
+    // Admission: a bounded number running and waiting; beyond that, 503.
+    let Ok(_admitted) = api.admitted.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            Json(json!({"error": "too many inference requests in flight; retry shortly"})),
+        )
+            .into_response();
+    };
+    let limit = api
+        .max_body
+        .or_else(|| api.inner.serving().map(|s| derived_body_limit(&s.model)))
+        .unwrap_or(64 << 10)
+        .min(HARD_BODY_LIMIT);
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request is larger than the {limit} bytes this model accepts (serve.max_body_bytes)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
     let req: InferRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("inference request: {e}")),
     };
+    drop(body);
     let id = req.id.clone();
     let input = match to_input(req) {
         Ok(i) => i,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let Ok(_running) = api.running.clone().acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down");
+    };
+    let inner = api.inner.clone();
     let job = tokio::task::spawn_blocking(move || {
         let r = inner.predict(Some(&name), version.as_deref(), input);
         let served = inner.serving().map(|s| s.installed.clone());
@@ -384,11 +540,10 @@ async fn run(
         ),
         Ok((Err(e @ PredictError::UnknownModel { .. }), _)) => error(StatusCode::NOT_FOUND, e),
         Ok((Err(PredictError::Model(e)), _)) => {
-            let status = match e {
-                edgeml_runtime::Error::InvalidInput(_)
-                | edgeml_runtime::Error::UnsupportedMedia(_)
-                | edgeml_runtime::Error::Decode(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            let status = if e.is_client_error() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
             };
             error(status, e)
         }
@@ -399,14 +554,58 @@ async fn run(
     }
 }
 
-async fn infer(State(inner): St, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
-    run(inner, name, None, body).await
+async fn infer(State(api): St, Path(name): Path<String>, req: Request) -> Response {
+    run(api, name, None, req).await
 }
 
 async fn infer_v(
-    State(inner): St,
+    State(api): St,
     Path((name, version)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    req: Request,
 ) -> Response {
-    run(inner, name, Some(version), body).await
+    run(api, name, Some(version), req).await
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any body: a typed refusal (or an input), never a panic.
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(req) = serde_json::from_slice::<InferRequest>(&body) {
+                let _ = to_input(req);
+            }
+        }
+
+        /// Well-formed requests with arbitrary shapes, datatypes and nesting.
+        #[test]
+        fn arbitrary_tensor_requests_never_panic(
+            shape in proptest::collection::vec(any::<u64>(), 0..4),
+            datatype in prop::sample::select(vec!["FP32", "FP64", "INT32", "INT64", "UINT8", "BYTES", "FP16", ""]),
+            values in proptest::collection::vec(-1e9f64..1e9, 0..16),
+            nested in any::<bool>(),
+        ) {
+            let data = if nested {
+                json!([values.iter().map(|v| json!([v])).collect::<Vec<_>>()])
+            } else {
+                json!(values)
+            };
+            let body = json!({"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]});
+            let req: InferRequest = serde_json::from_value(body).unwrap();
+            let want = shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d));
+            match to_input(req) {
+                Ok(Input::Tensors(t)) => {
+                    prop_assert_eq!(want, Some(values.len() as u64));
+                    prop_assert_eq!(t[0].data.len(), values.len() * t[0].dtype.size());
+                }
+                Ok(Input::Media { .. }) => prop_assert!(false, "numbers are not media"),
+                Err(_) => {}
+            }
+        }
+    }
 }

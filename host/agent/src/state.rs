@@ -101,6 +101,87 @@ impl StateDir {
         }
     }
 
+    /// Like [`StateDir::read_json`], but a damaged file is set aside and
+    /// read as absent (for files the agent can do without: the pending
+    /// marker, the last release and timestamp seen).
+    pub fn read_json_or_set_aside<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
+        match self.read_json(name) {
+            Err(Error::State { .. }) => {
+                self.set_aside(name)?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Move a damaged state file aside (`NAME.damaged`); returns where.
+    pub fn set_aside(&self, name: &str) -> Result<PathBuf, Error> {
+        let from = self.path(name);
+        let to = self.path(&format!("{name}.damaged"));
+        std::fs::rename(&from, &to).map_err(io(&from))?;
+        sync_dir(&self.dir);
+        Ok(to)
+    }
+
+    /// Rebuild what is installed from the bundles on disk: each file whose
+    /// name is its SHA-256 and that verifies against the root's publisher
+    /// keys is a candidate. The one the last accepted release pins (if it
+    /// is here) is current, else the highest version; the next highest of
+    /// the same model is the previous one. Nothing is marked failed.
+    pub fn rebuild(&self, policy: &edgeml_bundle::TrustPolicy) -> Disk {
+        use sha2::Digest as _;
+        let mut found: Vec<(semver::Version, Installed)> = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.join("bundles")) else {
+            return Disk::default();
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(sha) = name.strip_suffix(".wasm") else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
+            if hex::encode(sha2::Sha256::digest(&bytes)) != sha {
+                continue;
+            }
+            let Ok(verified) = edgeml_bundle::verify(bytes, policy) else {
+                continue;
+            };
+            let m = verified.manifest();
+            found.push((
+                m.version.clone(),
+                Installed {
+                    model: m.name.clone(),
+                    version: m.version.to_string(),
+                    sha256: sha.to_string(),
+                },
+            ));
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        let pinned: Option<String> = self
+            .read_json::<edgeml_fleet::Release>("release.json")
+            .ok()
+            .flatten()
+            .map(|r| r.bundle.sha256);
+        let current = found
+            .iter()
+            .find(|(_, i)| Some(&i.sha256) == pinned.as_ref())
+            .or(found.first())
+            .map(|(_, i)| i.clone());
+        let previous = current.as_ref().and_then(|c| {
+            found
+                .iter()
+                .find(|(_, i)| i.model == c.model && i.sha256 != c.sha256)
+                .map(|(_, i)| i.clone())
+        });
+        Disk {
+            current,
+            previous,
+            failed: Default::default(),
+        }
+    }
+
     /// Delete bundles other than `keep` (installed and previous).
     pub fn gc(&self, keep: &[&Installed]) {
         let Ok(entries) = std::fs::read_dir(self.dir.join("bundles")) else {

@@ -86,8 +86,14 @@ fn component_digest(bytes: &[u8], sections: &[Section<'_>]) -> ContentDigest {
 /// followed by the `edgeml.manifest` and `edgeml.model` custom sections and a
 /// `signature_delimiter`. Sections edgeml or a signer added before are dropped.
 pub fn pack(opts: &PackOptions<'_>) -> Result<Vec<u8>> {
-    let sections = component_sections(opts.component)?;
-    let component = component_digest(opts.component, &sections);
+    // Section headers as wasmsign2 writes them (minimal LEB128), so that
+    // signing with either tool leaves the content, and its hash, unchanged.
+    let mut canonical = opts.component.get(..8).unwrap_or_default().to_vec();
+    for s in component_sections(opts.component)?.iter().filter(|s| !is_ours(s)) {
+        canonical.extend_from_slice(&s.canonical());
+    }
+    let sections = component_sections(&canonical)?;
+    let component = component_digest(&canonical, &sections);
     let created = opts.created.unwrap_or_else(std::time::SystemTime::now);
     let manifest = Manifest {
         schema: SCHEMA_VERSION,
@@ -112,11 +118,8 @@ pub fn pack(opts: &PackOptions<'_>) -> Result<Vec<u8>> {
     };
     manifest.validate()?;
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Manifest(e.to_string()))?;
-    let mut out = Vec::with_capacity(opts.component.len() + opts.model.len() + json.len() + 64);
-    out.extend_from_slice(&opts.component[..8]);
-    for s in sections.iter().filter(|s| !is_ours(s)) {
-        out.extend_from_slice(&opts.component[s.range.clone()]);
-    }
+    let mut out = canonical;
+    out.reserve(opts.model.len() + json.len() + 64);
     out.extend_from_slice(&custom_section(MANIFEST_SECTION, &json));
     out.extend_from_slice(&custom_section(MODEL_SECTION, opts.model));
     let mut delimiter = [0u8; 16];
@@ -250,16 +253,18 @@ pub fn verify_with_limits(
         let msg = set.message();
         for key in policy.keys() {
             let id = key.id();
-            // A signature counts for a key only if its key id hint is absent
-            // or is that key's id: a wrong hint is a modified signature.
+            let hint = key.wasm_key_id();
+            // wasmsign2's rule: a signature is tried with a key only if its
+            // key id hint is absent or is that key's id; a wrong signature
+            // under a matching hint is a modified signature.
             let candidates = set
                 .signatures
                 .iter()
                 .filter(|s| s.alg == crate::keys::ED25519_ALG);
-            for s in candidates.filter(|s| s.key_id.is_empty() || s.key_id == id.0) {
+            for s in candidates.filter(|s| s.key_id.is_empty() || s.key_id == hint) {
                 if key.verify(&msg, &s.sig) {
                     valid.insert(id);
-                } else if s.key_id == id.0 {
+                } else if s.key_id == hint {
                     bad.get_or_insert(id);
                 }
             }

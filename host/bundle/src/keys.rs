@@ -81,6 +81,20 @@ impl PublicKey {
         KeyId(id)
     }
 
+    /// The key id wasmsign2 writes next to a signature and matches keys by:
+    /// HMAC-SHA256 keyed with the raw public key over `"key_id"`, first 12
+    /// bytes. It is a hint in the signature section; edgeml's own
+    /// [`KeyId`] names keys everywhere else (trust policies, fleet roots).
+    pub fn wasm_key_id(&self) -> [u8; 12] {
+        use hmac::Mac as _;
+        let mut id = [0u8; 12];
+        if let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(self.0.as_bytes()) {
+            mac.update(b"key_id");
+            id.copy_from_slice(&mac.finalize().into_bytes()[..12]);
+        }
+        id
+    }
+
     /// Check an Ed25519 signature over `msg` (strict verification). Used for
     /// bundle signatures and for signed fleet metadata.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {

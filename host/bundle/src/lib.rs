@@ -48,3 +48,6 @@ pub use manifest::{
     SelfTestTensor, TensorSpec,
 };
 pub use policy::TrustPolicy;
+
+#[cfg(test)]
+mod proptests;

@@ -6,8 +6,13 @@
 //! varuint signed_hashes_count ‖ (varuint len ‖ signed_hashes)*
 //! signed_hashes = varuint hashes_count ‖ hash[32]* ‖ varuint sig_count ‖ (varuint len ‖ signature)*
 //! signature     = varuint key_id_len ‖ key_id ‖ alg_id (1 = Ed25519) ‖ varuint sig_len ‖ sig
-//! signed message = "wasmsig" ‖ spec_version ‖ hash_fn ‖ hashes
+//! signed message = "wasmsig" ‖ spec_version ‖ content_type ‖ hash_fn ‖ hashes
+//! key_id         = HMAC-SHA256(key = raw public key, "key_id")[..12] (a hint, not signed)
 //! ```
+//!
+//! A bundle signed here verifies with `wasmsign2 verify`, and one signed
+//! by `wasmsign2 sign` verifies here; several signers share one hash set
+//! (k-of-n is counted over it). CI checks both directions with the real tool.
 
 use crate::keys::ED25519_ALG;
 use crate::wasm::{read_u32, write_u32};
@@ -25,6 +30,10 @@ const DOMAIN: &[u8] = b"wasmsig";
 pub const MAX_HASHES: usize = 64;
 /// Upper bound on signatures per signed hash set.
 pub const MAX_SIGNATURES: usize = 256;
+/// Upper bound on signatures in a whole section (all sets together): each
+/// may cost a signature check per trusted key, so a flood is refused
+/// before any is checked.
+pub const MAX_TOTAL_SIGNATURES: usize = 64;
 
 /// One signature over a set of hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +58,9 @@ pub struct SignedHashes {
 impl SignedHashes {
     /// The message each signature in this set signs.
     pub fn message(&self) -> Vec<u8> {
-        let mut msg = Vec::with_capacity(DOMAIN.len() + 2 + 32 * self.hashes.len());
+        let mut msg = Vec::with_capacity(DOMAIN.len() + 3 + 32 * self.hashes.len());
         msg.extend_from_slice(DOMAIN);
-        msg.extend_from_slice(&[SPEC_VERSION, HASH_SHA256]);
+        msg.extend_from_slice(&[SPEC_VERSION, CONTENT_TYPE_WASM, HASH_SHA256]);
         for h in &self.hashes {
             msg.extend_from_slice(h);
         }
@@ -148,6 +157,7 @@ impl SignatureData {
             });
         }
         let mut signed = Vec::with_capacity(count);
+        let mut total = 0usize;
         for _ in 0..count {
             let mut s = r.slice()?;
             let n = s.u32()? as usize;
@@ -170,6 +180,14 @@ impl SignatureData {
                     what: "signatures",
                     limit: MAX_SIGNATURES as u64,
                     found: m as u64,
+                });
+            }
+            total += m;
+            if total > MAX_TOTAL_SIGNATURES {
+                return Err(Error::LimitExceeded {
+                    what: "signatures in the signature section",
+                    limit: MAX_TOTAL_SIGNATURES as u64,
+                    found: total as u64,
                 });
             }
             let mut signatures = Vec::with_capacity(m);
@@ -235,11 +253,11 @@ impl SignatureData {
             }
         };
         let set = &mut self.signed[pos];
-        let pk_id = key.public_key().id();
-        set.signatures.retain(|g| g.key_id != pk_id.0);
+        let hint = key.public_key().wasm_key_id();
+        set.signatures.retain(|g| g.key_id != hint);
         let sig = key.sign(&set.message());
         set.signatures.push(RawSignature {
-            key_id: pk_id.0.to_vec(),
+            key_id: hint.to_vec(),
             alg: ED25519_ALG,
             sig,
         });

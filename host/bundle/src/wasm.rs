@@ -13,6 +13,11 @@ pub const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
 /// Version and layer bytes of a core module.
 pub const MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
 
+/// Most top-level sections accepted in a component. Our guest components
+/// have a few dozen; the bound keeps a hostile file of millions of tiny
+/// sections from costing memory before any signature is checked.
+pub const MAX_SECTIONS: usize = 10_000;
+
 /// One top-level section.
 #[derive(Debug, Clone)]
 pub struct Section<'a> {
@@ -46,6 +51,13 @@ pub fn component_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>> {
     let mut out = Vec::new();
     let mut pos = 8;
     while pos < bytes.len() {
+        if out.len() == MAX_SECTIONS {
+            return Err(Error::LimitExceeded {
+                what: "top-level sections",
+                limit: MAX_SECTIONS as u64,
+                found: MAX_SECTIONS as u64 + 1,
+            });
+        }
         let start = pos;
         let id = bytes[pos];
         pos += 1;
@@ -84,6 +96,22 @@ pub fn component_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>> {
         pos = end;
     }
     Ok(out)
+}
+
+impl Section<'_> {
+    /// The section as wasmsign2 writes (and hashes) it: id, then minimal
+    /// LEB128 lengths. Padded lengths in an input component are rewritten,
+    /// so that a bundle signed by either tool hashes the same.
+    pub fn canonical(&self) -> Vec<u8> {
+        if self.id == 0 {
+            return custom_section(self.name, self.payload);
+        }
+        let mut out = Vec::with_capacity(self.payload.len() + 6);
+        out.push(self.id);
+        write_u32(&mut out, self.payload.len() as u32);
+        out.extend_from_slice(self.payload);
+        out
+    }
 }
 
 fn malformed(offset: usize, reason: String) -> Error {

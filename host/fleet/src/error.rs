@@ -58,6 +58,54 @@ pub enum Error {
         /// The old root's threshold.
         need: usize,
     },
+    /// The server offered more root versions than a device follows in one update.
+    #[error("followed {limit} root rotations in one update (up to root version {reached}) and stopped; the rest is followed on the next poll")]
+    RootChainTooLong {
+        /// Roots followed per update ([`crate::metadata::MAX_ROOT_UPDATES`]).
+        limit: u64,
+        /// The root version reached.
+        reached: u64,
+    },
+    /// A release metadata version beyond what a fleet can publish after it
+    /// (a fast-forward attempt).
+    #[error("release metadata version {version} is above the largest allowed, {max}")]
+    VersionOutOfRange {
+        /// The version offered.
+        version: u64,
+        /// [`crate::metadata::MAX_RELEASE_VERSION`].
+        max: u64,
+    },
+    /// The release pins a bundle digest that is not 64 lowercase hex digits
+    /// (it would otherwise end up in file paths).
+    #[error("release pins bundle digest `{found}`, which is not 64 lowercase hex digits (SHA-256)")]
+    InvalidDigest {
+        /// What the release carried (at most 80 characters of it).
+        found: String,
+    },
+    /// The timestamp names another channel, release version or release content.
+    #[error("the timestamp vouches for channel `{found_channel}` release version {found_version}, not the release offered (channel `{channel}` version {expected_version}): a replayed or mixed-up release")]
+    TimestampMismatch {
+        /// The channel followed.
+        channel: String,
+        /// The release version offered.
+        expected_version: u64,
+        /// The timestamp's channel.
+        found_channel: String,
+        /// The timestamp's release version.
+        found_version: u64,
+    },
+    /// The root requires a timestamp with every release and none came.
+    #[error("root version {root_version} requires a timestamp with every release, and the server sent none; is the server's timestamp key configured (--timestamp-key)?")]
+    MissingTimestamp {
+        /// The trusted root version.
+        root_version: u64,
+    },
+    /// A timestamp was checked against a root without a timestamp role.
+    #[error("root version {root_version} names no timestamp role")]
+    NoTimestampRole {
+        /// The trusted root version.
+        root_version: u64,
+    },
     /// A root arrived out of order.
     #[error("expected root version {expected}, got {found}")]
     RootVersion {

@@ -43,9 +43,11 @@ pub mod wire;
 
 pub use error::{Error, Result};
 pub use metadata::{
-    rollout_bucket, BundleRef, Envelope, Payload, Release, Role, Roles, Root, Signature,
-    TrustedRoot,
+    rollout_bucket, BundleRef, Envelope, Payload, Release, Role, Roles, Root, RootUpdate,
+    Signature, Timestamp, TrustedRoot, MAX_RELEASE_VERSION, MAX_ROOT_UPDATES,
 };
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,16 @@ use std::time::SystemTime;
 /// Largest metadata document accepted (either kind).
 pub const MAX_METADATA_BYTES: usize = 1 << 20;
 
+/// Most root versions a device follows in one update (TUF's
+/// `max_root_rotations`). A longer chain is followed over several polls,
+/// so a server cannot keep a device verifying roots forever.
+pub const MAX_ROOT_UPDATES: u64 = 32;
+
+/// Largest release metadata version (the server stores versions as signed
+/// 64-bit integers, and a device must never be pushed past what the server
+/// can publish after it).
+pub const MAX_RELEASE_VERSION: u64 = i64::MAX as u64;
+
 /// A signed document: the payload exactly as signed (JSON text) and its signatures.
 ///
 /// Signatures cover `"edgeml-fleet-v1" 0x00 type 0x00 payload`, so a root
@@ -193,6 +203,13 @@ pub struct Roles {
     pub release: Role,
     /// Signs bundles (`edgeml sign`).
     pub publisher: Role,
+    /// Optional: signs short-lived [`Timestamp`]s of each channel's current
+    /// release. Its keys are held online by the fleet server. When a root
+    /// names it, devices require a fresh timestamp with every release, so a
+    /// server or proxy that freezes a device is noticed within the
+    /// timestamp's lifetime (a day by default) instead of the release's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Role>,
 }
 
 /// The root of trust: keys, roles and thresholds, revoked keys. Version 1
@@ -247,6 +264,7 @@ impl Root {
             root: role(root),
             release: role(release),
             publisher: role(publisher),
+            timestamp: None,
         };
         Root {
             kind: "root".into(),
@@ -256,6 +274,19 @@ impl Root {
             roles,
             revoked: BTreeSet::new(),
         }
+    }
+
+    /// Name a timestamp role (see [`Roles::timestamp`]): devices trusting
+    /// this root then require a fresh timestamp signed by `threshold` of `keys`.
+    pub fn with_timestamp(mut self, keys: &[PublicKey], threshold: u32) -> Root {
+        let mut keyids = Vec::new();
+        for k in keys {
+            let id = k.id().to_string();
+            self.keys.insert(id.clone(), hex::encode(k.to_bytes()));
+            keyids.push(id);
+        }
+        self.roles.timestamp = Some(Role { keyids, threshold });
+        self
     }
 
     /// Check what the types do not: key ids match keys, thresholds are
@@ -275,10 +306,14 @@ impl Root {
             }
         }
         for (name, role) in [
-            ("root", &self.roles.root),
-            ("release", &self.roles.release),
-            ("publisher", &self.roles.publisher),
-        ] {
+            ("root", Some(&self.roles.root)),
+            ("release", Some(&self.roles.release)),
+            ("publisher", Some(&self.roles.publisher)),
+            ("timestamp", self.roles.timestamp.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, r)| Some((n, r?)))
+        {
             let distinct: BTreeSet<_> = role.keyids.iter().collect();
             if role.threshold == 0 || role.threshold as usize > distinct.len() {
                 return Err(Error::InvalidRoot(format!(
@@ -377,6 +412,18 @@ impl Release {
         parse_time(&self.expires, "release")
     }
 
+    /// Refuse this release once it has expired.
+    pub fn check_fresh(&self, now: SystemTime) -> Result<()> {
+        let expired = self.expires_at()?;
+        if now >= expired {
+            return Err(Error::Expired {
+                role: "release",
+                expired,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuse a lower model version than `installed` unless this release
     /// allows a downgrade.
     pub fn check_version(&self, installed: Option<&semver::Version>) -> Result<()> {
@@ -456,6 +503,73 @@ fn parse_time(s: &str, role: &'static str) -> Result<SystemTime> {
     })
 }
 
+/// A channel's current release, vouched for by the online timestamp key
+/// for a short time. Signed by the root's timestamp role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timestamp {
+    /// Always `timestamp`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The channel.
+    pub channel: String,
+    /// The release metadata version it vouches for.
+    pub release_version: u64,
+    /// Hex SHA-256 of that release's signed payload text.
+    pub release_sha256: String,
+    /// RFC 3339 expiry (short: a day by default).
+    pub expires: String,
+}
+
+impl Payload for Timestamp {
+    const KIND: &'static str = "timestamp";
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl Timestamp {
+    /// A timestamp for `release` (its envelope) on its channel, valid until `expires`.
+    pub fn for_release(release: &Envelope, expires: SystemTime) -> Result<Timestamp> {
+        let r: Release = release.payload_unverified()?;
+        Ok(Timestamp {
+            kind: Timestamp::KIND.into(),
+            channel: r.channel,
+            release_version: r.version,
+            release_sha256: hex::encode(Sha256::digest(release.payload.as_bytes())),
+            expires: humantime::format_rfc3339_seconds(expires).to_string(),
+        })
+    }
+
+    /// When it expires.
+    pub fn expires_at(&self) -> Result<SystemTime> {
+        parse_time(&self.expires, "timestamp")
+    }
+
+    /// Refuse it once it has expired.
+    pub fn check_fresh(&self, now: SystemTime) -> Result<()> {
+        let expired = self.expires_at()?;
+        if now >= expired {
+            return Err(Error::Expired {
+                role: "timestamp",
+                expired,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a root update changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RootUpdate {
+    /// The new root version.
+    pub version: u64,
+    /// The release role's keys or threshold changed: the trusted release
+    /// metadata version must be dropped (keep the model-version check).
+    pub release_keys_changed: bool,
+}
+
 /// The root a device trusts, and the checks it makes with it.
 #[derive(Debug, Clone)]
 pub struct TrustedRoot {
@@ -488,7 +602,12 @@ impl TrustedRoot {
     /// Move to the next root version: it must be version n+1, valid, signed
     /// by the threshold of this root's root keys and of its own, and keep
     /// every revocation.
-    pub fn update(&mut self, bytes: &[u8]) -> Result<()> {
+    ///
+    /// The returned [`RootUpdate`] says whether the release role changed.
+    /// When it did, callers drop the release metadata version they trust
+    /// (TUF's fast-forward recovery): metadata signed with the old keys,
+    /// however high its version, no longer holds the device back.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<RootUpdate> {
         let envelope = Envelope::from_slice(bytes, "root")?;
         let next: Root = envelope.payload_unverified()?;
         if next.version != self.root.version + 1 {
@@ -527,9 +646,13 @@ impl TrustedRoot {
                 keyid: keyid.clone(),
             });
         }
+        let change = RootUpdate {
+            version: next.version,
+            release_keys_changed: self.root.roles.release != next.roles.release,
+        };
         self.root = next;
         self.envelope = envelope;
-        Ok(())
+        Ok(change)
     }
 
     /// Refuse an expired root (after following the chain).
@@ -544,6 +667,74 @@ impl TrustedRoot {
         Ok(())
     }
 
+    /// Check only that release metadata carries the threshold of this
+    /// root's release signatures (no expiry, channel or version checks).
+    /// The server uses it to tell whether its stored release was signed
+    /// under the current release keys.
+    pub fn check_release_signatures(&self, bytes: &[u8]) -> Result<Release> {
+        let envelope = Envelope::from_slice(bytes, "release")?;
+        let release: Release = envelope.payload_unverified()?;
+        envelope.check(
+            Release::KIND,
+            "release",
+            &self.root.roles.release,
+            &self.root,
+        )?;
+        let digest = &release.bundle.sha256;
+        if digest.len() != 64 || !digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(Error::InvalidDigest {
+                found: digest.chars().take(80).collect(),
+            });
+        }
+        if release.version > MAX_RELEASE_VERSION {
+            return Err(Error::VersionOutOfRange {
+                version: release.version,
+                max: MAX_RELEASE_VERSION,
+            });
+        }
+        Ok(release)
+    }
+
+    /// Whether this root requires a timestamp with every release.
+    pub fn requires_timestamp(&self) -> bool {
+        self.root.roles.timestamp.is_some()
+    }
+
+    /// Verify a timestamp for `release` (the release envelope just
+    /// verified): the timestamp role's threshold, not expired, and naming
+    /// exactly this channel, release version and payload hash.
+    pub fn verify_timestamp(
+        &self,
+        bytes: &[u8],
+        release: &Envelope,
+        channel: &str,
+        now: SystemTime,
+    ) -> Result<Timestamp> {
+        let role = self
+            .root
+            .roles
+            .timestamp
+            .as_ref()
+            .ok_or(Error::NoTimestampRole {
+                root_version: self.root.version,
+            })?;
+        let envelope = Envelope::from_slice(bytes, "timestamp")?;
+        let ts: Timestamp = envelope.payload_unverified()?;
+        envelope.check(Timestamp::KIND, "timestamp", role, &self.root)?;
+        let r: Release = release.payload_unverified()?;
+        let sha = hex::encode(Sha256::digest(release.payload.as_bytes()));
+        if ts.channel != channel || ts.release_version != r.version || ts.release_sha256 != sha {
+            return Err(Error::TimestampMismatch {
+                channel: channel.into(),
+                expected_version: r.version,
+                found_channel: ts.channel,
+                found_version: ts.release_version,
+            });
+        }
+        ts.check_fresh(now)?;
+        Ok(ts)
+    }
+
     /// Verify release metadata for `channel`: release-key threshold, no
     /// revoked signer, not expired, and not older than `seen` (the last
     /// release metadata the device accepted for the channel).
@@ -554,14 +745,7 @@ impl TrustedRoot {
         now: SystemTime,
         seen: Option<&Release>,
     ) -> Result<Release> {
-        let envelope = Envelope::from_slice(bytes, "release")?;
-        let release: Release = envelope.payload_unverified()?;
-        envelope.check(
-            Release::KIND,
-            "release",
-            &self.root.roles.release,
-            &self.root,
-        )?;
+        let release = self.check_release_signatures(bytes)?;
         if release.channel != channel {
             return Err(Error::WrongChannel {
                 expected: channel.into(),
@@ -583,13 +767,7 @@ impl TrustedRoot {
                 });
             }
         }
-        let expired = release.expires_at()?;
-        if now >= expired {
-            return Err(Error::Expired {
-                role: "release",
-                expired,
-            });
-        }
+        release.check_fresh(now)?;
         if !(0.0..=100.0).contains(&release.rollout_percent) {
             return Err(Error::Malformed {
                 what: "release",

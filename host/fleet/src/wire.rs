@@ -29,6 +29,10 @@ pub struct ChannelView {
     pub reason: Option<String>,
     /// The newest root version the server has.
     pub root_version: u64,
+    /// A short-lived timestamp of this release, signed by the server's
+    /// online timestamp key (when the root names a timestamp role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<crate::Envelope>,
 }
 
 /// A device's update state, as it reports it.
@@ -78,6 +82,10 @@ pub struct StatusReport {
     /// The version it is updating to or just failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The bundle digest of `target`: a rollback counts as evidence against
+    /// exactly this bundle, and only if the server offered it to the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_sha256: Option<String>,
     /// The last error, as the device's error message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -86,6 +94,11 @@ pub struct StatusReport {
     pub error_kind: Option<String>,
     /// Root version the device trusts.
     pub root_version: u64,
+    /// Grows with every report the device sends; the server refuses a
+    /// report whose sequence number is not above the last one it accepted
+    /// from the device (a replayed report).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// One device in the fleet view (`GET /v1/fleet/devices`).

@@ -12,6 +12,11 @@ pub(crate) trait Graph: Send + Sync {
 /// One execution context (scratch state reused across runs).
 pub(crate) trait Session: Send {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String>;
+    /// Memory this session holds for the guest beyond the shared model
+    /// (the sandboxed backend's linear memory), charged to the guest's budget.
+    fn memory_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// tract, native code in the host process.

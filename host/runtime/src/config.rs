@@ -106,8 +106,12 @@ impl Config {
         self
     }
 
-    /// Largest size of each guest linear memory, in bytes. Growing past it
-    /// fails the call with [`crate::Error::ResourceLimit`]. Default 512 MiB.
+    /// Memory budget of one guest instance, in bytes: all its linear
+    /// memories together, plus everything the host allocates for it through
+    /// `wasi:nn` (tensors, outputs, and the sandboxed backend's memory for
+    /// its execution contexts). Going past it fails the call with
+    /// [`crate::Error::ResourceLimit`] (`what: "memory"`); the instance is
+    /// discarded and the next call gets a fresh one. Default 512 MiB.
     pub fn max_memory_bytes(&mut self, bytes: usize) -> &mut Self {
         self.max_memory_bytes = bytes;
         self

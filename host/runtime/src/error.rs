@@ -96,20 +96,27 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short name for the kind of error, as telemetry reports it
-    /// (`invalid_input`, `decode`, `timeout`, `trap`, ...; see
-    /// [`edgeml_telemetry::ERROR_KINDS`]).
-    pub fn kind(&self) -> &'static str {
+    /// Whether the request, not the model or the runtime, was at fault
+    /// (invalid input, unsupported or undecodable media): such errors are
+    /// the client's, and health checks do not count them.
+    pub fn is_client_error(&self) -> bool {
+        self.kind().is_client_error()
+    }
+
+    /// The kind of error, as telemetry reports it (`invalid_input`,
+    /// `decode`, `timeout`, `trap`, ...).
+    pub fn kind(&self) -> edgeml_telemetry::ErrorKind {
+        use edgeml_telemetry::ErrorKind as K;
         match self {
-            Error::InvalidInput(_) => "invalid_input",
-            Error::UnsupportedMedia(_) => "unsupported_media",
-            Error::Decode(_) => "decode",
-            Error::Inference(_) => "inference",
-            Error::GuestConfig(_) => "guest_config",
-            Error::Timeout { .. } => "timeout",
-            Error::ResourceLimit { .. } => "resource_limit",
-            Error::Trap { .. } => "trap",
-            _ => "other",
+            Error::InvalidInput(_) => K::InvalidInput,
+            Error::UnsupportedMedia(_) => K::UnsupportedMedia,
+            Error::Decode(_) => K::Decode,
+            Error::Inference(_) => K::Inference,
+            Error::GuestConfig(_) => K::GuestConfig,
+            Error::Timeout { .. } => K::Timeout,
+            Error::ResourceLimit { .. } => K::ResourceLimit,
+            Error::Trap { .. } => K::Trap,
+            _ => K::Other,
         }
     }
 }

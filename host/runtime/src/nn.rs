@@ -10,7 +10,7 @@ use crate::bindings::wasi::nn::errors::ErrorCode;
 use crate::bindings::wasi::nn::graph::{ExecutionTarget, GraphEncoding};
 use crate::bindings::wasi::nn::tensor::TensorType;
 use crate::bindings::wasi::nn::{errors, graph, inference, tensor};
-use crate::state::State;
+use crate::state::{LimitHit, State};
 use crate::tensor::Tensor;
 use edgeml_bundle::Dtype;
 use sha2::{Digest, Sha256};
@@ -20,18 +20,57 @@ use wasmtime::component::Resource;
 /// Largest total size of the graph bytes a guest may pass to `load` (when allowed).
 const MAX_GUEST_GRAPH_BYTES: usize = 256 << 20;
 
-/// What the wasi:nn host serves to one store.
+/// Most live `wasi:nn` resources (graphs, tensors, errors) per instance.
+/// Our components hold a handful; wasmtime's own cap is 100 000 per store.
+pub(crate) const MAX_HANDLES: usize = 1024;
+/// Most live execution contexts per instance. Our components keep one and
+/// reuse it; each may hold a sandboxed backend instance.
+pub(crate) const MAX_CONTEXTS: usize = 4;
+/// Most sessions kept for reuse after their context is dropped.
+const SPARE_SESSIONS: usize = 2;
+
+/// What the wasi:nn host serves to one store, and what it holds for it.
 pub(crate) struct NnHost {
     pub(crate) name: String,
     pub(crate) model: Arc<dyn Graph>,
     pub(crate) model_sha256: [u8; 32],
     pub(crate) allow_guest_model_bytes: bool,
+    /// Live graphs, tensors and errors.
+    handles: usize,
+    /// Live execution contexts.
+    contexts: usize,
+    /// Sessions of dropped contexts, kept to reuse (their graph, the session).
+    spare: Vec<(Arc<dyn Graph>, Box<dyn Session>)>,
+}
+
+impl NnHost {
+    pub(crate) fn new(
+        name: String,
+        model: Arc<dyn Graph>,
+        model_sha256: [u8; 32],
+        allow_guest_model_bytes: bool,
+    ) -> NnHost {
+        NnHost {
+            name,
+            model,
+            model_sha256,
+            allow_guest_model_bytes,
+            handles: 0,
+            contexts: 0,
+            spare: Vec::new(),
+        }
+    }
 }
 
 /// `wasi:nn/graph.graph`.
 pub struct NnGraph(Arc<dyn Graph>);
-/// `wasi:nn/inference.graph-execution-context`.
-pub struct NnContext(Box<dyn Session>);
+/// `wasi:nn/inference.graph-execution-context`: the session, its graph,
+/// and the bytes charged to the guest for it.
+pub struct NnContext {
+    session: Box<dyn Session>,
+    graph: Arc<dyn Graph>,
+    charged: usize,
+}
 /// `wasi:nn/tensor.tensor`.
 pub struct NnTensor {
     dims: Vec<u32>,
@@ -48,11 +87,58 @@ type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
 impl State {
     fn nn_err<T>(&mut self, code: ErrorCode, data: impl Into<String>) -> NnResult<T> {
-        let e = self.table.push(NnError {
-            code,
-            data: data.into(),
-        })?;
+        let mut data: String = data.into();
+        data.truncate(4096);
+        self.take_handle()?;
+        let e = self.table.push(NnError { code, data })?;
         Ok(Err(e))
+    }
+
+    /// Count one more live wasi:nn resource, or trap at [`MAX_HANDLES`].
+    fn take_handle(&mut self) -> wasmtime::Result<()> {
+        if self.nn.handles >= MAX_HANDLES {
+            self.limiter.hit = Some(LimitHit::Handles);
+            return Err(wasmtime::Error::msg(format!(
+                "the guest holds {MAX_HANDLES} wasi-nn resources; dropping none"
+            )));
+        }
+        self.nn.handles += 1;
+        Ok(())
+    }
+
+    fn give_handle(&mut self) {
+        self.nn.handles = self.nn.handles.saturating_sub(1);
+    }
+
+    /// A tensor the host keeps for the guest: counted and charged.
+    fn push_tensor(&mut self, t: NnTensor) -> wasmtime::Result<Resource<NnTensor>> {
+        self.take_handle()?;
+        if let Err(e) = self.limiter.charge(t.data.len()) {
+            self.give_handle();
+            return Err(e);
+        }
+        Ok(self.table.push(t)?)
+    }
+
+    /// Remove a tensor and give back its charge.
+    fn take_tensor(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<NnTensor> {
+        let t = self.table.delete(t)?;
+        self.give_handle();
+        self.limiter.refund(t.data.len());
+        Ok(t)
+    }
+
+    /// Bring the charge for a context's session up to what it holds now.
+    fn recharge(&mut self, ctx: &Resource<NnContext>) -> wasmtime::Result<()> {
+        let (now, before) = {
+            let c = self.table.get(ctx)?;
+            (c.session.memory_bytes(), c.charged)
+        };
+        if now > before {
+            self.limiter.charge(now - before)?;
+            self.table.get_mut(ctx)?.charged = now;
+        }
+        Ok(())
     }
 }
 
@@ -98,6 +184,7 @@ impl graph::Host for State {
         };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         if digest == self.nn.model_sha256 {
+            self.take_handle()?;
             let g = self.table.push(NnGraph(self.nn.model.clone()))?;
             return Ok(Ok(g));
         }
@@ -120,6 +207,7 @@ impl graph::Host for State {
         // Insecure path, native backend only: these bytes were never verified.
         match edgeml_tract::Model::load(bytes) {
             Ok(m) => {
+                self.take_handle()?;
                 let g = self
                     .table
                     .push(NnGraph(Arc::new(crate::backend::Native(Arc::new(m)))))?;
@@ -137,6 +225,7 @@ impl graph::Host for State {
                 format!("no model named `{name}`; this bundle's model is `{known}`"),
             );
         }
+        self.take_handle()?;
         let g = self.table.push(NnGraph(self.nn.model.clone()))?;
         Ok(Ok(g))
     }
@@ -148,17 +237,41 @@ impl graph::HostGraph for State {
         graph: Resource<NnGraph>,
     ) -> NnResult<Resource<inference::GraphExecutionContext>> {
         let model = self.table.get(&graph)?.0.clone();
-        match model.session() {
-            Ok(s) => {
-                let c = self.table.push(NnContext(s))?;
-                Ok(Ok(c))
-            }
-            Err(e) => self.nn_err(ErrorCode::RuntimeError, e),
+        if self.nn.contexts >= MAX_CONTEXTS {
+            self.limiter.hit = Some(LimitHit::Contexts);
+            return Err(wasmtime::Error::msg(format!(
+                "the guest holds {MAX_CONTEXTS} execution contexts; reuse one"
+            )));
         }
+        // Reuse the session of a dropped context on the same graph.
+        let spare = self
+            .nn
+            .spare
+            .iter()
+            .position(|(g, _)| Arc::ptr_eq(g, &model))
+            .map(|i| self.nn.spare.swap_remove(i).1);
+        let session = match spare {
+            Some(s) => s,
+            None => match model.session() {
+                Ok(s) => s,
+                Err(e) => return self.nn_err(ErrorCode::RuntimeError, e),
+            },
+        };
+        // The session's own memory (the sandboxed backend's) is the guest's.
+        let charged = session.memory_bytes();
+        self.limiter.charge(charged)?;
+        self.nn.contexts += 1;
+        let c = self.table.push(NnContext {
+            session,
+            graph: model,
+            charged,
+        })?;
+        Ok(Ok(c))
     }
 
     fn drop(&mut self, graph: Resource<NnGraph>) -> wasmtime::Result<()> {
         self.table.delete(graph)?;
+        self.give_handle();
         Ok(())
     }
 }
@@ -173,7 +286,7 @@ impl inference::HostGraphExecutionContext for State {
     ) -> NnResult<Vec<(String, Resource<NnTensor>)>> {
         let mut named = Vec::with_capacity(inputs.len());
         for (name, t) in inputs {
-            let NnTensor { dims, ty, data } = self.table.delete(t)?;
+            let NnTensor { dims, ty, data } = self.take_tensor(t)?;
             let Some(dtype) = dtype(ty) else {
                 return self.nn_err(
                     ErrorCode::InvalidArgument,
@@ -187,7 +300,8 @@ impl inference::HostGraphExecutionContext for State {
                 data,
             });
         }
-        let result = self.table.get_mut(&ctx)?.0.run(named);
+        let result = self.table.get_mut(&ctx)?.session.run(named);
+        self.recharge(&ctx)?;
         let outputs = match result {
             Ok(o) => o,
             Err(msg) => return self.nn_err(ErrorCode::InvalidArgument, msg),
@@ -208,7 +322,7 @@ impl inference::HostGraphExecutionContext for State {
                     )
                 }
             };
-            let r = self.table.push(NnTensor {
+            let r = self.push_tensor(NnTensor {
                 dims,
                 ty: tensor_type(t.dtype),
                 data: t.data,
@@ -219,7 +333,13 @@ impl inference::HostGraphExecutionContext for State {
     }
 
     fn drop(&mut self, ctx: Resource<NnContext>) -> wasmtime::Result<()> {
-        self.table.delete(ctx)?;
+        let c = self.table.delete(ctx)?;
+        self.nn.contexts = self.nn.contexts.saturating_sub(1);
+        self.limiter.refund(c.charged);
+        if self.nn.spare.len() < SPARE_SESSIONS {
+            // Kept for the next context; its memory is charged again then.
+            self.nn.spare.push((c.graph, c.session));
+        }
         Ok(())
     }
 }
@@ -233,7 +353,7 @@ impl tensor::HostTensor for State {
         ty: TensorType,
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<NnTensor>> {
-        Ok(self.table.push(NnTensor { dims, ty, data })?)
+        self.push_tensor(NnTensor { dims, ty, data })
     }
     fn dimensions(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u32>> {
         Ok(self.table.get(&t)?.dims.clone())
@@ -245,7 +365,7 @@ impl tensor::HostTensor for State {
         Ok(self.table.get(&t)?.data.clone())
     }
     fn drop(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<()> {
-        self.table.delete(t)?;
+        self.take_tensor(t)?;
         Ok(())
     }
 }
@@ -261,6 +381,7 @@ impl errors::HostError for State {
     }
     fn drop(&mut self, e: Resource<NnError>) -> wasmtime::Result<()> {
         self.table.delete(e)?;
+        self.give_handle();
         Ok(())
     }
 }

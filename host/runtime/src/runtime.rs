@@ -6,6 +6,11 @@ use crate::sandbox::SandboxEngine;
 use crate::state::{LimitHit, Limiter, State, STDERR_CAPACITY};
 use crate::tensor::{Input, ModelMetadata, Prediction, ScoredLabel, Tensor};
 use crate::{Backend, Config, Error};
+
+/// Most linear memories one guest instance may create. Our components have
+/// one or two (the module's and, in some, an adapter's); a component
+/// declaring more is refused at instantiation.
+const MAX_MEMORIES: usize = 4;
 use edgeml_bundle::{Manifest, TrustPolicy, VerifiedBundle};
 use edgeml_telemetry::wire::{ModelRef, SampleInput, TensorData};
 use edgeml_telemetry::{ModelDescriptor, ModelTelemetry, Observed};
@@ -300,20 +305,19 @@ struct Shared {
 impl Shared {
     fn instantiate(&self) -> Result<Slot, Error> {
         let config = &self.runtime.inner.config;
-        let limiter = Limiter {
-            memory_bytes: config.max_memory_bytes,
-            table_elements: config.max_table_elements,
-            instances: config.max_instances,
-            tables: config.max_tables,
-            memories: config.max_instances,
-            hit: None,
-        };
-        let nn = NnHost {
-            name: self.manifest.name.clone(),
-            model: self.model.clone(),
-            model_sha256: self.model_sha256,
-            allow_guest_model_bytes: config.allow_guest_model_bytes,
-        };
+        let limiter = Limiter::new(
+            config.max_memory_bytes,
+            config.max_table_elements,
+            config.max_instances,
+            config.max_tables,
+            MAX_MEMORIES,
+        );
+        let nn = NnHost::new(
+            self.manifest.name.clone(),
+            self.model.clone(),
+            self.model_sha256,
+            config.allow_guest_model_bytes,
+        );
         let mut store = Store::new(
             &self.runtime.inner.engine,
             State::new(nn, self.manifest_json.clone(), limiter),
@@ -382,6 +386,18 @@ fn classify(
             return Error::ResourceLimit {
                 what: "table",
                 limit: config.limiter.table_elements as u64,
+            }
+        }
+        Some(LimitHit::Handles) => {
+            return Error::ResourceLimit {
+                what: "wasi-nn handles",
+                limit: crate::nn::MAX_HANDLES as u64,
+            }
+        }
+        Some(LimitHit::Contexts) => {
+            return Error::ResourceLimit {
+                what: "wasi-nn execution contexts",
+                limit: crate::nn::MAX_CONTEXTS as u64,
             }
         }
         None => {}

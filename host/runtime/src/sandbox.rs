@@ -109,14 +109,7 @@ struct SandboxGraph {
 impl SandboxGraph {
     fn new_slot(&self) -> Result<Slot, String> {
         let e = &self.engine;
-        let limiter = Limiter {
-            memory_bytes: e.max_memory_bytes,
-            table_elements: 1 << 20,
-            instances: 64,
-            tables: 64,
-            memories: 64,
-            hit: None,
-        };
+        let limiter = Limiter::new(e.max_memory_bytes, 1 << 20, 64, 64, 4);
         let state = SandboxState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -178,6 +171,12 @@ impl Drop for SandboxSession {
 }
 
 impl Session for SandboxSession {
+    fn memory_bytes(&self) -> usize {
+        self.slot
+            .as_ref()
+            .map_or(0, |s| s.store.data().limiter.linear)
+    }
+
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         let slot = self
             .slot
@@ -210,6 +209,7 @@ fn describe(store: &Store<SandboxState>, err: wasmtime::Error, timeout: Duration
             store.data().limiter.memory_bytes
         ),
         Some(LimitHit::Table) => "the sandboxed backend exceeded its table limit".into(),
+        Some(LimitHit::Handles | LimitHit::Contexts) => "the sandboxed backend exceeded a handle limit".into(),
         None => match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
                 format!("the sandboxed backend ran past the {timeout:?} limit")

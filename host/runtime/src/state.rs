@@ -71,10 +71,18 @@ impl crate::bindings::edgeml::model::types::Host for State {}
 pub(crate) enum LimitHit {
     Memory,
     Table,
+    /// Too many live `wasi:nn` resources (tensors, graphs, errors).
+    Handles,
+    /// Too many live `wasi:nn` execution contexts.
+    Contexts,
 }
 
 /// Memory, table and instance limits; remembers which limit refused a growth
 /// so the resulting trap can be reported as that limit.
+///
+/// `memory_bytes` is one budget for the whole instance: the sum of its
+/// linear memories (`linear`) and of what the host holds for it (`host`:
+/// `wasi:nn` tensors and backend sessions).
 #[derive(Debug)]
 pub(crate) struct Limiter {
     pub(crate) memory_bytes: usize,
@@ -83,19 +91,68 @@ pub(crate) struct Limiter {
     pub(crate) tables: usize,
     pub(crate) memories: usize,
     pub(crate) hit: Option<LimitHit>,
+    pub(crate) linear: usize,
+    pub(crate) host: usize,
+}
+
+impl Limiter {
+    pub(crate) fn new(
+        memory_bytes: usize,
+        table_elements: usize,
+        instances: usize,
+        tables: usize,
+        memories: usize,
+    ) -> Limiter {
+        Limiter {
+            memory_bytes,
+            table_elements,
+            instances,
+            tables,
+            memories,
+            hit: None,
+            linear: 0,
+            host: 0,
+        }
+    }
+
+    /// Charge `bytes` of host memory held for the guest; refused (and
+    /// remembered as a memory-limit hit) when the budget would be exceeded.
+    pub(crate) fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        let total = self.linear.saturating_add(self.host).saturating_add(bytes);
+        if total > self.memory_bytes {
+            self.hit = Some(LimitHit::Memory);
+            return Err(wasmtime::Error::msg(format!(
+                "the guest's host-side allocations would take it past its memory limit of {} bytes",
+                self.memory_bytes
+            )));
+        }
+        self.host += bytes;
+        Ok(())
+    }
+
+    /// Give back host memory charged with [`Limiter::charge`].
+    pub(crate) fn refund(&mut self, bytes: usize) {
+        self.host = self.host.saturating_sub(bytes);
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+        let growth = desired.saturating_sub(current);
+        let total = self
+            .linear
+            .saturating_add(self.host)
+            .saturating_add(growth);
+        if total > self.memory_bytes {
             self.hit = Some(LimitHit::Memory);
             return Ok(false);
         }
+        self.linear += growth;
         Ok(true)
     }
 

@@ -30,7 +30,7 @@ pub(crate) struct JournalMeta {
 pub(crate) struct Event {
     pub t_ms: u64,
     pub latency_us: u32,
-    /// 0 = ok, else 1 + index into [`crate::ERROR_KINDS`].
+    /// 0 = ok, else [`crate::ErrorKind::code`].
     pub outcome: u8,
     pub monitoring: Vec<f32>,
     /// (label index, score), best first.

@@ -57,18 +57,114 @@ use wire::{
     WindowRecord,
 };
 
-/// Error kinds a prediction can fail with, as reported in windows.
-pub const ERROR_KINDS: &[&str] = &[
-    "invalid_input",
-    "unsupported_media",
-    "decode",
-    "inference",
-    "guest_config",
-    "timeout",
-    "resource_limit",
-    "trap",
-    "other",
-];
+/// Why a prediction failed, as journals store it and windows report it.
+///
+/// The journal stores the code ([`ErrorKind::code`]); windows and the
+/// collector use the name ([`ErrorKind::name`]). Both are stable: the codes
+/// are those of the string table older journals were written with, so a
+/// journal recovered after an upgrade reads back the same kinds, and an
+/// unknown code or name reads as [`ErrorKind::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// An input is missing, unknown, or of the wrong dtype, shape or size.
+    InvalidInput,
+    /// The component does not accept this media type.
+    UnsupportedMedia,
+    /// The media could not be decoded.
+    Decode,
+    /// The inference backend failed.
+    Inference,
+    /// The component rejected its configuration.
+    GuestConfig,
+    /// The call ran past its deadline.
+    Timeout,
+    /// The guest hit a memory, table or handle limit.
+    ResourceLimit,
+    /// The guest trapped.
+    Trap,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorKind {
+    /// Every kind, in code order.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::UnsupportedMedia,
+        ErrorKind::Decode,
+        ErrorKind::Inference,
+        ErrorKind::GuestConfig,
+        ErrorKind::Timeout,
+        ErrorKind::ResourceLimit,
+        ErrorKind::Trap,
+        ErrorKind::Other,
+    ];
+
+    /// The stable name (`invalid_input`, `trap`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::UnsupportedMedia => "unsupported_media",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Inference => "inference",
+            ErrorKind::GuestConfig => "guest_config",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::ResourceLimit => "resource_limit",
+            ErrorKind::Trap => "trap",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// The kind with this name; unknown names are [`ErrorKind::Other`].
+    pub fn from_name(name: &str) -> ErrorKind {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(ErrorKind::Other)
+    }
+
+    /// The journal code (1..=9; 0 means success).
+    pub fn code(self) -> u8 {
+        match self {
+            ErrorKind::InvalidInput => 1,
+            ErrorKind::UnsupportedMedia => 2,
+            ErrorKind::Decode => 3,
+            ErrorKind::Inference => 4,
+            ErrorKind::GuestConfig => 5,
+            ErrorKind::Timeout => 6,
+            ErrorKind::ResourceLimit => 7,
+            ErrorKind::Trap => 8,
+            ErrorKind::Other => 9,
+        }
+    }
+
+    /// The kind with this journal code; unknown codes are [`ErrorKind::Other`].
+    pub fn from_code(code: u8) -> ErrorKind {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.code() == code)
+            .unwrap_or(ErrorKind::Other)
+    }
+
+    /// Whether the request, not the model, was at fault (invalid input,
+    /// unsupported or undecodable media). A health check must never count
+    /// these against a model version, or any client could veto an update
+    /// by sending garbage.
+    pub fn is_client_error(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::InvalidInput | ErrorKind::UnsupportedMedia | ErrorKind::Decode
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Name of the categorical feature holding the top label.
 pub const PREDICTION_FEATURE: &str = "prediction";
@@ -422,26 +518,20 @@ impl Telemetry {
 
 impl ModelTelemetry {
     /// Record one prediction: its latency and either what it observed or the
-    /// kind of error (one of [`ERROR_KINDS`]). `input` is called only when
+    /// kind of error. `input` is called only when
     /// the input is kept as a sample (samples enabled, and chosen by the
     /// reservoir or below the confidence threshold).
     pub fn record(
         &self,
         latency: Duration,
-        outcome: Result<Observed<'_>, &str>,
+        outcome: Result<Observed<'_>, ErrorKind>,
         input: impl FnOnce() -> Option<SampleInput>,
     ) {
         let t_ms = now_ms();
         let latency_us = latency.as_micros().min(u128::from(u32::MAX)) as u32;
         let (code, monitoring, scores) = match outcome {
             Ok(o) => (0u8, o.monitoring, o.scores),
-            Err(kind) => {
-                let i = ERROR_KINDS
-                    .iter()
-                    .position(|k| *k == kind)
-                    .unwrap_or(ERROR_KINDS.len() - 1);
-                (1 + i as u8, &[][..], &[][..])
-            }
+            Err(kind) => (kind.code(), &[][..], &[][..]),
         };
         let samples = self.inner.config.samples.as_ref();
         let mut slot = None;
@@ -644,8 +734,8 @@ fn aggregate(meta: &JournalMeta, events: &[Event], k: u16) -> Aggregate {
         a.last_ms = a.last_ms.max(e.t_ms);
         a.latency.update(e.latency_us as f32);
         if e.outcome != 0 {
-            let kind = ERROR_KINDS.get(e.outcome as usize - 1).unwrap_or(&"other");
-            *a.errors.entry(kind.to_string()).or_default() += 1;
+            let kind = ErrorKind::from_code(e.outcome);
+            *a.errors.entry(kind.name().to_string()).or_default() += 1;
             continue;
         }
         if mon.len() < e.monitoring.len() {
@@ -856,8 +946,19 @@ impl Inner {
             recovered,
             samples_over_budget: over_budget,
         };
+        // Window identity is deterministic: a window rebuilt from the
+        // journal after a crash between this push and the journal reset
+        // gets the same id, and the collector counts it once.
+        let id = wire::derived_record_id(&[
+            &self.config.device_id,
+            "window",
+            &meta.model.name,
+            &meta.model.version,
+            &meta.model.digest,
+            &start_ms.to_string(),
+        ]);
         self.spool.push(&Record {
-            id: wire::new_record_id(),
+            id,
             body: RecordBody::Window(record),
         })?;
         {
@@ -913,8 +1014,12 @@ impl Inner {
                     if drifted {
                         sample.reason = SampleReason::DriftedWindow;
                     }
+                    // Named after its pending file: pushed again after a
+                    // crash before the file is removed, it is counted once.
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    let id = wire::derived_record_id(&[&self.config.device_id, "sample", name]);
                     self.spool.push(&Record {
-                        id: wire::new_record_id(),
+                        id,
                         body: RecordBody::Sample(sample),
                     })?;
                 } else {
@@ -988,5 +1093,36 @@ fn closer_loop(weak: Weak<Inner>, signal: Arc<Signal>) {
             (inner.config.window / 4).clamp(Duration::from_millis(25), Duration::from_secs(1))
         };
         signal.wait(tick);
+    }
+}
+
+#[cfg(test)]
+mod error_kind_tests {
+    use super::ErrorKind;
+
+    /// The string table journals were written with before `ErrorKind`:
+    /// code = 1 + index. Old journals must read back the same kinds.
+    const OLD_TABLE: [&str; 9] = [
+        "invalid_input",
+        "unsupported_media",
+        "decode",
+        "inference",
+        "guest_config",
+        "timeout",
+        "resource_limit",
+        "trap",
+        "other",
+    ];
+
+    #[test]
+    fn codes_read_like_the_old_string_table() {
+        for (i, name) in OLD_TABLE.iter().enumerate() {
+            let k = ErrorKind::from_code(1 + i as u8);
+            assert_eq!(k.name(), *name);
+            assert_eq!(ErrorKind::from_name(name), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{name}\""));
+        }
+        assert_eq!(ErrorKind::from_code(200), ErrorKind::Other);
+        assert_eq!(ErrorKind::from_name("gremlins"), ErrorKind::Other);
     }
 }

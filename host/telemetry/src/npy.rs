@@ -107,4 +107,24 @@ mod tests {
         }
         assert!(encode(Dtype::F32, &[2], &[0u8; 4]).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = decode(&bytes);
+            let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+            npy.extend_from_slice(&bytes);
+            let _ = decode(&npy);
+        }
+
+        #[test]
+        fn round_trips_any_shape(shape in proptest::collection::vec(0u64..5, 0..4)) {
+            let n: u64 = shape.iter().product();
+            let data = vec![1u8; n as usize * 4];
+            let bytes = encode(Dtype::F32, &shape, &data).unwrap();
+            proptest::prop_assert_eq!(decode(&bytes).unwrap(), (Dtype::F32, shape, data));
+        }
+    }
 }

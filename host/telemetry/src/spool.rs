@@ -100,7 +100,7 @@ impl Spool {
         }
         if dropped > 0 {
             st.dropped += dropped;
-            let _ = fs::write(self.dir.join("dropped"), st.dropped.to_string());
+            let _ = crate::write_atomic(&self.dir.join("dropped"), st.dropped.to_string().as_bytes());
         }
         Ok(dropped)
     }
@@ -155,7 +155,10 @@ impl Spool {
                 self.dir.join("rejected").join(name(seq)),
             );
             st.quarantined += 1;
-            let _ = fs::write(self.dir.join("rejected/count"), st.quarantined.to_string());
+            let _ = crate::write_atomic(
+                &self.dir.join("rejected/count"),
+                st.quarantined.to_string().as_bytes(),
+            );
         }
     }
 

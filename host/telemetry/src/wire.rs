@@ -13,6 +13,21 @@ pub const DEVICE_HEADER: &str = "x-edgeml-device";
 /// Header with the hex ed25519 signature of [`signing_message`].
 pub const SIGNATURE_HEADER: &str = "x-edgeml-signature";
 
+/// Header with the time (ms since the epoch) a device signed a bodiless
+/// request at; see [`get_signing_body`].
+pub const TIME_HEADER: &str = "x-edgeml-time";
+
+/// How far a signed bodiless request's time may be from the server's clock.
+pub const MAX_REQUEST_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// What a device signs (as the body of [`signing_message`]) to authenticate
+/// a request without a body, such as a bundle download: the method, the
+/// path and the time, so a captured signature works for that one path and
+/// only for a few minutes.
+pub fn get_signing_body(method: &str, path: &str, time_ms: u64) -> Vec<u8> {
+    format!("edgeml-request-v1 {method} {path} {time_ms}").into_bytes()
+}
+
 /// What a device signs for a batch: a domain tag, its id and the SHA-256 of
 /// the request body exactly as sent (gzip-compressed when it is).
 pub fn signing_message(device_id: &str, body: &[u8]) -> Vec<u8> {
@@ -30,6 +45,19 @@ pub fn valid_device_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A record id derived from what the record is: the same window (device,
+/// model, start) or sample rebuilt after a crash gets the same id, and the
+/// collector, which stores each id once, counts it once.
+pub fn derived_record_id(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"edgeml-record-v1\0");
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
 }
 
 /// A fresh record id: 128 random bits, hex.
