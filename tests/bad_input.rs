@@ -213,10 +213,9 @@ fn random_media_gets_a_typed_error() {
     );
     runner
         .run(&strategy, |(noise, flips, cut)| {
-            for (model, media_type, good) in [
-                (&image, "image/png", &png),
-                (&voice, "audio/wav", &wav),
-            ] {
+            for (model, media_type, good) in
+                [(&image, "image/png", &png), (&voice, "audio/wav", &wav)]
+            {
                 // Noise, and a real file with bytes flipped and cut short.
                 let mut mutated = good.clone();
                 for (i, x) in &flips {
@@ -227,9 +226,7 @@ fn random_media_gets_a_typed_error() {
                 for bytes in [noise.clone(), mutated] {
                     match model.predict(media(media_type, bytes)) {
                         Ok(_) | Err(Error::Decode(_)) | Err(Error::InvalidInput(_)) => {}
-                        Err(e) => {
-                            return Err(TestCaseError::fail(format!("{media_type}: {e:?}")))
-                        }
+                        Err(e) => return Err(TestCaseError::fail(format!("{media_type}: {e:?}"))),
                     }
                 }
             }

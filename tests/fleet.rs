@@ -464,7 +464,10 @@ fn rejects_corrupted_download() {
 
 /// A hostile mirror in front of the fleet server: bundle downloads get
 /// `serve`'s treatment, everything else is forwarded.
-pub(crate) fn hostile_proxy(upstream: String, serve: fn(&mut std::net::TcpStream, &[u8])) -> String {
+pub(crate) fn hostile_proxy(
+    upstream: String,
+    serve: fn(&mut std::net::TcpStream, &[u8]),
+) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -933,7 +936,10 @@ fn recovers_from_fast_forward_after_release_key_rotation() {
         .expect("the server drops the ratchet of metadata signed by rotated-away keys");
     // The device follows the root, drops the fast-forwarded version, and updates.
     let outcome = a.poll();
-    assert!(matches!(outcome, Ok(PollOutcome::Installed(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Ok(PollOutcome::Installed(_))),
+        "{outcome:?}"
+    );
     assert_eq!(version_of(&a).as_deref(), Some("1.1.0"));
     assert_eq!(a.status().root_version, 2);
     // The model-version anti-rollback still holds after the reset.
@@ -1007,8 +1013,8 @@ fn detects_freeze_when_server_answers_not_modified() {
     let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
     // Metadata that expires in a few seconds; the server then keeps
     // answering 304 Not Modified for it.
-    r.expires = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3))
-        .to_string();
+    r.expires =
+        humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3)).to_string();
     f.inject(&r, &[&f.release[0], &f.release[1]]);
     let a = f.agent("gw-1");
     assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
@@ -1028,7 +1034,9 @@ fn detects_freeze_when_server_answers_not_modified() {
     let s = a.status();
     assert_eq!(s.error_kind.as_deref(), Some("release_expired"));
     assert_eq!(
-        device_report(&f, "gw-1").and_then(|r| r.error_kind).as_deref(),
+        device_report(&f, "gw-1")
+            .and_then(|r| r.error_kind)
+            .as_deref(),
         Some("release_expired"),
         "the server sees the freeze"
     );
@@ -1098,7 +1106,10 @@ fn starts_after_damaged_state_file() {
     assert_eq!(s.state, UpdateState::Recovered);
     assert_eq!(s.error_kind.as_deref(), Some("state_discarded"));
     assert!(
-        s.last_error.as_deref().unwrap().contains("state.json.damaged"),
+        s.last_error
+            .as_deref()
+            .unwrap()
+            .contains("state.json.damaged"),
         "{:?}",
         s.last_error
     );
@@ -1134,7 +1145,12 @@ fn rejects_tampered_installed_bundle_on_restart() {
     std::fs::write(&path, &other).unwrap();
     let a = f.agent("gw-1");
     let s = a.status();
-    assert_eq!(s.error_kind.as_deref(), Some("mix_and_match"), "{:?}", s.last_error);
+    assert_eq!(
+        s.error_kind.as_deref(),
+        Some("mix_and_match"),
+        "{:?}",
+        s.last_error
+    );
     assert_eq!(
         version_of(&a).as_deref(),
         Some("1.0.0"),
@@ -1157,4 +1173,33 @@ fn rejects_zero_canary_interval() {
         matches!(err, edgeml_collector::Error::Settings(ref m) if m.contains("canary interval")),
         "{err}"
     );
+}
+
+#[test]
+fn damaged_state_does_not_revive_rolled_back_bundle() {
+    let f = Fleet::new();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    {
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+        // 1.1.0 fails its self-test on this device and is rolled back.
+        let broken = f.sign(pack_custom(
+            &DIGITS_IMAGE,
+            "1.1.0",
+            None,
+            vec![self_test_png("7")],
+            |labels| labels.rotate_left(1),
+        ));
+        f.push(&broken, "1.1.0", 100.0);
+        assert!(matches!(a.poll(), Err(Error::Model { .. })));
+        assert_eq!(version_of(&a).as_deref(), Some("1.0.0"));
+    }
+    // The list of failed bundles is lost with the state file; the failed
+    // bundle itself was deleted when it failed, so it cannot come back.
+    let dir = f.dir.path().join("devices").join("gw-1");
+    std::fs::write(dir.join("state.json"), b"not json").unwrap();
+    let a = f.agent("gw-1");
+    assert_eq!(a.status().error_kind.as_deref(), Some("state_discarded"));
+    assert_eq!(version_of(&a).as_deref(), Some("1.0.0"));
+    assert_eq!(predicts(&a), "7");
 }

@@ -78,7 +78,14 @@ fn bad_client_requests_do_not_veto_update() {
     let s = a.status();
     assert_eq!(s.state, UpdateState::Installed, "{:?}", s.last_error);
     assert_eq!(version_of(&a).as_deref(), Some("1.1.0"));
-    let resp: serde_json::Value = f.http.post(&url).json(&png_request(0)).send().unwrap().json().unwrap();
+    let resp: serde_json::Value = f
+        .http
+        .post(&url)
+        .json(&png_request(0))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(resp["parameters"]["labels"][0]["label"], "7", "{resp}");
 }
 
@@ -198,7 +205,10 @@ fn overload_is_refused_with_503_and_retry_after() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let busy: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
     let ok = results.iter().filter(|(s, _)| *s == 200).count();
@@ -304,7 +314,10 @@ fn bounded_load_keeps_agent_rss_under_limit() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let peak = peak_rss(child.id());
     // Still serving after the load.

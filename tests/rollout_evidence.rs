@@ -77,11 +77,9 @@ fn device_cannot_halt_rollout_it_is_not_in() {
     assert!(matches!(a_out.poll(), Ok(PollOutcome::NotInRollout)));
 
     // The outsider cannot fetch the bundle to get itself into the cohort ...
-    let identity = DeviceIdentity::load_or_create(
-        &f.dir.path().join("devices").join(&outside),
-        &outside,
-    )
-    .unwrap();
+    let identity =
+        DeviceIdentity::load_or_create(&f.dir.path().join("devices").join(&outside), &outside)
+            .unwrap();
     let path = format!("/v1/fleet/bundles/{}", r.bundle.sha256);
     let t = now_ms();
     let resp = f
@@ -168,7 +166,10 @@ fn one_noisy_device_cannot_halt_canary() {
     agents[1].1.flush(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(30);
     while f.channel_state().0 != RolloutState::Halted {
-        assert!(Instant::now() < deadline, "two devices did not halt the canary");
+        assert!(
+            Instant::now() < deadline,
+            "two devices did not halt the canary"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let reason = f.channel_state().1.unwrap();

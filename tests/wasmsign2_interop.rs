@@ -175,3 +175,40 @@ fn wasmsign2_cli_interop_both_directions() {
     });
     assert!(out.contains('7'), "{out}");
 }
+
+#[test]
+fn accepts_bundle_signed_by_edgeml_0_1() {
+    // edgeml 0.1 signed "wasmsig" ‖ 01 ‖ 01 ‖ hashes (no content-type byte)
+    // under an 8-byte key id. Devices must keep verifying bundles they
+    // installed then.
+    use bundle::signature::{RawSignature, SignatureData, SignedHashes};
+    use sha2::Digest as _;
+    let p = Publisher::new();
+    let unsigned = pack(&DIGITS_GENERIC);
+    let h: [u8; 32] = sha2::Sha256::digest(&unsigned[8..]).into();
+    let mut set = SignedHashes {
+        hashes: vec![h],
+        signatures: vec![],
+    };
+    let sig = p.key.sign(&set.legacy_message());
+    set.signatures.push(RawSignature {
+        key_id: p.key.public_key().id().0.to_vec(),
+        alg: 1,
+        sig: sig.clone(),
+    });
+    let data = SignatureData { signed: vec![set] };
+    let mut legacy = unsigned[..8].to_vec();
+    legacy.extend_from_slice(&bundle::wasm::custom_section("signature", &data.encode()));
+    legacy.extend_from_slice(&unsigned[8..]);
+    let v = bundle::verify(legacy.clone(), &p.policy()).expect("a 0.1 signature verifies");
+    assert_eq!(v.signers(), &[p.key.public_key().id()]);
+    // A changed 0.1-style signature under this key's id is refused as bad.
+    let mut tampered = legacy;
+    let sig_at = tampered
+        .windows(sig.len())
+        .position(|w| w == sig.as_slice())
+        .unwrap();
+    tampered[sig_at] ^= 1;
+    let err = bundle::verify(tampered, &p.policy()).unwrap_err();
+    assert!(matches!(err, bundle::Error::BadSignature { .. }), "{err:?}");
+}

@@ -15,12 +15,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use edgeml_bundle::SecretKey;
 use edgeml_fleet::wire::{ChannelView, RolloutAction, RolloutState, StatusReport, UpdateState};
+use edgeml_fleet::Timestamp;
 use edgeml_fleet::{Envelope, TrustedRoot};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use edgeml_bundle::SecretKey;
-use edgeml_fleet::Timestamp;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,9 @@ pub struct CanaryPolicy {
     /// the margin. Each device counts once, however much it sends.
     pub min_devices: usize,
     /// Or, when set, this share (0 to 1] of the devices the new bundle was
-    /// served to (default unset): lets a one-device canary halt.
+    /// served to (default unset). Opt-in, for small canaries: with a share
+    /// set, a cohort smaller than `min_devices` can halt on that share of
+    /// it (a one-device canary halts on its one device).
     pub min_share: Option<f64>,
 }
 
@@ -93,7 +95,9 @@ impl CanaryPolicy {
         }
         if let Some(share) = self.min_share {
             if !(share > 0.0 && share <= 1.0) {
-                return Err(format!("the canary's minimum share {share} is not in (0, 1]"));
+                return Err(format!(
+                    "the canary's minimum share {share} is not in (0, 1]"
+                ));
             }
         }
         if !(self.error_rate_margin >= 0.0 && self.psi_margin >= 0.0) {
@@ -341,10 +345,12 @@ async fn get_bundle(
         let device = authenticate_request(&st, &headers, "GET", req.uri().path()).await?;
         let store = st.store.clone();
         let channels = blocking(move || store.channels()).await?;
-        let offered = channels.iter().any(|c| {
-            c.release.bundle.sha256 == sha256 && c.release.includes(&device)
-        });
-        if !offered {
+        let offering: Vec<String> = channels
+            .iter()
+            .filter(|c| c.release.bundle.sha256 == sha256 && c.release.includes(&device))
+            .map(|c| c.channel.clone())
+            .collect();
+        if offering.is_empty() {
             return Err(err(
                 StatusCode::FORBIDDEN,
                 format!("bundle {sha256} is not offered to device `{device}` by any channel"),
@@ -352,14 +358,16 @@ async fn get_bundle(
         }
         let store = st.store.clone();
         let sha = sha256.clone();
-        blocking(move || store.record_offer(&device, &sha, now_ms())).await?;
+        blocking(move || {
+            for channel in &offering {
+                store.record_offer(channel, &sha, &device, now_ms())?;
+            }
+            Ok(())
+        })
+        .await?;
     }
     let etag = format!("\"{sha256}\"");
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+    if if_none_match(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -368,7 +376,12 @@ async fn get_bundle(
     let resp = tower_http::services::ServeFile::new(&path)
         .oneshot(req)
         .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("serving {sha256}: {e}")))?;
+        .map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("serving {sha256}: {e}"),
+            )
+        })?;
     let mut resp = resp.map(axum::body::Body::new);
     if let Ok(v) = header::HeaderValue::from_str(&etag) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -380,6 +393,14 @@ async fn get_bundle(
         );
     }
     Ok(resp)
+}
+
+/// Whether `If-None-Match` names `etag` (or `*`).
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
 }
 
 /// Check a bodiless request signed by a device key (see
@@ -520,11 +541,7 @@ async fn get_channel(
     let body = serde_json::to_vec(&view)
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
-    if matches {
+    if if_none_match(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     Ok((
@@ -551,12 +568,10 @@ fn timestamp_for(st: &AppState, channel: &str, release: &Envelope) -> ApiResult<
     };
     let ttl = st.settings.fleet.timestamp_ttl;
     let now = SystemTime::now();
-    let payload_sha = hex::encode(Sha256::digest(release.payload.as_bytes()));
+    let payload_sha = release.payload_sha256();
     let mut cache = st.timestamps.0.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((sha, env, expires)) = cache.get(channel) {
-        let fresh = expires
-            .duration_since(now)
-            .is_ok_and(|left| left > ttl / 2);
+        let fresh = expires.duration_since(now).is_ok_and(|left| left > ttl / 2);
         if *sha == payload_sha && fresh {
             return Ok(Some(env.clone()));
         }
@@ -654,12 +669,14 @@ async fn rollback_evidence(st: &AppState, device: &str, report: &StatusReport) -
     let Some(current) = blocking(move || store.release(&ch)).await? else {
         return Ok(());
     };
-    if current.release.bundle.sha256 != sha256 {
+    // The device must be in this release's rollout now, and must have
+    // been served this channel's bundle.
+    if current.release.bundle.sha256 != sha256 || !current.release.includes(device) {
         return Ok(());
     }
     let store = st.store.clone();
-    let sha = sha256.clone();
-    let cohort = blocking(move || store.offered(&sha)).await?;
+    let (ch, sha) = (report.channel.clone(), sha256.clone());
+    let cohort = blocking(move || store.offered(&ch, &sha)).await?;
     if !cohort.iter().any(|d| d == device) {
         return Ok(());
     }
@@ -754,10 +771,13 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
             })
             .map_err(|e| e.to_string())
     };
-    let cohort = st
+    let cohort: std::collections::HashSet<String> = st
         .store
-        .offered(&c.release.bundle.sha256)
-        .map_err(|e| e.to_string())?;
+        .offered(&c.channel, &c.release.bundle.sha256)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|d| c.release.includes(d))
+        .collect();
     let mut new_w = windows(&new_version)?;
     new_w.retain(|w| cohort.contains(&w.device_id));
     let old_w = windows(&old_version)?;
@@ -783,7 +803,6 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
             policy.error_rate_margin * 100.0
         )));
     }
-    let new_devices = new_s.len();
     let models = st.store.models().map_err(|e| e.to_string())?;
     let max_psi =
         |version: &str, w: &[crate::store::StoredWindow]| -> Result<Option<f64>, String> {
@@ -804,22 +823,34 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
                 .flat_map(|b| b.features.iter().map(|f| f.psi))
                 .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p)))))
         };
-    if let (Some(new_psi), old_psi) = (
-        max_psi(&new_version, &new_w)?,
-        max_psi(&old_version, &old_w)?,
-    ) {
-        if !policy.enough(new_devices, cohort.len()) {
-            return Ok(None);
-        }
-        let old_psi = old_psi.unwrap_or(0.0);
-        if new_psi > old_psi + policy.psi_margin {
-            return Ok(Some(format!(
-                "canary: drift on {model} {new_version}: largest feature PSI {new_psi:.2} vs {old_psi:.2} on {old_version}, margin {:.2}",
-                policy.psi_margin
-            )));
+    let Some(new_psi) = max_psi(&new_version, &new_w)? else {
+        return Ok(None);
+    };
+    let old_psi = max_psi(&old_version, &old_w)?.unwrap_or(0.0);
+    if new_psi <= old_psi + policy.psi_margin {
+        return Ok(None);
+    }
+    // Drift seen fleet-wide: halt only if enough distinct devices drift on
+    // their own (one device fed odd data cannot halt the rollout).
+    let mut drifted = Vec::new();
+    for device in new_s.iter().map(|(d, _)| d) {
+        let own: Vec<_> = new_w
+            .iter()
+            .filter(|w| &w.device_id == device)
+            .cloned()
+            .collect();
+        if max_psi(&new_version, &own)?.is_some_and(|p| p > old_psi + policy.psi_margin) {
+            drifted.push(device.as_str());
         }
     }
-    Ok(None)
+    if !policy.enough(drifted.len(), cohort.len()) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "canary: drift on {model} {new_version}: largest feature PSI {new_psi:.2} vs {old_psi:.2} on {old_version}, margin {:.2}; drifting devices: {}",
+        policy.psi_margin,
+        drifted.join(", ")
+    )))
 }
 
 /// One device's evidence on one version.

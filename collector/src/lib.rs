@@ -112,11 +112,12 @@ impl Server {
                     .into(),
             ));
         }
-        settings
-            .fleet
-            .canary
-            .validate()
-            .map_err(Error::Settings)?;
+        settings.fleet.canary.validate().map_err(Error::Settings)?;
+        if settings.fleet.timestamp_ttl < std::time::Duration::from_secs(1) {
+            return Err(Error::Settings(
+                "the timestamp lifetime must be at least 1 s (default 1 day)".into(),
+            ));
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

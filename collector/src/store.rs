@@ -205,12 +205,23 @@ pub trait Store: Send + Sync + 'static {
     /// Keep a device's latest status report. False (and nothing stored)
     /// when its sequence number is not above the last one accepted from
     /// the device: a replay.
-    fn report(&self, device_id: &str, report: &StatusReport, now_ms: u64)
-        -> Result<bool, StoreError>;
-    /// Record that a bundle was served to a device (first time kept).
-    fn record_offer(&self, device_id: &str, sha256: &str, now_ms: u64) -> Result<(), StoreError>;
-    /// The devices a bundle was served to.
-    fn offered(&self, sha256: &str) -> Result<Vec<String>, StoreError>;
+    fn report(
+        &self,
+        device_id: &str,
+        report: &StatusReport,
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// Record that a channel's bundle was served to a device in its
+    /// rollout (first time kept).
+    fn record_offer(
+        &self,
+        channel: &str,
+        sha256: &str,
+        device_id: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// The devices a channel's bundle was served to.
+    fn offered(&self, channel: &str, sha256: &str) -> Result<Vec<String>, StoreError>;
     /// Record a device's rollback of a channel's bundle (once per device
     /// and bundle; the first time is kept).
     fn add_rollback(
@@ -356,10 +367,11 @@ const MIGRATIONS: &[&str] = &[
     // rollback per device and bundle, the start of each rollout's evidence
     // window, and report sequence numbers.
     "CREATE TABLE fleet_offers (
-        device_id TEXT NOT NULL REFERENCES devices(id),
+        channel TEXT NOT NULL,
         sha256 TEXT NOT NULL,
+        device_id TEXT NOT NULL REFERENCES devices(id),
         first_ms INTEGER NOT NULL,
-        PRIMARY KEY (device_id, sha256)
+        PRIMARY KEY (channel, sha256, device_id)
     );
     CREATE TABLE fleet_rollbacks (
         channel TEXT NOT NULL,
@@ -967,7 +979,10 @@ impl Store for SqliteStore {
         let n = conn.execute(
             "INSERT INTO fleet_status (device_id, report, updated_ms, seq) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (device_id) DO UPDATE SET report = ?2, updated_ms = ?3, seq = ?4
-             WHERE excluded.seq > fleet_status.seq",
+             WHERE excluded.seq > fleet_status.seq
+                -- agents before sequence numbers send none (0): accepted
+                -- until the device has sent a numbered report.
+                OR (excluded.seq = 0 AND fleet_status.seq = 0)",
             params![device_id, json(report)?, now_ms as i64, seq],
         )?;
         if n == 0 {
@@ -980,20 +995,27 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    fn record_offer(&self, device_id: &str, sha256: &str, now_ms: u64) -> Result<(), StoreError> {
+    fn record_offer(
+        &self,
+        channel: &str,
+        sha256: &str,
+        device_id: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT OR IGNORE INTO fleet_offers (device_id, sha256, first_ms) VALUES (?1, ?2, ?3)",
-            params![device_id, sha256, now_ms as i64],
+            "INSERT OR IGNORE INTO fleet_offers (channel, sha256, device_id, first_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![channel, sha256, device_id, now_ms as i64],
         )?;
         Ok(())
     }
 
-    fn offered(&self, sha256: &str) -> Result<Vec<String>, StoreError> {
+    fn offered(&self, channel: &str, sha256: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT device_id FROM fleet_offers WHERE sha256 = ?1 ORDER BY device_id")?;
+        let mut stmt = conn.prepare(
+            "SELECT device_id FROM fleet_offers WHERE channel = ?1 AND sha256 = ?2 ORDER BY device_id",
+        )?;
         let rows = stmt
-            .query_map([sha256], |r| r.get::<_, String>(0))?
+            .query_map([channel, sha256], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -1025,9 +1047,10 @@ impl Store for SqliteStore {
              WHERE channel = ?1 AND sha256 = ?2 AND at_ms >= ?3 ORDER BY at_ms, device_id",
         )?;
         let rows = stmt
-            .query_map(params![channel, sha256, from_ms.min(i64::MAX as u64) as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-            })?
+            .query_map(
+                params![channel, sha256, from_ms.min(i64::MAX as u64) as i64],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }

@@ -115,9 +115,15 @@ impl Error {
         use edgeml_fleet::Error as F;
         match self {
             Error::Metadata(F::Rollback { .. }) => "rollback",
-            Error::Metadata(F::Expired { role: "release", .. }) => "release_expired",
-            Error::Metadata(F::Expired { role: "timestamp", .. }) => "timestamp_expired",
-            Error::Metadata(F::TimestampMismatch { .. } | F::MissingTimestamp { .. }) => "timestamp",
+            Error::Metadata(F::Expired {
+                role: "release", ..
+            }) => "release_expired",
+            Error::Metadata(F::Expired {
+                role: "timestamp", ..
+            }) => "timestamp_expired",
+            Error::Metadata(F::TimestampMismatch { .. } | F::MissingTimestamp { .. }) => {
+                "timestamp"
+            }
             Error::Metadata(F::Expired { .. }) => "expired",
             Error::Metadata(F::RootChainTooLong { .. }) => "root_chain_too_long",
             Error::Metadata(F::VersionOutOfRange { .. }) => "version_out_of_range",

@@ -41,8 +41,8 @@ use edgeml_fleet::wire::RolloutState;
 use edgeml_fleet::{Release, Timestamp, TrustedRoot};
 use edgeml_runtime::{Input, Model, Prediction, Runtime};
 use edgeml_telemetry::DeviceIdentity;
-use state::{Disk, Pending, StateDir};
 use sha2::Digest as _;
+use state::{Disk, Pending, StateDir};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -167,14 +167,18 @@ impl Agent {
             last_error: None,
             error_kind: None,
         };
+        let pending = state.read_json_or_set_aside::<Pending>("pending.json")?;
         let mut disk: Disk = match state.read_json("state.json") {
             Ok(d) => d.unwrap_or_default(),
             // A damaged state file must not keep the device down: set it
             // aside, rebuild from the verified bundles on disk, and say so.
+            // Bundles that failed are deleted when they fail, so what is on
+            // disk passed its checks, except an update in flight.
             Err(e @ Error::State { .. }) => {
                 let kept = state.set_aside("state.json")?;
                 let policy = trusted.root().publisher_policy()?;
-                let rebuilt = state.rebuild(&policy);
+                let in_flight = pending.as_ref().map(|p| p.target.sha256.as_str());
+                let rebuilt = state.rebuild(&policy, in_flight);
                 state.write_json("state.json", &rebuilt)?;
                 let e = Error::StateDiscarded {
                     reason: e.to_string(),
@@ -188,7 +192,7 @@ impl Agent {
             }
             Err(e) => return Err(e),
         };
-        if let Some(p) = state.read_json_or_set_aside::<Pending>("pending.json")? {
+        if let Some(p) = pending {
             // Crashed or lost power between staging and commit: the committed
             // bundle is the last known good. Do not retry that bundle.
             let e = Error::Interrupted {
@@ -205,6 +209,10 @@ impl Agent {
             };
         }
         let client = Client::new(&config.server)?;
+        let report_seq = std::fs::read_to_string(state.path("report_seq"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         let inner = Arc::new(Inner {
             config,
             runtime,
@@ -217,7 +225,7 @@ impl Agent {
             status: Mutex::new(status),
             etag: Mutex::new(None),
             enrolled: AtomicBool::new(false),
-            report_seq: AtomicU64::new(0),
+            report_seq: AtomicU64::new(report_seq),
             polling: Mutex::new(()),
             stop: (Mutex::new(false), Condvar::new()),
         });
@@ -414,14 +422,19 @@ impl Inner {
 
     fn send_report(&self) {
         let mut report = self.report();
-        // Milliseconds since the epoch, strictly increasing: above anything
-        // sent before a restart without keeping a counter on disk.
+        // Strictly increasing across restarts (kept on disk) and, when the
+        // clock is right, close to milliseconds since the epoch; a clock set
+        // back after a report does not lock the device out.
         let now = edgeml_telemetry::now_ms();
         let prev = self
             .report_seq
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(now.max(p + 1)))
             .unwrap_or(0);
         report.seq = now.max(prev + 1);
+        let _ = self.state.write(
+            &self.state.path("report_seq"),
+            report.seq.to_string().as_bytes(),
+        );
         let _ = self.client.report(&self.identity, &report);
     }
 
@@ -519,21 +532,30 @@ impl Inner {
     /// version is dropped (fast-forward recovery, as in TUF); the installed
     /// model version still guards against rollback.
     fn update_root(&self) -> Result<(), Error> {
-        for _ in 0..edgeml_fleet::MAX_ROOT_UPDATES {
+        for followed in 0..=edgeml_fleet::MAX_ROOT_UPDATES {
             let next = lock(&self.trusted).root().version + 1;
             let Some(bytes) = self.client.root(next)? else {
                 lock(&self.trusted).check_fresh(SystemTime::now())?;
                 return Ok(());
             };
+            if followed == edgeml_fleet::MAX_ROOT_UPDATES {
+                // More versions follow: stop here, carry on next poll.
+                break;
+            }
             let mut t = lock(&self.trusted);
             let change = t.update(&bytes)?;
-            self.state.write(&self.state.path("root.json"), &bytes)?;
+            // Forget the old keys' metadata before the new root is stored: a
+            // power cut in between must not leave the new root next to a
+            // fast-forwarded release it would then never get past.
             if change.release_keys_changed {
                 self.state.remove("release.json")?;
-                *lock(&self.etag) = None;
+                self.state.remove("timestamp.json")?;
             }
+            self.state.write(&self.state.path("root.json"), &bytes)?;
+            // A new root may change what the channel view must carry
+            // (a timestamp role): fetch it in full next.
+            *lock(&self.etag) = None;
         }
-        // More versions may follow: stop here, carry on next poll.
         Err(edgeml_fleet::Error::RootChainTooLong {
             limit: edgeml_fleet::MAX_ROOT_UPDATES,
             reached: lock(&self.trusted).root().version,
@@ -563,8 +585,16 @@ impl Inner {
     fn poll_inner(&self) -> Result<PollOutcome, Error> {
         self.ensure_enrolled()?;
         self.update_root()?;
-        let etag = lock(&self.etag).clone();
         let seen: Option<Release> = self.state.read_json_or_set_aside("release.json")?;
+        let stored_ts: Option<Timestamp> = self.state.read_json_or_set_aside("timestamp.json")?;
+        let requires_ts = lock(&self.trusted).requires_timestamp();
+        // Without a stored timestamp for the release seen, a 304 could not
+        // be checked for freshness: ask for the full view.
+        let etag = match (&seen, &stored_ts) {
+            (Some(r), Some(ts)) if requires_ts && ts.release_version != r.version => None,
+            (_, None) if requires_ts => None,
+            _ => lock(&self.etag).clone(),
+        };
         let (view, etag) = match self.client.channel(&self.config.channel, etag.as_deref())? {
             Poll::NotModified => {
                 // A server (or proxy) that answers 304 forever must not
@@ -573,10 +603,8 @@ impl Inner {
                 if let Some(seen) = &seen {
                     seen.check_fresh(now)?;
                 }
-                if lock(&self.trusted).requires_timestamp() {
-                    if let Some(ts) = self.state.read_json_or_set_aside::<Timestamp>("timestamp.json")? {
-                        ts.check_fresh(now)?;
-                    }
+                if let (true, Some(ts)) = (requires_ts, &stored_ts) {
+                    ts.check_fresh(now)?;
                 }
                 return Ok(PollOutcome::NotModified);
             }
@@ -593,9 +621,12 @@ impl Inner {
                 seen.as_ref(),
             )?;
             let timestamp = if trusted.requires_timestamp() {
-                let env = view.timestamp.as_ref().ok_or(edgeml_fleet::Error::MissingTimestamp {
-                    root_version: trusted.root().version,
-                })?;
+                let env = view
+                    .timestamp
+                    .as_ref()
+                    .ok_or(edgeml_fleet::Error::MissingTimestamp {
+                        root_version: trusted.root().version,
+                    })?;
                 Some(trusted.verify_timestamp(
                     &env.to_vec(),
                     &view.release,
@@ -643,6 +674,8 @@ impl Inner {
                     d.previous = None;
                     self.state.write_json("state.json", &*d)?;
                 }
+                // A resume downloads it again; until then it is not a candidate.
+                self.state.discard_bundle(&release.bundle.sha256);
                 let e = Error::Halted(reason.unwrap_or("no reason given").to_string());
                 self.set_error(UpdateState::RolledBack, Some(installed_of(release)), &e);
                 return Ok(PollOutcome::RolledBack(previous));
@@ -673,9 +706,9 @@ impl Inner {
         let target = installed_of(release);
         self.set_state(UpdateState::Downloading, Some(target.clone()));
         self.send_report();
-        let bytes = self
-            .client
-            .download(&self.identity, &self.state, release, &self.config.download)?;
+        let bytes =
+            self.client
+                .download(&self.identity, &self.state, release, &self.config.download)?;
         // Verify before anything else touches it: publisher signatures
         // (root's keys and threshold), digests, and the manifest naming
         // the release's model and version.
@@ -702,6 +735,8 @@ impl Inner {
             let mut d = lock(&self.disk);
             d.failed.insert(target.sha256.clone());
             let _ = self.state.write_json("state.json", &*d);
+            // Only bundles that passed stay on disk (a rebuilt state trusts them).
+            self.state.discard_bundle(&target.sha256);
             let _ = self.state.remove("pending.json");
             self.set_error(UpdateState::RolledBack, Some(target.clone()), &e);
             e

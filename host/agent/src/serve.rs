@@ -523,7 +523,10 @@ async fn run(api: Arc<Api>, name: String, version: Option<String>, req: Request)
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let Ok(_running) = api.running.clone().acquire_owned().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down",
+        );
     };
     let inner = api.inner.clone();
     let job = tokio::task::spawn_blocking(move || {

@@ -4,6 +4,9 @@
 //! ```text
 //! root.json              newest trusted root (envelope)
 //! release.json           newest release metadata accepted for the channel
+//! timestamp.json         newest timestamp accepted (when the root names a timestamp role)
+//! report_seq             sequence number of the last status report sent
+//! *.damaged              a state file that could not be read, set aside
 //! state.json             installed and previous (last known good) bundles, bundles that failed
 //! pending.json           an update in progress (present only between staging and commit)
 //! bundles/<sha256>.wasm  verified bundles: the installed one and the one before
@@ -104,7 +107,10 @@ impl StateDir {
     /// Like [`StateDir::read_json`], but a damaged file is set aside and
     /// read as absent (for files the agent can do without: the pending
     /// marker, the last release and timestamp seen).
-    pub fn read_json_or_set_aside<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
+    pub fn read_json_or_set_aside<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, Error> {
         match self.read_json(name) {
             Err(Error::State { .. }) => {
                 self.set_aside(name)?;
@@ -124,11 +130,13 @@ impl StateDir {
     }
 
     /// Rebuild what is installed from the bundles on disk: each file whose
-    /// name is its SHA-256 and that verifies against the root's publisher
-    /// keys is a candidate. The one the last accepted release pins (if it
+    /// name is its SHA-256, that verifies against the root's publisher keys
+    /// and that is not the update in flight (`in_flight`) is a candidate
+    /// (bundles that fail a check or are rolled back are deleted, so these
+    /// passed theirs). The one the last accepted release pins (if it
     /// is here) is current, else the highest version; the next highest of
     /// the same model is the previous one. Nothing is marked failed.
-    pub fn rebuild(&self, policy: &edgeml_bundle::TrustPolicy) -> Disk {
+    pub fn rebuild(&self, policy: &edgeml_bundle::TrustPolicy, in_flight: Option<&str>) -> Disk {
         use sha2::Digest as _;
         let mut found: Vec<(semver::Version, Installed)> = Vec::new();
         let Ok(entries) = std::fs::read_dir(self.dir.join("bundles")) else {
@@ -139,6 +147,9 @@ impl StateDir {
             let Some(sha) = name.strip_suffix(".wasm") else {
                 continue;
             };
+            if Some(sha) == in_flight {
+                continue;
+            }
             let Ok(bytes) = std::fs::read(e.path()) else {
                 continue;
             };
@@ -180,6 +191,12 @@ impl StateDir {
             previous,
             failed: Default::default(),
         }
+    }
+
+    /// Delete a bundle that failed or was rolled back.
+    pub fn discard_bundle(&self, sha256: &str) {
+        let _ = std::fs::remove_file(self.bundle_path(sha256));
+        sync_dir(&self.dir.join("bundles"));
     }
 
     /// Delete bundles other than `keep` (installed and previous).

@@ -89,7 +89,10 @@ pub fn pack(opts: &PackOptions<'_>) -> Result<Vec<u8>> {
     // Section headers as wasmsign2 writes them (minimal LEB128), so that
     // signing with either tool leaves the content, and its hash, unchanged.
     let mut canonical = opts.component.get(..8).unwrap_or_default().to_vec();
-    for s in component_sections(opts.component)?.iter().filter(|s| !is_ours(s)) {
+    for s in component_sections(opts.component)?
+        .iter()
+        .filter(|s| !is_ours(s))
+    {
         canonical.extend_from_slice(&s.canonical());
     }
     let sections = component_sections(&canonical)?;
@@ -251,20 +254,30 @@ pub fn verify_with_limits(
     let mut bad = None;
     for set in &covering {
         let msg = set.message();
+        let legacy = set.legacy_message();
         for key in policy.keys() {
             let id = key.id();
             let hint = key.wasm_key_id();
             // wasmsign2's rule: a signature is tried with a key only if its
             // key id hint is absent or is that key's id; a wrong signature
-            // under a matching hint is a modified signature.
+            // under a matching hint is a modified signature. Signatures
+            // edgeml 0.1 made (8-byte key id, message without the content
+            // type) still count, so installed bundles keep verifying.
             let candidates = set
                 .signatures
                 .iter()
                 .filter(|s| s.alg == crate::keys::ED25519_ALG);
-            for s in candidates.filter(|s| s.key_id.is_empty() || s.key_id == hint) {
-                if key.verify(&msg, &s.sig) {
+            for s in candidates {
+                let ok = if s.key_id.is_empty() || s.key_id == hint {
+                    key.verify(&msg, &s.sig) || (s.key_id.is_empty() && key.verify(&legacy, &s.sig))
+                } else if s.key_id == id.0 {
+                    key.verify(&legacy, &s.sig)
+                } else {
+                    continue;
+                };
+                if ok {
                     valid.insert(id);
-                } else if s.key_id == hint {
+                } else if !s.key_id.is_empty() {
                     bad.get_or_insert(id);
                 }
             }

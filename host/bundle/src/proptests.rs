@@ -4,15 +4,39 @@ use crate::signature::SignatureData;
 use crate::{inspect, sign, verify, Manifest, SecretKey, TrustPolicy};
 use proptest::prelude::*;
 
-/// A component (preamble, one custom section, a delimiter) signed by `key`.
+/// A bundle (a tiny component, a manifest, a model section) signed by `key`.
 fn signed(key: &SecretKey) -> Vec<u8> {
-    let mut c = b"\0asm\x0d\0\x01\0".to_vec();
-    c.extend_from_slice(&crate::wasm::custom_section("x", b"hello"));
-    c.extend_from_slice(&crate::wasm::custom_section(
-        crate::signature::DELIMITER,
-        &[7; 16],
-    ));
-    sign(&c, key).expect("signing a well-formed component")
+    use crate::manifest::{Dim, TensorSpec};
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    component.extend_from_slice(&crate::wasm::custom_section("x", b"hello"));
+    let spec = |name: &str| TensorSpec {
+        name: name.into(),
+        dtype: crate::Dtype::F32,
+        shape: vec![Dim::Fixed(1), Dim::Fixed(4)],
+    };
+    let bundle = crate::pack(&crate::PackOptions {
+        name: "m",
+        version: "1.0.0".parse().unwrap(),
+        component: &component,
+        model: b"not parsed by the bundle crate",
+        inputs: vec![spec("x")],
+        outputs: vec![spec("y")],
+        labels: vec![],
+        preprocessing: serde_json::Value::Null,
+        min_host_version: "0.1.0".parse().unwrap(),
+        created: None,
+        baseline: None,
+        self_test: vec![],
+    })
+    .expect("packing");
+    sign(&bundle, key).expect("signing")
+}
+
+#[test]
+fn the_unmutated_bundle_verifies() {
+    let key = SecretKey::generate().unwrap();
+    let policy = TrustPolicy::any_of(vec![key.public_key()]).unwrap();
+    verify(signed(&key), &policy).expect("the base of the mutation test is valid");
 }
 
 proptest! {
@@ -43,8 +67,7 @@ proptest! {
         if truncate {
             b.truncate(cut.index(b.len()));
         }
-        // Every byte is covered: a changed or truncated bundle never verifies
-        // (and a well-formed one would fail later for its missing manifest).
+        // Every byte is covered: a changed or truncated bundle never verifies.
         prop_assert!(verify(b.clone(), &policy).is_err());
         let _ = inspect(&b);
     }

@@ -68,6 +68,21 @@ impl SignedHashes {
     }
 }
 
+impl SignedHashes {
+    /// The message edgeml 0.1 signed, without the content-type byte.
+    /// Bundles signed then still verify (see `verify`); `edgeml sign`
+    /// writes only the wasmsign2 message.
+    pub fn legacy_message(&self) -> Vec<u8> {
+        let mut msg = Vec::with_capacity(DOMAIN.len() + 2 + 32 * self.hashes.len());
+        msg.extend_from_slice(DOMAIN);
+        msg.extend_from_slice(&[SPEC_VERSION, HASH_SHA256]);
+        for h in &self.hashes {
+            msg.extend_from_slice(h);
+        }
+        msg
+    }
+}
+
 /// The decoded payload of a `signature` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SignatureData {

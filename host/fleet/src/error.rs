@@ -77,7 +77,9 @@ pub enum Error {
     },
     /// The release pins a bundle digest that is not 64 lowercase hex digits
     /// (it would otherwise end up in file paths).
-    #[error("release pins bundle digest `{found}`, which is not 64 lowercase hex digits (SHA-256)")]
+    #[error(
+        "release pins bundle digest `{found}`, which is not 64 lowercase hex digits (SHA-256)"
+    )]
     InvalidDigest {
         /// What the release carried (at most 80 characters of it).
         found: String,

@@ -94,6 +94,11 @@ impl Envelope {
         })
     }
 
+    /// Hex SHA-256 of the signed payload text (what a timestamp names).
+    pub fn payload_sha256(&self) -> String {
+        hex::encode(Sha256::digest(self.payload.as_bytes()))
+    }
+
     /// The envelope as JSON bytes.
     pub fn to_vec(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).unwrap_or_default()
@@ -414,14 +419,7 @@ impl Release {
 
     /// Refuse this release once it has expired.
     pub fn check_fresh(&self, now: SystemTime) -> Result<()> {
-        let expired = self.expires_at()?;
-        if now >= expired {
-            return Err(Error::Expired {
-                role: "release",
-                expired,
-            });
-        }
-        Ok(())
+        check_expiry(self.expires_at()?, now, "release")
     }
 
     /// Refuse a lower model version than `installed` unless this release
@@ -496,6 +494,17 @@ pub fn rollout_bucket(channel: &str, model: &str, device_id: &str) -> u64 {
     u64::from_be_bytes(first) % 10_000
 }
 
+/// `Expired` once `now` has reached `expires`.
+fn check_expiry(expires: SystemTime, now: SystemTime, role: &'static str) -> Result<()> {
+    if now >= expires {
+        return Err(Error::Expired {
+            role,
+            expired: expires,
+        });
+    }
+    Ok(())
+}
+
 fn parse_time(s: &str, role: &'static str) -> Result<SystemTime> {
     humantime::parse_rfc3339(s).map_err(|e| Error::Malformed {
         what: role,
@@ -536,7 +545,7 @@ impl Timestamp {
             kind: Timestamp::KIND.into(),
             channel: r.channel,
             release_version: r.version,
-            release_sha256: hex::encode(Sha256::digest(release.payload.as_bytes())),
+            release_sha256: release.payload_sha256(),
             expires: humantime::format_rfc3339_seconds(expires).to_string(),
         })
     }
@@ -548,14 +557,7 @@ impl Timestamp {
 
     /// Refuse it once it has expired.
     pub fn check_fresh(&self, now: SystemTime) -> Result<()> {
-        let expired = self.expires_at()?;
-        if now >= expired {
-            return Err(Error::Expired {
-                role: "timestamp",
-                expired,
-            });
-        }
-        Ok(())
+        check_expiry(self.expires_at()?, now, "timestamp")
     }
 }
 
@@ -657,14 +659,7 @@ impl TrustedRoot {
 
     /// Refuse an expired root (after following the chain).
     pub fn check_fresh(&self, now: SystemTime) -> Result<()> {
-        let expired = self.root.expires_at()?;
-        if now >= expired {
-            return Err(Error::Expired {
-                role: "root",
-                expired,
-            });
-        }
-        Ok(())
+        check_expiry(self.root.expires_at()?, now, "root")
     }
 
     /// Check only that release metadata carries the threshold of this
@@ -681,7 +676,11 @@ impl TrustedRoot {
             &self.root,
         )?;
         let digest = &release.bundle.sha256;
-        if digest.len() != 64 || !digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if digest.len() != 64
+            || !digest
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(Error::InvalidDigest {
                 found: digest.chars().take(80).collect(),
             });
@@ -722,7 +721,7 @@ impl TrustedRoot {
         let ts: Timestamp = envelope.payload_unverified()?;
         envelope.check(Timestamp::KIND, "timestamp", role, &self.root)?;
         let r: Release = release.payload_unverified()?;
-        let sha = hex::encode(Sha256::digest(release.payload.as_bytes()));
+        let sha = release.payload_sha256();
         if ts.channel != channel || ts.release_version != r.version || ts.release_sha256 != sha {
             return Err(Error::TimestampMismatch {
                 channel: channel.into(),

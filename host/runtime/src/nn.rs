@@ -284,9 +284,14 @@ impl inference::HostGraphExecutionContext for State {
         ctx: Resource<NnContext>,
         inputs: Vec<(String, Resource<NnTensor>)>,
     ) -> NnResult<Vec<(String, Resource<NnTensor>)>> {
-        let mut named = Vec::with_capacity(inputs.len());
+        // Take every input first: each is consumed (and its charge given
+        // back) whatever happens next.
+        let mut taken = Vec::with_capacity(inputs.len());
         for (name, t) in inputs {
-            let NnTensor { dims, ty, data } = self.take_tensor(t)?;
+            taken.push((name, self.take_tensor(t)?));
+        }
+        let mut named = Vec::with_capacity(taken.len());
+        for (name, NnTensor { dims, ty, data }) in taken {
             let Some(dtype) = dtype(ty) else {
                 return self.nn_err(
                     ErrorCode::InvalidArgument,
@@ -306,22 +311,17 @@ impl inference::HostGraphExecutionContext for State {
             Ok(o) => o,
             Err(msg) => return self.nn_err(ErrorCode::InvalidArgument, msg),
         };
+        // Check every output before any is handed over (nothing to undo).
+        if let Some(t) = outputs
+            .iter()
+            .find(|t| t.shape.iter().any(|&d| u32::try_from(d).is_err()))
+        {
+            let msg = format!("output `{}` has a dimension over u32", t.name);
+            return self.nn_err(ErrorCode::TooLarge, msg);
+        }
         let mut out = Vec::with_capacity(outputs.len());
         for t in outputs {
-            let dims = match t
-                .shape
-                .iter()
-                .map(|&d| u32::try_from(d))
-                .collect::<Result<Vec<u32>, _>>()
-            {
-                Ok(d) => d,
-                Err(_) => {
-                    return self.nn_err(
-                        ErrorCode::TooLarge,
-                        format!("output `{}` has a dimension over u32", t.name),
-                    )
-                }
-            };
+            let dims = t.shape.iter().map(|&d| d as u32).collect();
             let r = self.push_tensor(NnTensor {
                 dims,
                 ty: tensor_type(t.dtype),

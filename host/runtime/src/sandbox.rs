@@ -209,7 +209,9 @@ fn describe(store: &Store<SandboxState>, err: wasmtime::Error, timeout: Duration
             store.data().limiter.memory_bytes
         ),
         Some(LimitHit::Table) => "the sandboxed backend exceeded its table limit".into(),
-        Some(LimitHit::Handles | LimitHit::Contexts) => "the sandboxed backend exceeded a handle limit".into(),
+        Some(LimitHit::Handles | LimitHit::Contexts) => {
+            "the sandboxed backend exceeded a handle limit".into()
+        }
         None => match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
                 format!("the sandboxed backend ran past the {timeout:?} limit")

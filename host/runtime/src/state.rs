@@ -144,10 +144,7 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let growth = desired.saturating_sub(current);
-        let total = self
-            .linear
-            .saturating_add(self.host)
-            .saturating_add(growth);
+        let total = self.linear.saturating_add(self.host).saturating_add(growth);
         if total > self.memory_bytes {
             self.hit = Some(LimitHit::Memory);
             return Ok(false);

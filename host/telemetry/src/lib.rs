@@ -1016,7 +1016,10 @@ impl Inner {
                     }
                     // Named after its pending file: pushed again after a
                     // crash before the file is removed, it is counted once.
-                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    let name = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default();
                     let id = wire::derived_record_id(&[&self.config.device_id, "sample", name]);
                     self.spool.push(&Record {
                         id,

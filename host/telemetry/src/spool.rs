@@ -100,7 +100,8 @@ impl Spool {
         }
         if dropped > 0 {
             st.dropped += dropped;
-            let _ = crate::write_atomic(&self.dir.join("dropped"), st.dropped.to_string().as_bytes());
+            let _ =
+                crate::write_atomic(&self.dir.join("dropped"), st.dropped.to_string().as_bytes());
         }
         Ok(dropped)
     }
