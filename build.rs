@@ -70,6 +70,22 @@ fn build_guests() -> PathBuf {
         .unwrap_or_else(|| out_dir.clone())
         .join("guest-wasm");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Say what is missing in one line, before cargo fails deep inside the
+    // nested build with "can't find crate for `core`".
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(sysroot) = sysroot {
+        if !sysroot.join("lib/rustlib/wasm32-wasip2").is_dir() {
+            panic!(
+                "the wasm32-wasip2 target is missing: run `rustup target add wasm32-wasip2` \
+                 (the guest components are built for it), or set EDGEML_GUEST_WASM_DIR to prebuilt components"
+            );
+        }
+    }
     // Run from guest/ so guest/.cargo/config.toml (SIMD flags) applies.
     let status = Command::new(cargo)
         .current_dir(manifest_dir.join("guest"))

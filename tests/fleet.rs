@@ -741,17 +741,28 @@ pub(crate) fn telemetry_runtime(f: &Fleet, id: &str) -> (Runtime, edgeml_runtime
     (Runtime::new(&c).unwrap(), t)
 }
 
+/// `n` agents (`{prefix}-{i}`) whose runtimes ship telemetry to the fleet
+/// server, sharing one device key with it.
+pub(crate) fn telemetry_agents(
+    f: &Fleet,
+    prefix: &str,
+    n: usize,
+) -> Vec<(Agent, edgeml_runtime::Telemetry)> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let (rt, t) = telemetry_runtime(f, &id);
+            let mut c = f.agent_config(&id);
+            c.identity_dir = Some(t.config().dir.clone());
+            (Agent::open(c, rt).unwrap(), t)
+        })
+        .collect()
+}
+
 #[test]
 fn high_error_rate_halts_the_canary_and_devices_roll_back() {
     let f = Fleet::with_canary(|c| c.min_predictions = 20);
-    let mut agents = Vec::new();
-    for i in 0..4 {
-        let id = format!("canary-{i}");
-        let (rt, t) = telemetry_runtime(&f, &id);
-        let mut c = f.agent_config(&id);
-        c.identity_dir = Some(t.config().dir.clone());
-        agents.push((Agent::open(c, rt).unwrap(), t));
-    }
+    let agents = telemetry_agents(&f, "canary", 4);
     f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
     for (a, _) in &agents {
         assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
@@ -930,6 +941,13 @@ fn recovers_from_fast_forward_after_release_key_rotation() {
     )
     .unwrap();
     let mut next = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    // A version the channel already used is a conflict, not a server error.
+    next.version = 1;
+    let env = Envelope::sign(&next, &[&new_keys[0], &new_keys[1]]).unwrap();
+    let taken = f
+        .put("/v1/fleet/channels/stable/release", env.to_vec())
+        .unwrap_err();
+    assert!(taken.starts_with("409"), "{taken}");
     next.version = 2;
     let env = Envelope::sign(&next, &[&new_keys[0], &new_keys[1]]).unwrap();
     f.put("/v1/fleet/channels/stable/release", env.to_vec())
@@ -1202,4 +1220,77 @@ fn damaged_state_does_not_revive_rolled_back_bundle() {
     assert_eq!(a.status().error_kind.as_deref(), Some("state_discarded"));
     assert_eq!(version_of(&a).as_deref(), Some("1.0.0"));
     assert_eq!(predicts(&a), "7");
+}
+
+#[test]
+fn refused_release_is_logged_with_its_reason() {
+    let f = Fleet::new();
+    let config: PathBuf = f.dir.path().join("agent.toml");
+    write_agent_toml(&f, &config, free_port());
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    let mut child = edgeml()
+        .args(["agent", "--config", config.to_str().unwrap(), "--no-cache"])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let wait_line = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(v) if ok(&v) => return v,
+                Ok(_) => {}
+                Err(_) => panic!("no log line for {what}"),
+            }
+        }
+    };
+    let installed = wait_line("the install", &|v| {
+        v["message"] == "installed and committed"
+    });
+    assert_eq!(installed["level"], "INFO");
+    assert_eq!(installed["version"], "1.0.0");
+    // A release signed by keys the root does not name.
+    let r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    let stranger = SecretKey::generate().unwrap();
+    f.inject(&r, &[&stranger]);
+    let refused = wait_line("the refusal", &|v| v["error_kind"] == "wrong_key");
+    assert_eq!(refused["level"], "WARN");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("which is not a release key in root version 1"),
+        "{refused}"
+    );
+    // The report (written to the state directory before it is sent).
+    wait_for("the refusal reported", 30, || {
+        device_report(&f, "gw-kill").is_some_and(|r| r.error_kind.as_deref() == Some("wrong_key"))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The state, read without the server.
+    let out = edgeml()
+        .args(["agent", "status", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("installed:   digits 1.0.0"), "{text}");
+    assert!(text.contains("not a release key"), "{text}");
 }

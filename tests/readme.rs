@@ -138,6 +138,9 @@ fn readme_fleet_walkthrough_runs() {
     assert!(last.matches(" 1.1.0 ").count() >= 2, "{stdout}");
     assert!(!last.contains("1.2.0      installed"), "{stdout}");
     assert!(stdout.contains("published root version 2"), "{stdout}");
+    // `edgeml agent status` after the agents stopped: read from the state directory.
+    assert!(stdout.contains("installed:   digits 1.1.0"), "{stdout}");
+    assert!(stdout.contains("state:       rolled_back"), "{stdout}");
 }
 
 /// Run a README section's `sh` blocks as one script in a fresh directory

@@ -122,14 +122,7 @@ fn device_cannot_halt_rollout_it_is_not_in() {
 #[test]
 fn one_noisy_device_cannot_halt_canary() {
     let f = Fleet::with_canary(|c| c.min_predictions = 20);
-    let mut agents = Vec::new();
-    for i in 0..2 {
-        let id = format!("noisy-{i}");
-        let (rt, t) = telemetry_runtime(&f, &id);
-        let mut c = f.agent_config(&id);
-        c.identity_dir = Some(t.config().dir.clone());
-        agents.push((Agent::open(c, rt).unwrap(), t));
-    }
+    let agents = telemetry_agents(&f, "noisy", 2);
     f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
     for (a, _) in &agents {
         assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));

@@ -373,6 +373,30 @@ fn records_made_while_the_collector_is_down_arrive_once_it_returns() {
     dev.telemetry.shutdown();
 }
 
+/// `edgeml replay` of the sensor data without end, printing progress, in
+/// `dir` (with `sensor.wasm`, `publisher.pub` and `telemetry.toml`).
+fn replay_sensor(dir: &Path) -> std::process::Child {
+    edgeml()
+        .args(["replay", "sensor.wasm", "--trust", "publisher.pub"])
+        .args([
+            "--data",
+            &model_path("sensor/live.npy").display().to_string(),
+        ])
+        .args([
+            "--telemetry",
+            "telemetry.toml",
+            "--count",
+            "100000000",
+            "--progress",
+        ])
+        .current_dir(dir)
+        .env("EDGEML_CACHE_DIR", dir.join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
     let tmp = tempfile::tempdir().unwrap();
@@ -395,25 +419,7 @@ fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
         ),
     )
     .unwrap();
-    let mut child = edgeml()
-        .args(["replay", "sensor.wasm", "--trust", "publisher.pub"])
-        .args([
-            "--data",
-            &model_path("sensor/live.npy").display().to_string(),
-        ])
-        .args([
-            "--telemetry",
-            "telemetry.toml",
-            "--count",
-            "100000000",
-            "--progress",
-        ])
-        .current_dir(tmp.path())
-        .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = replay_sensor(tmp.path());
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut last = 0u64;
     let mut line = String::new();
@@ -1063,25 +1069,7 @@ fn repeated_kill_9_loses_nothing_and_counts_nothing_twice() {
         if round == kills / 2 {
             server = Some(collector_at(&tmp.path().join("collector.db"), addr));
         }
-        let mut child = edgeml()
-            .args(["replay", "sensor.wasm", "--trust", "publisher.pub"])
-            .args([
-                "--data",
-                &model_path("sensor/live.npy").display().to_string(),
-            ])
-            .args([
-                "--telemetry",
-                "telemetry.toml",
-                "--count",
-                "100000000",
-                "--progress",
-            ])
-            .current_dir(tmp.path())
-            .env("EDGEML_CACHE_DIR", tmp.path().join("cache"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = replay_sensor(tmp.path());
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut last = 0u64;
         let mut line = String::new();

@@ -8,7 +8,7 @@
 
 use crate::analysis;
 use crate::api::{admin, authenticate, blocking, err, ApiResult, AppState};
-use crate::store::{Query, StoredRelease};
+use crate::store::{Publish, Query, StoredRelease};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -459,9 +459,9 @@ async fn put_release(
     // release keys: after a root rotation replaces them, a release with a
     // lower version (by the new keys) recovers the channel from a
     // fast-forward by leaked keys.
-    let current = blocking(move || store.release(&ch))
-        .await?
-        .filter(|c| root.check_release_signatures(c.envelope.as_bytes()).is_ok());
+    let latest = blocking(move || store.release(&ch)).await?;
+    let after = latest.as_ref().map(|c| c.version);
+    let current = latest.filter(|c| root.check_release_signatures(c.envelope.as_bytes()).is_ok());
     let release = root
         .verify_release(
             &body,
@@ -503,7 +503,24 @@ async fn put_release(
     let text = String::from_utf8_lossy(&body).into_owned();
     let store = st.store.clone();
     let r = release.clone();
-    blocking(move || store.put_release(&r, &text, now_ms())).await?;
+    match blocking(move || store.publish_release(&r, &text, now_ms(), after)).await? {
+        Publish::Published => {}
+        Publish::Changed => {
+            return Err(err(
+                StatusCode::CONFLICT,
+                format!("channel `{channel}` changed while this release was checked; publish again"),
+            ))
+        }
+        Publish::VersionTaken => {
+            return Err(err(
+                StatusCode::CONFLICT,
+                format!(
+                    "channel `{channel}` already has release metadata version {}; publish a new version",
+                    release.version
+                ),
+            ))
+        }
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({"channel": channel, "version": release.version, "model": release.model,

@@ -28,7 +28,7 @@ pub mod store;
 
 pub use edgeml_telemetry::drift::DriftThresholds;
 pub use fleet::{CanaryPolicy, FleetSettings};
-pub use store::{SqliteStore, Store, StoreError};
+pub use store::{Publish, SqliteStore, Store, StoreError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

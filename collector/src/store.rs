@@ -190,6 +190,17 @@ pub trait Store: Send + Sync + 'static {
     /// for the canary comparison); the same version keeps the rollout's state.
     fn put_release(&self, release: &Release, envelope: &str, now_ms: u64)
         -> Result<(), StoreError>;
+    /// Publish release metadata only if the channel's latest release is
+    /// still the one with metadata version `after` (`None`: the channel is
+    /// empty), in one transaction with the check: two publishes racing
+    /// cannot both pass the server's version checks.
+    fn publish_release(
+        &self,
+        release: &Release,
+        envelope: &str,
+        now_ms: u64,
+        after: Option<u64>,
+    ) -> Result<Publish, StoreError>;
     /// A channel's newest release and rollout state.
     fn release(&self, channel: &str) -> Result<Option<StoredRelease>, StoreError>;
     /// Every channel's newest release and rollout state.
@@ -242,6 +253,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(String, Option<String>)>, StoreError>;
     /// Every device that has reported, with its latest report.
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError>;
+}
+
+/// What [`Store::publish_release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// Stored; it is the channel's release now.
+    Published,
+    /// Another release was published since the caller looked: check again.
+    Changed,
+    /// The channel already has a release with this metadata version.
+    VersionTaken,
 }
 
 /// A channel's newest release and the state of its rollout.
@@ -907,40 +929,43 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO fleet_releases (channel, version, envelope, release, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![release.channel, release.version as i64, envelope, json(release)?, now_ms as i64],
-        )?;
-        let current: Option<String> = tx
+        insert_release(&tx, release, envelope, now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn publish_release(
+        &self,
+        release: &Release,
+        envelope: &str,
+        now_ms: u64,
+        after: Option<u64>,
+    ) -> Result<Publish, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let latest: Option<i64> = tx
             .query_row(
-                "SELECT model_version FROM fleet_channels WHERE channel = ?1",
+                "SELECT version FROM fleet_releases WHERE channel = ?1 ORDER BY rowid DESC LIMIT 1",
                 [&release.channel],
                 |r| r.get(0),
             )
             .optional()?;
-        let version = release.model_version.to_string();
-        match current {
-            None => {
-                tx.execute(
-                    "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms, evidence_from_ms) VALUES (?1, ?2, 'active', ?3, ?3, ?3)",
-                    params![release.channel, version, now_ms as i64],
-                )?;
-            }
-            Some(old) if old != version => {
-                tx.execute(
-                    "UPDATE fleet_channels SET model_version = ?2, state = 'active', reason = NULL, previous_version = ?3, started_ms = ?4, updated_ms = ?4, evidence_from_ms = ?4 WHERE channel = ?1",
-                    params![release.channel, version, old, now_ms as i64],
-                )?;
-            }
-            Some(_) => {
-                tx.execute(
-                    "UPDATE fleet_channels SET updated_ms = ?2 WHERE channel = ?1",
-                    params![release.channel, now_ms as i64],
-                )?;
-            }
+        if latest.map(|v| v as u64) != after {
+            return Ok(Publish::Changed);
         }
+        let taken: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM fleet_releases WHERE channel = ?1 AND version = ?2",
+                params![release.channel, release.version as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if taken.is_some() {
+            return Ok(Publish::VersionTaken);
+        }
+        insert_release(&tx, release, envelope, now_ms)?;
         tx.commit()?;
-        Ok(())
+        Ok(Publish::Published)
     }
 
     fn release(&self, channel: &str) -> Result<Option<StoredRelease>, StoreError> {
@@ -1078,6 +1103,48 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+}
+
+/// Insert a release and start (or keep) the channel's rollout, in `tx`.
+fn insert_release(
+    tx: &rusqlite::Transaction<'_>,
+    release: &Release,
+    envelope: &str,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO fleet_releases (channel, version, envelope, release, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![release.channel, release.version as i64, envelope, json(release)?, now_ms as i64],
+    )?;
+    let current: Option<String> = tx
+        .query_row(
+            "SELECT model_version FROM fleet_channels WHERE channel = ?1",
+            [&release.channel],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let version = release.model_version.to_string();
+    match current {
+        None => {
+            tx.execute(
+                "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms, evidence_from_ms) VALUES (?1, ?2, 'active', ?3, ?3, ?3)",
+                params![release.channel, version, now_ms as i64],
+            )?;
+        }
+        Some(old) if old != version => {
+            tx.execute(
+                "UPDATE fleet_channels SET model_version = ?2, state = 'active', reason = NULL, previous_version = ?3, started_ms = ?4, updated_ms = ?4, evidence_from_ms = ?4 WHERE channel = ?1",
+                params![release.channel, version, old, now_ms as i64],
+            )?;
+        }
+        Some(_) => {
+            tx.execute(
+                "UPDATE fleet_channels SET updated_ms = ?2 WHERE channel = ?1",
+                params![release.channel, now_ms as i64],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn touch_model(

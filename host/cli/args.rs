@@ -81,16 +81,49 @@ pub enum Command {
         json: bool,
     },
     /// Run the device agent: follow a channel, update safely, serve local inference (KServe v2).
+    /// `edgeml agent status` prints what it recorded, without the server.
+    #[command(args_conflicts_with_subcommands = true)]
     Agent {
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
         /// Agent configuration (TOML; see the README).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Telemetry configuration (TOML), so the canary gate sees this device's error rate and drift.
         #[arg(long)]
         telemetry: Option<PathBuf>,
+        /// Log format on stderr (levels by RUST_LOG, default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
         #[command(flatten)]
         host: HostArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Print the installed and last known good versions, the channel, the
+    /// trusted root version, the spool and the last error, from the agent's
+    /// state directory (no server needed).
+    Status {
+        /// Agent configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Telemetry configuration (TOML), for the spool size.
+        #[arg(long)]
+        telemetry: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event (for journald, Loki, Fluent Bit).
+    Json,
 }
 
 #[derive(Debug, Args)]

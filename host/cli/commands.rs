@@ -1,4 +1,6 @@
-use crate::args::{BackendArg, Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs};
+use crate::args::{
+    AgentCommand, BackendArg, Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs,
+};
 use crate::npy;
 use anyhow::{bail, Context, Result};
 use edgeml_runtime::bundle::{self, PackOptions, SecretKey};
@@ -78,10 +80,25 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => crate::fleet::view(&server, channel.as_deref(), json),
         Command::Agent {
+            command:
+                Some(AgentCommand::Status {
+                    config,
+                    telemetry,
+                    json,
+                }),
+            ..
+        } => crate::fleet::agent_status(&config, telemetry.as_deref(), json),
+        Command::Agent {
+            command: None,
             config,
             telemetry,
+            log_format,
             host,
-        } => crate::fleet::agent(&config, telemetry.as_deref(), &host),
+        } => {
+            let config =
+                config.ok_or_else(|| anyhow::anyhow!("edgeml agent needs --config agent.toml"))?;
+            crate::fleet::agent(&config, telemetry.as_deref(), log_format, &host)
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! `edgeml root`, `push`, `rollout`, `fleet` and `agent`.
 
 use crate::args::{
-    FleetServer, HostArgs, PushArgs, ReleaseOptions, RolloutArgs, RolloutCommand, RootArgs,
-    RootCommand, RootKeys,
+    FleetServer, HostArgs, LogFormat, PushArgs, ReleaseOptions, RolloutArgs, RolloutCommand,
+    RootArgs, RootCommand, RootKeys,
 };
 use crate::monitor::token;
 use anyhow::{anyhow, bail, Context, Result};
@@ -357,7 +357,26 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn agent(config: &Path, telemetry: Option<&Path>, host: &HostArgs) -> Result<()> {
+/// Structured logs on stderr: levels by `RUST_LOG` (default `info`), text or JSON.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+pub fn agent(
+    config: &Path,
+    telemetry: Option<&Path>,
+    log_format: LogFormat,
+    host: &HostArgs,
+) -> Result<()> {
+    init_logs(log_format);
     let mut agent_config = edgeml_agent::AgentConfig::from_file(config)?;
     let mut runtime_config = crate::commands::config(host)?;
     if let Some(t) = telemetry {
@@ -393,5 +412,55 @@ pub fn agent(config: &Path, telemetry: Option<&Path>, host: &HostArgs) -> Result
         println!("last error: {e}");
     }
     agent.wait();
+    Ok(())
+}
+
+/// `edgeml agent status`: what the agent recorded, without the server.
+pub fn agent_status(config: &Path, telemetry: Option<&Path>, json: bool) -> Result<()> {
+    let agent_config = edgeml_agent::AgentConfig::from_file(config)?;
+    let status = edgeml_agent::last_status(&agent_config)?;
+    let spool = telemetry
+        .map(edgeml_runtime::TelemetryConfig::from_file)
+        .transpose()?
+        .map(|t| edgeml_runtime::telemetry::spool_stats(&t));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "device_id": agent_config.device_id,
+                "status": status,
+                "spool": spool,
+            }))?
+        );
+        return Ok(());
+    }
+    let version = |i: &Option<edgeml_agent::Installed>| {
+        i.as_ref()
+            .map_or("none".to_string(), |i| format!("{} {}", i.model, i.version))
+    };
+    println!("device:      {}", agent_config.device_id);
+    match &status {
+        None => println!("status:      no report yet (the agent has not polled)"),
+        Some(s) => {
+            println!("channel:     {}", s.channel);
+            println!(
+                "state:       {}",
+                serde_json::to_value(s.state)?.as_str().unwrap_or("?")
+            );
+            println!("installed:   {}", version(&s.installed));
+            println!("last good:   {}", version(&s.last_good));
+            println!("root:        version {}", s.root_version);
+            if let Some(t) = &s.target {
+                println!("target:      {t}");
+            }
+            println!("last error:  {}", s.last_error.as_deref().unwrap_or("none"));
+        }
+    }
+    if let Some(sp) = spool {
+        println!(
+            "spool:       {} records ({} bytes) waiting, {} dropped",
+            sp.pending_records, sp.pending_bytes, sp.dropped_records
+        );
+    }
     Ok(())
 }

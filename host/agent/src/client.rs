@@ -124,6 +124,9 @@ impl Client {
             expected: size,
         };
         let mut last_error = None;
+        if have > 0 {
+            tracing::info!(from = have, of = size, "resuming a download");
+        }
         for _attempt in 0..5 {
             if have == size {
                 break;
@@ -223,6 +226,7 @@ impl Client {
                 })),
             );
         }
+        tracing::info!(bytes = size, "downloaded");
         let bytes = std::fs::read(&part).map_err(crate::error::io(&part))?;
         if let Err(e) = release.check_bundle(&bytes) {
             let _ = std::fs::remove_file(&part);

@@ -185,6 +185,7 @@ impl Agent {
                     kept,
                     current: rebuilt.current.as_ref().map(|c| c.version.clone()),
                 };
+                tracing::warn!(error = %e, "state file damaged; rebuilt");
                 status.state = UpdateState::Recovered;
                 status.last_error = Some(e.to_string());
                 status.error_kind = Some(e.kind().into());
@@ -198,6 +199,7 @@ impl Agent {
             let e = Error::Interrupted {
                 version: p.target.version.clone(),
             };
+            tracing::warn!(error = %e, "recovered from an interrupted update");
             disk.failed.insert(p.target.sha256.clone());
             state.write_json("state.json", &disk)?;
             state.remove("pending.json")?;
@@ -209,10 +211,9 @@ impl Agent {
             };
         }
         let client = Client::new(&config.server)?;
-        let report_seq = std::fs::read_to_string(state.path("report_seq"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let report_seq = state
+            .read_json_or_set_aside::<StatusReport>("status.json")?
+            .map_or(0, |r| r.seq);
         let inner = Arc::new(Inner {
             config,
             runtime,
@@ -246,7 +247,10 @@ impl Agent {
                     }
                     break;
                 }
-                Err(e) => inner.set_error(UpdateState::Failed, Some(candidate.clone()), &e),
+                Err(e) => {
+                    tracing::warn!(version = %candidate.version, error = %e, "cannot serve a stored bundle");
+                    inner.set_error(UpdateState::Failed, Some(candidate.clone()), &e)
+                }
             }
         }
         Ok(Agent {
@@ -314,6 +318,14 @@ impl Drop for Agent {
     }
 }
 
+/// The agent's last status as it recorded it in its state directory
+/// (`dir` in `agent.toml`), read without the server or a running agent:
+/// installed and last known good versions, channel, trusted root version,
+/// state and last error. `None` before the agent's first report.
+pub fn last_status(config: &AgentConfig) -> Result<Option<StatusReport>, Error> {
+    StateDir::at(&config.dir).read_json("status.json")
+}
+
 /// Why a local prediction failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -343,6 +355,32 @@ fn poll_loop(inner: &Arc<Inner>) {
         if inner.sleep(wait) {
             return;
         }
+    }
+}
+
+/// One log event per poll: what changed at info or warn, the rest at debug.
+fn log_outcome(channel: &str, result: &Result<PollOutcome, Error>) {
+    match result {
+        Ok(PollOutcome::Installed(i)) => tracing::info!(
+            channel,
+            model = %i.model,
+            version = %i.version,
+            sha256 = %i.sha256,
+            "installed and committed"
+        ),
+        Ok(PollOutcome::RolledBack(i)) => tracing::warn!(
+            channel,
+            model = %i.model,
+            version = %i.version,
+            "rollout halted by the fleet server: back on the last known good bundle"
+        ),
+        Ok(outcome) => tracing::debug!(channel, ?outcome, "poll"),
+        Err(e) => tracing::warn!(
+            channel,
+            error_kind = e.kind(),
+            error = %e,
+            "update refused or failed; still serving the model it had"
+        ),
     }
 }
 
@@ -431,11 +469,12 @@ impl Inner {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(now.max(p + 1)))
             .unwrap_or(0);
         report.seq = now.max(prev + 1);
-        let _ = self.state.write(
-            &self.state.path("report_seq"),
-            report.seq.to_string().as_bytes(),
-        );
-        let _ = self.client.report(&self.identity, &report);
+        // Kept on disk: the sequence number survives restarts, and
+        // `edgeml agent status` reads it without the server.
+        let _ = self.state.write_json("status.json", &report);
+        if let Err(e) = self.client.report(&self.identity, &report) {
+            tracing::debug!(error = %e, "status report not delivered");
+        }
     }
 
     /// Verify and load a stored bundle.
@@ -552,6 +591,11 @@ impl Inner {
                 self.state.remove("timestamp.json")?;
             }
             self.state.write(&self.state.path("root.json"), &bytes)?;
+            tracing::info!(
+                root_version = change.version,
+                release_keys_changed = change.release_keys_changed,
+                "followed a root rotation"
+            );
             // A new root may change what the channel view must carry
             // (a timestamp role): fetch it in full next.
             *lock(&self.etag) = None;
@@ -566,6 +610,7 @@ impl Inner {
     fn poll(&self) -> Result<PollOutcome, Error> {
         let _one = lock(&self.polling);
         let result = self.poll_inner();
+        log_outcome(&self.config.channel, &result);
         if let Err(e) = &result {
             let (state, target) = {
                 let s = lock(&self.status);
@@ -705,6 +750,12 @@ impl Inner {
     fn install(&self, release: &Release) -> Result<PollOutcome, Error> {
         let target = installed_of(release);
         self.set_state(UpdateState::Downloading, Some(target.clone()));
+        tracing::info!(
+            model = %target.model,
+            version = %target.version,
+            bytes = release.bundle.size,
+            "downloading"
+        );
         self.send_report();
         let bytes =
             self.client
@@ -732,6 +783,12 @@ impl Inner {
             },
         )?;
         let fail = |e: Error| -> Error {
+            tracing::warn!(
+                version = %target.version,
+                error_kind = e.kind(),
+                error = %e,
+                "health check failed: rolled back to the last known good bundle"
+            );
             let mut d = lock(&self.disk);
             d.failed.insert(target.sha256.clone());
             let _ = self.state.write_json("state.json", &*d);
@@ -752,6 +809,7 @@ impl Inner {
                 source,
             }));
         }
+        tracing::info!(version = %target.version, "self-test passed; watching the error rate");
         // Health check 2: serve it and watch its error rate.
         let slot = Arc::new(slot);
         let old = self.swap(Some(slot.clone()));
@@ -788,6 +846,12 @@ impl Inner {
                 });
             }
         }
+        tracing::info!(
+            version = %target.version,
+            requests = slot.requests.load(Ordering::Relaxed),
+            errors = slot.errors.load(Ordering::Relaxed),
+            "health watch passed"
+        );
         // Commit: the new bundle becomes the last known good, the old one is kept to roll back to.
         {
             let mut d = lock(&self.disk);

@@ -5,7 +5,7 @@
 //! root.json              newest trusted root (envelope)
 //! release.json           newest release metadata accepted for the channel
 //! timestamp.json         newest timestamp accepted (when the root names a timestamp role)
-//! report_seq             sequence number of the last status report sent
+//! status.json            the last status report sent (its sequence number; `edgeml agent status`)
 //! *.damaged              a state file that could not be read, set aside
 //! state.json             installed and previous (last known good) bundles, bundles that failed
 //! pending.json           an update in progress (present only between staging and commit)
@@ -51,6 +51,13 @@ impl StateDir {
         Ok(StateDir {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The state directory at `dir`, without creating anything (for reading).
+    pub fn at(dir: &Path) -> StateDir {
+        StateDir {
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

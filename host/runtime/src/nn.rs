@@ -39,8 +39,10 @@ pub(crate) struct NnHost {
     handles: usize,
     /// Live execution contexts.
     contexts: usize,
-    /// Sessions of dropped contexts, kept to reuse (their graph, the session).
-    spare: Vec<(Arc<dyn Graph>, Box<dyn Session>)>,
+    /// Sessions of dropped contexts, kept to reuse (their graph, the
+    /// session, the bytes charged for it: spare sessions stay charged to
+    /// the guest, they hold its memory).
+    spare: Vec<(Arc<dyn Graph>, Box<dyn Session>, usize)>,
 }
 
 impl NnHost {
@@ -248,18 +250,21 @@ impl graph::HostGraph for State {
             .nn
             .spare
             .iter()
-            .position(|(g, _)| Arc::ptr_eq(g, &model))
-            .map(|i| self.nn.spare.swap_remove(i).1);
-        let session = match spare {
-            Some(s) => s,
+            .position(|(g, _, _)| Arc::ptr_eq(g, &model))
+            .map(|i| self.nn.spare.swap_remove(i));
+        let (session, charged) = match spare {
+            // Already charged while it was spare.
+            Some((_, s, charged)) => (s, charged),
             None => match model.session() {
-                Ok(s) => s,
+                Ok(s) => {
+                    // The session's own memory (the sandboxed backend's) is the guest's.
+                    let charged = s.memory_bytes();
+                    self.limiter.charge(charged)?;
+                    (s, charged)
+                }
                 Err(e) => return self.nn_err(ErrorCode::RuntimeError, e),
             },
         };
-        // The session's own memory (the sandboxed backend's) is the guest's.
-        let charged = session.memory_bytes();
-        self.limiter.charge(charged)?;
         self.nn.contexts += 1;
         let c = self.table.push(NnContext {
             session,
@@ -335,10 +340,11 @@ impl inference::HostGraphExecutionContext for State {
     fn drop(&mut self, ctx: Resource<NnContext>) -> wasmtime::Result<()> {
         let c = self.table.delete(ctx)?;
         self.nn.contexts = self.nn.contexts.saturating_sub(1);
-        self.limiter.refund(c.charged);
         if self.nn.spare.len() < SPARE_SESSIONS {
-            // Kept for the next context; its memory is charged again then.
-            self.nn.spare.push((c.graph, c.session));
+            // Kept (and still charged) for the next context.
+            self.nn.spare.push((c.graph, c.session, c.charged));
+        } else {
+            self.limiter.refund(c.charged);
         }
         Ok(())
     }

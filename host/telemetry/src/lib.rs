@@ -57,6 +57,13 @@ use wire::{
     WindowRecord,
 };
 
+/// The spool of the device configured by `config`, read from disk without
+/// starting telemetry (the device may be running): records waiting for the
+/// collector, their bytes, and records dropped because the spool was full.
+pub fn spool_stats(config: &TelemetryConfig) -> SpoolStats {
+    spool::peek(&config.dir.join("spool"))
+}
+
 /// Why a prediction failed, as journals store it and windows report it.
 ///
 /// The journal stores the code ([`ErrorKind::code`]); windows and the

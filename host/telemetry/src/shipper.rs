@@ -72,11 +72,20 @@ pub(crate) fn run(weak: Weak<Inner>, signal: Arc<Signal>) {
                         next = Instant::now();
                     }
                     Outcome::Malformed(why) => {
+                        tracing::warn!(error = %why, "the collector refused a record; quarantined");
                         lock(&inner.stats).last_error = Some(why);
                         one_at_a_time = true;
                         next = Instant::now();
                     }
                     Outcome::Retry(why) => {
+                        // Once per outage, not once per retry.
+                        if attempt == 0 {
+                            tracing::warn!(
+                                error = %why,
+                                spool_records = inner.spool.stats().pending_records,
+                                "telemetry not delivered; kept in the spool, retrying"
+                            );
+                        }
                         lock(&inner.stats).last_error = Some(why);
                         attempt = attempt.saturating_add(1);
                         let cap = c
@@ -180,6 +189,14 @@ fn ship_once(inner: &Inner, client: &reqwest::blocking::Client, one: bool) -> Ou
                 stats.last_error = None;
             }
             inner.spool.remove(&seqs);
+            let left = inner.spool.stats();
+            tracing::info!(
+                records = seqs.len(),
+                bytes = body_len,
+                spool_records = left.pending_records,
+                spool_bytes = left.pending_bytes,
+                "telemetry shipped"
+            );
             Outcome::Shipped
         }
         401 | 403 => {

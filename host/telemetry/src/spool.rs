@@ -29,6 +29,30 @@ fn name(seq: u64) -> String {
     format!("{seq:016x}.json")
 }
 
+/// A spool's statistics read from its directory without opening it (for a
+/// status command while the device runs): pending records and bytes, drops.
+pub(crate) fn peek(dir: &Path) -> SpoolStats {
+    let mut stats = SpoolStats::default();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let is_record = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .is_some_and(|stem| u64::from_str_radix(stem, 16).is_ok());
+            if let (true, Ok(meta)) = (is_record, e.metadata()) {
+                stats.pending_records += 1;
+                stats.pending_bytes += meta.len();
+            }
+        }
+    }
+    stats.dropped_records = fs::read_to_string(dir.join("dropped"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    stats
+}
+
 #[cfg_attr(not(feature = "shipper"), allow(dead_code))]
 impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, Error> {
