@@ -1029,15 +1029,18 @@ fn rejects_release_version_out_of_range() {
 fn detects_freeze_when_server_answers_not_modified() {
     let f = Fleet::new();
     let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
-    // Metadata that expires in a few seconds; the server then keeps
-    // answering 304 Not Modified for it.
-    r.expires =
-        humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3)).to_string();
+    // Metadata that expires in a few seconds (enough for a first install on
+    // a slow, busy machine); the server then keeps answering 304 for it.
+    let expires = SystemTime::now() + Duration::from_secs(12);
+    r.expires = humantime::format_rfc3339_seconds(expires).to_string();
     f.inject(&r, &[&f.release[0], &f.release[1]]);
     let a = f.agent("gw-1");
     assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
     assert!(matches!(a.poll(), Ok(PollOutcome::NotModified)));
-    std::thread::sleep(Duration::from_secs(4));
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    std::thread::sleep(left + Duration::from_secs(1));
     let err = a.poll().unwrap_err();
     assert!(
         matches!(

@@ -35,7 +35,7 @@ fn bad_client_requests_do_not_veto_update() {
     let f = Fleet::new();
     f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
     let a = serving_agent(&f, "gw-veto", |c| {
-        c.health.watch = Duration::from_secs(3);
+        c.health.watch = Duration::from_secs(6);
         c.health.min_requests = 5;
         c.health.max_error_rate = 0.1;
     });
