@@ -462,6 +462,18 @@ fn rejects_corrupted_download() {
     assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
 }
 
+/// Read an HTTP request's head from `conn`: the head and the request path.
+pub(crate) fn read_request_head(conn: &mut std::net::TcpStream) -> (String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    (head, path)
+}
+
 /// A hostile mirror in front of the fleet server: bundle downloads get
 /// `serve`'s treatment, everything else is forwarded.
 pub(crate) fn hostile_proxy(
@@ -474,13 +486,7 @@ pub(crate) fn hostile_proxy(
         let http = reqwest::blocking::Client::new();
         for conn in listener.incoming().take(200) {
             let Ok(mut conn) = conn else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
-            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (_, path) = read_request_head(&mut conn);
             // A mirror holds the bundles: it fetches them with its own credentials.
             let upstream_resp = http
                 .get(format!("{upstream}{path}"))

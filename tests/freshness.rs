@@ -12,7 +12,7 @@ use edgeml_agent::{Agent, Error, PollOutcome};
 use edgeml_bundle::SecretKey;
 use edgeml_fleet::wire::ChannelView;
 use edgeml_fleet::{Envelope, Root};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -62,13 +62,7 @@ fn replaying_proxy(f: &Fleet, view: &ChannelView) -> String {
         let http = reqwest::blocking::Client::new();
         for conn in listener.incoming().take(100) {
             let Ok(mut conn) = conn else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
-            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (head, path) = read_request_head(&mut conn);
             let (status, payload) = if path == "/v1/fleet/channels/stable" {
                 (200, body.clone())
             } else if head.starts_with("GET ") {

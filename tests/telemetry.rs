@@ -373,6 +373,19 @@ fn records_made_while_the_collector_is_down_arrive_once_it_returns() {
     dev.telemetry.shutdown();
 }
 
+/// A signed sensor bundle with its baseline (`sensor.wasm`) and the
+/// publisher's key (`publisher.pub`) in `dir`, for `edgeml replay`.
+fn write_sensor_bundle(dir: &Path) {
+    let publisher = Publisher::new();
+    std::fs::write(
+        dir.join("publisher.pub"),
+        publisher.key.public_key().to_bytes(),
+    )
+    .unwrap();
+    let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
+    std::fs::write(dir.join("sensor.wasm"), &bundle).unwrap();
+}
+
 /// `edgeml replay` of the sensor data without end, printing progress, in
 /// `dir` (with `sensor.wasm`, `publisher.pub` and `telemetry.toml`).
 fn replay_sensor(dir: &Path) -> std::process::Child {
@@ -401,14 +414,7 @@ fn replay_sensor(dir: &Path) -> std::process::Child {
 fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
     let tmp = tempfile::tempdir().unwrap();
     let server = collector(&tmp.path().join("collector.db"));
-    let publisher = Publisher::new();
-    std::fs::write(
-        tmp.path().join("publisher.pub"),
-        publisher.key.public_key().to_bytes(),
-    )
-    .unwrap();
-    let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
-    std::fs::write(tmp.path().join("sensor.wasm"), &bundle).unwrap();
+    write_sensor_bundle(tmp.path());
     let toml = tmp.path().join("telemetry.toml");
     std::fs::write(
         &toml,
@@ -1040,14 +1046,7 @@ fn openapi_document_lists_every_route() {
 #[test]
 fn repeated_kill_9_loses_nothing_and_counts_nothing_twice() {
     let tmp = tempfile::tempdir().unwrap();
-    let publisher = Publisher::new();
-    std::fs::write(
-        tmp.path().join("publisher.pub"),
-        publisher.key.public_key().to_bytes(),
-    )
-    .unwrap();
-    let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
-    std::fs::write(tmp.path().join("sensor.wasm"), &bundle).unwrap();
+    write_sensor_bundle(tmp.path());
     // The collector's address, not listening until the end.
     let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
