@@ -24,7 +24,7 @@ fn repo() -> PathBuf {
 }
 
 fn guest(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("EDGEML_GUEST_DIR")).join(format!("{name}.wasm")))
+    std::fs::read(Path::new(edgeml_guests::DIR).join(format!("{name}.wasm")))
         .expect("guest component")
 }
 

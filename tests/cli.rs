@@ -42,7 +42,7 @@ fn digits_bundle(dir: &Path) {
             "--model",
             m.join("digits.onnx").to_str().unwrap(),
             "--component",
-            Path::new(env!("EDGEML_GUEST_DIR"))
+            Path::new(edgeml_guests::DIR)
                 .join("edgeml_image_classifier.wasm")
                 .to_str()
                 .unwrap(),

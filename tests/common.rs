@@ -23,13 +23,26 @@ pub fn read(p: impl AsRef<Path>) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// A guest component built by build.rs from guest/.
+/// A guest component built by edgeml-guests from guest/.
 pub fn guest(name: &str) -> Vec<u8> {
-    read(Path::new(env!("EDGEML_GUEST_DIR")).join(format!("{name}.wasm")))
+    read(Path::new(edgeml_guests::DIR).join(format!("{name}.wasm")))
 }
 
 pub fn edgeml() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edgeml"))
+}
+
+/// Another package's program (`edgeml-agent`, `edgeml-server`), built next
+/// to `edgeml` by `cargo test --workspace` (their packages have
+/// integration tests, so cargo builds their binaries).
+pub fn workspace_bin(name: &str) -> Command {
+    let path = Path::new(env!("CARGO_BIN_EXE_edgeml")).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    Command::new(path)
 }
 
 pub struct Spec {

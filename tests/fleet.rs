@@ -9,7 +9,7 @@ use crate::common::*;
 use edgeml_agent::{Agent, AgentConfig, Error, PollOutcome, UpdateState};
 use edgeml_bundle::{SecretKey, SelfTest, SelfTestInput};
 use edgeml_collector::{Server, Settings, SqliteStore, Store};
-use edgeml_fleet::wire::RolloutState;
+use edgeml_client::wire::fleet::RolloutState;
 use edgeml_fleet::{BundleRef, Envelope, Release, Root};
 use edgeml_runtime::{Config, Runtime};
 use sha2::{Digest, Sha256};
@@ -26,7 +26,10 @@ pub(crate) struct Fleet {
     pub root_key: SecretKey,
     pub release: Vec<SecretKey>,
     pub publisher: SecretKey,
+    /// Raw HTTP, for what the typed client refuses to send.
     pub http: reqwest::blocking::Client,
+    /// The operator's client (admin token).
+    pub client: edgeml_client::Client,
 }
 
 pub(crate) fn in_days(d: i64) -> String {
@@ -67,6 +70,7 @@ impl Fleet {
         edit(&mut settings);
         let store = SqliteStore::open(&dir.path().join("fleet.db")).unwrap();
         let server = Server::start(store, settings, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let server_url = server.url();
         let f = Fleet {
             dir,
             server: Some(server),
@@ -74,10 +78,13 @@ impl Fleet {
             release: (0..3).map(|_| SecretKey::generate().unwrap()).collect(),
             publisher: SecretKey::generate().unwrap(),
             http: reqwest::blocking::Client::new(),
+            client: edgeml_client::Client::new(&server_url)
+                .unwrap()
+                .with_admin_token(ADMIN),
         };
         let root = f.root_v1();
         std::fs::write(f.dir.path().join("root.json"), root.to_vec()).unwrap();
-        f.put(&format!("/v1/fleet/roots/1"), root.to_vec()).unwrap();
+        f.publish_root(1, root.to_vec()).unwrap();
         f
     }
 
@@ -98,21 +105,20 @@ impl Fleet {
         Envelope::sign(&root, &[&self.root_key]).unwrap()
     }
 
-    pub(crate) fn put(&self, path: &str, body: Vec<u8>) -> Result<serde_json::Value, String> {
-        let resp = self
-            .http
-            .put(format!("{}{path}", self.url()))
-            .bearer_auth(ADMIN)
-            .body(body)
-            .send()
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().unwrap_or_default();
-        if status.is_success() {
-            Ok(v)
-        } else {
-            Err(format!("{status}: {v}"))
-        }
+    /// What `edgeml root publish` does.
+    pub(crate) fn publish_root(
+        &self,
+        version: u64,
+        envelope: Vec<u8>,
+    ) -> Result<(), edgeml_client::Error> {
+        self.client.publish_root(version, envelope).map(|_| ())
+    }
+
+    /// Publish signed release metadata to `stable`, as `edgeml push` does.
+    pub(crate) fn publish_release(&self, envelope: Vec<u8>) -> Result<(), edgeml_client::Error> {
+        self.client
+            .publish_release("stable", envelope)
+            .map(|_| ())
     }
 
     pub(crate) fn store(&self) -> SqliteStore {
@@ -121,8 +127,7 @@ impl Fleet {
 
     pub(crate) fn upload(&self, bundle: &[u8]) -> BundleRef {
         let sha256 = hex::encode(Sha256::digest(bundle));
-        self.put(&format!("/v1/fleet/bundles/{sha256}"), bundle.to_vec())
-            .unwrap();
+        self.client.upload_bundle(&sha256, bundle.to_vec()).unwrap();
         BundleRef {
             sha256,
             size: bundle.len() as u64,
@@ -155,8 +160,7 @@ impl Fleet {
     pub(crate) fn push(&self, bundle: &[u8], model_version: &str, percent: f64) -> Release {
         let r = self.release_for(bundle, model_version, percent);
         let env = Envelope::sign(&r, &[&self.release[0], &self.release[1]]).unwrap();
-        self.put("/v1/fleet/channels/stable/release", env.to_vec())
-            .unwrap();
+        self.publish_release(env.to_vec()).unwrap();
         r
     }
 
@@ -342,8 +346,8 @@ fn rejects_release_signed_by_revoked_key() {
     v2.keys
         .insert(leaked.id().to_string(), hex::encode(leaked.to_bytes()));
     v2.revoked.insert(leaked.id().to_string());
-    f.put(
-        "/v1/fleet/roots/2",
+    f.publish_root(
+        2,
         Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec(),
     )
     .unwrap();
@@ -375,13 +379,13 @@ fn rejects_root_rotation_without_old_root_signatures() {
         (&[attacker.public_key()], 1),
     );
     // The server refuses it ...
-    let refused = f.put(
-        "/v1/fleet/roots/2",
+    let refused = f.publish_root(
+        2,
         Envelope::sign(&v2, &[&attacker]).unwrap().to_vec(),
     );
     assert!(
-        refused.unwrap_err().contains("not signed by"),
-        "server checks the chain too"
+        matches!(refused, Err(edgeml_client::Error::Refused { ref message, .. }) if message.contains("not signed by")),
+        "server checks the chain too: {refused:?}"
     );
     // ... so write it into a compromised server's database.
     let env = Envelope::sign(&v2, &[&attacker]).unwrap();
@@ -542,7 +546,10 @@ fn rejects_endless_data() {
     });
     let a = proxied_agent(&f, proxy, Duration::from_secs(30));
     let err = a.poll().unwrap_err();
-    assert!(matches!(err, Error::EndlessData { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Server(edgeml_client::Error::EndlessData { .. })),
+        "{err}"
+    );
     assert_eq!(a.status().error_kind.as_deref(), Some("endless_data"));
     still_serving_v1(&a);
 }
@@ -570,7 +577,10 @@ fn rejects_slow_retrieval() {
     let started = Instant::now();
     let a = proxied_agent(&f, proxy, Duration::from_secs(1));
     let err = a.poll().unwrap_err();
-    assert!(matches!(err, Error::SlowRetrieval { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Server(edgeml_client::Error::SlowRetrieval { .. })),
+        "{err}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "the time cap held: {:?}",
@@ -686,7 +696,7 @@ fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts
     wider.version += 1;
     wider.rollout_percent = 100.0;
     let env = Envelope::sign(&wider, &[&f.release[0], &f.release[1]]).unwrap();
-    f.put("/v1/fleet/channels/stable/release", env.to_vec())
+    f.publish_release(env.to_vec())
         .unwrap();
     for a in &agents {
         a.poll().unwrap();
@@ -815,7 +825,7 @@ pub(crate) fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     }
 }
 
-pub(crate) fn device_report(f: &Fleet, id: &str) -> Option<edgeml_fleet::wire::StatusReport> {
+pub(crate) fn device_report(f: &Fleet, id: &str) -> Option<edgeml_client::wire::fleet::StatusReport> {
     f.store()
         .fleet_devices()
         .unwrap()
@@ -852,8 +862,8 @@ fn agent_killed_mid_update_restarts_on_last_known_good() {
     write_agent_toml(&f, &config, port);
     f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
     let spawn = || {
-        edgeml()
-            .args(["agent", "--config", config.to_str().unwrap(), "--no-cache"])
+        workspace_bin("edgeml-agent")
+            .args(["--config", config.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -941,8 +951,8 @@ fn recovers_from_fast_forward_after_release_key_rotation() {
     // The operator rotates the release keys away in root version 2 and
     // publishes 1.1.0 under the new keys with an honest version number.
     let new_keys: Vec<SecretKey> = (0..2).map(|_| SecretKey::generate().unwrap()).collect();
-    f.put(
-        "/v1/fleet/roots/2",
+    f.publish_root(
+        2,
         root_with_release_keys(&f, 2, &[&new_keys[0], &new_keys[1]]).to_vec(),
     )
     .unwrap();
@@ -950,13 +960,12 @@ fn recovers_from_fast_forward_after_release_key_rotation() {
     // A version the channel already used is a conflict, not a server error.
     next.version = 1;
     let env = Envelope::sign(&next, &[&new_keys[0], &new_keys[1]]).unwrap();
-    let taken = f
-        .put("/v1/fleet/channels/stable/release", env.to_vec())
+    let taken = f.publish_release(env.to_vec())
         .unwrap_err();
-    assert!(taken.starts_with("409"), "{taken}");
+    assert_eq!(taken.status(), Some(409), "{taken}");
     next.version = 2;
     let env = Envelope::sign(&next, &[&new_keys[0], &new_keys[1]]).unwrap();
-    f.put("/v1/fleet/channels/stable/release", env.to_vec())
+    f.publish_release(env.to_vec())
         .expect("the server drops the ratchet of metadata signed by rotated-away keys");
     // The device follows the root, drops the fast-forwarded version, and updates.
     let outcome = a.poll();
@@ -983,8 +992,8 @@ fn rejects_endless_root_chain() {
     let (f, a) = on_v1();
     let limit = edgeml_fleet::MAX_ROOT_UPDATES;
     for v in 2..=limit + 8 {
-        f.put(
-            &format!("/v1/fleet/roots/{v}"),
+        f.publish_root(
+            v,
             root_with_release_keys(&f, v, &[&f.release[0], &f.release[1]]).to_vec(),
         )
         .unwrap();
@@ -1013,11 +1022,10 @@ fn rejects_release_version_out_of_range() {
     let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
     r.version = i64::MAX as u64 + 1;
     let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
-    let refused = f
-        .put("/v1/fleet/channels/stable/release", env.to_vec())
+    let refused = f.publish_release(env.to_vec())
         .unwrap_err();
-    assert!(refused.starts_with("422"), "{refused}");
-    assert!(refused.contains("above the largest allowed"), "{refused}");
+    assert_eq!(refused.status(), Some(422), "{refused}");
+    assert!(refused.to_string().contains("above the largest allowed"), "{refused}");
     // Served anyway by a compromised server: the device refuses it too.
     f.inject(&r, &[&f.release[0], &f.release[1]]);
     let err = a.poll().unwrap_err();
@@ -1237,8 +1245,8 @@ fn refused_release_is_logged_with_its_reason() {
     let config: PathBuf = f.dir.path().join("agent.toml");
     write_agent_toml(&f, &config, free_port());
     f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
-    let mut child = edgeml()
-        .args(["agent", "--config", config.to_str().unwrap(), "--no-cache"])
+    let mut child = workspace_bin("edgeml-agent")
+        .args(["--config", config.to_str().unwrap()])
         .args(["--log-format", "json"])
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
@@ -1294,8 +1302,8 @@ fn refused_release_is_logged_with_its_reason() {
     child.kill().unwrap();
     child.wait().unwrap();
     // The state, read without the server.
-    let out = edgeml()
-        .args(["agent", "status", "--config", config.to_str().unwrap()])
+    let out = workspace_bin("edgeml-agent")
+        .args(["status", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -10,7 +10,7 @@ use crate::common::*;
 use crate::fleet::*;
 use edgeml_agent::{Agent, Error, PollOutcome};
 use edgeml_bundle::SecretKey;
-use edgeml_fleet::wire::ChannelView;
+use edgeml_client::wire::fleet::ChannelView;
 use edgeml_fleet::{Envelope, Root};
 use std::io::Write;
 use std::sync::Arc;
@@ -34,8 +34,8 @@ fn fleet_with_timestamps(ttl: Duration) -> (Fleet, SecretKey) {
         (&[f.publisher.public_key()], 1),
     )
     .with_timestamp(&[key.public_key()], 1);
-    f.put(
-        "/v1/fleet/roots/2",
+    f.publish_root(
+        2,
         Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec(),
     )
     .unwrap();

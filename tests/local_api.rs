@@ -288,8 +288,8 @@ fn bounded_load_keeps_agent_rss_under_limit() {
     let config = f.dir.path().join("agent.toml");
     let port = free_port();
     write_agent_toml(&f, &config, port);
-    let mut child = edgeml()
-        .args(["agent", "--config", config.to_str().unwrap(), "--no-cache"])
+    let mut child = workspace_bin("edgeml-agent")
+        .args(["--config", config.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

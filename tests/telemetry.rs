@@ -3,6 +3,8 @@
 //! collector (axum on 127.0.0.1, SQLite file) receiving signed gzip batches.
 
 use crate::common::*;
+use edgeml_client::wire::telemetry::{DriftReport, FleetStats, Range};
+use edgeml_client::SampleFormat;
 use edgeml_collector::store::Query;
 use edgeml_collector::{Server, Settings, SqliteStore, Store};
 use edgeml_runtime::telemetry::wire::{
@@ -12,6 +14,7 @@ use edgeml_runtime::telemetry::{
     CollectorConfig, DeviceIdentity, DriftStatus, SampleConfig, Sketch, Telemetry, TelemetryConfig,
     WindowDrift,
 };
+use edgeml_runtime::telemetry::drift::FeatureDrift;
 use edgeml_runtime::{Config, Input, Model, Runtime, Tensor};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -58,30 +61,25 @@ fn http() -> reqwest::blocking::Client {
 }
 
 /// An admin GET; panics unless 200.
-fn admin_get(server: &Server, path: &str) -> Value {
-    let resp = http()
-        .get(format!("{}{path}", server.url()))
-        .bearer_auth(ADMIN)
-        .send()
-        .unwrap();
-    let status = resp.status();
-    let body = resp.text().unwrap();
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap()
+/// The operator's typed client of `server`.
+fn admin(server: &Server) -> edgeml_client::Client {
+    edgeml_client::Client::new(&server.url())
+        .unwrap()
+        .with_admin_token(ADMIN)
 }
 
-fn admin_get_bytes(server: &Server, path: &str) -> Vec<u8> {
-    let resp = http()
-        .get(format!("{}{path}", server.url()))
-        .bearer_auth(ADMIN)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200, "GET {path}");
-    resp.bytes().unwrap().to_vec()
+fn fleet_stats(server: &Server, model: &str) -> FleetStats {
+    admin(server)
+        .stats(model, "1.0.0", &Range::default())
+        .unwrap()
+        .stats
 }
 
-fn fleet_stats(server: &Server, model: &str) -> Value {
-    admin_get(server, &format!("/v1/models/{model}/versions/1.0.0/stats"))["stats"].clone()
+fn fleet_drift(server: &Server, model: &str, bucket: Duration) -> DriftReport {
+    admin(server)
+        .drift(model, "1.0.0", &Range::default(), bucket)
+        .unwrap()
+        .drift
 }
 
 /// Rows of a `[N, D]` float32 `.npy` under models/.
@@ -151,16 +149,12 @@ impl Device {
     }
 }
 
-fn status(features: &Value, name: &str) -> String {
+fn status(features: &[FeatureDrift], name: &str) -> DriftStatus {
     features
-        .as_array()
-        .unwrap()
         .iter()
-        .find(|f| f["name"] == name)
-        .unwrap_or_else(|| panic!("no feature `{name}` in {features}"))["status"]
-        .as_str()
-        .unwrap()
-        .to_string()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("no feature `{name}` in {features:?}"))
+        .status
 }
 
 fn local_status(d: &WindowDrift, name: &str) -> DriftStatus {
@@ -178,7 +172,7 @@ fn two_windows(
     spec: &Spec,
     reference: &str,
     data: Vec<Vec<f32>>,
-) -> (Vec<WindowDrift>, Value, Value) {
+) -> (Vec<WindowDrift>, DriftReport, FleetStats) {
     let tmp = tempfile::tempdir().unwrap();
     let server = collector(&tmp.path().join("collector.db"));
     let publisher = Publisher::new();
@@ -194,30 +188,22 @@ fn two_windows(
         dev.predict_all(inputs(&dev.model, chunk));
         local.push(dev.window());
     }
-    let drift = admin_get(
-        &server,
-        &format!(
-            "/v1/models/{}/versions/1.0.0/drift?bucket_s=86400",
-            spec.name
-        ),
-    )["drift"]
-        .clone();
+    let drift = fleet_drift(&server, spec.name, Duration::from_secs(86400));
     let stats = fleet_stats(&server, spec.name);
-    assert_eq!(stats["count"], data.len() as u64, "{stats}");
-    assert_eq!(stats["windows"], 2, "{stats}");
-    assert_eq!(stats["errors"], 0, "{stats}");
+    assert_eq!(stats.count, data.len() as u64, "{stats:?}");
+    assert_eq!(stats.windows, 2, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
     dev.telemetry.shutdown();
     (local, drift, stats)
 }
 
 /// Features the collector flagged as `drift`.
-fn alerted(drift: &Value) -> Vec<String> {
-    drift["alerts"]
-        .as_array()
-        .unwrap()
+fn alerted(drift: &DriftReport) -> Vec<String> {
+    drift
+        .alerts
         .iter()
-        .filter(|a| a["status"] == "drift")
-        .map(|a| a["name"].as_str().unwrap().to_string())
+        .filter(|a| a.feature.status == DriftStatus::Drift)
+        .map(|a| a.feature.name.clone())
         .collect()
 }
 
@@ -242,11 +228,11 @@ fn shifted_sensor_readings_are_flagged_as_drift_within_two_windows() {
         );
     }
     // At the collector, from the merged sketches.
-    let bucket = &drift["buckets"][0];
-    assert_eq!(bucket["count"], 600);
-    assert_eq!(bucket["drifted"], true);
-    assert_eq!(status(&bucket["features"], "temperature_c"), "drift");
-    assert_eq!(status(&bucket["features"], "pressure_kpa"), "stable");
+    let bucket = &drift.buckets[0];
+    assert_eq!(bucket.count, 600);
+    assert!(bucket.drifted);
+    assert_eq!(status(&bucket.features, "temperature_c"), DriftStatus::Drift);
+    assert_eq!(status(&bucket.features, "pressure_kpa"), DriftStatus::Stable);
     let flagged = alerted(&drift);
     for moved in ["temperature_c", "humidity_pct", "vibration_rms"] {
         assert!(
@@ -266,7 +252,7 @@ fn unshifted_sensor_readings_are_not_flagged() {
             .iter()
             .all(|f| f.status != DriftStatus::InsufficientData));
     }
-    assert_eq!(drift["buckets"][0]["drifted"], false, "{drift}");
+    assert!(!drift.buckets[0].drifted, "{drift:?}");
     assert_eq!(alerted(&drift), Vec::<String>::new());
 }
 
@@ -282,8 +268,8 @@ fn inverted_digits_are_flagged_as_drift_within_two_windows() {
         assert!(w.drifted, "{w:?}");
         assert_eq!(local_status(w, "X.mean"), DriftStatus::Drift, "{w:?}");
     }
-    assert_eq!(drift["buckets"][0]["drifted"], true);
-    assert!(alerted(&drift).iter().any(|f| f == "X.mean"), "{drift}");
+    assert!(drift.buckets[0].drifted);
+    assert!(alerted(&drift).iter().any(|f| f == "X.mean"), "{drift:?}");
 }
 
 #[test]
@@ -296,7 +282,7 @@ fn held_out_digits_are_not_flagged() {
     for w in &local {
         assert!(!w.drifted, "{w:?}");
     }
-    assert_eq!(drift["buckets"][0]["drifted"], false, "{drift}");
+    assert!(!drift.buckets[0].drifted, "{drift:?}");
     assert_eq!(alerted(&drift), Vec::<String>::new());
 }
 
@@ -318,10 +304,10 @@ fn too_few_predictions_give_insufficient_data_not_a_verdict() {
         local_status(&w, "temperature_c"),
         DriftStatus::InsufficientData
     );
-    let drift = admin_get(&server, "/v1/models/sensor/versions/1.0.0/drift")["drift"].clone();
+    let drift = fleet_drift(&server, "sensor", Duration::from_secs(3600));
     assert_eq!(
-        status(&drift["buckets"][0]["features"], "temperature_c"),
-        "insufficient_data"
+        status(&drift.buckets[0].features, "temperature_c"),
+        DriftStatus::InsufficientData
     );
     dev.telemetry.shutdown();
 }
@@ -365,11 +351,11 @@ fn records_made_while_the_collector_is_down_arrive_once_it_returns() {
     assert_eq!(stats.spool.dropped_records, 0);
     assert_eq!(stats.last_error, None);
     let fleet = fleet_stats(&server, "digits");
-    assert_eq!(fleet["count"], live.len() as u64, "{fleet}");
-    assert_eq!(fleet["windows"], 4, "{fleet}");
-    let devices = admin_get(&server, "/v1/devices");
-    assert_eq!(devices[0]["device_id"], "gw-01");
-    assert_eq!(devices[0]["pending_records"], 0);
+    assert_eq!(fleet.count, live.len() as u64, "{fleet:?}");
+    assert_eq!(fleet.windows, 4, "{fleet:?}");
+    let devices = admin(&server).devices().unwrap();
+    assert_eq!(devices[0].device_id, "gw-01");
+    assert_eq!(devices[0].pending_records, 0);
     dev.telemetry.shutdown();
 }
 
@@ -456,15 +442,15 @@ fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
     assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
     telemetry.shutdown();
     let fleet = fleet_stats(&server, "sensor");
-    let count = fleet["count"].as_u64().unwrap();
+    let count = fleet.count;
     assert!(
         count == last || count == last + 1,
         "printed {last} predictions, the collector counted {count}"
     );
     // The recovered window still carries the drift sketches.
-    let drift = admin_get(&server, "/v1/models/sensor/versions/1.0.0/drift")["drift"].clone();
-    assert_eq!(drift["buckets"][0]["count"], count);
-    assert_eq!(drift["buckets"][0]["drifted"], false);
+    let drift = fleet_drift(&server, "sensor", Duration::from_secs(3600));
+    assert_eq!(drift.buckets[0].count, count);
+    assert!(!drift.buckets[0].drifted);
 }
 
 #[test]
@@ -509,10 +495,10 @@ fn full_spool_drops_oldest_first_and_reports_how_many() {
     // the newest `kept` windows arrived.
     let expected: u64 = ((windows as u64 - kept + 1)..=windows as u64).sum();
     let fleet = fleet_stats(&server, "digits");
-    assert_eq!(fleet["windows"], kept, "{fleet}");
-    assert_eq!(fleet["count"], expected, "{fleet}");
-    let devices = admin_get(&server, "/v1/devices");
-    assert_eq!(devices[0]["dropped_records"], dropped, "{devices}");
+    assert_eq!(fleet.windows, kept as u64, "{fleet:?}");
+    assert_eq!(fleet.count, expected, "{fleet:?}");
+    let devices = admin(&server).devices().unwrap();
+    assert_eq!(devices[0].dropped_records, dropped as u64, "{devices:?}");
     dev.telemetry.shutdown();
 }
 
@@ -529,7 +515,7 @@ fn switched_off_telemetry_records_nothing() {
     let stats = dev.telemetry.flush(Duration::from_secs(2));
     assert_eq!((stats.windows, stats.shipped_records), (0, 0), "{stats:?}");
     assert_eq!(stats.spool.pending_records, 0);
-    assert_eq!(admin_get(&server, "/v1/models"), json!([]));
+    assert_eq!(admin(&server).models().unwrap(), vec![]);
     dev.telemetry.shutdown();
 }
 
@@ -565,17 +551,22 @@ fn drift_samples_export_as_parquet_and_npy_with_metadata() {
     dev.window();
     dev.telemetry.shutdown();
 
-    let meta = admin_get(&server, "/v1/samples?model=sensor&format=npy-metadata");
-    assert_eq!(meta["input_name"], dev.model.manifest().inputs[0].name);
-    assert_eq!(meta["shape"], json!([5, 1, 6]));
-    let meta_rows = meta["rows"].as_array().unwrap();
-    assert_eq!(meta_rows.len(), 5);
-    for r in meta_rows {
-        assert_eq!(r["device_id"], "gw-01");
-        assert_eq!(r["reason"], "drifted_window");
+    let client = admin(&server);
+    let all = Range::default();
+    let meta = client
+        .samples_npy_metadata(Some("sensor"), None, &all)
+        .unwrap();
+    assert_eq!(meta.input_name, dev.model.manifest().inputs[0].name);
+    assert_eq!(meta.shape, vec![5, 1, 6]);
+    assert_eq!(meta.rows.len(), 5);
+    for r in &meta.rows {
+        assert_eq!(r.device_id, "gw-01");
+        assert_eq!(r.reason, "drifted_window");
     }
     // Every exported row is one of the rows the device was fed.
-    let npy = admin_get_bytes(&server, "/v1/samples?model=sensor&format=npy");
+    let npy = client
+        .samples(SampleFormat::Npy, Some("sensor"), None, &all)
+        .unwrap();
     let f = npyz::NpyFile::new(&npy[..]).unwrap();
     assert_eq!(f.shape(), &[5, 1, 6]);
     let exported: Vec<f32> = f.into_vec().unwrap();
@@ -586,7 +577,9 @@ fn drift_samples_export_as_parquet_and_npy_with_metadata() {
         );
     }
 
-    let parquet = admin_get_bytes(&server, "/v1/samples?model=sensor&format=parquet");
+    let parquet = client
+        .samples(SampleFormat::Parquet, Some("sensor"), None, &all)
+        .unwrap();
     let file = tmp.path().join("samples.parquet");
     std::fs::write(&file, parquet).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
@@ -603,8 +596,12 @@ fn drift_samples_export_as_parquet_and_npy_with_metadata() {
     assert_eq!(names, edgeml_collector::export::PARQUET_COLUMNS);
 
     // Filters: another device has none.
-    let none = admin_get(&server, "/v1/samples?device=gw-02&format=npy-metadata");
-    assert_eq!(none["rows"], json!([]));
+    let other = Range {
+        device: Some("gw-02".into()),
+        ..Range::default()
+    };
+    let none = client.samples_npy_metadata(None, None, &other).unwrap();
+    assert!(none.rows.is_empty(), "{none:?}");
 }
 
 // ------------------------------------------------------- attacks on ingest
@@ -839,8 +836,8 @@ fn rejects_enrolment_with_wrong_token() {
     assert_eq!(enrol(&a.server, &intruder, "not-the-token").status(), 401);
     // The admin token is not an enrolment token either.
     assert_eq!(enrol(&a.server, &intruder, ADMIN).status(), 401);
-    let devices = admin_get(&a.server, "/v1/devices");
-    assert_eq!(devices.as_array().unwrap().len(), 1, "{devices}");
+    let devices = admin(&a.server).devices().unwrap();
+    assert_eq!(devices.len(), 1, "{devices:?}");
     // And the refused device cannot ship.
     let (status, _) = ingest(
         &a.server,
@@ -982,7 +979,7 @@ fn replayed_batch_is_counted_once() {
         (again["accepted"].as_u64(), again["duplicates"].as_u64()),
         (Some(0), Some(2))
     );
-    assert_eq!(fleet_stats(&a.server, "digits")["count"], 12);
+    assert_eq!(fleet_stats(&a.server, "digits").count, 12);
     assert_eq!(a.stored(), (2, 0, 0));
 }
 
@@ -1101,7 +1098,7 @@ fn repeated_kill_9_loses_nothing_and_counts_nothing_twice() {
     assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
     assert_eq!(stats.spool.dropped_records, 0, "{stats:?}");
     telemetry.shutdown();
-    let count = fleet_stats(&server, "sensor")["count"].as_u64().unwrap();
+    let count = fleet_stats(&server, "sensor").count;
     eprintln!("{kills} kills: printed {printed}, counted {count}");
     assert!(printed > 1000, "the replays ran: printed {printed}");
     assert!(
@@ -1140,7 +1137,7 @@ fn window_rebuilt_after_crash_before_journal_reset_counts_once() {
         .collect();
     assert!(!snapshot.is_empty());
     dev.window();
-    assert_eq!(fleet_stats(&server, "sensor")["count"], 40);
+    assert_eq!(fleet_stats(&server, "sensor").count, 40);
     dev.telemetry.shutdown();
     drop(dev);
     for (p, bytes) in &snapshot {
@@ -1152,7 +1149,7 @@ fn window_rebuilt_after_crash_before_journal_reset_counts_once() {
     assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
     telemetry.shutdown();
     assert_eq!(
-        fleet_stats(&server, "sensor")["count"],
+        fleet_stats(&server, "sensor").count,
         40,
         "the rebuilt window was counted again"
     );

@@ -9,6 +9,8 @@ mod freshness;
 mod local_api;
 mod rollout_evidence;
 
+mod cross_arch;
+
 mod bad_input;
 mod cache;
 mod cli;

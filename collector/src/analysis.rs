@@ -2,35 +2,10 @@
 
 use crate::store::StoredWindow;
 use edgeml_bundle::Baseline;
-use edgeml_telemetry::drift::{DriftStatus, DriftThresholds, FeatureDrift};
+use edgeml_telemetry::drift::{DriftStatus, DriftThresholds};
 use edgeml_telemetry::Sketch;
-use serde::Serialize;
+pub use edgeml_client::wire::telemetry::{DriftAlert, DriftBucket, DriftReport, FleetStats};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Throughput, errors and latency of a model version over a time range.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FleetStats {
-    /// Windows merged.
-    pub windows: u64,
-    /// Devices reporting.
-    pub devices: u64,
-    /// Predictions.
-    pub count: u64,
-    /// Failed predictions.
-    pub errors: u64,
-    /// Failed predictions by kind.
-    pub errors_by_kind: BTreeMap<String, u64>,
-    /// `errors / count` (0 when there were none).
-    pub error_rate: f64,
-    /// Predictions per second over the covered time, fleet-wide.
-    pub throughput_per_s: f64,
-    /// Latency quantiles in microseconds (`p50`, `p90`, `p99`), absent without data.
-    pub latency_us: BTreeMap<String, f64>,
-    /// First window start (ms).
-    pub from_ms: Option<u64>,
-    /// Last window end (ms).
-    pub to_ms: Option<u64>,
-}
 
 fn decode(s: &str, what: &str, id: &str) -> Result<Sketch, String> {
     Sketch::from_base64(s).map_err(|e| format!("window {id}: {what}: {e}"))
@@ -77,48 +52,6 @@ pub fn stats(windows: &[StoredWindow]) -> Result<FleetStats, String> {
         from_ms,
         to_ms,
     })
-}
-
-/// Drift of one time bucket.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DriftBucket {
-    /// Bucket start (ms).
-    pub start_ms: u64,
-    /// Bucket end (ms, exclusive).
-    pub end_ms: u64,
-    /// Predictions in the bucket.
-    pub count: u64,
-    /// Devices contributing.
-    pub devices: u64,
-    /// Some feature is in the drift band.
-    pub drifted: bool,
-    /// Per feature.
-    pub features: Vec<FeatureDrift>,
-}
-
-/// A feature in the drift or possible-drift band.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DriftAlert {
-    /// Bucket start (ms).
-    pub start_ms: u64,
-    /// The feature's verdict and metrics.
-    #[serde(flatten)]
-    pub feature: FeatureDrift,
-}
-
-/// Drift over time for a model version.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DriftReport {
-    /// Reference examples behind the baseline.
-    pub baseline_examples: u64,
-    /// The bands used.
-    pub thresholds: DriftThresholds,
-    /// Bucket length (ms).
-    pub bucket_ms: u64,
-    /// Buckets with data, oldest first.
-    pub buckets: Vec<DriftBucket>,
-    /// Features at `possible_drift` or `drift`, oldest first.
-    pub alerts: Vec<DriftAlert>,
 }
 
 /// Merge windows into time buckets and compare each with the baseline.

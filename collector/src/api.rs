@@ -13,7 +13,8 @@ use axum::{Json, Router};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use edgeml_telemetry::wire::{self, Batch, EnrolRequest, RecordBody, SampleInput};
 use serde::Deserialize;
-use serde_json::json;
+use edgeml_client::wire::telemetry::{DriftResponse, Enrolled, StatsResponse};
+use edgeml_client::wire::ErrorBody;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ pub(crate) struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -135,12 +136,18 @@ async fn enrol(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> A
     match outcome {
         Enrolment::Created => Ok((
             StatusCode::CREATED,
-            Json(json!({"device_id": req.device_id, "enrolled": true})),
+            Json(Enrolled {
+                device_id: req.device_id,
+                enrolled: true,
+            }),
         )
             .into_response()),
         Enrolment::AlreadyEnrolled => Ok((
             StatusCode::OK,
-            Json(json!({"device_id": req.device_id, "enrolled": true})),
+            Json(Enrolled {
+                device_id: req.device_id,
+                enrolled: true,
+            }),
         )
             .into_response()),
         Enrolment::Conflict => Err(err(
@@ -376,7 +383,12 @@ async fn stats(
     admin(&st, &headers)?;
     let windows = windows_for(&st, name.clone(), version.clone(), &p).await?;
     let stats = analysis::stats(&windows).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(Json(json!({"model": name, "version": version, "stats": stats})).into_response())
+    Ok(Json(StatsResponse {
+        model: name,
+        version,
+        stats,
+    })
+    .into_response())
 }
 
 async fn drift(
@@ -410,7 +422,12 @@ async fn drift(
         &st.settings.drift,
     )
     .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(Json(json!({"model": name, "version": version, "drift": report})).into_response())
+    Ok(Json(DriftResponse {
+        model: name,
+        version,
+        drift: report,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use arrow_schema::{DataType, Field, Schema};
 use base64::Engine as _;
 use edgeml_bundle::Dtype;
 use edgeml_telemetry::wire::SampleInput;
-use serde::Serialize;
+pub use edgeml_client::wire::telemetry::{NpyMetadata, NpyRow};
 use std::sync::Arc;
 
 /// Why samples could not be exported.
@@ -152,42 +152,6 @@ pub fn parquet(samples: &[StoredSample]) -> Result<Vec<u8>, ExportError> {
         .map_err(|e| ExportError::Parquet(e.to_string()))?;
     w.close().map_err(|e| ExportError::Parquet(e.to_string()))?;
     Ok(out)
-}
-
-/// One row of the `.npy` export's metadata.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NpyRow {
-    /// Row in the array.
-    pub row: usize,
-    /// Sample record id.
-    pub sample_id: String,
-    /// Device.
-    pub device_id: String,
-    /// Model version.
-    pub version: String,
-    /// Bundle digest.
-    pub digest: String,
-    /// When (ms).
-    pub at_ms: u64,
-    /// Why it was kept.
-    pub reason: String,
-    /// The model's top label then.
-    pub prediction: Option<String>,
-}
-
-/// Metadata that goes with a `.npy` export.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NpyMetadata {
-    /// The input the array holds.
-    pub input_name: String,
-    /// Element type.
-    pub dtype: Dtype,
-    /// Array shape (`[rows, ...sample shape]`).
-    pub shape: Vec<u64>,
-    /// One entry per row.
-    pub rows: Vec<NpyRow>,
-    /// Media samples left out (they are not tensors; export Parquet for them).
-    pub skipped_media: usize,
 }
 
 /// Tensor samples stacked into one array (first input of each sample),

@@ -16,10 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use edgeml_bundle::SecretKey;
-use edgeml_fleet::wire::{ChannelView, RolloutAction, RolloutState, StatusReport, UpdateState};
+use edgeml_client::wire::fleet::{
+    BundleStored, ChannelList, ChannelView, FleetDeviceList, ReleasePublished,
+    ReportAccepted, RolloutAction, RolloutChanged, RolloutRequest, RolloutState, RootPublished,
+    StatusReport, UpdateState,
+};
 use edgeml_fleet::Timestamp;
 use edgeml_fleet::{Envelope, TrustedRoot};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -263,7 +266,13 @@ async fn put_root(
     }
     let store = st.store.clone();
     blocking(move || store.put_root(version, &text, now_ms())).await?;
-    Ok((StatusCode::CREATED, Json(json!({"root_version": version}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(RootPublished {
+            root_version: version,
+        }),
+    )
+        .into_response())
 }
 
 async fn put_bundle(
@@ -322,7 +331,11 @@ async fn put_bundle(
     }
     Ok((
         if existed { StatusCode::OK } else { StatusCode::CREATED },
-        Json(json!({"sha256": found, "model": manifest.name, "version": manifest.version.to_string()})),
+        Json(BundleStored {
+            sha256: found,
+            model: manifest.name,
+            version: manifest.version.to_string(),
+        }),
     )
         .into_response())
 }
@@ -523,8 +536,13 @@ async fn put_release(
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({"channel": channel, "version": release.version, "model": release.model,
-            "model_version": release.model_version.to_string(), "rollout_percent": release.rollout_percent})),
+        Json(ReleasePublished {
+            channel,
+            version: release.version,
+            model: release.model,
+            model_version: release.model_version.to_string(),
+            rollout_percent: release.rollout_percent,
+        }),
     )
         .into_response())
 }
@@ -606,20 +624,20 @@ async fn channels(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<R
     admin(&st, &headers)?;
     let store = st.store.clone();
     let channels = blocking(move || store.channels()).await?;
-    Ok(Json(json!({ "channels": channels })).into_response())
+    Ok(Json(ChannelList {
+        channels: channels.into_iter().map(StoredRelease::status).collect(),
+    })
+    .into_response())
 }
 
 async fn rollout(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(channel): Path<String>,
-    Json(action): Json<serde_json::Value>,
+    body: Bytes,
 ) -> ApiResult<Response> {
     admin(&st, &headers)?;
-    let action: RolloutAction = serde_json::from_value(
-        action.get("action").cloned().unwrap_or_default(),
-    )
-    .map_err(|_| {
+    let RolloutRequest { action } = serde_json::from_slice(&body).map_err(|_| {
         err(
             StatusCode::BAD_REQUEST,
             "body must be {\"action\": \"pause\"} or {\"action\": \"resume\"}",
@@ -637,7 +655,7 @@ async fn rollout(
             format!("nothing published to channel `{channel}`"),
         ));
     }
-    Ok(Json(json!({"channel": channel, "state": state})).into_response())
+    Ok(Json(RolloutChanged { channel, state }).into_response())
 }
 
 async fn report(
@@ -662,7 +680,7 @@ async fn report(
     if report.state == UpdateState::RolledBack {
         rollback_evidence(&st, &device, &report).await?;
     }
-    Ok(Json(json!({"device_id": device})).into_response())
+    Ok(Json(ReportAccepted { device_id: device }).into_response())
 }
 
 /// Count a device's rollback against its channel's current release, and
@@ -734,7 +752,7 @@ async fn devices(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Re
     admin(&st, &headers)?;
     let store = st.store.clone();
     let devices = blocking(move || store.fleet_devices()).await?;
-    Ok(Json(json!({ "devices": devices })).into_response())
+    Ok(Json(FleetDeviceList { devices }).into_response())
 }
 
 /// The canary gate: every `interval`, compare each active rollout's new

@@ -2,8 +2,8 @@
 //! [`SqliteStore`] is the embedded default. A PostgreSQL store implements
 //! the same trait (the SQL is plain and the migrations are numbered).
 
-use edgeml_bundle::Baseline;
-use edgeml_fleet::wire::{FleetDevice, RolloutState, StatusReport};
+pub use edgeml_client::wire::telemetry::{DeviceInfo, DeviceModel, ModelVersionInfo};
+use edgeml_client::wire::fleet::{ChannelStatus, FleetDevice, RolloutState, StatusReport};
 use edgeml_fleet::Release;
 use edgeml_telemetry::wire::{
     Batch, IngestResponse, ModelRef, RecordBody, SampleInput, SampleReason,
@@ -65,53 +65,6 @@ pub struct Query {
     pub from_ms: Option<u64>,
     /// ... and before this.
     pub to_ms: Option<u64>,
-}
-
-/// A device, as listed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceInfo {
-    /// Device id.
-    pub device_id: String,
-    /// Hex public key.
-    pub public_key: String,
-    /// When it enrolled.
-    pub enrolled_ms: u64,
-    /// Its last accepted batch.
-    pub last_seen_ms: Option<u64>,
-    /// Records waiting in its spool at its last batch.
-    pub pending_records: u64,
-    /// Records its spool dropped because it was full (ever).
-    pub dropped_records: u64,
-    /// Models it reported, with the last time each was seen.
-    pub models: Vec<DeviceModel>,
-}
-
-/// A model on a device.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceModel {
-    /// The model.
-    #[serde(flatten)]
-    pub model: ModelRef,
-    /// Last report.
-    pub last_seen_ms: u64,
-}
-
-/// A model version the fleet reported.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelVersionInfo {
-    /// The model.
-    #[serde(flatten)]
-    pub model: ModelRef,
-    /// Monitoring feature names.
-    pub monitoring_features: Vec<String>,
-    /// Labels.
-    pub labels: Vec<String>,
-    /// Its baseline, if the bundle has one.
-    pub baseline: Option<Baseline>,
-    /// Devices that reported it.
-    pub devices: u64,
-    /// First report.
-    pub first_seen_ms: u64,
 }
 
 /// A stored window.
@@ -267,14 +220,13 @@ pub enum Publish {
 }
 
 /// A channel's newest release and the state of its rollout.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredRelease {
     /// The channel.
     pub channel: String,
     /// Release metadata version.
     pub version: u64,
     /// The signed envelope (JSON).
-    #[serde(skip)]
     pub envelope: String,
     /// The release.
     pub release: Release,
@@ -291,6 +243,23 @@ pub struct StoredRelease {
     /// Where the rollout's evidence window starts (ms): its start, or the
     /// last resume. Rollbacks and telemetry before it do not count.
     pub evidence_from_ms: u64,
+}
+
+impl StoredRelease {
+    /// What the API shows of it (everything but the envelope).
+    pub fn status(self) -> ChannelStatus {
+        ChannelStatus {
+            channel: self.channel,
+            version: self.version,
+            release: self.release,
+            published_ms: self.published_ms,
+            state: self.state,
+            reason: self.reason,
+            previous_version: self.previous_version,
+            started_ms: self.started_ms,
+            evidence_from_ms: self.evidence_from_ms,
+        }
+    }
 }
 
 /// Numbered schema migrations, applied in order, each once.

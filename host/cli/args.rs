@@ -61,7 +61,7 @@ pub enum Command {
     /// Feed each row of an .npy file through a bundle with telemetry on, as a
     /// device would, then flush windows and ship them to the collector.
     Replay(ReplayArgs),
-    /// Run the telemetry collector, or query one.
+    /// Query the telemetry collector (`edgeml-server`): devices, stats, drift, samples.
     Collector(CollectorArgs),
     /// Make, rotate or publish the fleet's root of trust.
     Root(RootArgs),
@@ -80,50 +80,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the device agent: follow a channel, update safely, serve local inference (KServe v2).
-    /// `edgeml agent status` prints what it recorded, without the server.
-    #[command(args_conflicts_with_subcommands = true)]
-    Agent {
-        #[command(subcommand)]
-        command: Option<AgentCommand>,
-        /// Agent configuration (TOML; see the README).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Telemetry configuration (TOML), so the canary gate sees this device's error rate and drift.
-        #[arg(long)]
-        telemetry: Option<PathBuf>,
-        /// Log format on stderr (levels by RUST_LOG, default info).
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-        #[command(flatten)]
-        host: HostArgs,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AgentCommand {
-    /// Print the installed and last known good versions, the channel, the
-    /// trusted root version, the spool and the last error, from the agent's
-    /// state directory (no server needed).
-    Status {
-        /// Agent configuration (TOML).
-        #[arg(long)]
-        config: PathBuf,
-        /// Telemetry configuration (TOML), for the spool size.
-        #[arg(long)]
-        telemetry: Option<PathBuf>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    Text,
-    /// One JSON object per event (for journald, Loki, Fluent Bit).
-    Json,
 }
 
 #[derive(Debug, Args)]
@@ -325,42 +281,6 @@ pub struct ServerArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CollectorCommand {
-    /// Serve the collector API (SQLite database; created and migrated as needed).
-    Serve {
-        /// The database file.
-        #[arg(long, default_value = "collector.db")]
-        db: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: std::net::SocketAddr,
-        /// File with the admin token (read API). Default: $EDGEML_ADMIN_TOKEN.
-        #[arg(long)]
-        admin_token_file: Option<PathBuf>,
-        /// File with the enrolment token devices present. Default: $EDGEML_ENROLMENT_TOKEN.
-        #[arg(long)]
-        enrolment_token_file: Option<PathBuf>,
-        /// Directory for pushed bundles (content-addressed); turns the fleet API on.
-        #[arg(long)]
-        bundles: Option<PathBuf>,
-        /// How often the canary gate compares a rollout's new version with the old.
-        #[arg(long, default_value = "10s")]
-        canary_interval: humantime::Duration,
-        /// Predictions the new version needs before the canary gate judges its error rate.
-        #[arg(long, default_value_t = 100)]
-        canary_min_predictions: u64,
-        /// Distinct devices whose evidence (rollbacks, error rate) a halt needs.
-        #[arg(long, default_value_t = 2)]
-        canary_min_devices: usize,
-        /// The online timestamp key pair (.key) named in root's timestamp role.
-        #[arg(long)]
-        timestamp_key: Option<PathBuf>,
-        /// How long each timestamp is valid.
-        #[arg(long, default_value = "1d")]
-        timestamp_ttl: humantime::Duration,
-        /// Or this share (0 to 1] of the devices served the new bundle (lets a one-device canary halt).
-        #[arg(long)]
-        canary_min_share: Option<f64>,
-    },
     /// List enrolled devices: last seen, spool, models.
     Devices {
         #[command(flatten)]

@@ -1,5 +1,5 @@
 use crate::args::{
-    AgentCommand, BackendArg, Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs,
+    BackendArg, Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs,
 };
 use crate::npy;
 use anyhow::{bail, Context, Result};
@@ -12,33 +12,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The components built into `edgeml` (from guest/, by build.rs), by name.
+/// The components built into `edgeml` (from guest/, by edgeml-guests), by name.
 pub const BUILTIN_COMPONENTS: [(&str, &[u8]); 3] = [
-    (
-        "generic",
-        include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_generic.wasm")),
-    ),
-    (
-        "image-classifier",
-        include_bytes!(concat!(
-            env!("EDGEML_GUEST_DIR"),
-            "/edgeml_image_classifier.wasm"
-        )),
-    ),
-    (
-        "voice-activity",
-        include_bytes!(concat!(
-            env!("EDGEML_GUEST_DIR"),
-            "/edgeml_voice_activity.wasm"
-        )),
-    ),
+    ("generic", edgeml_guests::GENERIC),
+    ("image-classifier", edgeml_guests::IMAGE_CLASSIFIER),
+    ("voice-activity", edgeml_guests::VOICE_ACTIVITY),
 ];
-
-/// The sandboxed inference backend (tract compiled to WebAssembly), from guest/tract-backend.
-pub const SANDBOXED_BACKEND: &[u8] = include_bytes!(concat!(
-    env!("EDGEML_GUEST_DIR"),
-    "/edgeml_tract_backend.wasm"
-));
 
 /// `--component`: a .wasm file, or the name of a built-in component; none means `generic`.
 fn component_bytes(arg: Option<&Path>) -> Result<Vec<u8>> {
@@ -79,26 +58,6 @@ pub fn run(cli: Cli) -> Result<()> {
             channel,
             json,
         } => crate::fleet::view(&server, channel.as_deref(), json),
-        Command::Agent {
-            command:
-                Some(AgentCommand::Status {
-                    config,
-                    telemetry,
-                    json,
-                }),
-            ..
-        } => crate::fleet::agent_status(&config, telemetry.as_deref(), json),
-        Command::Agent {
-            command: None,
-            config,
-            telemetry,
-            log_format,
-            host,
-        } => {
-            let config =
-                config.ok_or_else(|| anyhow::anyhow!("edgeml agent needs --config agent.toml"))?;
-            crate::fleet::agent(&config, telemetry.as_deref(), log_format, &host)
-        }
     }
 }
 
@@ -317,8 +276,10 @@ pub fn config(host: &HostArgs) -> Result<Config> {
         .timeout(Duration::from_secs_f64(host.timeout))
         .max_memory_bytes(host.max_memory_mib << 20);
     if host.backend == BackendArg::Sandboxed {
+        let component = edgeml_guests::tract_backend()
+            .context("inflating the sandboxed backend built into edgeml")?;
         config.backend(Backend::Sandboxed {
-            component: SANDBOXED_BACKEND.into(),
+            component: component.into(),
         });
     }
     if !host.no_cache {

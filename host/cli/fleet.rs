@@ -1,52 +1,29 @@
-//! `edgeml root`, `push`, `rollout`, `fleet` and `agent`.
+//! `edgeml root`, `push`, `rollout` and `fleet`: the operator's side of
+//! the fleet API, through `edgeml_client`.
 
 use crate::args::{
-    FleetServer, HostArgs, LogFormat, PushArgs, ReleaseOptions, RolloutArgs, RolloutCommand,
-    RootArgs, RootCommand, RootKeys,
+    FleetServer, PushArgs, ReleaseOptions, RolloutArgs, RolloutCommand, RootArgs, RootCommand,
+    RootKeys,
 };
 use crate::monitor::token;
 use anyhow::{anyhow, bail, Context, Result};
 use edgeml_bundle::{PublicKey, SecretKey};
-use edgeml_fleet::wire::{ChannelView, FleetDevice};
+use edgeml_client::wire::fleet::RolloutAction;
+use edgeml_client::Client;
 use edgeml_fleet::{BundleRef, Envelope, Release, Root, TrustedRoot};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-fn client() -> Result<reqwest::blocking::Client> {
-    Ok(reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()?)
-}
-
-fn admin_token(s: &FleetServer) -> Result<String> {
-    token(
+/// A client of the fleet server with the admin token; uploads may take minutes.
+fn client(s: &FleetServer) -> Result<Client> {
+    let token = token(
         None,
         s.admin_token_file.as_deref(),
         "EDGEML_ADMIN_TOKEN",
         "admin-token",
-    )
-}
-
-fn url(s: &FleetServer, path: &str) -> String {
-    format!("{}{path}", s.server.trim_end_matches('/'))
-}
-
-/// Send, and turn a non-2xx answer into the server's error message.
-fn send(req: reqwest::blocking::RequestBuilder, what: &str) -> Result<reqwest::blocking::Response> {
-    let resp = req
-        .send()
-        .with_context(|| format!("{what}: fleet server unreachable"))?;
-    if resp.status().is_success() {
-        return Ok(resp);
-    }
-    let status = resp.status();
-    let text = resp.text().unwrap_or_default();
-    let msg = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-        .unwrap_or(text);
-    bail!("{what} refused ({status}): {msg}")
+    )?;
+    Ok(Client::with_timeout(&s.server, Duration::from_secs(600))?.with_admin_token(token))
 }
 
 fn secret_keys(paths: &[std::path::PathBuf]) -> Result<Vec<SecretKey>> {
@@ -136,13 +113,9 @@ pub fn root(args: &RootArgs) -> Result<()> {
                 std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
             let env = Envelope::from_slice(&bytes, "root")?;
             let r: Root = env.payload_unverified()?;
-            send(
-                client()?
-                    .put(url(server, &format!("/v1/fleet/roots/{}", r.version)))
-                    .bearer_auth(admin_token(server)?)
-                    .body(bytes),
-                "publishing the root",
-            )?;
+            client(server)?
+                .publish_root(r.version, bytes)
+                .context("publishing the root")?;
             println!("published root version {} to {}", r.version, server.server);
         }
     }
@@ -162,37 +135,19 @@ fn parse_share(s: &str) -> Result<f64> {
 }
 
 /// The channel's current release, if any.
-fn current(s: &FleetServer, channel: &str) -> Result<Option<Release>> {
-    let resp = client()?
-        .get(url(s, &format!("/v1/fleet/channels/{channel}")))
-        .send()
-        .context("fleet server unreachable")?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if !resp.status().is_success() {
-        bail!(
-            "reading channel `{channel}`: fleet server answered {}",
-            resp.status()
-        );
-    }
-    let view: ChannelView = resp.json().context("channel view")?;
-    Ok(Some(view.release.payload_unverified()?))
+fn current(client: &Client, channel: &str) -> Result<Option<Release>> {
+    let view = client
+        .channel(channel)
+        .with_context(|| format!("reading channel `{channel}`"))?;
+    Ok(view.map(|v| v.release.payload_unverified()).transpose()?)
 }
 
-fn publish(s: &FleetServer, release: &Release, opts: &ReleaseOptions) -> Result<()> {
+fn publish(client: &Client, release: &Release, opts: &ReleaseOptions) -> Result<()> {
     let keys = secret_keys(&opts.keys)?;
     let env = Envelope::sign(release, &keys.iter().collect::<Vec<_>>())?;
-    send(
-        client()?
-            .put(url(
-                s,
-                &format!("/v1/fleet/channels/{}/release", release.channel),
-            ))
-            .bearer_auth(admin_token(s)?)
-            .body(env.to_vec()),
-        "publishing the release",
-    )?;
+    client
+        .publish_release(&release.channel, env.to_vec())
+        .context("publishing the release")?;
     Ok(())
 }
 
@@ -208,15 +163,12 @@ pub fn push(args: &PushArgs) -> Result<()> {
     })?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let share = parse_share(&args.rollout)?;
-    let s = &args.server;
-    send(
-        client()?
-            .put(url(s, &format!("/v1/fleet/bundles/{sha256}")))
-            .bearer_auth(admin_token(s)?)
-            .body(bytes.clone()),
-        "uploading the bundle",
-    )?;
-    let version = current(s, &args.channel)?.map_or(1, |r| r.version + 1);
+    let client = client(&args.server)?;
+    let size = bytes.len() as u64;
+    client
+        .upload_bundle(&sha256, bytes)
+        .context("uploading the bundle")?;
+    let version = current(&client, &args.channel)?.map_or(1, |r| r.version + 1);
     let release = Release {
         kind: "release".into(),
         channel: args.channel.clone(),
@@ -229,12 +181,12 @@ pub fn push(args: &PushArgs) -> Result<()> {
         model_version: manifest.version.clone(),
         bundle: BundleRef {
             sha256: sha256.clone(),
-            size: bytes.len() as u64,
+            size,
         },
         rollout_percent: share,
         allow_downgrade: args.allow_downgrade,
     };
-    publish(s, &release, &args.release)?;
+    publish(&client, &release, &args.release)?;
     println!(
         "pushed {} {} to channel {} (release {version}, bundle sha256:{}, rollout {share}%, expires {})",
         manifest.name,
@@ -248,15 +200,16 @@ pub fn push(args: &PushArgs) -> Result<()> {
 
 pub fn rollout(args: &RolloutArgs) -> Result<()> {
     let (channel, server, action) = match &args.command {
-        RolloutCommand::Pause { channel, server } => (channel, server, "pause"),
-        RolloutCommand::Resume { channel, server } => (channel, server, "resume"),
+        RolloutCommand::Pause { channel, server } => (channel, server, RolloutAction::Pause),
+        RolloutCommand::Resume { channel, server } => (channel, server, RolloutAction::Resume),
         RolloutCommand::Set {
             share,
             channel,
             server,
             release,
         } => {
-            let mut r = current(server, channel)?
+            let client = client(server)?;
+            let mut r = current(&client, channel)?
                 .ok_or_else(|| anyhow!("nothing published to channel `{channel}`"))?;
             r.version += 1;
             r.rollout_percent = parse_share(share)?;
@@ -264,7 +217,7 @@ pub fn rollout(args: &RolloutArgs) -> Result<()> {
                 SystemTime::now() + Duration::from(release.expires),
             )
             .to_string();
-            publish(server, &r, release)?;
+            publish(&client, &r, release)?;
             println!(
                 "channel {channel}: {} {} now rolls out to {}% (release {})",
                 r.model, r.model_version, r.rollout_percent, r.version
@@ -272,42 +225,24 @@ pub fn rollout(args: &RolloutArgs) -> Result<()> {
             return Ok(());
         }
     };
-    send(
-        client()?
-            .post(url(
-                server,
-                &format!("/v1/fleet/channels/{channel}/rollout"),
-            ))
-            .bearer_auth(admin_token(server)?)
-            .json(&serde_json::json!({ "action": action })),
-        "changing the rollout",
-    )?;
-    println!("channel {channel}: rollout {action}d");
+    let changed = client(server)?
+        .rollout(channel, action)
+        .context("changing the rollout")?;
+    println!("channel {channel}: rollout {}", changed.state.name());
     Ok(())
 }
 
 pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
-    let token = admin_token(s)?;
-    let channels: serde_json::Value = send(
-        client()?
-            .get(url(s, "/v1/fleet/channels"))
-            .bearer_auth(&token),
-        "reading channels",
-    )?
-    .json()?;
-    #[derive(serde::Deserialize)]
-    struct Devices {
-        devices: Vec<FleetDevice>,
-    }
-    let devices: Devices = send(
-        client()?
-            .get(url(s, "/v1/fleet/devices"))
-            .bearer_auth(&token),
-        "reading devices",
-    )?
-    .json()?;
-    let devices: Vec<_> = devices
-        .devices
+    let client = client(s)?;
+    let channels: Vec<_> = client
+        .channels()
+        .context("reading channels")?
+        .into_iter()
+        .filter(|c| channel.is_none_or(|ch| c.channel == ch))
+        .collect();
+    let devices: Vec<_> = client
+        .fleet_devices()
+        .context("reading devices")?
         .into_iter()
         .filter(|d| channel.is_none_or(|c| d.status.channel == c))
         .collect();
@@ -315,24 +250,21 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"channels": channels["channels"], "devices": devices})
+                &serde_json::json!({"channels": channels, "devices": devices})
             )?
         );
         return Ok(());
     }
-    for c in channels["channels"].as_array().into_iter().flatten() {
-        if channel.is_some_and(|ch| c["channel"] != ch) {
-            continue;
-        }
+    for c in &channels {
         println!(
             "channel {}: {} {} at {}%, rollout {}{}",
-            c["channel"].as_str().unwrap_or("?"),
-            c["release"]["model"].as_str().unwrap_or("?"),
-            c["release"]["model_version"].as_str().unwrap_or("?"),
-            c["release"]["rollout_percent"],
-            c["state"].as_str().unwrap_or("?"),
-            c["reason"]
-                .as_str()
+            c.channel,
+            c.release.model,
+            c.release.model_version,
+            c.release.rollout_percent,
+            c.state.name(),
+            c.reason
+                .as_deref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         );
@@ -349,117 +281,9 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
             d.device_id,
             st.installed.as_ref().map_or("-", |i| i.version.as_str()),
             st.target.as_deref().unwrap_or("-"),
-            serde_json::to_value(st.state)?.as_str().unwrap_or("?"),
+            st.state.name(),
             now.saturating_sub(d.last_seen_ms) / 1000,
             st.last_error.as_deref().unwrap_or("")
-        );
-    }
-    Ok(())
-}
-
-/// Structured logs on stderr: levels by `RUST_LOG` (default `info`), text or JSON.
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
-pub fn agent(
-    config: &Path,
-    telemetry: Option<&Path>,
-    log_format: LogFormat,
-    host: &HostArgs,
-) -> Result<()> {
-    init_logs(log_format);
-    let mut agent_config = edgeml_agent::AgentConfig::from_file(config)?;
-    let mut runtime_config = crate::commands::config(host)?;
-    if let Some(t) = telemetry {
-        let tc = edgeml_runtime::TelemetryConfig::from_file(t)?;
-        if tc.device_id != agent_config.device_id {
-            bail!(
-                "the telemetry device_id `{}` differs from the agent's `{}`",
-                tc.device_id,
-                agent_config.device_id
-            );
-        }
-        // One device key for both.
-        agent_config.identity_dir.get_or_insert(tc.dir.clone());
-        runtime_config.telemetry(edgeml_runtime::Telemetry::start(tc)?);
-    }
-    let runtime = edgeml_runtime::Runtime::new(&runtime_config)?;
-    let agent = edgeml_agent::Agent::start(agent_config, runtime)?;
-    let status = agent.status();
-    println!(
-        "edgeml agent {} serving {} on {}",
-        agent.device_id(),
-        status
-            .installed
-            .map_or("nothing yet".to_string(), |i| format!(
-                "{} {}",
-                i.model, i.version
-            )),
-        agent
-            .serve_addr()
-            .map_or("a Unix socket".to_string(), |a| format!("http://{a}"))
-    );
-    if let Some(e) = status.last_error {
-        println!("last error: {e}");
-    }
-    agent.wait();
-    Ok(())
-}
-
-/// `edgeml agent status`: what the agent recorded, without the server.
-pub fn agent_status(config: &Path, telemetry: Option<&Path>, json: bool) -> Result<()> {
-    let agent_config = edgeml_agent::AgentConfig::from_file(config)?;
-    let status = edgeml_agent::last_status(&agent_config)?;
-    let spool = telemetry
-        .map(edgeml_runtime::TelemetryConfig::from_file)
-        .transpose()?
-        .map(|t| edgeml_runtime::telemetry::spool_stats(&t));
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "device_id": agent_config.device_id,
-                "status": status,
-                "spool": spool,
-            }))?
-        );
-        return Ok(());
-    }
-    let version = |i: &Option<edgeml_agent::Installed>| {
-        i.as_ref()
-            .map_or("none".to_string(), |i| format!("{} {}", i.model, i.version))
-    };
-    println!("device:      {}", agent_config.device_id);
-    match &status {
-        None => println!("status:      no report yet (the agent has not polled)"),
-        Some(s) => {
-            println!("channel:     {}", s.channel);
-            println!(
-                "state:       {}",
-                serde_json::to_value(s.state)?.as_str().unwrap_or("?")
-            );
-            println!("installed:   {}", version(&s.installed));
-            println!("last good:   {}", version(&s.last_good));
-            println!("root:        version {}", s.root_version);
-            if let Some(t) = &s.target {
-                println!("target:      {t}");
-            }
-            println!("last error:  {}", s.last_error.as_deref().unwrap_or("none"));
-        }
-    }
-    if let Some(sp) = spool {
-        println!(
-            "spool:       {} records ({} bytes) waiting, {} dropped",
-            sp.pending_records, sp.pending_bytes, sp.dropped_records
         );
     }
     Ok(())

@@ -1,15 +1,16 @@
 //! Telemetry and the collector: baselines at pack time, `edgeml replay`
 //! (a device feeding recorded data through a model with telemetry on), and
-//! `edgeml collector` (serve, devices, stats, drift, export).
+//! `edgeml collector` (devices, stats, drift, export from `edgeml-server`).
 
 use crate::args::{CollectorArgs, CollectorCommand, ReplayArgs, ServerArgs};
 use crate::commands::{config, load, policy};
 use anyhow::{anyhow, bail, Context, Result};
-use edgeml_collector::{Server, Settings, SqliteStore};
+use edgeml_client::wire::telemetry::Range;
+use edgeml_client::{Client, SampleFormat};
+use edgeml_runtime::telemetry::drift::DriftStatus;
 use edgeml_runtime::bundle::{self, Baseline, PackOptions, SecretKey, TrustPolicy};
 use edgeml_runtime::telemetry::{Telemetry, TelemetryConfig};
 use edgeml_runtime::{Config, Input, Manifest, Runtime, Tensor};
-use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -255,138 +256,37 @@ pub(crate) fn token(
         .map_err(|_| anyhow!("no {what}: give --{what}-file or set {env}"))
 }
 
-fn admin_token(s: &ServerArgs) -> Result<String> {
-    token(
+/// A client of the collector with the admin token.
+fn client(s: &ServerArgs) -> Result<Client> {
+    let token = token(
         None,
         s.admin_token_file.as_deref(),
         "EDGEML_ADMIN_TOKEN",
         "admin-token",
-    )
-}
-
-fn get(s: &ServerArgs, path_and_query: &str) -> Result<reqwest::blocking::Response> {
-    let url = format!("{}{path_and_query}", s.url.trim_end_matches('/'));
-    let resp = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?
-        .get(&url)
-        .bearer_auth(admin_token(s)?)
-        .send()
-        .with_context(|| format!("GET {url}"))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body: Value = resp.json().unwrap_or(Value::Null);
-        bail!(
-            "GET {url}: {status}: {}",
-            body.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no reason given")
-        );
-    }
-    Ok(resp)
-}
-
-fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let parts: Vec<String> = pairs
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
-        .collect();
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", parts.join("&"))
-    }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    )?;
+    Ok(Client::with_timeout(&s.url, Duration::from_secs(120))?.with_admin_token(token))
 }
 
 pub fn collector(args: &CollectorArgs) -> Result<()> {
     match &args.command {
-        CollectorCommand::Serve {
-            db,
-            listen,
-            admin_token_file,
-            enrolment_token_file,
-            bundles,
-            canary_interval,
-            canary_min_predictions,
-            canary_min_devices,
-            canary_min_share,
-            timestamp_key,
-            timestamp_ttl,
-        } => {
-            let mut settings = Settings::new(
-                token(
-                    None,
-                    admin_token_file.as_deref(),
-                    "EDGEML_ADMIN_TOKEN",
-                    "admin-token",
-                )?,
-                token(
-                    None,
-                    enrolment_token_file.as_deref(),
-                    "EDGEML_ENROLMENT_TOKEN",
-                    "enrolment-token",
-                )?,
-            );
-            settings.fleet.bundle_dir = bundles.clone();
-            settings.fleet.canary.interval = (*canary_interval).into();
-            settings.fleet.canary.min_predictions = *canary_min_predictions;
-            settings.fleet.canary.min_devices = *canary_min_devices;
-            settings.fleet.canary.min_share = *canary_min_share;
-            settings.fleet.timestamp_ttl = (*timestamp_ttl).into();
-            if let Some(path) = timestamp_key {
-                let key = edgeml_bundle::SecretKey::from_file(path)
-                    .with_context(|| format!("reading the timestamp key {}", path.display()))?;
-                settings.fleet.timestamp_key = Some(std::sync::Arc::new(key));
-            }
-            let store =
-                SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
-            let server = Server::start(store, settings, *listen)?;
-            println!(
-                "edgeml collector listening on {} (database {})",
-                server.url(),
-                db.display()
-            );
-            server.wait();
-            Ok(())
-        }
         CollectorCommand::Devices { server, json } => {
-            let devices: Value = get(server, "/v1/devices")?.json()?;
+            let devices = client(server)?.devices()?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
                 return Ok(());
             }
-            for d in devices.as_array().into_iter().flatten() {
-                let models: Vec<String> = d["models"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|m| {
-                        format!(
-                            "{} {}",
-                            m["name"].as_str().unwrap_or("?"),
-                            m["version"].as_str().unwrap_or("?")
-                        )
-                    })
+            for d in &devices {
+                let models: Vec<String> = d
+                    .models
+                    .iter()
+                    .map(|m| format!("{} {}", m.model.name, m.model.version))
                     .collect();
                 println!(
                     "{}  last seen {}  pending {}  dropped {}  models: {}",
-                    d["device_id"].as_str().unwrap_or("?"),
-                    d["last_seen_ms"]
-                        .as_u64()
-                        .map_or("never".into(), ms_to_rfc3339),
-                    d["pending_records"],
-                    d["dropped_records"],
+                    d.device_id,
+                    d.last_seen_ms.map_or("never".into(), ms_to_rfc3339),
+                    d.pending_records,
+                    d.dropped_records,
                     models.join(", ")
                 );
             }
@@ -398,26 +298,21 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
             version,
             json,
         } => {
-            let v: Value = get(
-                server,
-                &format!(
-                    "/v1/models/{}/versions/{}/stats",
-                    encode(model),
-                    encode(version)
-                ),
-            )?
-            .json()?;
-            let s = &v["stats"];
+            let v = client(server)?.stats(model, version, &Range::default())?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "{model} {version}: {} predictions from {} devices, error rate {:.4}, {:.1}/s, latency p50 {} us, p99 {} us",
-                    s["count"], s["devices"], s["error_rate"].as_f64().unwrap_or(0.0),
-                    s["throughput_per_s"].as_f64().unwrap_or(0.0),
-                    s["latency_us"]["p50"], s["latency_us"]["p99"]
-                );
+                return Ok(());
             }
+            let s = &v.stats;
+            let q = |k: &str| {
+                s.latency_us
+                    .get(k)
+                    .map_or("-".to_string(), |v| format!("{v:.0}"))
+            };
+            println!(
+                "{model} {version}: {} predictions from {} devices, error rate {:.4}, {:.1}/s, latency p50 {} us, p99 {} us",
+                s.count, s.devices, s.error_rate, s.throughput_per_s, q("p50"), q("p99")
+            );
             Ok(())
         }
         CollectorCommand::Drift {
@@ -427,36 +322,29 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
             bucket,
             json,
         } => {
-            let path = format!(
-                "/v1/models/{}/versions/{}/drift{}",
-                encode(model),
-                encode(version),
-                query(&[("bucket_s", Some(bucket.as_secs().max(1).to_string()))])
-            );
-            let v: Value = get(server, &path)?.json()?;
+            let v = client(server)?.drift(model, version, &Range::default(), (*bucket).into())?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            for b in v["drift"]["buckets"].as_array().into_iter().flatten() {
-                let flagged: Vec<String> = b["features"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|f| f["status"] == "drift" || f["status"] == "possible_drift")
+            for b in &v.drift.buckets {
+                let flagged: Vec<String> = b
+                    .features
+                    .iter()
+                    .filter(|f| f.status >= DriftStatus::PossibleDrift)
                     .map(|f| {
                         format!(
                             "{} ({}, psi {:.2})",
-                            f["name"].as_str().unwrap_or("?"),
-                            f["status"].as_str().unwrap_or("?"),
-                            f["psi"].as_f64().unwrap_or(0.0)
+                            f.name,
+                            if f.status == DriftStatus::Drift { "drift" } else { "possible_drift" },
+                            f.psi
                         )
                     })
                     .collect();
                 println!(
                     "{}  {} predictions  {}",
-                    b["start_ms"].as_u64().map_or("?".into(), ms_to_rfc3339),
-                    b["count"],
+                    ms_to_rfc3339(b.start_ms),
+                    b.count,
                     if flagged.is_empty() {
                         "no drift".to_string()
                     } else {
@@ -476,28 +364,24 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
         } => {
             std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
             // One cut-off for both requests, so the array and its metadata agree.
-            let to_ms = edgeml_runtime::telemetry::now_ms().to_string();
-            let q = |fmt: &str| {
-                query(&[
-                    ("to_ms", Some(to_ms.clone())),
-                    ("model", model.clone()),
-                    ("version", version.clone()),
-                    ("device", device.clone()),
-                    ("format", Some(fmt.to_string())),
-                ])
+            let range = Range {
+                from_ms: None,
+                to_ms: Some(edgeml_runtime::telemetry::now_ms()),
+                device: device.clone(),
             };
+            let (model, version) = (model.as_deref(), version.as_deref());
+            let client = client(server)?;
             match format.as_str() {
                 "parquet" => {
-                    let bytes = get(server, &format!("/v1/samples{}", q("parquet")))?.bytes()?;
+                    let bytes = client.samples(SampleFormat::Parquet, model, version, &range)?;
                     let path = out.join("samples.parquet");
                     std::fs::write(&path, &bytes)
                         .with_context(|| format!("writing {}", path.display()))?;
                     println!("wrote {} ({} bytes)", path.display(), bytes.len());
                 }
                 "npy" => {
-                    let meta: Value =
-                        get(server, &format!("/v1/samples{}", q("npy-metadata")))?.json()?;
-                    let bytes = get(server, &format!("/v1/samples{}", q("npy")))?.bytes()?;
+                    let meta = client.samples_npy_metadata(model, version, &range)?;
+                    let bytes = client.samples(SampleFormat::Npy, model, version, &range)?;
                     let npy = out.join("samples.npy");
                     let json = out.join("samples.json");
                     std::fs::write(&npy, &bytes)
@@ -505,9 +389,9 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
                     std::fs::write(&json, serde_json::to_vec_pretty(&meta)?)
                         .with_context(|| format!("writing {}", json.display()))?;
                     println!(
-                        "wrote {} (shape {}) and {}",
+                        "wrote {} (shape {:?}) and {}",
                         npy.display(),
-                        meta["shape"],
+                        meta.shape,
                         json.display()
                     );
                 }

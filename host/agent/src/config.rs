@@ -31,6 +31,13 @@ use std::time::Duration;
 /// max_concurrent = 2                      # inferences at once
 /// max_queue = 16                          # waiting requests; beyond: 503 + Retry-After
 /// # max_body_bytes = 1048576              # default: derived from the model's inputs
+///
+/// [runtime]
+/// backend = "native"                      # or "sandboxed" (tract in its own Wasm sandbox)
+/// max_memory_mib = 512                    # per model instance: guest memory and tensors
+/// call_timeout = "10s"                    # per call into the guest
+/// # cache_dir = "/var/cache/edgeml"       # compiled components; default: <dir>/cache
+/// # telemetry = "/etc/edgeml/telemetry.toml"
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +80,66 @@ pub struct AgentConfig {
     /// Local inference server.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// How models run.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+}
+
+/// Which inference backend a device uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// tract, native code in the agent process (fastest, smallest).
+    #[default]
+    Native,
+    /// tract compiled to WebAssembly, in its own sandbox and memory limit.
+    Sandboxed,
+}
+
+/// How models run on the device (`[runtime]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Inference backend (default `native`).
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// Memory budget per model instance in MiB: the guest's linear
+    /// memories and what the host allocates for it (default 512).
+    #[serde(default = "default_max_memory_mib")]
+    pub max_memory_mib: usize,
+    /// Wall-clock limit per call into the guest (default 10 s).
+    #[serde(default = "default_call_timeout", with = "humantime_serde_compat")]
+    pub call_timeout: Duration,
+    /// Where compiled components are cached (default `<dir>/cache`).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile every bundle at start instead of caching (slower starts).
+    #[serde(default)]
+    pub no_cache: bool,
+    /// The telemetry configuration (TOML); none means no telemetry.
+    #[serde(default)]
+    pub telemetry: Option<PathBuf>,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            backend: BackendChoice::default(),
+            max_memory_mib: default_max_memory_mib(),
+            call_timeout: default_call_timeout(),
+            cache_dir: None,
+            no_cache: false,
+            telemetry: None,
+        }
+    }
+}
+
+fn default_max_memory_mib() -> usize {
+    512
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Download limits: what stops endless-data and slow-retrieval attacks.
@@ -222,6 +289,7 @@ impl AgentConfig {
             download: DownloadConfig::default(),
             health: HealthConfig::default(),
             serve: ServeConfig::default(),
+            runtime: RuntimeSettings::default(),
         }
     }
 
@@ -237,6 +305,8 @@ impl AgentConfig {
             Some(&mut c.root),
             c.enrolment_token_file.as_mut(),
             c.identity_dir.as_mut(),
+            c.runtime.cache_dir.as_mut(),
+            c.runtime.telemetry.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -282,6 +352,11 @@ impl AgentConfig {
         if self.poll_interval.is_zero() || self.download.timeout.is_zero() {
             return Err(Error::Config(
                 "poll_interval and download.timeout must be positive".into(),
+            ));
+        }
+        if self.runtime.max_memory_mib == 0 || self.runtime.call_timeout.is_zero() {
+            return Err(Error::Config(
+                "runtime.max_memory_mib and runtime.call_timeout must be positive".into(),
             ));
         }
         if self.serve.max_concurrent == 0 || self.serve.max_body_bytes == Some(0) {

@@ -1,5 +1,4 @@
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Why the agent could not start, or why an update was refused. In every
 /// update case the agent keeps serving the model it had.
@@ -37,37 +36,14 @@ pub enum Error {
         /// The version the rebuilt state serves.
         current: Option<String>,
     },
-    /// The fleet server could not be reached or answered with an error.
-    #[error("fleet server: {0}")]
-    Server(String),
+    /// The fleet server could not be reached or refused, or a download
+    /// failed its caps (too large, endless data, slow retrieval).
+    #[error(transparent)]
+    Server(edgeml_client::Error),
     /// Metadata or bundle checks failed (rollback, expiry, mix-and-match,
     /// wrong or revoked key, threshold, root rotation, truncated or corrupt bundle).
     #[error(transparent)]
     Metadata(#[from] edgeml_fleet::Error),
-    /// The release pins a bundle larger than the device accepts.
-    #[error("the release pins a {size}-byte bundle; this device accepts at most {limit} (download.max_bytes)")]
-    TooLarge {
-        /// Pinned size.
-        size: u64,
-        /// The cap.
-        limit: u64,
-    },
-    /// The server sent more bytes than the release pins (endless data).
-    #[error("the server sent more than the {expected} bytes the release pins; download abandoned")]
-    EndlessData {
-        /// Pinned size.
-        expected: u64,
-    },
-    /// The download took longer than the time cap (slow retrieval).
-    #[error("the download took longer than {limit:?} (download.timeout); got {got} of {expected} bytes, will resume")]
-    SlowRetrieval {
-        /// The cap.
-        limit: Duration,
-        /// Bytes so far.
-        got: u64,
-        /// Pinned size.
-        expected: u64,
-    },
     /// The bundle failed verification, loading or its self-test.
     #[error("{version}: {source}")]
     Model {
@@ -136,8 +112,6 @@ impl Error {
             Error::Metadata(F::RootRotationUnsigned { .. }) => "root_rotation",
             Error::Metadata(F::Truncated { .. }) => "truncated",
             Error::Metadata(_) => "metadata",
-            Error::TooLarge { .. } | Error::EndlessData { .. } => "endless_data",
-            Error::SlowRetrieval { .. } => "slow_retrieval",
             Error::Model {
                 source: edgeml_runtime::Error::SelfTest { .. },
                 ..
@@ -147,10 +121,21 @@ impl Error {
             Error::Halted(_) => "halted",
             Error::Interrupted { .. } => "interrupted",
             Error::StateDiscarded { .. } => "state_discarded",
-            Error::Server(_) => "server",
+            Error::Server(e) => e.kind(),
             Error::Config(_) | Error::Io { .. } | Error::State { .. } | Error::Serve { .. } => {
                 "agent"
             }
+        }
+    }
+}
+
+impl From<edgeml_client::Error> for Error {
+    fn from(e: edgeml_client::Error) -> Error {
+        match e {
+            // A bundle that does not match its release is a metadata
+            // failure, whoever noticed it.
+            edgeml_client::Error::Bundle(m) => Error::Metadata(m),
+            other => Error::Server(other),
         }
     }
 }

@@ -26,18 +26,21 @@
 
 #![deny(missing_docs)]
 
-mod client;
 mod config;
 mod error;
 mod serve;
+mod setup;
 mod state;
 
-pub use config::{AgentConfig, DownloadConfig, HealthConfig, ServeConfig};
-pub use edgeml_fleet::wire::{Installed, StatusReport, UpdateState};
+pub use config::{
+    AgentConfig, BackendChoice, DownloadConfig, HealthConfig, RuntimeSettings, ServeConfig,
+};
+pub use setup::runtime;
+pub use edgeml_client::wire::fleet::{Installed, StatusReport, UpdateState};
 pub use error::Error;
 
-use client::{Client, Poll};
-use edgeml_fleet::wire::RolloutState;
+use edgeml_client::{Client, DownloadLimits, Poll};
+use edgeml_client::wire::fleet::RolloutState;
 use edgeml_fleet::{Release, Timestamp, TrustedRoot};
 use edgeml_runtime::{Input, Model, Prediction, Runtime};
 use edgeml_telemetry::DeviceIdentity;
@@ -552,13 +555,7 @@ impl Inner {
         let token = self.config.enrolment_token()?.ok_or_else(|| {
             Error::Config("the device is not enrolled and no enrolment token is configured (enrolment_token_file)".into())
         })?;
-        edgeml_telemetry::enrol_device(
-            self.client.http(),
-            self.client.base(),
-            &token,
-            &self.identity,
-        )
-        .map_err(Error::Server)?;
+        self.client.enrol(&token, &self.identity)?;
         self.state
             .write(&self.state.path("enrolled"), self.config.server.as_bytes())?;
         self.enrolled.store(true, Ordering::Relaxed);
@@ -640,7 +637,7 @@ impl Inner {
             (_, None) if requires_ts => None,
             _ => lock(&self.etag).clone(),
         };
-        let (view, etag) = match self.client.channel(&self.config.channel, etag.as_deref())? {
+        let (view, etag) = match self.client.poll_channel(&self.config.channel, etag.as_deref())? {
             Poll::NotModified => {
                 // A server (or proxy) that answers 304 forever must not
                 // freeze the device on metadata past its expiry.
@@ -757,9 +754,15 @@ impl Inner {
             "downloading"
         );
         self.send_report();
-        let bytes =
-            self.client
-                .download(&self.identity, &self.state, release, &self.config.download)?;
+        let bytes = self.client.download_bundle(
+            &self.identity,
+            release,
+            &self.state.part_path(&target.sha256),
+            DownloadLimits {
+                max_bytes: self.config.download.max_bytes,
+                timeout: self.config.download.timeout,
+            },
+        )?;
         // Verify before anything else touches it: publisher signatures
         // (root's keys and threshold), digests, and the manifest naming
         // the release's model and version.

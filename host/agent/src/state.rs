@@ -15,7 +15,7 @@
 
 use crate::error::io;
 use crate::Error;
-use edgeml_fleet::wire::Installed;
+use edgeml_client::wire::fleet::Installed;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

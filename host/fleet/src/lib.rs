@@ -39,7 +39,6 @@
 
 mod error;
 pub mod metadata;
-pub mod wire;
 
 pub use error::{Error, Result};
 pub use metadata::{

@@ -214,9 +214,19 @@ impl Runtime {
         digest: &str,
     ) -> Result<(Component, CacheOutcome), Error> {
         let engine = &self.inner.engine;
+        #[cfg(feature = "cranelift")]
         let compile = || {
             Component::new(engine, bytes).map_err(|e| Error::Compile {
                 reason: format!("{e:#}"),
+            })
+        };
+        #[cfg(not(feature = "cranelift"))]
+        let compile = || -> Result<Component, Error> {
+            let _ = bytes;
+            Err(Error::Compile {
+                reason: "this build has no compiler (cargo feature `cranelift`): it runs only \
+                         components precompiled into its cache"
+                    .into(),
             })
         };
         let Some(dir) = &self.inner.config.cache_dir else {

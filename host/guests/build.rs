@@ -1,6 +1,6 @@
 //! Builds the guest components in `guest/` for `wasm32-wasip2` so that
-//! `edgeml` can embed the model components and the sandboxed backend, and
-//! the tests can use all of them. Set `EDGEML_GUEST_WASM_DIR` to a folder of prebuilt components to
+//! `edgeml` can embed the model components, `edgeml-agent` the sandboxed
+//! backend (gzip-compressed), and the tests can use all of them. Set `EDGEML_GUEST_WASM_DIR` to a folder of prebuilt components to
 //! skip the nested build.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +15,8 @@ const GUESTS: [&str; 5] = [
 ];
 
 fn main() {
-    println!("cargo:rerun-if-changed=guest/Cargo.toml");
-    println!("cargo:rerun-if-changed=guest/Cargo.lock");
+    println!("cargo:rerun-if-changed=../../guest/Cargo.toml");
+    println!("cargo:rerun-if-changed=../../guest/Cargo.lock");
     for dir in [
         "guest/sdk/src",
         "guest/generic/src",
@@ -29,7 +29,7 @@ fn main() {
         "host/bundle/src",
         "wit",
     ] {
-        println!("cargo:rerun-if-changed={dir}");
+        println!("cargo:rerun-if-changed=../../{dir}");
     }
     for crate_dir in [
         "sdk",
@@ -39,7 +39,7 @@ fn main() {
         "test-hostile",
         "tract-backend",
     ] {
-        println!("cargo:rerun-if-changed=guest/{crate_dir}/Cargo.toml");
+        println!("cargo:rerun-if-changed=../../guest/{crate_dir}/Cargo.toml");
     }
     println!("cargo:rerun-if-env-changed=EDGEML_GUEST_WASM_DIR");
 
@@ -54,21 +54,47 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=EDGEML_GUEST_DIR={}", dir.display());
+    if std::env::var_os("CARGO_FEATURE_TRACT_BACKEND").is_some() {
+        compress(&dir.join("edgeml_tract_backend.wasm"));
+    }
+}
+
+/// The sandboxed backend goes into `edgeml-agent` gzip-compressed (16 MB
+/// of Wasm become about a third of that); the agent inflates it only when
+/// a device is configured for the sandboxed backend.
+fn compress(wasm: &Path) {
+    use std::io::Write;
+    let bytes = std::fs::read(wasm).expect("reading the tract backend component");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"))
+        .join("edgeml_tract_backend.wasm.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&bytes).expect("compressing");
+    std::fs::write(&out, enc.finish().expect("compressing")).expect("writing the compressed backend");
 }
 
 fn build_guests() -> PathBuf {
+    // host/guests -> the repository root.
     let manifest_dir =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR")).join("../..");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     // <target>/<profile>/build/<pkg>-<hash>/out -> <target>/guest-wasm: shared by
     // every profile, and a separate build directory so the nested cargo does
     // not wait on the outer one's lock.
-    let target_dir = out_dir
+    // A cross build (<target>/<triple>/<profile>/...) shares the same
+    // guest build: the components do not depend on the host's architecture.
+    let mut target_dir = out_dir
         .ancestors()
         .nth(4)
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| out_dir.clone())
-        .join("guest-wasm");
+        .unwrap_or_else(|| out_dir.clone());
+    if let Ok(triple) = std::env::var("TARGET") {
+        if target_dir.file_name().is_some_and(|n| n == triple.as_str()) {
+            if let Some(p) = target_dir.parent() {
+                target_dir = p.to_path_buf();
+            }
+        }
+    }
+    let target_dir = target_dir.join("guest-wasm");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Say what is missing in one line, before cargo fails deep inside the
     // nested build with "can't find crate for `core`".

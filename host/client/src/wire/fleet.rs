@@ -1,4 +1,4 @@
-//! What devices, the fleet server and the CLI send each other (JSON).
+//! The fleet API: what devices, the fleet server and the CLI send each other (JSON).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,12 +16,23 @@ pub enum RolloutState {
     Halted,
 }
 
+impl RolloutState {
+    /// The state's name, as it is serialised.
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutState::Active => "active",
+            RolloutState::Paused => "paused",
+            RolloutState::Halted => "halted",
+        }
+    }
+}
+
 /// `GET /v1/fleet/channels/{channel}`: the signed release and the
 /// rollout's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelView {
     /// The release metadata envelope, as the release keys signed it.
-    pub release: crate::Envelope,
+    pub release: edgeml_fleet::Envelope,
     /// The rollout's state.
     pub state: RolloutState,
     /// Why it is paused or halted.
@@ -32,7 +43,7 @@ pub struct ChannelView {
     /// A short-lived timestamp of this release, signed by the server's
     /// online timestamp key (when the root names a timestamp role).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp: Option<crate::Envelope>,
+    pub timestamp: Option<edgeml_fleet::Envelope>,
 }
 
 /// A device's update state, as it reports it.
@@ -53,6 +64,21 @@ pub enum UpdateState {
     Failed,
     /// Restarted into the last known good bundle after an interrupted update.
     Recovered,
+}
+
+impl UpdateState {
+    /// The state's name, as it is serialised (`installed`, `rolled_back`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateState::Idle => "idle",
+            UpdateState::Downloading => "downloading",
+            UpdateState::Checking => "checking",
+            UpdateState::Installed => "installed",
+            UpdateState::RolledBack => "rolled_back",
+            UpdateState::Failed => "failed",
+            UpdateState::Recovered => "recovered",
+        }
+    }
 }
 
 /// A model version as installed on a device.
@@ -120,4 +146,101 @@ pub enum RolloutAction {
     Pause,
     /// Let them take it again (also lifts a halt).
     Resume,
+}
+
+/// The body of `POST /v1/fleet/channels/{channel}/rollout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    /// What to do.
+    pub action: RolloutAction,
+}
+
+/// The reply to a rollout action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutChanged {
+    /// The channel.
+    pub channel: String,
+    /// Its rollout's state now.
+    pub state: RolloutState,
+}
+
+/// The reply to `PUT /v1/fleet/roots/{version}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootPublished {
+    /// The root version stored.
+    pub root_version: u64,
+}
+
+/// The reply to `PUT /v1/fleet/bundles/{sha256}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleStored {
+    /// Hex SHA-256 of the bundle.
+    pub sha256: String,
+    /// Model name from its manifest.
+    pub model: String,
+    /// Model version from its manifest.
+    pub version: String,
+}
+
+/// The reply to `PUT /v1/fleet/channels/{channel}/release`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleasePublished {
+    /// The channel.
+    pub channel: String,
+    /// Release metadata version.
+    pub version: u64,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// Share of the channel's devices that take it, in percent.
+    pub rollout_percent: f64,
+}
+
+/// The reply to `POST /v1/fleet/report`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAccepted {
+    /// The reporting device.
+    pub device_id: String,
+}
+
+/// A channel's newest release and its rollout, as the server tracks it
+/// (`GET /v1/fleet/channels`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    /// The channel.
+    pub channel: String,
+    /// Release metadata version.
+    pub version: u64,
+    /// The release (its signed envelope is served to devices).
+    pub release: edgeml_fleet::Release,
+    /// When it was published (ms since the epoch).
+    pub published_ms: u64,
+    /// The rollout's state.
+    pub state: RolloutState,
+    /// Why it is paused or halted.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The model version the channel carried before this rollout started.
+    #[serde(default)]
+    pub previous_version: Option<String>,
+    /// When this model version's rollout started (ms).
+    pub started_ms: u64,
+    /// Where the rollout's evidence window starts (ms): its start, or the
+    /// last resume.
+    pub evidence_from_ms: u64,
+}
+
+/// `GET /v1/fleet/channels`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelList {
+    /// Every channel with a release.
+    pub channels: Vec<ChannelStatus>,
+}
+
+/// `GET /v1/fleet/devices`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetDeviceList {
+    /// Every device that reported.
+    pub devices: Vec<FleetDevice>,
 }

@@ -1,0 +1,101 @@
+//! `edgeml-server`: the collector and fleet server. Devices enrol, ship
+//! telemetry and follow channels; operators publish and query with
+//! `edgeml`. The work happens in the `edgeml_collector` library.
+
+use clap::Parser;
+use edgeml_collector::{Server, Settings, SqliteStore};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The edgeml collector and fleet server (SQLite database, created and
+/// migrated as needed).
+#[derive(Debug, Parser)]
+#[command(name = "edgeml-server", version)]
+struct Args {
+    /// The database file.
+    #[arg(long, default_value = "collector.db")]
+    db: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
+    /// File with the admin token (operator API). Default: $EDGEML_ADMIN_TOKEN.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// File with the enrolment token devices present. Default: $EDGEML_ENROLMENT_TOKEN.
+    #[arg(long)]
+    enrolment_token_file: Option<PathBuf>,
+    /// Directory for pushed bundles (content-addressed); turns the fleet API on.
+    #[arg(long)]
+    bundles: Option<PathBuf>,
+    /// How often the canary gate compares a rollout's new version with the old.
+    #[arg(long, default_value = "10s")]
+    canary_interval: humantime::Duration,
+    /// Predictions the new version needs before the canary gate judges its error rate.
+    #[arg(long, default_value_t = 100)]
+    canary_min_predictions: u64,
+    /// Distinct devices whose evidence (rollbacks, error rate) a halt needs.
+    #[arg(long, default_value_t = 2)]
+    canary_min_devices: usize,
+    /// Or this share (0 to 1] of the devices served the new bundle (lets a one-device canary halt).
+    #[arg(long)]
+    canary_min_share: Option<f64>,
+    /// The online timestamp key pair (.key) named in root's timestamp role.
+    #[arg(long)]
+    timestamp_key: Option<PathBuf>,
+    /// How long each timestamp is valid.
+    #[arg(long, default_value = "1d")]
+    timestamp_ttl: humantime::Duration,
+}
+
+fn main() -> ExitCode {
+    match serve(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A token from its file, or else from the environment.
+fn token(file: Option<&Path>, env: &str, flag: &str) -> Result<String, String> {
+    match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("reading {}: {e}", f.display())),
+        None => std::env::var(env)
+            .map(|t| t.trim().to_string())
+            .map_err(|_| format!("no {flag}: give --{flag}-file or set {env}")),
+    }
+}
+
+fn serve(a: Args) -> Result<(), String> {
+    let mut settings = Settings::new(
+        token(a.admin_token_file.as_deref(), "EDGEML_ADMIN_TOKEN", "admin-token")?,
+        token(
+            a.enrolment_token_file.as_deref(),
+            "EDGEML_ENROLMENT_TOKEN",
+            "enrolment-token",
+        )?,
+    );
+    settings.fleet.bundle_dir = a.bundles;
+    settings.fleet.canary.interval = a.canary_interval.into();
+    settings.fleet.canary.min_predictions = a.canary_min_predictions;
+    settings.fleet.canary.min_devices = a.canary_min_devices;
+    settings.fleet.canary.min_share = a.canary_min_share;
+    settings.fleet.timestamp_ttl = a.timestamp_ttl.into();
+    if let Some(path) = &a.timestamp_key {
+        let key = edgeml_bundle::SecretKey::from_file(path)
+            .map_err(|e| format!("reading the timestamp key {}: {e}", path.display()))?;
+        settings.fleet.timestamp_key = Some(std::sync::Arc::new(key));
+    }
+    let store = SqliteStore::open(&a.db).map_err(|e| format!("opening {}: {e}", a.db.display()))?;
+    let server = Server::start(store, settings, a.listen).map_err(|e| e.to_string())?;
+    println!(
+        "edgeml-server listening on {} (database {})",
+        server.url(),
+        a.db.display()
+    );
+    server.wait();
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The telemetry API: device batches (defined next to the code that writes
+//! them, in `edgeml-telemetry`) and what the collector answers operators.
+
+use edgeml_bundle::{Baseline, Dtype};
+use edgeml_telemetry::drift::{DriftThresholds, FeatureDrift};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use edgeml_telemetry::wire::*;
+
+/// The reply to `POST /v1/enrol`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// The device id.
+    pub device_id: String,
+    /// Always true.
+    pub enrolled: bool,
+}
+
+/// A device, as listed by `GET /v1/devices`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub device_id: String,
+    /// Hex public key.
+    pub public_key: String,
+    /// When it enrolled.
+    pub enrolled_ms: u64,
+    /// Its last accepted batch.
+    pub last_seen_ms: Option<u64>,
+    /// Records waiting in its spool at its last batch.
+    pub pending_records: u64,
+    /// Records its spool dropped because it was full (ever).
+    pub dropped_records: u64,
+    /// Models it reported, with the last time each was seen.
+    pub models: Vec<DeviceModel>,
+}
+
+/// A model on a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceModel {
+    /// The model.
+    #[serde(flatten)]
+    pub model: ModelRef,
+    /// Last report.
+    pub last_seen_ms: u64,
+}
+
+/// A model version the fleet reported (`GET /v1/models`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersionInfo {
+    /// The model.
+    #[serde(flatten)]
+    pub model: ModelRef,
+    /// Monitoring feature names.
+    pub monitoring_features: Vec<String>,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// Its baseline, if the bundle has one.
+    pub baseline: Option<Baseline>,
+    /// Devices that reported it.
+    pub devices: u64,
+    /// First report.
+    pub first_seen_ms: u64,
+}
+
+/// Throughput, errors and latency of a model version over a time range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStats {
+    /// Windows merged.
+    pub windows: u64,
+    /// Devices reporting.
+    pub devices: u64,
+    /// Predictions.
+    pub count: u64,
+    /// Failed predictions.
+    pub errors: u64,
+    /// Failed predictions by kind.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// `errors / count` (0 when there were none).
+    pub error_rate: f64,
+    /// Predictions per second over the covered time, fleet-wide.
+    pub throughput_per_s: f64,
+    /// Latency quantiles in microseconds (`p50`, `p90`, `p99`), absent without data.
+    pub latency_us: BTreeMap<String, f64>,
+    /// First window start (ms).
+    pub from_ms: Option<u64>,
+    /// Last window end (ms).
+    pub to_ms: Option<u64>,
+}
+
+/// `GET /v1/models/{name}/versions/{version}/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsResponse {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// The statistics.
+    pub stats: FleetStats,
+}
+
+/// Drift of one time bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftBucket {
+    /// Bucket start (ms).
+    pub start_ms: u64,
+    /// Bucket end (ms, exclusive).
+    pub end_ms: u64,
+    /// Predictions in the bucket.
+    pub count: u64,
+    /// Devices contributing.
+    pub devices: u64,
+    /// Some feature is in the drift band.
+    pub drifted: bool,
+    /// Per feature.
+    pub features: Vec<FeatureDrift>,
+}
+
+/// A feature in the drift or possible-drift band.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftAlert {
+    /// Bucket start (ms).
+    pub start_ms: u64,
+    /// The feature's verdict and metrics.
+    #[serde(flatten)]
+    pub feature: FeatureDrift,
+}
+
+/// Drift over time for a model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftReport {
+    /// Reference examples behind the baseline.
+    pub baseline_examples: u64,
+    /// The bands used.
+    pub thresholds: DriftThresholds,
+    /// Bucket length (ms).
+    pub bucket_ms: u64,
+    /// Buckets with data, oldest first.
+    pub buckets: Vec<DriftBucket>,
+    /// Features at `possible_drift` or `drift`, oldest first.
+    pub alerts: Vec<DriftAlert>,
+}
+
+/// `GET /v1/models/{name}/versions/{version}/drift`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftResponse {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// The report.
+    pub drift: DriftReport,
+}
+
+/// One row of the `.npy` export's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NpyRow {
+    /// Row in the array.
+    pub row: usize,
+    /// Sample record id.
+    pub sample_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Model version.
+    pub version: String,
+    /// Bundle digest.
+    pub digest: String,
+    /// When (ms).
+    pub at_ms: u64,
+    /// Why it was kept.
+    pub reason: String,
+    /// The model's top label then.
+    pub prediction: Option<String>,
+}
+
+/// Metadata that goes with a `.npy` export (`GET /v1/samples?format=npy-metadata`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NpyMetadata {
+    /// The input the array holds.
+    pub input_name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Array shape (`[rows, ...sample shape]`).
+    pub shape: Vec<u64>,
+    /// One entry per row.
+    pub rows: Vec<NpyRow>,
+    /// Media samples left out (they are not tensors; export Parquet for them).
+    pub skipped_media: usize,
+}
+
+/// Which windows or samples a query covers. Times are Unix milliseconds;
+/// `from_ms` is inclusive and `to_ms` exclusive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    /// Window start or sample time at or after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<u64>,
+    /// ... and before this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<u64>,
+    /// One device only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The device program must not be able to pull in the server: check the
+# dependency graph of `edgeml-agent` (normal dependencies, every feature, for
+# each device target) for server-side crates. CI runs this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Server code, its database and its export formats, and the operator CLI.
+forbidden='^(edgeml-collector|edgeml|rusqlite|libsqlite3-sys|arrow-[a-z-]+|parquet) v'
+status=0
+for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  tree="$(cargo tree --locked -p edgeml-agent --all-features -e normal --prefix none --target "$target")"
+  if bad="$(grep -E "$forbidden" <<<"$tree" | sort -u)" && [ -n "$bad" ]; then
+    echo "edgeml-agent ($target) depends on server-side crates:" >&2
+    echo "$bad" >&2
+    status=1
+  fi
+done
+[ $status = 0 ] && echo "edgeml-agent links no server code (checked: collector, SQLite, Arrow/Parquet, the edgeml CLI)"
+exit $status
