@@ -12,7 +12,8 @@
 use crate::common::*;
 use crate::fleet::{free_port, png, self_test_png, Fleet, ENROL};
 use edgeml_client::wire::fleet::{StatusReport, UpdateState};
-use edgeml_fleet::{Envelope, Release};
+use edgeml_fleet::{BundleRef, Envelope, Release};
+use sha2::{Digest, Sha256};
 use edgeml_runtime::Input;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -296,11 +297,22 @@ fn armv7_agent_infers_digits_and_refuses_a_bundle_signed_by_an_unknown_key() {
     dev.wait_for(&f, "digits 1.0.0 installed", installed("1.0.0"));
     check_digits(&f, &dev, &v1, "1.0.0");
 
-    // 1.1.0 signed by a key the root does not name as a publisher: the
-    // release metadata is genuine, the bundle is not.
+    // 1.1.0 signed by a key the root does not name as a publisher. The
+    // server refuses such an upload, so a compromised server serves it, with
+    // release metadata the release keys signed: the device still refuses.
     let stranger = edgeml_bundle::SecretKey::generate().unwrap();
-    let forged = edgeml_bundle::sign(&pack_custom(&DIGITS_IMAGE, "1.1.0", None, Vec::new(), |_| {}), &stranger).unwrap();
-    f.push(&forged, "1.1.0", 100.0);
+    let forged = edgeml_bundle::sign(
+        &pack_custom(&DIGITS_IMAGE, "1.1.0", None, Vec::new(), |_| {}),
+        &stranger,
+    )
+    .unwrap();
+    let mut r = f.release_for(&v1, "1.1.0", 100.0);
+    r.bundle = BundleRef {
+        sha256: hex::encode(Sha256::digest(&forged)),
+        size: forged.len() as u64,
+    };
+    crate::fleet::replace_blob(&f, &r, &forged);
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
     dev.wait_for(&f, "1.1.0 refused", |r| {
         r.state == UpdateState::Failed && r.target.as_deref() == Some("1.1.0")
     });

@@ -1,0 +1,342 @@
+//! Device footprint of `edgeml-agent`: resident memory while it serves a
+//! model over its local API, on this machine, as a device would run it (a
+//! real fleet server on loopback, a signed release, the agent program).
+//!
+//! For each of digits (image classifier, PNG requests), the VAD model (WAV
+//! requests) and SqueezeNet (a 1x3x224x224 tensor per request): RSS once
+//! the release is installed and idle, and RSS and peak RSS after N
+//! requests (default 1000), next to the model's own weights. Each model
+//! runs with the agent's defaults and again with each memory knob the
+//! README names (`--knobs`).
+//!
+//! Run (the agent is a release build of another package):
+//!
+//! ```sh
+//! cargo build --release --locked -p edgeml-agent
+//! cargo bench --bench footprint -- [--agent PATH] [--requests N] [--knobs]
+//! ```
+
+use base64::Engine as _;
+use edgeml_client::wire::fleet::{StatusReport, UpdateState};
+use edgeml_collector::{Server, Settings, SqliteStore, Store};
+use edgeml_fleet::{BundleRef, Envelope, Release, Root};
+use edgeml_runtime::bundle::{self, PackOptions, SecretKey};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+const ADMIN: &str = "bench-admin-token";
+const ENROL: &str = "bench-enrolment-token";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> Vec<u8> {
+    std::fs::read(repo().join("models").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+struct Model {
+    name: &'static str,
+    onnx: &'static str,
+    guest: &'static str,
+    labels: Option<&'static str>,
+    preprocess: Option<&'static str>,
+}
+
+const MODELS: [Model; 3] = [
+    Model {
+        name: "digits",
+        onnx: "digits/digits.onnx",
+        guest: "edgeml_image_classifier",
+        labels: Some("digits/labels.txt"),
+        preprocess: Some("digits/preprocess.json"),
+    },
+    Model {
+        name: "silero-vad",
+        onnx: "vad/silero_vad_16k.onnx",
+        guest: "edgeml_voice_activity",
+        labels: None,
+        preprocess: Some("vad/preprocess.json"),
+    },
+    Model {
+        name: "squeezenet",
+        onnx: "squeezenet/squeezenet.onnx",
+        guest: "edgeml_generic",
+        labels: None,
+        preprocess: None,
+    },
+];
+
+fn pack(m: &Model, key: &SecretKey) -> Vec<u8> {
+    let model = read(m.onnx);
+    let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model).unwrap();
+    let component =
+        std::fs::read(Path::new(edgeml_guests::DIR).join(format!("{}.wasm", m.guest))).unwrap();
+    let labels = m
+        .labels
+        .map(|l| String::from_utf8(read(l)).unwrap().lines().map(String::from).collect())
+        .unwrap_or_default();
+    let preprocessing = m
+        .preprocess
+        .map(|p| serde_json::from_slice(&read(p)).unwrap())
+        .unwrap_or(Value::Null);
+    let unsigned = bundle::pack(&PackOptions {
+        name: m.name,
+        version: "1.0.0".parse().unwrap(),
+        component: &component,
+        model: &model,
+        inputs,
+        outputs,
+        labels,
+        preprocessing,
+        min_host_version: semver::Version::new(0, 1, 0),
+        created: None,
+        baseline: None,
+        self_test: Vec::new(),
+    })
+    .unwrap();
+    bundle::sign(&unsigned, key).unwrap()
+}
+
+/// The request a client of the model would send.
+fn request(m: &Model) -> Value {
+    let b64 = |b: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(b);
+    match m.name {
+        "digits" => json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+            "parameters": {"content_type": "image/png"}, "data": [b64(read("digits/holdout/000.png"))]}]}),
+        "silero-vad" => json!({"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES",
+            "parameters": {"content_type": "audio/wav"}, "data": [b64(read("vad/speech.wav"))]}]}),
+        _ => {
+            let bytes = read("squeezenet/ref_input.npy");
+            let f = npyz::NpyFile::new(&bytes[..]).unwrap();
+            let shape = f.shape().to_vec();
+            let data: Vec<f32> = f.into_vec().unwrap();
+            let model = read(m.onnx);
+            let (inputs, _) = edgeml_runtime::onnx_io_schema(&model).unwrap();
+            json!({"inputs": [{"name": inputs[0].name, "shape": shape, "datatype": "FP32", "data": data}]})
+        }
+    }
+}
+
+/// A fleet server on loopback with root version 1 and one release key.
+struct Fleet {
+    dir: tempfile::TempDir,
+    server: Server,
+    root_key: SecretKey,
+    release_key: SecretKey,
+    publisher: SecretKey,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::new(ADMIN, ENROL);
+        settings.fleet.bundle_dir = Some(dir.path().join("bundles"));
+        let store = SqliteStore::open(&dir.path().join("fleet.db")).unwrap();
+        let server = Server::start(store, settings, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let f = Fleet {
+            dir,
+            server,
+            root_key: SecretKey::generate().unwrap(),
+            release_key: SecretKey::generate().unwrap(),
+            publisher: SecretKey::generate().unwrap(),
+        };
+        let root = Root::new(
+            1,
+            SystemTime::now() + Duration::from_secs(86400),
+            (&[f.root_key.public_key()], 1),
+            (&[f.release_key.public_key()], 1),
+            (&[f.publisher.public_key()], 1),
+        );
+        let env = Envelope::sign(&root, &[&f.root_key]).unwrap().to_vec();
+        std::fs::write(f.dir.path().join("root.json"), &env).unwrap();
+        f.client().publish_root(1, env).unwrap();
+        std::fs::write(f.dir.path().join("enrol.token"), ENROL).unwrap();
+        f
+    }
+
+    fn client(&self) -> edgeml_client::Client {
+        edgeml_client::Client::new(&self.server.url())
+            .unwrap()
+            .with_admin_token(ADMIN)
+    }
+
+    fn publish(&self, channel: &str, model: &str, bundle: Vec<u8>) {
+        let sha256 = hex::encode(Sha256::digest(&bundle));
+        let size = bundle.len() as u64;
+        self.client().upload_bundle(&sha256, bundle).unwrap();
+        let release = Release {
+            kind: "release".into(),
+            channel: channel.into(),
+            version: 1,
+            expires: humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(86400))
+                .to_string(),
+            model: model.into(),
+            model_version: "1.0.0".parse().unwrap(),
+            bundle: BundleRef { sha256, size },
+            rollout_percent: 100.0,
+            allow_downgrade: false,
+        };
+        let env = Envelope::sign(&release, &[&self.release_key]).unwrap();
+        self.client().publish_release(channel, env.to_vec()).unwrap();
+    }
+
+    fn report(&self, id: &str) -> Option<StatusReport> {
+        SqliteStore::open(&self.dir.path().join("fleet.db"))
+            .unwrap()
+            .fleet_devices()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.device_id == id)
+            .map(|d| d.status)
+    }
+}
+
+struct Memory {
+    rss: u64,
+    peak: u64,
+}
+
+fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Memory {
+        rss: kb("VmRSS:"),
+        peak: kb("VmHWM:"),
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+struct Run {
+    idle: Memory,
+    after: Memory,
+    per_request: Duration,
+}
+
+/// Install `m` on a fresh agent (with `env` and `[runtime]` `extra`),
+/// wait, measure, send `n` requests, measure.
+fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, env: &[(&str, &str)], tag: &str) -> Run {
+    let id = format!("{}-{tag}", m.name.replace('.', "-"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = f.dir.path().join(format!("{id}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"{id}\"\ndir = \"{id}\"\nserver = \"{}\"\nchannel = \"{}\"\nroot = \"root.json\"\n\
+             enrolment_token_file = \"enrol.token\"\npoll_interval = \"500ms\"\n[health]\nwatch = \"0s\"\n\
+             [serve]\nlisten = \"127.0.0.1:{port}\"\n",
+            f.server.url(),
+            m.name
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(agent);
+    cmd.arg("--config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child: Child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !f
+        .report(&id)
+        .is_some_and(|r| r.state == UpdateState::Installed)
+    {
+        assert!(Instant::now() < deadline, "{id} did not install");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the install's transient allocations go back.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = memory(child.id());
+    let http = reqwest::blocking::Client::new();
+    let body = serde_json::to_vec(&request(m)).unwrap();
+    let url = format!("http://127.0.0.1:{port}/v2/models/{}/infer", m.name);
+    let started = Instant::now();
+    for _ in 0..n {
+        let resp = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().unwrap_or_default());
+    }
+    let per_request = started.elapsed() / n.max(1) as u32;
+    let after = memory(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    Run {
+        idle,
+        after,
+        per_request,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let n: usize = arg("--requests").map_or(1000, |v| v.parse().unwrap());
+    let knobs = args.iter().any(|a| a == "--knobs");
+    // <target>/release/deps/footprint-* -> <target>/release/edgeml-agent
+    let agent = arg("--agent").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("edgeml-agent")
+    });
+    assert!(
+        agent.is_file(),
+        "{} is missing: cargo build --release --locked -p edgeml-agent",
+        agent.display()
+    );
+    println!(
+        "agent: {} ({} on disk)\n",
+        agent.display(),
+        mib(std::fs::metadata(&agent).unwrap().len())
+    );
+    let f = Fleet::new();
+    for m in &MODELS {
+        f.publish(m.name, m.name, pack(m, &f.publisher));
+    }
+    let mut variants: Vec<(&str, Vec<(&str, &str)>)> = vec![("defaults", vec![])];
+    if knobs {
+        variants.push(("MALLOC_ARENA_MAX=2", vec![("MALLOC_ARENA_MAX", "2")]));
+    }
+    println!("| model | weights | settings | RSS idle, installed | RSS after {n} requests | peak RSS | RSS − weights | per request |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    for m in &MODELS {
+        let weights = read(m.onnx).len() as u64;
+        for (i, (label, env)) in variants.iter().enumerate() {
+            let r = run(&f, &agent, m, n, env, &format!("v{i}"));
+            println!(
+                "| {} | {} | {label} | {} | {} | {} | {} | {:.2} ms |",
+                m.name,
+                mib(weights),
+                mib(r.idle.rss),
+                mib(r.after.rss),
+                mib(r.after.peak),
+                mib(r.after.rss.saturating_sub(weights)),
+                r.per_request.as_secs_f64() * 1e3
+            );
+        }
+    }
+}
