@@ -198,6 +198,7 @@ impl Fleet {
 struct Memory {
     rss: u64,
     peak: u64,
+    virt: u64,
 }
 
 fn memory(pid: u32) -> Memory {
@@ -214,6 +215,7 @@ fn memory(pid: u32) -> Memory {
     Memory {
         rss: kb("VmRSS:"),
         peak: kb("VmHWM:"),
+        virt: kb("VmSize:"),
     }
 }
 
@@ -227,9 +229,44 @@ struct Run {
     per_request: Duration,
 }
 
-/// Install `m` on a fresh agent (with `env` and `[runtime]` `extra`),
-/// wait, measure, send `n` requests, measure.
-fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, env: &[(&str, &str)], tag: &str) -> Run {
+/// A setting to compare with the defaults: environment and `[runtime]` lines.
+struct Knob {
+    label: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    runtime: &'static str,
+}
+
+const KNOBS: [Knob; 5] = [
+    Knob {
+        label: "agent defaults",
+        env: &[],
+        runtime: "",
+    },
+    Knob {
+        label: "idle_instances = 4 (the library default)",
+        env: &[],
+        runtime: "idle_instances = 4\n",
+    },
+    Knob {
+        label: "parallel_compilation = true",
+        env: &[],
+        runtime: "parallel_compilation = true\n",
+    },
+    Knob {
+        label: "memory_reservation_mib = 64",
+        env: &[],
+        runtime: "memory_reservation_mib = 64\n",
+    },
+    Knob {
+        label: "MALLOC_ARENA_MAX=2",
+        env: &[("MALLOC_ARENA_MAX", "2")],
+        runtime: "",
+    },
+];
+
+/// Install `m` on a fresh agent with `knob`, wait, measure, send `n`
+/// requests, measure.
+fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> Run {
     let id = format!("{}-{tag}", m.name.replace('.', "-"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = f.dir.path().join(format!("{id}.toml"));
@@ -238,15 +275,16 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, env: &[(&str, &str)], tag: 
         format!(
             "device_id = \"{id}\"\ndir = \"{id}\"\nserver = \"{}\"\nchannel = \"{}\"\nroot = \"root.json\"\n\
              enrolment_token_file = \"enrol.token\"\npoll_interval = \"500ms\"\n[health]\nwatch = \"0s\"\n\
-             [serve]\nlisten = \"127.0.0.1:{port}\"\n",
+             [serve]\nlisten = \"127.0.0.1:{port}\"\n[runtime]\n{}",
             f.server.url(),
-            m.name
+            m.name,
+            knob.runtime
         ),
     )
     .unwrap();
     let mut cmd = Command::new(agent);
     cmd.arg("--config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null());
-    for (k, v) in env {
+    for (k, v) in knob.env {
         cmd.env(k, v);
     }
     let mut child: Child = cmd.spawn().unwrap();
@@ -317,24 +355,23 @@ fn main() {
     for m in &MODELS {
         f.publish(m.name, m.name, pack(m, &f.publisher));
     }
-    let mut variants: Vec<(&str, Vec<(&str, &str)>)> = vec![("defaults", vec![])];
-    if knobs {
-        variants.push(("MALLOC_ARENA_MAX=2", vec![("MALLOC_ARENA_MAX", "2")]));
-    }
-    println!("| model | weights | settings | RSS idle, installed | RSS after {n} requests | peak RSS | RSS − weights | per request |");
-    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    let variants = if knobs { &KNOBS[..] } else { &KNOBS[..1] };
+    println!("| model | weights | settings | RSS idle, installed | RSS after {n} requests | RSS − weights | peak RSS | virtual | per request |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
     for m in &MODELS {
         let weights = read(m.onnx).len() as u64;
-        for (i, (label, env)) in variants.iter().enumerate() {
-            let r = run(&f, &agent, m, n, env, &format!("v{i}"));
+        for (i, knob) in variants.iter().enumerate() {
+            let r = run(&f, &agent, m, n, knob, &format!("v{i}"));
             println!(
-                "| {} | {} | {label} | {} | {} | {} | {} | {:.2} ms |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} ms |",
                 m.name,
                 mib(weights),
+                knob.label,
                 mib(r.idle.rss),
                 mib(r.after.rss),
-                mib(r.after.peak),
                 mib(r.after.rss.saturating_sub(weights)),
+                mib(r.after.peak),
+                mib(r.after.virt),
                 r.per_request.as_secs_f64() * 1e3
             );
         }

@@ -240,7 +240,13 @@ pub fn shared_runtime(sandboxed: bool) -> Runtime {
     static SANDBOXED: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
     if sandboxed {
         SANDBOXED
-            .get_or_init(|| Runtime::new(&sandboxed_config()).unwrap())
+            .get_or_init(|| {
+                // Correctness tests, not timing ones: on two cores, beside the
+                // qemu tests, one SqueezeNet call in the sandbox can take seconds.
+                let mut config = sandboxed_config();
+                config.timeout(std::time::Duration::from_secs(120));
+                Runtime::new(&config).unwrap()
+            })
             .clone()
     } else {
         NATIVE.get_or_init(runtime).clone()

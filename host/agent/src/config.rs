@@ -38,6 +38,9 @@ use std::time::Duration;
 /// call_timeout = "10s"                    # per call into the guest
 /// # cache_dir = "/var/cache/edgeml"       # compiled components; default: <dir>/cache
 /// # telemetry = "/etc/edgeml/telemetry.toml"
+/// # idle_instances = 2                    # warm instances; default: serve.max_concurrent
+/// # parallel_compilation = false          # true: faster installs, higher peak memory
+/// # memory_reservation_mib = 64           # virtual space per guest memory; default: wasmtime's
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +122,19 @@ pub struct RuntimeSettings {
     /// The telemetry configuration (TOML); none means no telemetry.
     #[serde(default)]
     pub telemetry: Option<PathBuf>,
+    /// Warm model instances kept between requests (default: as many as
+    /// `serve.max_concurrent`, the most that can be busy at once; each
+    /// holds its own guest memory).
+    #[serde(default)]
+    pub idle_instances: Option<usize>,
+    /// Compile a new bundle on several threads (faster install, higher
+    /// peak memory while compiling). Default `false`: devices are small.
+    #[serde(default)]
+    pub parallel_compilation: bool,
+    /// Virtual address space per guest memory, in MiB (default: wasmtime's
+    /// 4 GiB reservation on 64-bit hosts; see the README's footprint table).
+    #[serde(default)]
+    pub memory_reservation_mib: Option<u64>,
 }
 
 impl Default for RuntimeSettings {
@@ -130,6 +146,9 @@ impl Default for RuntimeSettings {
             cache_dir: None,
             no_cache: false,
             telemetry: None,
+            idle_instances: None,
+            parallel_compilation: false,
+            memory_reservation_mib: None,
         }
     }
 }

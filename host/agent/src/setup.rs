@@ -14,7 +14,10 @@ pub fn runtime(config: &mut AgentConfig) -> Result<Runtime, Error> {
     let mut runtime = Config::new();
     runtime
         .timeout(rc.call_timeout)
-        .max_memory_bytes(rc.max_memory_mib.saturating_mul(1 << 20));
+        .max_memory_bytes(rc.max_memory_mib.saturating_mul(1 << 20))
+        .idle_instances(rc.idle_instances.unwrap_or(config.serve.max_concurrent))
+        .parallel_compilation(rc.parallel_compilation)
+        .memory_reservation(rc.memory_reservation_mib.map(|m| m.saturating_mul(1 << 20)));
     if rc.backend == BackendChoice::Sandboxed {
         runtime.backend(Backend::Sandboxed {
             component: sandboxed_backend()?.into(),

@@ -56,3 +56,17 @@ fn refuses_to_start_without_its_root_of_trust() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("root.json"), "{err}");
 }
+
+/// A device build without the `sandbox` feature says what to do instead
+/// of failing somewhere inside the runtime.
+#[cfg(not(feature = "sandbox"))]
+#[test]
+fn refuses_sandboxed_backend_when_built_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[runtime]\nbackend = \"sandboxed\"\n");
+    let out = agent().arg("--config").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("built without the sandboxed backend"), "{err}");
+    assert!(err.contains("--features sandbox") || err.contains("feature `sandbox`"), "{err}");
+}

@@ -32,7 +32,15 @@ pub enum CacheOutcome {
 
 pub(crate) fn entry_path(dir: &Path, engine: &Engine, bundle_digest: &str) -> PathBuf {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    // Artifacts are only valid for the engine settings that made them.
+    #[cfg(feature = "cranelift")]
     engine.precompile_compatibility_hash().hash(&mut h);
+    // A build without a compiler cannot ask its engine for that hash; its
+    // entries are keyed by this crate's version alone, and wasmtime still
+    // refuses an incompatible artifact when it is loaded (the entry is then
+    // treated as corrupt).
+    #[cfg(not(feature = "cranelift"))]
+    let _ = engine;
     env!("CARGO_PKG_VERSION").hash(&mut h);
     dir.join(format!("{bundle_digest}-{:016x}.cwasm", h.finish()))
 }

@@ -57,6 +57,8 @@ pub struct Config {
     pub(crate) idle_instances: usize,
     pub(crate) bundle_limits: edgeml_bundle::Limits,
     pub(crate) allow_guest_model_bytes: bool,
+    pub(crate) parallel_compilation: bool,
+    pub(crate) memory_reservation: Option<u64>,
     pub(crate) backend: Backend,
     pub(crate) sandbox_max_memory_bytes: usize,
     pub(crate) telemetry: Option<edgeml_telemetry::Telemetry>,
@@ -74,6 +76,8 @@ impl Default for Config {
             idle_instances: 4,
             bundle_limits: edgeml_bundle::Limits::default(),
             allow_guest_model_bytes: false,
+            parallel_compilation: true,
+            memory_reservation: None,
             backend: Backend::Native,
             sandbox_max_memory_bytes: 2 << 30,
             telemetry: None,
@@ -166,6 +170,27 @@ impl Config {
     /// activations live there). Default 2 GiB.
     pub fn sandbox_max_memory_bytes(&mut self, bytes: usize) -> &mut Self {
         self.sandbox_max_memory_bytes = bytes;
+        self
+    }
+
+    /// Compile components on several threads (Cranelift's per-function
+    /// parallelism). Faster installs on multi-core machines; off, a small
+    /// device's peak memory during compilation is lower. Default `true`.
+    /// Without the `cranelift` feature there is nothing to compile.
+    pub fn parallel_compilation(&mut self, on: bool) -> &mut Self {
+        self.parallel_compilation = on;
+        self
+    }
+
+    /// Virtual address space reserved for each guest linear memory
+    /// (wasmtime's `memory_reservation`), and its guard region. Wasmtime's
+    /// default on 64-bit hosts reserves 4 GiB plus a 32 MiB guard so that
+    /// bounds checks can be elided; that costs no RAM, but counts against
+    /// `ulimit -v` and overcommit limits on small devices. `Some(bytes)`
+    /// reserves that much (memories may still grow by moving) with a 64 KiB
+    /// guard and explicit bounds checks. Default `None` (wasmtime's).
+    pub fn memory_reservation(&mut self, bytes: Option<u64>) -> &mut Self {
+        self.memory_reservation = bytes;
         self
     }
 

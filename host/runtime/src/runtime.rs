@@ -53,6 +53,13 @@ impl Runtime {
         let mut wt = wasmtime::Config::new();
         wt.epoch_interruption(true);
         wt.wasm_component_model(true);
+        #[cfg(feature = "cranelift")]
+        wt.parallel_compilation(config.parallel_compilation);
+        if let Some(bytes) = config.memory_reservation {
+            wt.memory_reservation(bytes)
+                .memory_guard_size(64 << 10)
+                .memory_reservation_for_growth(0);
+        }
         let engine = Engine::new(&wt).map_err(|e| Error::Config(format!("{e:#}")))?;
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
