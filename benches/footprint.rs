@@ -77,7 +77,13 @@ fn pack(m: &Model, key: &SecretKey) -> Vec<u8> {
         std::fs::read(Path::new(edgeml_guests::DIR).join(format!("{}.wasm", m.guest))).unwrap();
     let labels = m
         .labels
-        .map(|l| String::from_utf8(read(l)).unwrap().lines().map(String::from).collect())
+        .map(|l| {
+            String::from_utf8(read(l))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     let preprocessing = m
         .preprocess
@@ -172,8 +178,10 @@ impl Fleet {
             kind: "release".into(),
             channel: channel.into(),
             version: 1,
-            expires: humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(86400))
-                .to_string(),
+            expires: humantime::format_rfc3339_seconds(
+                SystemTime::now() + Duration::from_secs(86400),
+            )
+            .to_string(),
             model: model.into(),
             model_version: "1.0.0".parse().unwrap(),
             bundle: BundleRef { sha256, size },
@@ -181,7 +189,9 @@ impl Fleet {
             allow_downgrade: false,
         };
         let env = Envelope::sign(&release, &[&self.release_key]).unwrap();
-        self.client().publish_release(channel, env.to_vec()).unwrap();
+        self.client()
+            .publish_release(channel, env.to_vec())
+            .unwrap();
     }
 
     fn report(&self, id: &str) -> Option<StatusReport> {
@@ -268,7 +278,11 @@ const KNOBS: [Knob; 5] = [
 /// requests, measure.
 fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> Run {
     let id = format!("{}-{tag}", m.name.replace('.', "-"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = f.dir.path().join(format!("{id}.toml"));
     std::fs::write(
         &config,
@@ -283,7 +297,10 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> 
     )
     .unwrap();
     let mut cmd = Command::new(agent);
-    cmd.arg("--config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     for (k, v) in knob.env {
         cmd.env(k, v);
     }

@@ -68,8 +68,7 @@ fn digits_model(config: &Config, signed: &[u8], policy: &TrustPolicy) -> Model {
 
 fn overhead(quick: bool, tmp: &Path) {
     let onnx = std::fs::read(repo().join("models/digits/digits.onnx")).unwrap();
-    let guest =
-        std::fs::read(Path::new(edgeml_guests::DIR).join("edgeml_generic.wasm")).unwrap();
+    let guest = std::fs::read(Path::new(edgeml_guests::DIR).join("edgeml_generic.wasm")).unwrap();
     let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&onnx).unwrap();
     let key = SecretKey::generate().unwrap();
     let signed = bundle::sign(

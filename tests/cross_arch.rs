@@ -13,9 +13,9 @@ use crate::common::*;
 use crate::fleet::{free_port, png, self_test_png, Fleet, ENROL};
 use edgeml_client::wire::fleet::{StatusReport, UpdateState};
 use edgeml_fleet::{BundleRef, Envelope, Release};
-use sha2::{Digest, Sha256};
 use edgeml_runtime::Input;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,10 +124,19 @@ impl Device {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{}: the agent exited ({status}) before {what}\n{}", self.id, self.logs());
+                panic!(
+                    "{}: the agent exited ({status}) before {what}\n{}",
+                    self.id,
+                    self.logs()
+                );
             }
             if Instant::now() > deadline {
-                panic!("{}: timed out waiting for {what}: {:?}\n{}", self.id, self.report(f), self.logs());
+                panic!(
+                    "{}: timed out waiting for {what}: {:?}\n{}",
+                    self.id,
+                    self.report(f),
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -143,7 +152,10 @@ impl Device {
             .timeout(Duration::from_secs(300))
             .build()
             .unwrap()
-            .post(format!("http://127.0.0.1:{}/v2/models/{model}/infer", self.port))
+            .post(format!(
+                "http://127.0.0.1:{}/v2/models/{model}/infer",
+                self.port
+            ))
             .json(request)
             .send()
             .unwrap();
@@ -163,7 +175,8 @@ impl Drop for Device {
 
 fn installed(version: &'static str) -> impl Fn(&StatusReport) -> bool {
     move |r| {
-        r.state == UpdateState::Installed && r.installed.as_ref().is_some_and(|i| i.version == version)
+        r.state == UpdateState::Installed
+            && r.installed.as_ref().is_some_and(|i| i.version == version)
     }
 }
 
@@ -172,11 +185,9 @@ fn publish(f: &Fleet, channel: &str, model: &str, bundle: &[u8], version: &str) 
     let mut r: Release = f.release_for(bundle, version, 100.0);
     r.channel = channel.into();
     r.model = model.into();
-    r.version = f
-        .client
-        .channel(channel)
-        .unwrap()
-        .map_or(1, |v| v.release.payload_unverified::<Release>().unwrap().version + 1);
+    r.version = f.client.channel(channel).unwrap().map_or(1, |v| {
+        v.release.payload_unverified::<Release>().unwrap().version + 1
+    });
     let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
     f.client.publish_release(channel, env.to_vec()).unwrap();
 }
@@ -208,7 +219,13 @@ fn x86_reference(bundle: &[u8], f: &Fleet, input: Input, output: &str) -> Vec<f3
     let policy = edgeml_runtime::TrustPolicy::any_of(vec![f.publisher.public_key()]).unwrap();
     let verified = rt.verify(bundle.to_vec(), &policy).unwrap();
     let model = rt.load(&verified).unwrap();
-    model.predict(input).unwrap().output(output).unwrap().to_f32().unwrap()
+    model
+        .predict(input)
+        .unwrap()
+        .output(output)
+        .unwrap()
+        .to_f32()
+        .unwrap()
 }
 
 /// Digits over the local API: label 7 and the x86 probabilities.
@@ -225,7 +242,11 @@ fn check_digits(f: &Fleet, dev: &Device, bundle: &[u8], version: &str) {
         },
         "probabilities",
     );
-    assert_close(&output(&resp, "probabilities"), &expected, "digits on ARM vs x86");
+    assert_close(
+        &output(&resp, "probabilities"),
+        &expected,
+        "digits on ARM vs x86",
+    );
 }
 
 #[test]
@@ -251,7 +272,10 @@ fn aarch64_agent_follows_x86_server_infers_and_rolls_back_a_bad_release() {
     let probs = output(&resp, "probs");
     let (_, onnxruntime) = npy_f32("vad/ref_probs.npy");
     for (i, (a, b)) in probs.iter().zip(&onnxruntime).enumerate() {
-        assert!((a - b).abs() <= 1e-3, "frame {i}: {a} on aarch64 vs onnxruntime {b}");
+        assert!(
+            (a - b).abs() <= 1e-3,
+            "frame {i}: {a} on aarch64 vs onnxruntime {b}"
+        );
     }
     let x86 = x86_reference(
         &vad,
@@ -318,7 +342,9 @@ fn armv7_agent_infers_digits_and_refuses_a_bundle_signed_by_an_unknown_key() {
     });
     let r = dev.report(&f).unwrap();
     assert!(
-        r.last_error.as_deref().is_some_and(|e| e.contains("no signature by a trusted key")),
+        r.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no signature by a trusted key")),
         "{r:?}"
     );
     assert_eq!(r.installed.unwrap().version, "1.0.0", "still serving 1.0.0");

@@ -8,8 +8,8 @@
 use crate::common::*;
 use edgeml_agent::{Agent, AgentConfig, Error, PollOutcome, UpdateState};
 use edgeml_bundle::{SecretKey, SelfTest, SelfTestInput};
-use edgeml_collector::{Server, Settings, SqliteStore, Store};
 use edgeml_client::wire::fleet::RolloutState;
+use edgeml_collector::{Server, Settings, SqliteStore, Store};
 use edgeml_fleet::{BundleRef, Envelope, Release, Root};
 use edgeml_runtime::{Config, Runtime};
 use sha2::{Digest, Sha256};
@@ -116,9 +116,7 @@ impl Fleet {
 
     /// Publish signed release metadata to `stable`, as `edgeml push` does.
     pub(crate) fn publish_release(&self, envelope: Vec<u8>) -> Result<(), edgeml_client::Error> {
-        self.client
-            .publish_release("stable", envelope)
-            .map(|_| ())
+        self.client.publish_release("stable", envelope).map(|_| ())
     }
 
     pub(crate) fn store(&self) -> SqliteStore {
@@ -346,11 +344,8 @@ fn rejects_release_signed_by_revoked_key() {
     v2.keys
         .insert(leaked.id().to_string(), hex::encode(leaked.to_bytes()));
     v2.revoked.insert(leaked.id().to_string());
-    f.publish_root(
-        2,
-        Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec(),
-    )
-    .unwrap();
+    f.publish_root(2, Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec())
+        .unwrap();
     let r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
     f.inject(&r, &[&f.release[0], &f.release[2]]);
     let err = a.poll().unwrap_err();
@@ -379,10 +374,7 @@ fn rejects_root_rotation_without_old_root_signatures() {
         (&[attacker.public_key()], 1),
     );
     // The server refuses it ...
-    let refused = f.publish_root(
-        2,
-        Envelope::sign(&v2, &[&attacker]).unwrap().to_vec(),
-    );
+    let refused = f.publish_root(2, Envelope::sign(&v2, &[&attacker]).unwrap().to_vec());
     assert!(
         matches!(refused, Err(edgeml_client::Error::Refused { ref message, .. }) if message.contains("not signed by")),
         "server checks the chain too: {refused:?}"
@@ -578,7 +570,10 @@ fn rejects_slow_retrieval() {
     let a = proxied_agent(&f, proxy, Duration::from_secs(1));
     let err = a.poll().unwrap_err();
     assert!(
-        matches!(err, Error::Server(edgeml_client::Error::SlowRetrieval { .. })),
+        matches!(
+            err,
+            Error::Server(edgeml_client::Error::SlowRetrieval { .. })
+        ),
         "{err}"
     );
     assert!(
@@ -696,8 +691,7 @@ fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts
     wider.version += 1;
     wider.rollout_percent = 100.0;
     let env = Envelope::sign(&wider, &[&f.release[0], &f.release[1]]).unwrap();
-    f.publish_release(env.to_vec())
-        .unwrap();
+    f.publish_release(env.to_vec()).unwrap();
     for a in &agents {
         a.poll().unwrap();
         assert_eq!(version_of(a).as_deref(), Some("1.1.0"), "{}", a.device_id());
@@ -825,7 +819,10 @@ pub(crate) fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     }
 }
 
-pub(crate) fn device_report(f: &Fleet, id: &str) -> Option<edgeml_client::wire::fleet::StatusReport> {
+pub(crate) fn device_report(
+    f: &Fleet,
+    id: &str,
+) -> Option<edgeml_client::wire::fleet::StatusReport> {
     f.store()
         .fleet_devices()
         .unwrap()
@@ -960,8 +957,7 @@ fn recovers_from_fast_forward_after_release_key_rotation() {
     // A version the channel already used is a conflict, not a server error.
     next.version = 1;
     let env = Envelope::sign(&next, &[&new_keys[0], &new_keys[1]]).unwrap();
-    let taken = f.publish_release(env.to_vec())
-        .unwrap_err();
+    let taken = f.publish_release(env.to_vec()).unwrap_err();
     assert_eq!(taken.status(), Some(409), "{taken}");
     next.version = 2;
     let env = Envelope::sign(&next, &[&new_keys[0], &new_keys[1]]).unwrap();
@@ -1022,10 +1018,12 @@ fn rejects_release_version_out_of_range() {
     let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
     r.version = i64::MAX as u64 + 1;
     let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
-    let refused = f.publish_release(env.to_vec())
-        .unwrap_err();
+    let refused = f.publish_release(env.to_vec()).unwrap_err();
     assert_eq!(refused.status(), Some(422), "{refused}");
-    assert!(refused.to_string().contains("above the largest allowed"), "{refused}");
+    assert!(
+        refused.to_string().contains("above the largest allowed"),
+        "{refused}"
+    );
     // Served anyway by a compromised server: the device refuses it too.
     f.inject(&r, &[&f.release[0], &f.release[1]]);
     let err = a.poll().unwrap_err();

@@ -34,11 +34,8 @@ fn fleet_with_timestamps(ttl: Duration) -> (Fleet, SecretKey) {
         (&[f.publisher.public_key()], 1),
     )
     .with_timestamp(&[key.public_key()], 1);
-    f.publish_root(
-        2,
-        Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec(),
-    )
-    .unwrap();
+    f.publish_root(2, Envelope::sign(&v2, &[&f.root_key]).unwrap().to_vec())
+        .unwrap();
     (f, key)
 }
 

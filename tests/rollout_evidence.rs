@@ -9,8 +9,8 @@
 use crate::common::*;
 use crate::fleet::*;
 use edgeml_agent::{Agent, Error, PollOutcome, UpdateState};
-use edgeml_collector::Store as _;
 use edgeml_client::wire::fleet::{Installed, RolloutState, StatusReport};
+use edgeml_collector::Store as _;
 use edgeml_telemetry::{wire, DeviceIdentity};
 use std::time::{Duration, Instant};
 
@@ -72,8 +72,7 @@ fn device_cannot_halt_rollout_it_is_not_in() {
     assert!(matches!(a_out.poll(), Ok(PollOutcome::Installed(_))));
     assert!(matches!(a_in.poll(), Ok(PollOutcome::Installed(_))));
     let env = edgeml_fleet::Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
-    f.publish_release(env.to_vec())
-        .unwrap();
+    f.publish_release(env.to_vec()).unwrap();
     assert!(matches!(a_out.poll(), Ok(PollOutcome::NotInRollout)));
 
     // The outsider cannot fetch the bundle to get itself into the cohort ...

@@ -7,6 +7,7 @@ use edgeml_client::wire::telemetry::{DriftReport, FleetStats, Range};
 use edgeml_client::SampleFormat;
 use edgeml_collector::store::Query;
 use edgeml_collector::{Server, Settings, SqliteStore, Store};
+use edgeml_runtime::telemetry::drift::FeatureDrift;
 use edgeml_runtime::telemetry::wire::{
     self, Batch, Record, RecordBody, SampleInput, SpoolStats, WindowRecord,
 };
@@ -14,7 +15,6 @@ use edgeml_runtime::telemetry::{
     CollectorConfig, DeviceIdentity, DriftStatus, SampleConfig, Sketch, Telemetry, TelemetryConfig,
     WindowDrift,
 };
-use edgeml_runtime::telemetry::drift::FeatureDrift;
 use edgeml_runtime::{Config, Input, Model, Runtime, Tensor};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -231,8 +231,14 @@ fn shifted_sensor_readings_are_flagged_as_drift_within_two_windows() {
     let bucket = &drift.buckets[0];
     assert_eq!(bucket.count, 600);
     assert!(bucket.drifted);
-    assert_eq!(status(&bucket.features, "temperature_c"), DriftStatus::Drift);
-    assert_eq!(status(&bucket.features, "pressure_kpa"), DriftStatus::Stable);
+    assert_eq!(
+        status(&bucket.features, "temperature_c"),
+        DriftStatus::Drift
+    );
+    assert_eq!(
+        status(&bucket.features, "pressure_kpa"),
+        DriftStatus::Stable
+    );
     let flagged = alerted(&drift);
     for moved in ["temperature_c", "humidity_pct", "vibration_rms"] {
         assert!(

@@ -2,9 +2,9 @@
 
 use crate::store::StoredWindow;
 use edgeml_bundle::Baseline;
+pub use edgeml_client::wire::telemetry::{DriftAlert, DriftBucket, DriftReport, FleetStats};
 use edgeml_telemetry::drift::{DriftStatus, DriftThresholds};
 use edgeml_telemetry::Sketch;
-pub use edgeml_client::wire::telemetry::{DriftAlert, DriftBucket, DriftReport, FleetStats};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn decode(s: &str, what: &str, id: &str) -> Result<Sketch, String> {

@@ -7,8 +7,8 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use base64::Engine as _;
 use edgeml_bundle::Dtype;
-use edgeml_telemetry::wire::SampleInput;
 pub use edgeml_client::wire::telemetry::{NpyMetadata, NpyRow};
+use edgeml_telemetry::wire::SampleInput;
 use std::sync::Arc;
 
 /// Why samples could not be exported.

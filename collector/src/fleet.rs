@@ -17,9 +17,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use edgeml_bundle::SecretKey;
 use edgeml_client::wire::fleet::{
-    BundleStored, ChannelList, ChannelView, FleetDeviceList, ReleasePublished,
-    ReportAccepted, RolloutAction, RolloutChanged, RolloutRequest, RolloutState, RootPublished,
-    StatusReport, UpdateState,
+    BundleStored, ChannelList, ChannelView, FleetDeviceList, ReleasePublished, ReportAccepted,
+    RolloutAction, RolloutChanged, RolloutRequest, RolloutState, RootPublished, StatusReport,
+    UpdateState,
 };
 use edgeml_fleet::Timestamp;
 use edgeml_fleet::{Envelope, TrustedRoot};
@@ -330,7 +330,11 @@ async fn put_bundle(
             })?;
     }
     Ok((
-        if existed { StatusCode::OK } else { StatusCode::CREATED },
+        if existed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
         Json(BundleStored {
             sha256: found,
             model: manifest.name,

@@ -71,7 +71,11 @@ fn token(file: Option<&Path>, env: &str, flag: &str) -> Result<String, String> {
 
 fn serve(a: Args) -> Result<(), String> {
     let mut settings = Settings::new(
-        token(a.admin_token_file.as_deref(), "EDGEML_ADMIN_TOKEN", "admin-token")?,
+        token(
+            a.admin_token_file.as_deref(),
+            "EDGEML_ADMIN_TOKEN",
+            "admin-token",
+        )?,
         token(
             a.enrolment_token_file.as_deref(),
             "EDGEML_ENROLMENT_TOKEN",

@@ -2,8 +2,8 @@
 //! [`SqliteStore`] is the embedded default. A PostgreSQL store implements
 //! the same trait (the SQL is plain and the migrations are numbered).
 
-pub use edgeml_client::wire::telemetry::{DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{ChannelStatus, FleetDevice, RolloutState, StatusReport};
+pub use edgeml_client::wire::telemetry::{DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_fleet::Release;
 use edgeml_telemetry::wire::{
     Batch, IngestResponse, ModelRef, RecordBody, SampleInput, SampleReason,

@@ -1,6 +1,4 @@
-use crate::args::{
-    BackendArg, Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs,
-};
+use crate::args::{BackendArg, Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs};
 use crate::npy;
 use anyhow::{bail, Context, Result};
 use edgeml_runtime::bundle::{self, PackOptions, SecretKey};

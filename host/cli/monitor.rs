@@ -7,8 +7,8 @@ use crate::commands::{config, load, policy};
 use anyhow::{anyhow, bail, Context, Result};
 use edgeml_client::wire::telemetry::Range;
 use edgeml_client::{Client, SampleFormat};
-use edgeml_runtime::telemetry::drift::DriftStatus;
 use edgeml_runtime::bundle::{self, Baseline, PackOptions, SecretKey, TrustPolicy};
+use edgeml_runtime::telemetry::drift::DriftStatus;
 use edgeml_runtime::telemetry::{Telemetry, TelemetryConfig};
 use edgeml_runtime::{Config, Input, Manifest, Runtime, Tensor};
 use std::path::Path;
@@ -336,7 +336,11 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
                         format!(
                             "{} ({}, psi {:.2})",
                             f.name,
-                            if f.status == DriftStatus::Drift { "drift" } else { "possible_drift" },
+                            if f.status == DriftStatus::Drift {
+                                "drift"
+                            } else {
+                                "possible_drift"
+                            },
                             f.psi
                         )
                     })

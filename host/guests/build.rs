@@ -69,13 +69,15 @@ fn compress(wasm: &Path) {
         .join("edgeml_tract_backend.wasm.gz");
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     enc.write_all(&bytes).expect("compressing");
-    std::fs::write(&out, enc.finish().expect("compressing")).expect("writing the compressed backend");
+    std::fs::write(&out, enc.finish().expect("compressing"))
+        .expect("writing the compressed backend");
 }
 
 fn build_guests() -> PathBuf {
     // host/guests -> the repository root.
     let manifest_dir =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR")).join("../..");
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"))
+            .join("../..");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     // <target>/<profile>/build/<pkg>-<hash>/out -> <target>/guest-wasm: shared by
     // every profile, and a separate build directory so the nested cargo does

@@ -35,12 +35,12 @@ mod state;
 pub use config::{
     AgentConfig, BackendChoice, DownloadConfig, HealthConfig, RuntimeSettings, ServeConfig,
 };
-pub use setup::runtime;
 pub use edgeml_client::wire::fleet::{Installed, StatusReport, UpdateState};
 pub use error::Error;
+pub use setup::runtime;
 
-use edgeml_client::{Client, DownloadLimits, Poll};
 use edgeml_client::wire::fleet::RolloutState;
+use edgeml_client::{Client, DownloadLimits, Poll};
 use edgeml_fleet::{Release, Timestamp, TrustedRoot};
 use edgeml_runtime::{Input, Model, Prediction, Runtime};
 use edgeml_telemetry::DeviceIdentity;
@@ -637,7 +637,10 @@ impl Inner {
             (_, None) if requires_ts => None,
             _ => lock(&self.etag).clone(),
         };
-        let (view, etag) = match self.client.poll_channel(&self.config.channel, etag.as_deref())? {
+        let (view, etag) = match self
+            .client
+            .poll_channel(&self.config.channel, etag.as_deref())?
+        {
             Poll::NotModified => {
                 // A server (or proxy) that answers 304 forever must not
                 // freeze the device on metadata past its expiry.

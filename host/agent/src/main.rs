@@ -94,8 +94,9 @@ fn run(config: &Path, log_format: LogFormat) -> Result<(), edgeml_agent::Error> 
 }
 
 fn version(i: &Option<Installed>) -> String {
-    i.as_ref()
-        .map_or("nothing yet".to_string(), |i| format!("{} {}", i.model, i.version))
+    i.as_ref().map_or("nothing yet".to_string(), |i| {
+        format!("{} {}", i.model, i.version)
+    })
 }
 
 fn status(config: &Path, json: bool) -> Result<(), edgeml_agent::Error> {

@@ -40,8 +40,8 @@ pub fn runtime(config: &mut AgentConfig) -> Result<Runtime, Error> {
             )));
         }
         config.identity_dir.get_or_insert(tc.dir.clone());
-        let telemetry = Telemetry::start(tc)
-            .map_err(|e| Error::Config(format!("starting telemetry: {e}")))?;
+        let telemetry =
+            Telemetry::start(tc).map_err(|e| Error::Config(format!("starting telemetry: {e}")))?;
         runtime.telemetry(telemetry);
     }
     Runtime::new(&runtime).map_err(|e| Error::Config(format!("runtime: {e}")))

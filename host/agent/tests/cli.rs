@@ -39,7 +39,10 @@ fn status_before_the_first_poll_says_so() {
 #[test]
 fn refuses_unknown_config_field_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "[runtime]\nbackend = \"native\"\nturbo = true\n");
+    let config = write_config(
+        dir.path(),
+        "[runtime]\nbackend = \"native\"\nturbo = true\n",
+    );
     let out = agent().arg("--config").arg(&config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -68,5 +71,8 @@ fn refuses_sandboxed_backend_when_built_without_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("built without the sandboxed backend"), "{err}");
-    assert!(err.contains("--features sandbox") || err.contains("feature `sandbox`"), "{err}");
+    assert!(
+        err.contains("--features sandbox") || err.contains("feature `sandbox`"),
+        "{err}"
+    );
 }

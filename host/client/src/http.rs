@@ -113,10 +113,14 @@ impl Client {
     /// again with the same key succeeds).
     pub fn enrol(&self, token: &str, identity: &DeviceIdentity) -> Result<Enrolled, Error> {
         let url = self.url("/v1/enrol");
-        let req = self.http.post(&url).bearer_auth(token).json(&tw::EnrolRequest {
-            device_id: identity.device_id().into(),
-            public_key: identity.public_key_hex(),
-        });
+        let req = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .json(&tw::EnrolRequest {
+                device_id: identity.device_id().into(),
+                public_key: identity.public_key_hex(),
+            });
         json(checked(&url, send(&url, req)?)?, &url)
     }
 
@@ -154,12 +158,11 @@ impl Client {
                     .and_then(|v| v.to_str().ok())
                     .map(String::from);
                 let body = limited(resp, 2 * edgeml_fleet::metadata::MAX_METADATA_BYTES, &url)?;
-                let view: ChannelView = serde_json::from_slice(&body).map_err(|e| {
-                    Error::BadResponse {
+                let view: ChannelView =
+                    serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
                         url: url.clone(),
                         reason: format!("channel view: {e}"),
-                    }
-                })?;
+                    })?;
                 Ok(Poll::View(Box::new(view), etag))
             }
         }
@@ -371,12 +374,16 @@ impl Client {
 
     /// Every channel's release and rollout, as the server tracks it.
     pub fn channels(&self) -> Result<Vec<ChannelStatus>, Error> {
-        Ok(self.get_json::<ChannelList>("/v1/fleet/channels", &[])?.channels)
+        Ok(self
+            .get_json::<ChannelList>("/v1/fleet/channels", &[])?
+            .channels)
     }
 
     /// Every device's latest status report.
     pub fn fleet_devices(&self) -> Result<Vec<FleetDevice>, Error> {
-        Ok(self.get_json::<FleetDeviceList>("/v1/fleet/devices", &[])?.devices)
+        Ok(self
+            .get_json::<FleetDeviceList>("/v1/fleet/devices", &[])?
+            .devices)
     }
 
     /// Enrolled devices with their telemetry: last seen, spool, models.

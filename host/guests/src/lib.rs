@@ -17,7 +17,8 @@ pub const DIR: &str = env!("EDGEML_GUEST_DIR");
 
 /// The generic component: any ONNX model, named tensors in and out.
 #[cfg(feature = "models")]
-pub const GENERIC: &[u8] = include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_generic.wasm"));
+pub const GENERIC: &[u8] =
+    include_bytes!(concat!(env!("EDGEML_GUEST_DIR"), "/edgeml_generic.wasm"));
 
 /// The image classifier component (PNG/JPEG in, labels out).
 #[cfg(feature = "models")]
