@@ -10,7 +10,7 @@
 //! pass; in CI (`CI` set) a missing piece fails them.
 
 use crate::common::*;
-use crate::fleet::{free_port, png, self_test_png, Fleet, ENROL};
+use crate::fleet::{free_port, png, Fleet, ENROL};
 use edgeml_client::wire::fleet::{StatusReport, UpdateState};
 use edgeml_fleet::{BundleRef, Envelope, Release};
 use edgeml_runtime::Input;
@@ -290,13 +290,7 @@ fn aarch64_agent_follows_x86_server_infers_and_rolls_back_a_bad_release() {
 
     // A bad release (labels shifted by one; its self-test fails): the
     // device rolls back to 1.0.0 and keeps serving it.
-    let broken = f.sign(pack_custom(
-        &DIGITS_IMAGE,
-        "1.1.0",
-        None,
-        vec![self_test_png("7")],
-        |labels| labels.rotate_left(1),
-    ));
+    let broken = f.shifted_labels("1.1.0");
     f.push(&broken, "1.1.0", 100.0);
     digits.wait_for(&f, "1.1.0 rolled back", |r| {
         r.state == UpdateState::RolledBack && r.target.as_deref() == Some("1.1.0")

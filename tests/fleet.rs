@@ -175,6 +175,18 @@ impl Fleet {
         self.sign(pack_custom(spec, version, None, Vec::new(), |_| {}))
     }
 
+    /// Digits packed with its labels shifted by one line and a self-test
+    /// that `000.png` is a 7: a bundle every device refuses after loading it.
+    pub(crate) fn shifted_labels(&self, version: &str) -> Vec<u8> {
+        self.sign(pack_custom(
+            &DIGITS_IMAGE,
+            version,
+            None,
+            vec![self_test_png("7")],
+            |labels| labels.rotate_left(1),
+        ))
+    }
+
     pub(crate) fn sign(&self, bundle: Vec<u8>) -> Vec<u8> {
         edgeml_bundle::sign(&bundle, &self.publisher).unwrap()
     }
@@ -697,13 +709,7 @@ fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts
         assert_eq!(version_of(a).as_deref(), Some("1.1.0"), "{}", a.device_id());
     }
     // 1.2.0 was packed with its labels shifted by one: its self-test (000.png is a 7) fails.
-    let broken = f.sign(pack_custom(
-        &DIGITS_IMAGE,
-        "1.2.0",
-        None,
-        vec![self_test_png("7")],
-        |labels| labels.rotate_left(1),
-    ));
+    let broken = f.shifted_labels("1.2.0");
     f.push(&broken, "1.2.0", 100.0);
     let mut rolled_back = 0;
     for a in &agents {
