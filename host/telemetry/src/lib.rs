@@ -37,8 +37,6 @@ pub use config::{CollectorConfig, SampleConfig, TelemetryConfig};
 pub use drift::{DriftStatus, DriftThresholds, FeatureDrift};
 pub use error::Error;
 pub use identity::DeviceIdentity;
-#[cfg(feature = "shipper")]
-pub use shipper::enrol_device;
 pub use sketch::Sketch;
 
 use edgeml_bundle::Baseline;

@@ -234,8 +234,10 @@ fn enrol(inner: &Inner, client: &reqwest::blocking::Client) -> Result<(), String
 }
 
 /// Enrol `identity` with the collector at `url` (idempotent: enrolling
-/// again with the same key succeeds). The device agent uses it too.
-pub fn enrol_device(
+/// again with the same key succeeds). The shipper's own copy of
+/// `edgeml_client::Client::enrol`: this crate cannot depend on the client,
+/// which depends on it for the wire types.
+fn enrol_device(
     client: &reqwest::blocking::Client,
     url: &str,
     token: &str,
