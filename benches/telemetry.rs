@@ -225,6 +225,7 @@ fn hourly_window(rng: &mut Rng, k: u16, start_ms: u64) -> WindowRecord {
         errors: BTreeMap::new(),
         latency_us: latency.to_base64(),
         numeric,
+        binned: BTreeMap::new(),
         categorical: BTreeMap::new(),
         drift: Vec::new(),
         drifted: false,

@@ -704,6 +704,7 @@ fn window(count: u64) -> Record {
             errors: BTreeMap::new(),
             latency_us: latency.to_base64(),
             numeric: BTreeMap::new(),
+            binned: BTreeMap::new(),
             categorical: BTreeMap::new(),
             drift: Vec::new(),
             drifted: false,

@@ -4,7 +4,7 @@ use crate::store::StoredWindow;
 use edgeml_bundle::Baseline;
 pub use edgeml_client::wire::telemetry::{DriftAlert, DriftBucket, DriftReport, FleetStats};
 use edgeml_telemetry::drift::{DriftStatus, DriftThresholds};
-use edgeml_telemetry::Sketch;
+use edgeml_telemetry::{GridCounts, Sketch};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn decode(s: &str, what: &str, id: &str) -> Result<Sketch, String> {
@@ -66,7 +66,7 @@ pub fn drift(
     struct Acc<'a> {
         count: u64,
         devices: BTreeSet<&'a str>,
-        numeric: BTreeMap<String, Sketch>,
+        binned: BTreeMap<String, GridCounts>,
         categorical: BTreeMap<String, BTreeMap<String, u64>>,
     }
     let mut buckets: BTreeMap<u64, Acc<'_>> = BTreeMap::new();
@@ -76,9 +76,22 @@ pub fn drift(
             .or_default();
         acc.count += w.count;
         acc.devices.insert(&w.device_id);
-        for (name, s) in &w.numeric {
-            let s = decode(s, name, &w.id)?;
-            acc.numeric.entry(name.clone()).or_default().merge(&s);
+        // Each baseline feature on the baseline's grid: exact counts from
+        // 0.2 devices, counts read off the sketch from older ones.
+        for b in &baseline.numeric {
+            let counts = match (w.binned.get(&b.name), w.numeric.get(&b.name)) {
+                (Some(g), _) => GridCounts::from_base64(g)
+                    .map_err(|e| format!("window {}: {}: {e}", w.id, b.name))?,
+                (None, Some(s)) => GridCounts::from_sketch(&b.quantiles, &decode(s, &b.name, &w.id)?),
+                (None, None) => continue,
+            };
+            let merged = acc
+                .binned
+                .entry(b.name.clone())
+                .or_insert_with(|| GridCounts::new(b.quantiles.len()));
+            merged
+                .merge(&counts)
+                .map_err(|e| format!("window {}: {}: {e}", w.id, b.name))?;
         }
         for (name, counts) in &w.categorical {
             let e = acc.categorical.entry(name.clone()).or_default();
@@ -91,7 +104,7 @@ pub fn drift(
     let mut alerts = Vec::new();
     for (start, acc) in buckets {
         let features =
-            edgeml_telemetry::window_drift(baseline, &acc.numeric, &acc.categorical, thresholds);
+            edgeml_telemetry::window_drift(baseline, &acc.binned, &acc.categorical, thresholds);
         for f in &features {
             if f.status >= DriftStatus::PossibleDrift {
                 alerts.push(DriftAlert {

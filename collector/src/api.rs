@@ -220,6 +220,17 @@ fn validate(batch: &Batch, max_records: usize) -> ApiResult<()> {
                     edgeml_telemetry::Sketch::from_base64(s)
                         .map_err(|e| bad(format!("feature `{name}`: {e}")))?;
                 }
+                for (name, g) in &w.binned {
+                    let counts = edgeml_telemetry::GridCounts::from_base64(g)
+                        .map_err(|e| bad(format!("feature `{name}`: {e}")))?;
+                    if counts.count() + counts.non_finite() > w.count {
+                        return Err(bad(format!(
+                            "feature `{name}` counts {} values in a window of {} predictions",
+                            counts.count() + counts.non_finite(),
+                            w.count
+                        )));
+                    }
+                }
             }
             RecordBody::Sample(s) => {
                 if let SampleInput::Tensors { tensors } = &s.input {

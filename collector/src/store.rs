@@ -88,6 +88,9 @@ pub struct StoredWindow {
     pub latency_us: String,
     /// Numeric feature sketches (base64).
     pub numeric: BTreeMap<String, String>,
+    /// Counts on the baseline's quantile grid (base64, see
+    /// [`edgeml_telemetry::GridCounts`]).
+    pub binned: BTreeMap<String, String>,
     /// Categorical counts.
     pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
 }
@@ -374,6 +377,9 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE fleet_channels ADD COLUMN evidence_from_ms INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE fleet_status ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
+    // 4: windows carry counts on the baseline's quantile grid for the
+    // features a baseline covers (edgeml 0.2 devices).
+    "ALTER TABLE windows ADD COLUMN binned TEXT NOT NULL DEFAULT '{}';",
 ];
 
 /// The embedded SQLite store (one file, WAL mode).
@@ -632,8 +638,8 @@ impl Store for SqliteStore {
                 RecordBody::Window(w) => {
                     tx.execute(
                         "INSERT INTO windows (record_id, device_id, name, version, digest, start_ms, end_ms, count,
-                           errors, latency_us, numeric, categorical, drifted, recovered)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                           errors, latency_us, numeric, categorical, drifted, recovered, binned)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                         params![
                             r.id,
                             dev,
@@ -648,7 +654,8 @@ impl Store for SqliteStore {
                             json(&w.numeric)?,
                             json(&w.categorical)?,
                             w.drifted,
-                            w.recovered
+                            w.recovered,
+                            json(&w.binned)?
                         ],
                     )?;
                     touch_model(&tx, dev, &w.model, now_ms)?;
@@ -768,7 +775,7 @@ impl Store for SqliteStore {
         let (cond, args) = filter(q, "start_ms");
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT record_id, device_id, name, version, digest, start_ms, end_ms, count, errors, latency_us, numeric, categorical
+            "SELECT record_id, device_id, name, version, digest, start_ms, end_ms, count, errors, latency_us, numeric, categorical, binned
              FROM windows{cond} ORDER BY start_ms, record_id"
         ))?;
         let rows = stmt
@@ -788,6 +795,7 @@ impl Store for SqliteStore {
                     r.get::<_, String>(9)?,
                     r.get::<_, String>(10)?,
                     r.get::<_, String>(11)?,
+                    r.get::<_, String>(12)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -804,6 +812,7 @@ impl Store for SqliteStore {
                     latency_us,
                     numeric,
                     categorical,
+                    binned,
                 )| {
                     Ok(StoredWindow {
                         id,
@@ -815,6 +824,7 @@ impl Store for SqliteStore {
                         errors: parse(&errors)?,
                         latency_us,
                         numeric: parse(&numeric)?,
+                        binned: parse(&binned)?,
                         categorical: parse(&categorical)?,
                     })
                 },

@@ -7,6 +7,7 @@
 //! categorical features on the union of categories. Empty bins and unseen
 //! categories are smoothed for PSI, so no metric is ever NaN or infinite.
 
+use crate::grid::GridCounts;
 use crate::sketch::Sketch;
 use edgeml_bundle::manifest::{CategoricalBaseline, NumericBaseline, BASELINE_QUANTILES};
 use serde::{Deserialize, Serialize};
@@ -182,48 +183,53 @@ fn status(
     }
 }
 
-/// Drift of a numeric feature's window sketch against its baseline.
+/// Drift of a numeric feature's window sketch against its baseline: the
+/// sketch's counts on the baseline's grid, then [`grid_drift`].
 pub fn numeric_drift(
     baseline: &NumericBaseline,
     window: &Sketch,
     thresholds: &DriftThresholds,
 ) -> FeatureDrift {
+    grid_drift(
+        baseline,
+        &GridCounts::from_sketch(&baseline.quantiles, window),
+        thresholds,
+    )
+}
+
+/// Drift of a numeric feature's counts on its baseline's quantile grid.
+/// PSI and JS compare the ten bins cut at the baseline's deciles; KS is the
+/// largest CDF gap over the grid (1% resolution in rank).
+pub fn grid_drift(
+    baseline: &NumericBaseline,
+    window: &GridCounts,
+    thresholds: &DriftThresholds,
+) -> FeatureDrift {
     let q = &baseline.quantiles;
     let count = window.count();
-    let mut edges: Vec<f64> = (1..10)
-        .map(|d| q[d * (q.len() - 1) / 10])
-        .collect::<Vec<_>>();
-    edges.dedup();
-    let expected = bins_from_cdf(
-        &edges
+    let bins = window.bins();
+    // Fraction of the window at or below `x`, for `x` on the grid: every
+    // bin whose upper grid point is <= x.
+    let window_cdf = |x: f64| -> f64 {
+        let upto = q.partition_point(|&p| p <= x).min(bins.len());
+        bins[..upto].iter().sum::<u64>() as f64 / count.max(1) as f64
+    };
+    let (psi_v, js_v, ks_v) = if count == 0 || q.len() < 2 {
+        (0.0, 0.0, 0.0)
+    } else {
+        let mut edges: Vec<f64> = (1..10).map(|d| q[d * (q.len() - 1) / 10]).collect();
+        edges.dedup();
+        let expected = bins_from_cdf(&edges.iter().map(|&e| baseline_cdf(q, e)).collect::<Vec<_>>());
+        let actual = bins_from_cdf(&edges.iter().map(|&e| window_cdf(e)).collect::<Vec<_>>());
+        let ks = q
             .iter()
-            .map(|&e| baseline_cdf(q, e))
-            .collect::<Vec<_>>(),
-    );
-    let (psi_v, js_v, ks_v) = match window.cdf(&edges) {
-        None => (0.0, 0.0, 0.0),
-        Some(cdf) => {
-            let actual = bins_from_cdf(&cdf);
-            let ranks: Vec<f64> = (0..BASELINE_QUANTILES)
-                .map(|i| i as f64 / (BASELINE_QUANTILES - 1) as f64)
-                .collect();
-            let mut points: Vec<f64> = q.clone();
-            points.extend(window.quantiles(&ranks).unwrap_or_default());
-            points.retain(|p| p.is_finite());
-            points.sort_by(f64::total_cmp);
-            points.dedup();
-            let current = window.cdf(&points).unwrap_or_default();
-            let ks = points
-                .iter()
-                .zip(&current)
-                .map(|(&x, &c)| (baseline_cdf(q, x) - c).abs())
-                .fold(0.0, f64::max);
-            (
-                psi(&expected, &actual),
-                jensen_shannon(&expected, &actual),
-                ks,
-            )
-        }
+            .map(|&x| (baseline_cdf(q, x) - window_cdf(x)).abs())
+            .fold(0.0, f64::max);
+        (
+            psi(&expected, &actual),
+            jensen_shannon(&expected, &actual),
+            ks,
+        )
     };
     FeatureDrift {
         name: baseline.name.clone(),

@@ -24,6 +24,7 @@
 mod config;
 pub mod drift;
 mod error;
+mod grid;
 mod identity;
 mod journal;
 pub mod npy;
@@ -36,6 +37,7 @@ pub mod wire;
 pub use config::{CollectorConfig, SampleConfig, TelemetryConfig};
 pub use drift::{DriftStatus, DriftThresholds, FeatureDrift};
 pub use error::Error;
+pub use grid::GridCounts;
 pub use identity::DeviceIdentity;
 pub use sketch::Sketch;
 
@@ -718,22 +720,56 @@ struct Aggregate {
     errors: BTreeMap<String, u64>,
     latency: Sketch,
     numeric: BTreeMap<String, Sketch>,
+    binned: BTreeMap<String, GridCounts>,
     categorical: BTreeMap<String, BTreeMap<String, u64>>,
     last_ms: u64,
 }
 
-fn aggregate(meta: &JournalMeta, events: &[Event], k: u16) -> Aggregate {
+/// One numeric feature of a window: counts on the baseline's grid when the
+/// baseline has the feature, a KLL sketch otherwise.
+enum NumericAgg<'a> {
+    Grid(&'a [f64], GridCounts),
+    Sketch(Sketch),
+}
+
+impl NumericAgg<'_> {
+    fn update(&mut self, v: f32) {
+        match self {
+            NumericAgg::Grid(grid, counts) => counts.add(grid, v),
+            NumericAgg::Sketch(s) => s.update(v),
+        }
+    }
+}
+
+fn aggregate(
+    meta: &JournalMeta,
+    baseline: Option<&Baseline>,
+    events: &[Event],
+    k: u16,
+) -> Aggregate {
     let mut a = Aggregate {
         count: events.len() as u64,
         errors: BTreeMap::new(),
         latency: Sketch::new(k),
         numeric: BTreeMap::new(),
+        binned: BTreeMap::new(),
         categorical: BTreeMap::new(),
         last_ms: 0,
     };
-    let mon_names: Vec<String> = meta.monitoring_features.clone();
-    let mut mon: Vec<Sketch> = Vec::new();
-    let mut score: BTreeMap<u16, Sketch> = BTreeMap::new();
+    let new_agg = |name: &str| -> NumericAgg<'_> {
+        match baseline.and_then(|b| b.numeric.iter().find(|n| n.name == name)) {
+            Some(n) => NumericAgg::Grid(&n.quantiles, GridCounts::new(n.quantiles.len())),
+            None => NumericAgg::Sketch(Sketch::new(k)),
+        }
+    };
+    let mon_name = |i: usize| {
+        meta.monitoring_features
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("monitoring.{i}"))
+    };
+    let mut mon: Vec<(String, NumericAgg<'_>)> = Vec::new();
+    let mut score: BTreeMap<u16, (String, NumericAgg<'_>)> = BTreeMap::new();
     let mut predicted: BTreeMap<u16, u64> = BTreeMap::new();
     for e in events {
         a.last_ms = a.last_ms.max(e.t_ms);
@@ -743,29 +779,38 @@ fn aggregate(meta: &JournalMeta, events: &[Event], k: u16) -> Aggregate {
             *a.errors.entry(kind.name().to_string()).or_default() += 1;
             continue;
         }
-        if mon.len() < e.monitoring.len() {
-            mon.resize_with(e.monitoring.len(), || Sketch::new(k));
+        while mon.len() < e.monitoring.len() {
+            let name = mon_name(mon.len());
+            let agg = new_agg(&name);
+            mon.push((name, agg));
         }
-        for (s, &v) in mon.iter_mut().zip(&e.monitoring) {
+        for ((_, s), &v) in mon.iter_mut().zip(&e.monitoring) {
             s.update(v);
         }
         for &(i, v) in &e.scores {
-            score.entry(i).or_insert_with(|| Sketch::new(k)).update(v);
+            score
+                .entry(i)
+                .or_insert_with(|| {
+                    let name = format!("score.{}", label(&meta.labels, i));
+                    let agg = new_agg(&name);
+                    (name, agg)
+                })
+                .1
+                .update(v);
         }
         if let Some(&(top, _)) = e.scores.first() {
             *predicted.entry(top).or_default() += 1;
         }
     }
-    for (i, s) in mon.into_iter().enumerate() {
-        let name = mon_names
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| format!("monitoring.{i}"));
-        a.numeric.insert(name, s);
-    }
-    for (i, s) in score {
-        a.numeric
-            .insert(format!("score.{}", label(&meta.labels, i)), s);
+    for (name, agg) in mon.into_iter().chain(score.into_values()) {
+        match agg {
+            NumericAgg::Grid(_, counts) => {
+                a.binned.insert(name, counts);
+            }
+            NumericAgg::Sketch(s) => {
+                a.numeric.insert(name, s);
+            }
+        }
     }
     if !predicted.is_empty() {
         a.categorical.insert(
@@ -779,19 +824,22 @@ fn aggregate(meta: &JournalMeta, events: &[Event], k: u16) -> Aggregate {
     a
 }
 
-/// Drift of a window's aggregates against a baseline.
+/// Drift of a window's aggregates against a baseline: numeric features
+/// from their counts on the baseline's grid, categorical ones from counts.
 pub fn window_drift(
     baseline: &Baseline,
-    numeric: &BTreeMap<String, Sketch>,
+    binned: &BTreeMap<String, GridCounts>,
     categorical: &BTreeMap<String, BTreeMap<String, u64>>,
     thresholds: &DriftThresholds,
 ) -> Vec<FeatureDrift> {
-    let empty_sketch = Sketch::default();
     let empty_counts = BTreeMap::new();
     let mut out: Vec<FeatureDrift> = baseline
         .numeric
         .iter()
-        .map(|b| drift::numeric_drift(b, numeric.get(&b.name).unwrap_or(&empty_sketch), thresholds))
+        .map(|b| match binned.get(&b.name) {
+            Some(counts) => drift::grid_drift(b, counts, thresholds),
+            None => drift::grid_drift(b, &GridCounts::new(b.quantiles.len()), thresholds),
+        })
         .collect();
     out.extend(baseline.categorical.iter().map(|b| {
         drift::categorical_drift(
@@ -923,9 +971,9 @@ impl Inner {
         if events.is_empty() {
             return Ok(());
         }
-        let agg = aggregate(meta, events, self.config.sketch_k);
+        let agg = aggregate(meta, baseline, events, self.config.sketch_k);
         let drift = baseline
-            .map(|b| window_drift(b, &agg.numeric, &agg.categorical, &self.config.drift))
+            .map(|b| window_drift(b, &agg.binned, &agg.categorical, &self.config.drift))
             .unwrap_or_default();
         let drifted = drift.iter().any(|d| d.status == DriftStatus::Drift);
         let over_budget = match key {
@@ -945,8 +993,19 @@ impl Inner {
                 .iter()
                 .map(|(k, s)| (k.clone(), s.to_base64()))
                 .collect(),
+            binned: agg
+                .binned
+                .iter()
+                .map(|(k, g)| (k.clone(), g.to_base64()))
+                .collect(),
             categorical: agg.categorical,
-            drift: drift.clone(),
+            // Stable features are the rule: ship only the ones that are
+            // not (the collector recomputes every feature's drift anyway).
+            drift: drift
+                .iter()
+                .filter(|d| d.status != DriftStatus::Stable)
+                .cloned()
+                .collect(),
             drifted,
             recovered,
             samples_over_budget: over_budget,

@@ -135,11 +135,18 @@ pub struct WindowRecord {
     pub errors: BTreeMap<String, u64>,
     /// Latency sketch in microseconds (base64, see [`crate::Sketch::to_base64`]).
     pub latency_us: String,
-    /// Per numeric feature (monitoring features, `score.<label>`), a sketch.
+    /// Per numeric feature (monitoring features, `score.<label>`) that the
+    /// baseline does not cover, a sketch.
     pub numeric: BTreeMap<String, String>,
+    /// Per numeric feature the baseline covers, counts on the baseline's
+    /// quantile grid (see [`crate::GridCounts::to_base64`]). Devices before
+    /// 0.2 send sketches in `numeric` instead; the collector takes both.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binned: BTreeMap<String, String>,
     /// Per categorical feature (`prediction`), counts per category.
     pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Drift against the baseline, computed on the device.
+    /// Drift against the baseline, computed on the device: the features
+    /// that are not `stable`.
     #[serde(default)]
     pub drift: Vec<FeatureDrift>,
     /// Some feature is in the drift band.
