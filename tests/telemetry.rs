@@ -938,6 +938,24 @@ fn rejects_malformed_batch_and_stores_none_of_it() {
         batch_body("gw-01", vec![garbage]),
     );
     assert_eq!(status, 422);
+    // Grid counts that do not decode, and ones counting more values than
+    // the window has predictions.
+    let mut garbage = window(3);
+    if let RecordBody::Window(w) = &mut garbage.body {
+        w.binned.insert("X.mean".into(), "////".into());
+    }
+    let (status, resp) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![garbage]));
+    assert_eq!(status, 422, "{resp}");
+    let mut inflated = window(3);
+    if let RecordBody::Window(w) = &mut inflated.body {
+        let mut g = edgeml_runtime::telemetry::GridCounts::new(101);
+        let grid: Vec<f64> = (0..101).map(f64::from).collect();
+        (0..500).for_each(|i| g.add(&grid, i as f32));
+        w.binned.insert("X.mean".into(), g.to_base64());
+    }
+    let (status, resp) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![inflated]));
+    assert_eq!(status, 422, "{resp}");
+    assert!(resp["error"].as_str().unwrap().contains("counts 500 values"), "{resp}");
     // A sample whose tensor bytes do not match its shape.
     let sample = Record {
         id: wire::new_record_id(),
