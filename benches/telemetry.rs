@@ -168,7 +168,6 @@ fn overhead(quick: bool, tmp: &Path) {
             monitoring_features: on.metadata().monitoring_features.clone(),
             labels,
             baseline: None,
-            self_test: Vec::new(),
         })
         .unwrap();
     let monitoring = [0.3f32, 0.4, 0.0, 1.0];
@@ -406,7 +405,6 @@ fn bytes_per_day(tmp: &Path) {
                 monitoring_features: feature_names(),
                 labels: vec!["normal".into(), "fault".into()],
                 baseline: Some(baseline.clone()),
-                self_test: Vec::new(),
             })
             .unwrap();
         // The model record goes first, alone.

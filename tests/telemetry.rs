@@ -944,7 +944,12 @@ fn rejects_malformed_batch_and_stores_none_of_it() {
     if let RecordBody::Window(w) = &mut garbage.body {
         w.binned.insert("X.mean".into(), "////".into());
     }
-    let (status, resp) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![garbage]));
+    let (status, resp) = ingest(
+        &a.server,
+        "gw-01",
+        &a.device,
+        batch_body("gw-01", vec![garbage]),
+    );
     assert_eq!(status, 422, "{resp}");
     let mut inflated = window(3);
     if let RecordBody::Window(w) = &mut inflated.body {
@@ -953,9 +958,20 @@ fn rejects_malformed_batch_and_stores_none_of_it() {
         (0..500).for_each(|i| g.add(&grid, i as f32));
         w.binned.insert("X.mean".into(), g.to_base64());
     }
-    let (status, resp) = ingest(&a.server, "gw-01", &a.device, batch_body("gw-01", vec![inflated]));
+    let (status, resp) = ingest(
+        &a.server,
+        "gw-01",
+        &a.device,
+        batch_body("gw-01", vec![inflated]),
+    );
     assert_eq!(status, 422, "{resp}");
-    assert!(resp["error"].as_str().unwrap().contains("counts 500 values"), "{resp}");
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap()
+            .contains("counts 500 values"),
+        "{resp}"
+    );
     // A sample whose tensor bytes do not match its shape.
     let sample = Record {
         id: wire::new_record_id(),

@@ -82,7 +82,9 @@ pub fn drift(
             let counts = match (w.binned.get(&b.name), w.numeric.get(&b.name)) {
                 (Some(g), _) => GridCounts::from_base64(g)
                     .map_err(|e| format!("window {}: {}: {e}", w.id, b.name))?,
-                (None, Some(s)) => GridCounts::from_sketch(&b.quantiles, &decode(s, &b.name, &w.id)?),
+                (None, Some(s)) => {
+                    GridCounts::from_sketch(&b.quantiles, &decode(s, &b.name, &w.id)?)
+                }
                 (None, None) => continue,
             };
             let merged = acc

@@ -219,7 +219,12 @@ pub fn grid_drift(
     } else {
         let mut edges: Vec<f64> = (1..10).map(|d| q[d * (q.len() - 1) / 10]).collect();
         edges.dedup();
-        let expected = bins_from_cdf(&edges.iter().map(|&e| baseline_cdf(q, e)).collect::<Vec<_>>());
+        let expected = bins_from_cdf(
+            &edges
+                .iter()
+                .map(|&e| baseline_cdf(q, e))
+                .collect::<Vec<_>>(),
+        );
         let actual = bins_from_cdf(&edges.iter().map(|&e| window_cdf(e)).collect::<Vec<_>>());
         let ks = q
             .iter()

@@ -99,7 +99,10 @@ impl GridCounts {
         if total == 0 {
             return 0.0;
         }
-        self.counts[..=j.min(self.counts.len() - 1)].iter().sum::<u64>() as f64 / total as f64
+        self.counts[..=j.min(self.counts.len() - 1)]
+            .iter()
+            .sum::<u64>() as f64
+            / total as f64
     }
 
     /// The wire form: base64 of LEB128 varints (bins, non-finite, counts).

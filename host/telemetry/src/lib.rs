@@ -756,10 +756,11 @@ fn aggregate(
         categorical: BTreeMap::new(),
         last_ms: 0,
     };
-    let new_agg = |name: &str| match baseline.and_then(|b| b.numeric.iter().find(|n| n.name == name)) {
-        Some(n) => NumericAgg::Grid(&n.quantiles[..], GridCounts::new(n.quantiles.len())),
-        None => NumericAgg::Sketch(Sketch::new(k)),
-    };
+    let new_agg =
+        |name: &str| match baseline.and_then(|b| b.numeric.iter().find(|n| n.name == name)) {
+            Some(n) => NumericAgg::Grid(&n.quantiles[..], GridCounts::new(n.quantiles.len())),
+            None => NumericAgg::Sketch(Sketch::new(k)),
+        };
     let mon_name = |i: usize| {
         meta.monitoring_features
             .get(i)
