@@ -207,6 +207,8 @@ impl Fleet {
 
 struct Memory {
     rss: u64,
+    /// Anonymous part of `rss` (heap, compiled code, guest memories).
+    anon: u64,
     peak: u64,
     virt: u64,
 }
@@ -224,6 +226,7 @@ fn memory(pid: u32) -> Memory {
     };
     Memory {
         rss: kb("VmRSS:"),
+        anon: kb("RssAnon:"),
         peak: kb("VmHWM:"),
         virt: kb("VmSize:"),
     }
@@ -236,6 +239,9 @@ fn mib(b: u64) -> String {
 struct Run {
     idle: Memory,
     after: Memory,
+    /// Idle again after a restart: the installed release loaded from the
+    /// agent's state and compiled-code cache (what a rebooted device runs).
+    restarted: Memory,
     per_request: Duration,
 }
 
@@ -333,9 +339,25 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> 
     let after = memory(child.id());
     let _ = child.kill();
     let _ = child.wait();
+    let mut child: Child = cmd.spawn().unwrap();
+    let ready = format!("http://127.0.0.1:{port}/v2/models/{}/ready", m.name);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !http
+        .get(&ready)
+        .send()
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{id} did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = memory(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
     Run {
         idle,
         after,
+        restarted,
         per_request,
     }
 }
@@ -373,22 +395,25 @@ fn main() {
         f.publish(m.name, m.name, pack(m, &f.publisher));
     }
     let variants = if knobs { &KNOBS[..] } else { &KNOBS[..1] };
-    println!("| model | weights | settings | RSS idle, installed | RSS after {n} requests | RSS − weights | peak RSS | virtual | per request |");
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("| model | weights | settings | RSS idle, installed (anon) | RSS after {n} requests | RSS − weights | peak RSS | virtual | RSS idle, restarted (anon) | per request |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in &MODELS {
         let weights = read(m.onnx).len() as u64;
         for (i, knob) in variants.iter().enumerate() {
             let r = run(&f, &agent, m, n, knob, &format!("v{i}"));
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} ms |",
+                "| {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} ({}) | {:.2} ms |",
                 m.name,
                 mib(weights),
                 knob.label,
                 mib(r.idle.rss),
+                mib(r.idle.anon),
                 mib(r.after.rss),
                 mib(r.after.rss.saturating_sub(weights)),
                 mib(r.after.peak),
                 mib(r.after.virt),
+                mib(r.restarted.rss),
+                mib(r.restarted.anon),
                 r.per_request.as_secs_f64() * 1e3
             );
         }

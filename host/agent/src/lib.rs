@@ -122,6 +122,7 @@ impl Agent {
     /// interrupted), start the local inference server and poll in the background.
     pub fn start(config: AgentConfig, runtime: Runtime) -> Result<Agent, Error> {
         let mut agent = Agent::open(config, runtime)?;
+        return_freed_memory();
         agent.server = serve::Server::start(agent.inner.clone())?;
         let inner = agent.inner.clone();
         agent.poller = Some(
@@ -351,13 +352,36 @@ pub enum PredictError {
 
 fn poll_loop(inner: &Arc<Inner>) {
     loop {
-        let _ = inner.poll();
+        let outcome = inner.poll();
+        if matches!(
+            outcome,
+            Ok(PollOutcome::Installed(_) | PollOutcome::RolledBack(_)) | Err(_)
+        ) {
+            // A load (compile, self-test) or a failed download just freed
+            // its working memory.
+            return_freed_memory();
+        }
         let base = inner.config.poll_interval.as_secs_f64();
         let jitter = inner.config.poll_jitter * (2.0 * random_unit() - 1.0);
         let wait = Duration::from_secs_f64((base * (1.0 + jitter)).max(0.05));
         if inner.sleep(wait) {
             return;
         }
+    }
+}
+
+/// Hand the allocator's free pages back to the kernel. Compiling a
+/// component with Cranelift allocates and frees several MiB in many small
+/// blocks; glibc keeps such freed memory mapped (it only trims the top of
+/// the main heap), so without this a device idles with the compiler's
+/// garbage resident. Only in the daemon (the poll thread), never on the
+/// request path; a no-op on other allocators.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns unused memory to the system and is
+    // safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

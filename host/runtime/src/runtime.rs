@@ -34,6 +34,10 @@ pub struct Runtime {
 
 struct Inner {
     engine: Engine,
+    /// The engine's settings, for the compile-only engines (see
+    /// [`Runtime::compile_cached`]).
+    #[cfg(feature = "cranelift")]
+    wasmtime_config: wasmtime::Config,
     linker: Linker<State>,
     config: Config,
     stop: Arc<AtomicBool>,
@@ -81,6 +85,8 @@ impl Runtime {
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
+                #[cfg(feature = "cranelift")]
+                wasmtime_config: wt,
                 linker,
                 config: config.clone(),
                 stop,
@@ -215,42 +221,43 @@ impl Runtime {
 
     /// Compile verified (or host-shipped) component bytes, through the cache
     /// when one is configured.
+    ///
+    /// Compiling uses a compile-only engine with this runtime's settings,
+    /// dropped as soon as the component is compiled: wasmtime keeps each
+    /// engine's Cranelift working contexts for the engine's life, which on
+    /// a device idling after an install is several MiB of resident memory
+    /// for a compiler it will not use again until the next release. The
+    /// compiled artifact is then loaded into the serving engine, which is
+    /// what a cache hit does anyway.
     fn compile_cached(
         &self,
         bytes: &[u8],
         digest: &str,
     ) -> Result<(Component, CacheOutcome), Error> {
         let engine = &self.inner.engine;
-        #[cfg(feature = "cranelift")]
-        let compile = || {
-            Component::new(engine, bytes).map_err(|e| Error::Compile {
+        let cache = self
+            .inner
+            .config
+            .cache_dir
+            .as_ref()
+            .map(|dir| cache::entry_path(dir, engine, digest));
+        let corrupt = match cache.as_ref().map(|path| cache::load(engine, path)) {
+            Some(Ok(Some(c))) => return Ok((c, CacheOutcome::Hit)),
+            Some(Err(reason)) => Some(reason),
+            Some(Ok(None)) | None => None,
+        };
+        let artifact = self.precompile(bytes)?;
+        // SAFETY: `artifact` was produced just now, in this process, by
+        // `Engine::precompile_component` on an engine built from the same
+        // `wasmtime::Config` as `engine`, from bytes the caller verified.
+        let component =
+            unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| Error::Compile {
                 reason: format!("{e:#}"),
-            })
+            })?;
+        let Some(path) = cache else {
+            return Ok((component, CacheOutcome::Disabled));
         };
-        #[cfg(not(feature = "cranelift"))]
-        let compile = || -> Result<Component, Error> {
-            let _ = bytes;
-            Err(Error::Compile {
-                reason: "this build has no compiler (cargo feature `cranelift`): it runs only \
-                         components precompiled into its cache"
-                    .into(),
-            })
-        };
-        let Some(dir) = &self.inner.config.cache_dir else {
-            return Ok((compile()?, CacheOutcome::Disabled));
-        };
-        let path = cache::entry_path(dir, engine, digest);
-        let corrupt = match cache::load(engine, &path) {
-            Ok(Some(c)) => return Ok((c, CacheOutcome::Hit)),
-            Ok(None) => None,
-            Err(reason) => Some(reason),
-        };
-        let component = compile()?;
-        let outcome = match component
-            .serialize()
-            .map_err(|e| e.to_string())
-            .and_then(|a| cache::store(&path, &a))
-        {
+        let outcome = match cache::store(&path, &artifact) {
             Err(e) => CacheOutcome::WriteFailed(e),
             Ok(()) => match corrupt {
                 Some(reason) => CacheOutcome::Corrupt(reason),
@@ -258,6 +265,25 @@ impl Runtime {
             },
         };
         Ok((component, outcome))
+    }
+
+    /// Compile a component to its serialized form on a compile-only engine.
+    #[cfg(feature = "cranelift")]
+    fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+        let compile_err = |e: wasmtime::Error| Error::Compile {
+            reason: format!("{e:#}"),
+        };
+        let compiler = Engine::new(&self.inner.wasmtime_config).map_err(compile_err)?;
+        compiler.precompile_component(bytes).map_err(compile_err)
+    }
+
+    #[cfg(not(feature = "cranelift"))]
+    fn precompile(&self, _bytes: &[u8]) -> Result<Vec<u8>, Error> {
+        Err(Error::Compile {
+            reason: "this build has no compiler (cargo feature `cranelift`): it runs only \
+                     components precompiled into its cache"
+                .into(),
+        })
     }
 }
 
