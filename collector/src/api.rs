@@ -223,10 +223,20 @@ fn validate(batch: &Batch, max_records: usize) -> ApiResult<()> {
                 for (name, g) in &w.binned {
                     let counts = edgeml_telemetry::GridCounts::from_base64(g)
                         .map_err(|e| bad(format!("feature `{name}`: {e}")))?;
-                    if counts.count() + counts.non_finite() > w.count {
+                    // Counts are on a baseline's grid: one bin per quantile
+                    // and one above the last.
+                    let bins = edgeml_bundle::manifest::BASELINE_QUANTILES + 1;
+                    if counts.bins().len() != bins {
+                        return Err(bad(format!(
+                            "feature `{name}`: {} bins, expected {bins} (the baseline's {} quantiles and one above)",
+                            counts.bins().len(),
+                            bins - 1
+                        )));
+                    }
+                    if counts.count().saturating_add(counts.non_finite()) > w.count {
                         return Err(bad(format!(
                             "feature `{name}` counts {} values in a window of {} predictions",
-                            counts.count() + counts.non_finite(),
+                            counts.count().saturating_add(counts.non_finite()),
                             w.count
                         )));
                     }

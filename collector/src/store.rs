@@ -378,7 +378,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE fleet_channels ADD COLUMN evidence_from_ms INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE fleet_status ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
     // 4: windows carry counts on the baseline's quantile grid for the
-    // features a baseline covers (edgeml 0.2 devices).
+    // features a baseline covers (devices that bin, since migration 4).
     "ALTER TABLE windows ADD COLUMN binned TEXT NOT NULL DEFAULT '{}';",
 ];
 

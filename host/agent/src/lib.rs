@@ -355,10 +355,11 @@ fn poll_loop(inner: &Arc<Inner>) {
         let outcome = inner.poll();
         if matches!(
             outcome,
-            Ok(PollOutcome::Installed(_) | PollOutcome::RolledBack(_)) | Err(_)
+            Ok(PollOutcome::Installed(_) | PollOutcome::RolledBack(_))
+                | Err(Error::Model { .. } | Error::Unhealthy { .. })
         ) {
-            // A load (compile, self-test) or a failed download just freed
-            // its working memory.
+            // A load (compile, self-test) just freed its working memory,
+            // whether the release was kept or rolled back.
             return_freed_memory();
         }
         let base = inner.config.poll_interval.as_secs_f64();

@@ -22,18 +22,20 @@ typedef enum edgeml_status_t {
   EDGEML_OK = 0,
   // A pointer documented as required was NULL.
   EDGEML_ERR_NULL_ARGUMENT = 1,
-  // An argument is out of range or not valid UTF-8 (a setting, a dtype,
-  // a shape that does not match the data length, an index).
+  // An argument is out of range or not valid UTF-8 (a setting, a dtype
+  // value outside `edgeml_dtype_t`, an index past the end).
   EDGEML_ERR_INVALID_ARGUMENT = 2,
   // A file could not be read.
   EDGEML_ERR_IO = 3,
   // The bundle or root failed verification (signatures, trust policy,
   // digests, structure): it was not loaded.
   EDGEML_ERR_BUNDLE_REJECTED = 4,
-  // A verified bundle could not be loaded (compile, instantiate, model,
-  // manifest mismatch, self-test, runtime configuration).
+  // A verified bundle could not be loaded (compile, instantiate, the
+  // model, component and manifest disagreeing, runtime configuration).
+  // A bundle that needs a newer host is `EDGEML_ERR_BUNDLE_REJECTED`.
   EDGEML_ERR_LOAD = 5,
-  // An input is missing, unknown or has the wrong dtype, shape or size.
+  // An input is missing, unknown or has the wrong dtype, shape or size
+  // (including data whose length does not match its own shape).
   EDGEML_ERR_INVALID_INPUT = 6,
   // The model does not accept this media type.
   EDGEML_ERR_UNSUPPORTED_MEDIA = 7,
@@ -88,14 +90,17 @@ typedef struct edgeml_runtime_t edgeml_runtime_t;
 typedef struct edgeml_trust_t edgeml_trust_t;
 
 // A named tensor: little-endian, row-major elements. As an input, every
-// pointer is the caller's and is only read during the call. As an output
-// ([`edgeml_prediction_output`]), every pointer borrows from the
-// prediction and is valid until it is freed.
+// pointer is the caller's and is only read during the call; `data` needs
+// no alignment. As an output ([`edgeml_prediction_output`]), every pointer
+// borrows from the prediction and is valid until it is freed; `data` is
+// not guaranteed to be aligned for its dtype (copy it with `memcpy` before
+// reading it as `float` or `int64_t`).
 typedef struct edgeml_tensor_t {
   // NUL-terminated name (a model input or output name).
   const char *name;
-  // Element type.
-  enum edgeml_dtype_t dtype;
+  // Element type: one of the `edgeml_dtype_t` values (a plain integer
+  // here, so that any value C passes is checked, not undefined).
+  uint32_t dtype;
   // `rank` dimensions (may be NULL when `rank` is 0).
   const uint64_t *shape;
   // Number of dimensions.
@@ -139,7 +144,8 @@ enum edgeml_status_t edgeml_config_set_cache_dir(struct edgeml_config_t *config,
 
 // The inference backend: `"native"` (tract in the host, the default) or
 // `"sandboxed"` (tract compiled to WebAssembly, in its own sandbox with its
-// own memory limit; in builds with the `sandbox` feature, the default).
+// own memory limit; only in builds with the `sandbox` cargo feature, which
+// is on by default).
 enum edgeml_status_t edgeml_config_set_backend(struct edgeml_config_t *config, const char *name);
 
 // Record telemetry for every prediction, configured by the TOML file at
@@ -252,7 +258,8 @@ enum edgeml_status_t edgeml_prediction_label(const struct edgeml_prediction_t *p
 
 // The prediction as JSON: `{"outputs": [{"name", "datatype", "shape",
 // "data"}], "scores": [{"index", "label", "score"}], "monitoring": [...]}`
-// (output data as numbers). On success `*json` is a string to free with
+// (output data as 32-bit floats whatever the dtype; read
+// [`edgeml_prediction_output`] for exact 64-bit values). On success `*json` is a string to free with
 // [`edgeml_string_free`].
 enum edgeml_status_t edgeml_prediction_json(const struct edgeml_prediction_t *prediction,
                                             char **json);

@@ -26,6 +26,7 @@ use edgeml_runtime::{
 };
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::io::Read as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,18 +40,20 @@ pub enum edgeml_status_t {
     EDGEML_OK = 0,
     /// A pointer documented as required was NULL.
     EDGEML_ERR_NULL_ARGUMENT = 1,
-    /// An argument is out of range or not valid UTF-8 (a setting, a dtype,
-    /// a shape that does not match the data length, an index).
+    /// An argument is out of range or not valid UTF-8 (a setting, a dtype
+    /// value outside `edgeml_dtype_t`, an index past the end).
     EDGEML_ERR_INVALID_ARGUMENT = 2,
     /// A file could not be read.
     EDGEML_ERR_IO = 3,
     /// The bundle or root failed verification (signatures, trust policy,
     /// digests, structure): it was not loaded.
     EDGEML_ERR_BUNDLE_REJECTED = 4,
-    /// A verified bundle could not be loaded (compile, instantiate, model,
-    /// manifest mismatch, self-test, runtime configuration).
+    /// A verified bundle could not be loaded (compile, instantiate, the
+    /// model, component and manifest disagreeing, runtime configuration).
+    /// A bundle that needs a newer host is `EDGEML_ERR_BUNDLE_REJECTED`.
     EDGEML_ERR_LOAD = 5,
-    /// An input is missing, unknown or has the wrong dtype, shape or size.
+    /// An input is missing, unknown or has the wrong dtype, shape or size
+    /// (including data whose length does not match its own shape).
     EDGEML_ERR_INVALID_INPUT = 6,
     /// The model does not accept this media type.
     EDGEML_ERR_UNSUPPORTED_MEDIA = 7,
@@ -89,39 +92,47 @@ pub enum edgeml_dtype_t {
     EDGEML_DTYPE_U8 = 4,
 }
 
-impl edgeml_dtype_t {
-    fn to_rust(self) -> Dtype {
-        match self {
-            edgeml_dtype_t::EDGEML_DTYPE_F32 => Dtype::F32,
-            edgeml_dtype_t::EDGEML_DTYPE_F64 => Dtype::F64,
-            edgeml_dtype_t::EDGEML_DTYPE_I32 => Dtype::I32,
-            edgeml_dtype_t::EDGEML_DTYPE_I64 => Dtype::I64,
-            edgeml_dtype_t::EDGEML_DTYPE_U8 => Dtype::U8,
-        }
-    }
+/// A dtype field from C (any `uint32_t`) as a Rust dtype; values outside
+/// [`edgeml_dtype_t`] are refused, never transmuted.
+fn dtype_from_c(v: u32) -> Option<Dtype> {
+    use edgeml_dtype_t::*;
+    [
+        (EDGEML_DTYPE_F32, Dtype::F32),
+        (EDGEML_DTYPE_F64, Dtype::F64),
+        (EDGEML_DTYPE_I32, Dtype::I32),
+        (EDGEML_DTYPE_I64, Dtype::I64),
+        (EDGEML_DTYPE_U8, Dtype::U8),
+    ]
+    .into_iter()
+    .find(|(c, _)| *c as u32 == v)
+    .map(|(_, d)| d)
+}
 
-    fn from_rust(d: Dtype) -> Self {
-        match d {
-            Dtype::F32 => edgeml_dtype_t::EDGEML_DTYPE_F32,
-            Dtype::F64 => edgeml_dtype_t::EDGEML_DTYPE_F64,
-            Dtype::I32 => edgeml_dtype_t::EDGEML_DTYPE_I32,
-            Dtype::I64 => edgeml_dtype_t::EDGEML_DTYPE_I64,
-            Dtype::U8 => edgeml_dtype_t::EDGEML_DTYPE_U8,
-        }
-    }
+fn dtype_to_c(d: Dtype) -> u32 {
+    use edgeml_dtype_t::*;
+    (match d {
+        Dtype::F32 => EDGEML_DTYPE_F32,
+        Dtype::F64 => EDGEML_DTYPE_F64,
+        Dtype::I32 => EDGEML_DTYPE_I32,
+        Dtype::I64 => EDGEML_DTYPE_I64,
+        Dtype::U8 => EDGEML_DTYPE_U8,
+    }) as u32
 }
 
 /// A named tensor: little-endian, row-major elements. As an input, every
-/// pointer is the caller's and is only read during the call. As an output
-/// ([`edgeml_prediction_output`]), every pointer borrows from the
-/// prediction and is valid until it is freed.
+/// pointer is the caller's and is only read during the call; `data` needs
+/// no alignment. As an output ([`edgeml_prediction_output`]), every pointer
+/// borrows from the prediction and is valid until it is freed; `data` is
+/// not guaranteed to be aligned for its dtype (copy it with `memcpy` before
+/// reading it as `float` or `int64_t`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct edgeml_tensor_t {
     /// NUL-terminated name (a model input or output name).
     pub name: *const c_char,
-    /// Element type.
-    pub dtype: edgeml_dtype_t,
+    /// Element type: one of the `edgeml_dtype_t` values (a plain integer
+    /// here, so that any value C passes is checked, not undefined).
+    pub dtype: u32,
     /// `rank` dimensions (may be NULL when `rank` is 0).
     pub shape: *const u64,
     /// Number of dimensions.
@@ -168,6 +179,16 @@ pub struct edgeml_prediction_t {
     /// NUL-terminated labels, in `prediction.scores` order.
     labels: Vec<CString>,
 }
+
+// The thread-safety promises above, checked by the compiler.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<edgeml_runtime_t>();
+    shared::<edgeml_trust_t>();
+    shared::<edgeml_bundle_t>();
+    shared::<edgeml_model_t>();
+    shared::<edgeml_prediction_t>();
+};
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -293,10 +314,18 @@ fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Failure> 
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-fn out<T>(p: *mut *mut T, what: &str) -> Result<&mut *mut T, Failure> {
-    let slot = required_mut(p, what)?;
-    *slot = std::ptr::null_mut();
-    Ok(slot)
+/// An out-pointer for a handle: set to NULL first (through the raw
+/// pointer: the caller's memory may be uninitialised), then handed back.
+fn out<'a, T>(p: *mut *mut T, what: &str) -> Result<&'a mut *mut T, Failure> {
+    if p.is_null() {
+        return Err(fail(EDGEML_ERR_NULL_ARGUMENT, format!("{what} is NULL")));
+    }
+    // SAFETY: non-NULL and writable (the caller's contract); once written
+    // it is initialised, so the reference is to a valid pointer value.
+    unsafe {
+        p.write(std::ptr::null_mut());
+        Ok(&mut *p)
+    }
 }
 
 /// Free a handle made by `Box::into_raw` (NULL is a no-op).
@@ -389,7 +418,8 @@ pub extern "C" fn edgeml_config_set_cache_dir(
 
 /// The inference backend: `"native"` (tract in the host, the default) or
 /// `"sandboxed"` (tract compiled to WebAssembly, in its own sandbox with its
-/// own memory limit; in builds with the `sandbox` feature, the default).
+/// own memory limit; only in builds with the `sandbox` cargo feature, which
+/// is on by default).
 #[no_mangle]
 pub extern "C" fn edgeml_config_set_backend(
     config: *mut edgeml_config_t,
@@ -601,7 +631,15 @@ pub extern "C" fn edgeml_bundle_verify_file(
     guard(|| {
         let path = string(path, "path")?;
         verify(runtime, trust, out, || {
-            std::fs::read(path).map_err(|e| fail(EDGEML_ERR_IO, format!("{path}: {e}")))
+            // Read at most one byte past the size limit: verification then
+            // refuses it as too large without the whole file in memory.
+            let limit = edgeml_runtime::bundle::Limits::default().max_bundle_bytes;
+            let io = |e: std::io::Error| fail(EDGEML_ERR_IO, format!("{path}: {e}"));
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(limit.saturating_add(1)).read_to_end(&mut bytes))
+                .map_err(io)?;
+            Ok(bytes)
         })
     })
 }
@@ -753,7 +791,12 @@ fn tensor_in(t: &edgeml_tensor_t, i: usize) -> Result<Tensor, Failure> {
         unsafe { std::slice::from_raw_parts(t.shape, t.rank) }
     };
     let data = bytes(t.data.cast(), t.data_len, &format!("inputs[{i}].data"))?;
-    let dtype = t.dtype.to_rust();
+    let dtype = dtype_from_c(t.dtype).ok_or_else(|| {
+        fail(
+            EDGEML_ERR_INVALID_ARGUMENT,
+            format!("inputs[{i}].dtype is {}: not an edgeml_dtype_t", t.dtype),
+        )
+    })?;
     let elements = shape
         .iter()
         .try_fold(1u64, |a, &d| a.checked_mul(d))
@@ -796,7 +839,9 @@ pub extern "C" fn edgeml_prediction_output(
 ) -> edgeml_status_t {
     guard(|| {
         let p = required(prediction, "prediction")?;
-        let slot = required_mut(out, "out")?;
+        if out.is_null() {
+            return Err(fail(EDGEML_ERR_NULL_ARGUMENT, "out is NULL"));
+        }
         let (t, name) = p
             .prediction
             .outputs
@@ -811,14 +856,17 @@ pub extern "C" fn edgeml_prediction_output(
                     ),
                 )
             })?;
-        *slot = edgeml_tensor_t {
+        let view = edgeml_tensor_t {
             name: name.as_ptr(),
-            dtype: edgeml_dtype_t::from_rust(t.dtype),
+            dtype: dtype_to_c(t.dtype),
             shape: t.shape.as_ptr(),
             rank: t.shape.len(),
             data: t.data.as_ptr().cast(),
             data_len: t.data.len(),
         };
+        // SAFETY: non-NULL and writable (the caller's contract); written
+        // through the raw pointer, the caller's struct may be uninitialised.
+        unsafe { out.write(view) };
         Ok(())
     })
 }
@@ -850,12 +898,15 @@ pub extern "C" fn edgeml_prediction_label(
                 format!("label {index}: the prediction has {}", p.labels.len()),
             )
         })?;
-        if let Some(l) = unsafe { label.as_mut() } {
-            *l = name.as_ptr();
-        }
-        // SAFETY: NULL or a writable float (the caller's contract).
-        if let Some(sc) = unsafe { score.as_mut() } {
-            *sc = s.score;
+        // SAFETY: NULL or writable (the caller's contract); written through
+        // the raw pointers, the caller's memory may be uninitialised.
+        unsafe {
+            if !label.is_null() {
+                label.write(name.as_ptr());
+            }
+            if !score.is_null() {
+                score.write(s.score);
+            }
         }
         Ok(())
     })
@@ -863,7 +914,8 @@ pub extern "C" fn edgeml_prediction_label(
 
 /// The prediction as JSON: `{"outputs": [{"name", "datatype", "shape",
 /// "data"}], "scores": [{"index", "label", "score"}], "monitoring": [...]}`
-/// (output data as numbers). On success `*json` is a string to free with
+/// (output data as 32-bit floats whatever the dtype; read
+/// [`edgeml_prediction_output`] for exact 64-bit values). On success `*json` is a string to free with
 /// [`edgeml_string_free`].
 #[no_mangle]
 pub extern "C" fn edgeml_prediction_json(

@@ -63,8 +63,8 @@ pub(crate) fn load(engine: &Engine, path: &Path) -> Result<Option<Component>, St
     if Sha256::digest(artifact)[..] != *sum {
         return bad("checksum mismatch");
     }
-    // SAFETY: the artifact was produced by `Component::serialize` in this
-    // cache, by an engine with the same compatibility hash (part of the file
+    // SAFETY: the artifact was produced by `Engine::precompile_component`
+    // for this cache, by an engine with the same compatibility hash (part of the file
     // name), from a bundle that had passed verification; its checksum was
     // just verified, so it is the bytes that were written. The cache
     // directory must be writable only by the host's user (see
@@ -78,7 +78,11 @@ pub(crate) fn load(engine: &Engine, path: &Path) -> Result<Option<Component>, St
 pub(crate) fn store(path: &Path, artifact: &[u8]) -> Result<(), String> {
     let dir = path.parent().ok_or("cache path has no directory")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // One temporary name per writer (process and call), so concurrent loads
+    // of the same bundle never write into each other's file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let mut data = Vec::with_capacity(40 + artifact.len());
     data.extend_from_slice(MAGIC);
     data.extend_from_slice(&Sha256::digest(artifact));

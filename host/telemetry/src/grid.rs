@@ -72,15 +72,16 @@ impl GridCounts {
             ));
         }
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
-        self.non_finite += other.non_finite;
+        self.non_finite = self.non_finite.saturating_add(other.non_finite);
         Ok(())
     }
 
-    /// Finite observations.
+    /// Finite observations (saturating; [`GridCounts::from_base64`] refuses
+    /// counts whose sum overflows).
     pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().fold(0u64, |a, &c| a.saturating_add(c))
     }
 
     /// Non-finite observations (not in any bin).
@@ -151,6 +152,10 @@ impl GridCounts {
         if it.next().is_some() {
             return Err("grid counts: trailing bytes".into());
         }
+        counts
+            .iter()
+            .try_fold(non_finite, |a, &c| a.checked_add(c))
+            .ok_or("grid counts: the counts add up to more than 2^64")?;
         Ok(GridCounts { counts, non_finite })
     }
 }
@@ -184,6 +189,17 @@ mod tests {
         assert!(GridCounts::from_base64(&s[..s.len() - 4]).is_err());
         assert!(GridCounts::from_base64("AA").is_err(), "zero bins");
         assert!(GridCounts::from_base64("not base64!").is_err());
+        // Two bins of 2^64 - 1: a sum that would wrap.
+        let mut huge = vec![2u8, 0];
+        for _ in 0..2 {
+            huge.extend([0xff; 9]);
+            huge.push(0x01);
+        }
+        let huge = base64::engine::general_purpose::STANDARD_NO_PAD.encode(huge);
+        assert_eq!(
+            GridCounts::from_base64(&huge).unwrap_err(),
+            "grid counts: the counts add up to more than 2^64"
+        );
         let mut other = GridCounts::new(10);
         assert!(other.merge(&g).is_err());
         other = g.clone();

@@ -139,8 +139,10 @@ pub struct WindowRecord {
     /// baseline does not cover, a sketch.
     pub numeric: BTreeMap<String, String>,
     /// Per numeric feature the baseline covers, counts on the baseline's
-    /// quantile grid (see [`crate::GridCounts::to_base64`]). Devices before
-    /// 0.2 send sketches in `numeric` instead; the collector takes both.
+    /// quantile grid (see [`crate::GridCounts::to_base64`]). Older devices
+    /// send sketches in `numeric` instead; the collector takes both. An
+    /// older collector ignores this field (no drift for these features):
+    /// upgrade the collector before the devices.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub binned: BTreeMap<String, String>,
     /// Per categorical feature (`prediction`), counts per category.

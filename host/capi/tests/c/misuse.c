@@ -137,6 +137,9 @@ int main(int argc, char **argv) {
     edgeml_tensor_t unknown = {"Y", EDGEML_DTYPE_F32, shape64, 2, pixels, sizeof pixels};
     expect("rejects_unknown_input", edgeml_model_predict(model, &unknown, 1, &prediction),
            EDGEML_ERR_INVALID_INPUT);
+    edgeml_tensor_t bad_dtype = {"X", 77, shape64, 2, pixels, sizeof pixels};
+    expect("rejects_unknown_dtype", edgeml_model_predict(model, &bad_dtype, 1, &prediction),
+           EDGEML_ERR_INVALID_ARGUMENT);
     edgeml_tensor_t null_shape = {"X", EDGEML_DTYPE_F32, NULL, 2, pixels, sizeof pixels};
     expect("rejects_null_shape", edgeml_model_predict(model, &null_shape, 1, &prediction),
            EDGEML_ERR_NULL_ARGUMENT);
