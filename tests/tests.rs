@@ -16,6 +16,7 @@ mod cache;
 mod cli;
 mod hostile_guests;
 mod models;
+mod precompiled;
 mod readme;
 mod signature_attacks;
 mod telemetry;

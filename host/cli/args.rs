@@ -46,6 +46,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile a verified bundle ahead of time for a device's target and
+    /// sign the result: an artifact a device without a compiler can load.
+    Precompile {
+        /// The bundle.
+        bundle: PathBuf,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Target: a triple (`aarch64-unknown-linux-gnu`,
+        /// `x86_64-unknown-linux-gnu`) or `pulley32` (32-bit ARM) /
+        /// `pulley64`.
+        #[arg(long)]
+        target: String,
+        /// Secret key that signs the artifact (the device must trust it for
+        /// artifacts).
+        #[arg(long)]
+        key: PathBuf,
+        /// Must match the device's `runtime.memory_reservation_mib`, if set.
+        #[arg(long, value_name = "MIB")]
+        memory_reservation_mib: Option<u64>,
+        /// Where to write it (default: BUNDLE with `.<target>.edgemlpa`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Show a bundle's manifest, sections, signers and sizes (verifies nothing).
     Inspect {
         /// The bundle.

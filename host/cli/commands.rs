@@ -44,6 +44,21 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => verify(&bundle, &trust, json),
         Command::Inspect { bundle, json } => inspect(&bundle, json),
+        Command::Precompile {
+            bundle,
+            trust,
+            target,
+            key,
+            memory_reservation_mib,
+            out,
+        } => precompile(
+            &bundle,
+            &trust,
+            &target,
+            &key,
+            memory_reservation_mib,
+            out.as_deref(),
+        ),
         Command::Run(args) => run_model(&args),
         Command::Bench(args) => crate::bench::bench(&args),
         Command::Replay(args) => crate::monitor::replay(&args),
@@ -209,6 +224,39 @@ fn verify(path: &Path, trust: &TrustArgs, json: bool) -> Result<()> {
             signers.join(", ")
         );
     }
+    Ok(())
+}
+
+fn precompile(
+    path: &Path,
+    trust: &TrustArgs,
+    target: &str,
+    key: &Path,
+    memory_reservation_mib: Option<u64>,
+    out: Option<&Path>,
+) -> Result<()> {
+    let policy = policy(trust)?;
+    let key = edgeml_runtime::bundle::SecretKey::from_file(key)?;
+    let mut config = edgeml_runtime::Config::new();
+    config.memory_reservation(memory_reservation_mib.map(|m| m.saturating_mul(1 << 20)));
+    let runtime = edgeml_runtime::Runtime::new(&config)?;
+    let verified = runtime
+        .verify(read(path)?, &policy)
+        .with_context(|| format!("{} failed verification", path.display()))?;
+    let artifact = runtime.precompile(&verified, target, &key)?;
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{target}.edgemlpa"));
+        name.into()
+    });
+    std::fs::write(&out, &artifact).with_context(|| format!("{}", out.display()))?;
+    println!(
+        "{}: {} bytes for {target}, bundle {}, signed by {}",
+        out.display(),
+        artifact.len(),
+        verified.digest_hex(),
+        key.public_key().id()
+    );
     Ok(())
 }
 

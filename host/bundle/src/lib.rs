@@ -29,6 +29,7 @@
 
 #![deny(missing_docs)]
 
+pub mod artifact;
 mod bundle;
 mod error;
 mod keys;

@@ -28,6 +28,9 @@ pub enum CacheOutcome {
     Corrupt(String),
     /// Compiled, but the artifact could not be written to the cache.
     WriteFailed(String),
+    /// Loaded from a signed precompiled artifact
+    /// ([`crate::Runtime::load_precompiled`]); nothing was compiled.
+    Precompiled,
 }
 
 pub(crate) fn entry_path(dir: &Path, engine: &Engine, bundle_digest: &str) -> PathBuf {

@@ -81,6 +81,10 @@ pub enum Error {
         /// The last lines the guest wrote to stderr (it may say why it panicked).
         guest_stderr: String,
     },
+    /// A precompiled artifact was refused (unsigned, untrusted, or made
+    /// for another bundle, target or engine).
+    #[error(transparent)]
+    Artifact(#[from] edgeml_bundle::artifact::ArtifactError),
     /// Telemetry could not start recording the model.
     #[error("telemetry: {0}")]
     Telemetry(#[from] edgeml_telemetry::Error),

@@ -39,6 +39,7 @@ mod tensor;
 
 pub use cache::CacheOutcome;
 pub use config::{Backend, Config};
+pub use edgeml_bundle::artifact::{ArtifactClaims, ArtifactError};
 pub use edgeml_bundle::{self as bundle, Dtype, Manifest, PublicKey, TrustPolicy, VerifiedBundle};
 pub use edgeml_telemetry::{self as telemetry, Telemetry, TelemetryConfig};
 pub use edgeml_tract::io_schema as onnx_io_schema;

@@ -114,7 +114,114 @@ impl Runtime {
     /// the component against the manifest.
     pub fn load(&self, bundle: &VerifiedBundle) -> Result<Model, Error> {
         let started = Instant::now();
-        let manifest = bundle.manifest_arc();
+        self.check_host_version(bundle)?;
+        let (component, cache) = self.compile(bundle)?;
+        self.load_component(bundle, component, cache, started)
+    }
+
+    /// The engine configuration precompiled artifacts must have been made
+    /// with: this crate's version (which pins wasmtime's) and the settings
+    /// that change generated code. wasmtime checks its own compatibility
+    /// again when the code is loaded.
+    pub fn engine_fingerprint(&self) -> String {
+        let c = &self.inner.config;
+        format!(
+            "edgeml-runtime {}; epoch-interruption; component-model; memory-reservation {}",
+            env!("CARGO_PKG_VERSION"),
+            c.memory_reservation
+                .map_or_else(|| "default".to_string(), |b| format!("{b}")),
+        )
+    }
+
+    /// The target this host runs code for: its architecture (`x86_64`,
+    /// `aarch64`) or, when wasmtime interprets, `pulley32` / `pulley64`.
+    pub fn host_target(&self) -> String {
+        if self.inner.engine.is_pulley() {
+            format!("pulley{}", usize::BITS)
+        } else {
+            std::env::consts::ARCH.to_string()
+        }
+    }
+
+    /// Compile `bundle`'s component ahead of time for `target` (a target
+    /// triple such as `aarch64-unknown-linux-gnu`, or `pulley32`) and seal
+    /// it in an artifact bound to the bundle, this runtime's engine
+    /// configuration and the target, signed by `key`. The device loads it
+    /// with [`Runtime::load_precompiled`]. Cross-compiling needs the
+    /// target's code generator in this build (feature `all-arch`; Pulley
+    /// targets need `pulley`).
+    #[cfg(feature = "cranelift")]
+    pub fn precompile(
+        &self,
+        bundle: &VerifiedBundle,
+        target: &str,
+        key: &edgeml_bundle::SecretKey,
+    ) -> Result<Vec<u8>, Error> {
+        let mut config = self.inner.wasmtime_config.clone();
+        config
+            .target(target)
+            .map_err(|e| Error::Config(format!("target `{target}`: {e:#}")))?;
+        let engine =
+            Engine::new(&config).map_err(|e| Error::Config(format!("target `{target}`: {e:#}")))?;
+        let code = engine
+            .precompile_component(bundle.bytes())
+            .map_err(|e| Error::Compile {
+                reason: format!("{e:#}"),
+            })?;
+        let claims = edgeml_bundle::artifact::ArtifactClaims {
+            format: 0,
+            bundle_sha256: bundle.digest_hex(),
+            target: target.to_string(),
+            engine: self.engine_fingerprint(),
+            code_sha256: String::new(),
+        };
+        Ok(edgeml_bundle::artifact::seal(claims, &code, Some(key))?)
+    }
+
+    /// Load a verified bundle with its precompiled component: the artifact
+    /// must be signed by a key in `signers`, made from this bundle, for this
+    /// host's target and engine configuration; nothing is compiled. What a
+    /// device built without a compiler runs.
+    pub fn load_precompiled(
+        &self,
+        bundle: &VerifiedBundle,
+        artifact: &[u8],
+        signers: &TrustPolicy,
+    ) -> Result<Model, Error> {
+        let started = Instant::now();
+        self.check_host_version(bundle)?;
+        let (target, engine) = (self.host_target(), self.engine_fingerprint());
+        let code = edgeml_bundle::artifact::open(
+            artifact,
+            signers,
+            &edgeml_bundle::artifact::Expected {
+                bundle_sha256: &bundle.digest_hex(),
+                target: &target,
+                engine: &engine,
+            },
+        )?;
+        // SAFETY: the code was signed by a key the caller trusts for
+        // artifacts, for this bundle, this target and this engine
+        // configuration, and its digest was just checked; wasmtime also
+        // refuses code from another wasmtime version or settings.
+        let component =
+            unsafe { Component::deserialize(&self.inner.engine, code) }.map_err(|e| {
+                edgeml_bundle::artifact::ArtifactError::OtherEngine {
+                    artifact: format!("refused by wasmtime: {e:#}"),
+                    host: engine.clone(),
+                }
+            })?;
+        // Keep the code in the cache too, so that the next `load` of this
+        // bundle (after a restart) finds it without the artifact.
+        if let Some(dir) = &self.inner.config.cache_dir {
+            let path = cache::entry_path(dir, &self.inner.engine, &bundle.digest_hex());
+            let _ = cache::store(&path, code);
+        }
+        self.load_component(bundle, component, CacheOutcome::Precompiled, started)
+    }
+
+    fn check_host_version(&self, bundle: &VerifiedBundle) -> Result<(), Error> {
+        let manifest = bundle.manifest();
         let host =
             semver::Version::parse(HOST_VERSION).map_err(|e| Error::Config(e.to_string()))?;
         if manifest.min_host_version > host {
@@ -124,7 +231,19 @@ impl Runtime {
             }
             .into());
         }
-        let (component, cache) = self.compile(bundle)?;
+        Ok(())
+    }
+
+    /// Plan the model, instantiate once and check the component against
+    /// the manifest.
+    fn load_component(
+        &self,
+        bundle: &VerifiedBundle,
+        component: Component,
+        cache: CacheOutcome,
+        started: Instant,
+    ) -> Result<Model, Error> {
+        let manifest = bundle.manifest_arc();
         let compiled = started.elapsed();
         let model = self.load_graph(bundle.model_bytes())?;
         let pre =
@@ -246,7 +365,7 @@ impl Runtime {
             Some(Err(reason)) => Some(reason),
             Some(Ok(None)) | None => None,
         };
-        let artifact = self.precompile(bytes)?;
+        let artifact = self.compile_artifact(bytes)?;
         // SAFETY: `artifact` was produced just now, in this process, by
         // `Engine::precompile_component` on an engine built from the same
         // `wasmtime::Config` as `engine`, from bytes the caller verified.
@@ -269,7 +388,7 @@ impl Runtime {
 
     /// Compile a component to its serialized form on a compile-only engine.
     #[cfg(feature = "cranelift")]
-    fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    fn compile_artifact(&self, bytes: &[u8]) -> Result<Vec<u8>, Error> {
         let compile_err = |e: wasmtime::Error| Error::Compile {
             reason: format!("{e:#}"),
         };
@@ -278,7 +397,7 @@ impl Runtime {
     }
 
     #[cfg(not(feature = "cranelift"))]
-    fn precompile(&self, _bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    fn compile_artifact(&self, _bytes: &[u8]) -> Result<Vec<u8>, Error> {
         Err(Error::Compile {
             reason: "this build has no compiler (cargo feature `cranelift`): it runs only \
                      components precompiled into its cache"
