@@ -187,6 +187,7 @@ impl Fleet {
             bundle: BundleRef { sha256, size },
             rollout_percent: 100.0,
             allow_downgrade: false,
+            artifacts: Vec::new(),
         };
         let env = Envelope::sign(&release, &[&self.release_key]).unwrap();
         self.client()

@@ -10,8 +10,9 @@
 #
 # The binaries land in $CARGO_TARGET_DIR/<triple>/release/edgeml-agent, where
 # tests/cross_arch.rs looks for them. 32-bit ARM has no Cranelift backend:
-# there the agent is built with wasmtime's Pulley interpreter, and Cranelift
-# compiles components to Pulley bytecode on the device.
+# there the agent is built with wasmtime's Pulley interpreter and without a
+# compiler, and runs components precompiled to Pulley bytecode elsewhere
+# (`edgeml precompile --target pulley32`, shipped with the release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +43,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 for t in "${triples[@]}"; do
   case "$t" in
     aarch64-unknown-linux-gnu) features=(); qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu) ;;
-    armv7-unknown-linux-gnueabihf) features=(--features pulley); qemu=(qemu-arm-static -L /usr/arm-linux-gnueabihf) ;;
+    armv7-unknown-linux-gnueabihf) features=(--no-default-features --features pulley); qemu=(qemu-arm-static -L /usr/arm-linux-gnueabihf) ;;
     *) echo "unsupported target $t" >&2; exit 2 ;;
   esac
   cargo build --release --locked -p edgeml-agent --target "$t" "${features[@]}"

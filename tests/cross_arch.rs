@@ -146,6 +146,28 @@ impl Device {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// Wait until the local API says `model` is ready (after a restart).
+    fn wait_ready(&mut self, model: &str) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let url = format!("http://127.0.0.1:{}/v2/models/{model}/ready", self.port);
+        loop {
+            let ok = reqwest::blocking::get(&url).is_ok_and(|r| r.status() == 200);
+            if ok {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{}: the agent exited ({status})\n{}", self.id, self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {model} not ready\n{}",
+                self.id,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// One KServe v2 request to the device's local API.
     fn infer(&self, model: &str, request: &Value) -> Value {
         let resp = reqwest::blocking::Client::builder()
@@ -303,36 +325,92 @@ fn aarch64_agent_follows_x86_server_infers_and_rolls_back_a_bad_release() {
     assert!(logs.contains("self-test `000.png` failed"), "{logs}");
 }
 
+/// Publish `bundle` as digits `version` to `stable` with an artifact
+/// precompiled for `target`, as `edgeml precompile` and `edgeml push
+/// --artifact` do.
+fn push_precompiled(f: &Fleet, bundle: &[u8], version: &str, target: &str) -> Release {
+    let mut r = f.release_for(bundle, version, 100.0);
+    r.artifacts = vec![f.artifact(bundle, target)];
+    let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
+    f.publish_release(env.to_vec()).unwrap();
+    r
+}
+
+/// The 32-bit ARM agent is built without a compiler (`--no-default-features
+/// --features pulley`): it runs only Pulley code precompiled on this machine.
 #[test]
-fn armv7_agent_infers_digits_and_refuses_a_bundle_signed_by_an_unknown_key() {
+fn armv7_agent_without_compiler_serves_precompiled_artifacts_and_refuses_others() {
     let Some(bin) = cross_agent(&ARMV7) else {
         return;
     };
     let f = Fleet::new();
     let v1 = f.signed(&DIGITS_IMAGE, "1.0.0");
-    f.push(&v1, "1.0.0", 100.0);
+    push_precompiled(&f, &v1, "1.0.0", "pulley32");
     let mut dev = Device::start(&f, &ARMV7, &bin, "armv7-digits", "stable");
     dev.wait_for(&f, "digits 1.0.0 installed", installed("1.0.0"));
     check_digits(&f, &dev, &v1, "1.0.0");
+    let r = dev.report(&f).unwrap();
+    assert_eq!(r.host_target.as_deref(), Some("pulley32"), "{r:?}");
+    assert!(!r.can_compile, "{r:?}");
+    assert_eq!(
+        r.engine.as_deref(),
+        Some(crate::fleet::runtime().engine_fingerprint().as_str()),
+        "the device's engine fingerprint is the one the artifact was made for"
+    );
 
-    // 1.1.0 signed by a key the root does not name as a publisher. The
+    // 1.1.0 without an artifact for it: refused before the download, with
+    // what to do; still serving 1.0.0.
+    let v11 = f.signed(&DIGITS_IMAGE, "1.1.0");
+    f.push(&v11, "1.1.0", 100.0);
+    dev.wait_for(&f, "1.1.0 refused", |r| {
+        r.state == UpdateState::Failed && r.target.as_deref() == Some("1.1.0")
+    });
+    let r = dev.report(&f).unwrap();
+    assert_eq!(r.error_kind.as_deref(), Some("no_artifact"), "{r:?}");
+    assert!(
+        r.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("edgeml precompile --target pulley32")),
+        "{r:?}"
+    );
+    check_digits(&f, &dev, &v1, "1.0.0");
+
+    // A compromised server pairs 1.1.0 with 1.0.0's artifact (the server
+    // itself refuses to publish that): refused as made for another bundle.
+    let mut r = f.release_for(&v11, "1.1.0", 100.0);
+    r.artifacts = vec![f.artifact(&v1, "pulley32")];
+    f.inject(&r, &[&f.release[0], &f.release[1]]);
+    dev.wait_for(&f, "1.1.0's borrowed artifact refused", |r| {
+        r.state == UpdateState::Failed && r.error_kind.as_deref() == Some("artifact")
+    });
+    let r = dev.report(&f).unwrap();
+    assert!(
+        r.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("was compiled from bundle")),
+        "{r:?}"
+    );
+    assert_eq!(r.installed.unwrap().version, "1.0.0", "still serving 1.0.0");
+
+    // 1.2.0 signed by a key the root does not name as a publisher. The
     // server refuses such an upload, so a compromised server serves it, with
     // release metadata the release keys signed: the device still refuses.
     let stranger = edgeml_bundle::SecretKey::generate().unwrap();
     let forged = edgeml_bundle::sign(
-        &pack_custom(&DIGITS_IMAGE, "1.1.0", None, Vec::new(), |_| {}),
+        &pack_custom(&DIGITS_IMAGE, "1.2.0", None, Vec::new(), |_| {}),
         &stranger,
     )
     .unwrap();
-    let mut r = f.release_for(&v1, "1.1.0", 100.0);
+    let mut r = f.release_for(&v1, "1.2.0", 100.0);
     r.bundle = BundleRef {
         sha256: hex::encode(Sha256::digest(&forged)),
         size: forged.len() as u64,
     };
+    r.artifacts = vec![f.artifact(&v1, "pulley32")];
     crate::fleet::replace_blob(&f, &r, &forged);
     f.inject(&r, &[&f.release[0], &f.release[1]]);
-    dev.wait_for(&f, "1.1.0 refused", |r| {
-        r.state == UpdateState::Failed && r.target.as_deref() == Some("1.1.0")
+    dev.wait_for(&f, "1.2.0 refused", |r| {
+        r.state == UpdateState::Failed && r.target.as_deref() == Some("1.2.0")
     });
     let r = dev.report(&f).unwrap();
     assert!(
@@ -347,5 +425,15 @@ fn armv7_agent_infers_digits_and_refuses_a_bundle_signed_by_an_unknown_key() {
         logs.contains("\"level\":\"WARN\"") && logs.contains("no signature by a trusted key"),
         "the refusal and its reason are logged: {logs}"
     );
-    check_digits(&f, &dev, &v1, "1.0.0");
+
+    // 1.3.0 with its artifact: installed and served, and after a restart
+    // the device serves it again from its state directory.
+    let v13 = f.signed(&DIGITS_IMAGE, "1.3.0");
+    push_precompiled(&f, &v13, "1.3.0", "pulley32");
+    dev.wait_for(&f, "1.3.0 installed", installed("1.3.0"));
+    check_digits(&f, &dev, &v13, "1.3.0");
+    drop(dev);
+    let mut dev = Device::start(&f, &ARMV7, &bin, "armv7-digits", "stable");
+    dev.wait_ready("digits");
+    check_digits(&f, &dev, &v13, "1.3.0");
 }

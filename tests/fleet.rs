@@ -151,6 +151,37 @@ impl Fleet {
             bundle: bref,
             rollout_percent: percent,
             allow_downgrade: false,
+            artifacts: Vec::new(),
+        }
+    }
+
+    /// What `edgeml precompile --target TARGET --key publisher.key` and the
+    /// upload of `edgeml push --artifact` do: `bundle` compiled for
+    /// `target` by this machine's runtime, signed by the publisher.
+    pub(crate) fn artifact(&self, bundle: &[u8], target: &str) -> edgeml_fleet::ArtifactRef {
+        let bytes = self.precompiled(bundle, target, &self.publisher);
+        self.upload_artifact(bytes)
+    }
+
+    /// `bundle` compiled for `target` and signed by `key`, not uploaded.
+    pub(crate) fn precompiled(&self, bundle: &[u8], target: &str, key: &SecretKey) -> Vec<u8> {
+        let rt = runtime();
+        let policy = edgeml_runtime::TrustPolicy::any_of(vec![self.publisher.public_key()]).unwrap();
+        let verified = rt.verify(bundle.to_vec(), &policy).unwrap();
+        rt.precompile(&verified, target, key).unwrap()
+    }
+
+    /// Upload an artifact; its reference for release metadata.
+    pub(crate) fn upload_artifact(&self, bytes: Vec<u8>) -> edgeml_fleet::ArtifactRef {
+        let claims = edgeml_bundle::artifact::read_claims(&bytes).unwrap();
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
+        self.client.upload_artifact(&sha256, bytes).unwrap();
+        edgeml_fleet::ArtifactRef {
+            target: claims.target,
+            engine: claims.engine,
+            sha256,
+            size,
         }
     }
 

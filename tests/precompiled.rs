@@ -221,3 +221,100 @@ fn rejects_artifact_with_changed_code() {
         "{err}"
     );
 }
+
+// ---- through the fleet ---------------------------------------------------
+
+mod fleet {
+    use super::host_triple;
+    use crate::common::*;
+    use crate::fleet::{device_report, predicts, runtime, version_of, Fleet};
+    use edgeml_agent::PollOutcome;
+    use sha2::Digest as _;
+    use edgeml_fleet::Envelope;
+
+    /// The artifact the agent `id` keeps with its installed bundle.
+    fn stored_artifact(f: &Fleet, id: &str, bundle_sha256: &str) -> std::path::PathBuf {
+        f.dir
+            .path()
+            .join("devices")
+            .join(id)
+            .join("bundles")
+            .join(format!("{bundle_sha256}.edgemlpa"))
+    }
+
+    #[test]
+    fn agent_installs_a_release_through_its_precompiled_artifact() {
+        let f = Fleet::new();
+        let v1 = f.signed(&DIGITS_IMAGE, "1.0.0");
+        let mut r = f.release_for(&v1, "1.0.0", 100.0);
+        // An artifact for another architecture too: the agent takes its own.
+        let other = if cfg!(target_arch = "x86_64") { "aarch64-unknown-linux-gnu" } else { "x86_64-unknown-linux-gnu" };
+        r.artifacts = vec![f.artifact(&v1, other), f.artifact(&v1, &host_triple())];
+        let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
+        f.publish_release(env.to_vec()).unwrap();
+
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+        assert_eq!(predicts(&a), "7");
+        let kept = std::fs::read(stored_artifact(&f, "gw-1", &r.bundle.sha256)).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&kept)),
+            r.artifacts[1].sha256,
+            "the agent keeps its own target's artifact"
+        );
+        // It told the server what code it runs.
+        let report = device_report(&f, "gw-1").unwrap();
+        assert_eq!(report.host_target.as_deref(), Some(std::env::consts::ARCH));
+        assert_eq!(report.engine, Some(runtime().engine_fingerprint()));
+        assert!(report.can_compile);
+
+        // A restart loads the installed bundle with its artifact.
+        drop(a);
+        let a = f.agent("gw-1");
+        assert_eq!(version_of(&a).as_deref(), Some("1.0.0"));
+        assert_eq!(predicts(&a), "7");
+    }
+
+    #[test]
+    fn agent_with_a_compiler_compiles_when_the_artifact_is_for_another_bundle() {
+        let f = Fleet::new();
+        let v1 = f.signed(&DIGITS_IMAGE, "1.0.0");
+        f.push(&v1, "1.0.0", 100.0);
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+        let v11 = f.signed(&DIGITS_IMAGE, "1.1.0");
+        let mut r = f.release_for(&v11, "1.1.0", 100.0);
+        r.artifacts = vec![f.artifact(&v1, &host_triple())];
+        // The server refuses to publish it ...
+        let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
+        let refused = f.publish_release(env.to_vec());
+        assert!(
+            matches!(&refused, Err(edgeml_client::Error::Refused { status: 422, message, .. })
+                if message.contains("was compiled from bundle")),
+            "{refused:?}"
+        );
+        // ... a compromised one serves it: the device refuses the artifact
+        // and, having a compiler, compiles the verified bundle instead.
+        f.inject(&r, &[&f.release[0], &f.release[1]]);
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+        assert_eq!(version_of(&a).as_deref(), Some("1.1.0"));
+        assert_eq!(predicts(&a), "7");
+        assert!(!stored_artifact(&f, "gw-1", &r.bundle.sha256).exists());
+    }
+
+    #[test]
+    fn server_rejects_artifact_signed_by_untrusted_key() {
+        let f = Fleet::new();
+        let v1 = f.signed(&DIGITS_IMAGE, "1.0.0");
+        f.upload(&v1);
+        let stranger = edgeml_bundle::SecretKey::generate().unwrap();
+        let bytes = f.precompiled(&v1, &host_triple(), &stranger);
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let refused = f.client.upload_artifact(&sha256, bytes);
+        assert!(
+            matches!(&refused, Err(edgeml_client::Error::Refused { status: 422, message, .. })
+                if message.contains("not from a trusted key")),
+            "{refused:?}"
+        );
+    }
+}

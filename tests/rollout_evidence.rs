@@ -45,6 +45,9 @@ fn rollback_claim(version: &str, sha256: &str, seq: u64) -> StatusReport {
         last_error: Some(format!("{version}: self-test `000.png` failed")),
         error_kind: Some("self_test".into()),
         root_version: 1,
+        host_target: None,
+        engine: None,
+        can_compile: true,
         seq,
     }
 }

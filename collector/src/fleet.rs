@@ -17,7 +17,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use edgeml_bundle::SecretKey;
 use edgeml_client::wire::fleet::{
-    BundleStored, ChannelList, ChannelView, FleetDeviceList, ReleasePublished, ReportAccepted,
+    ArtifactStored, BundleStored, ChannelList, ChannelView, FleetDeviceList, ReleasePublished, ReportAccepted,
     RolloutAction, RolloutChanged, RolloutRequest, RolloutState, RootPublished, StatusReport,
     UpdateState,
 };
@@ -140,6 +140,12 @@ pub(crate) fn router(max_bundle_bytes: usize) -> Router<AppState> {
             "/v1/fleet/bundles/{sha256}",
             get(get_bundle)
                 .put(put_bundle)
+                .layer(DefaultBodyLimit::max(max_bundle_bytes)),
+        )
+        .route(
+            "/v1/fleet/artifacts/{sha256}",
+            get(get_artifact)
+                .put(put_artifact)
                 .layer(DefaultBodyLimit::max(max_bundle_bytes)),
         )
         .route("/v1/fleet/channels", get(channels))
@@ -309,32 +315,9 @@ async fn put_bundle(
         )
     })?;
     let manifest = verified.manifest().clone();
-    let existed = path.exists();
-    if !existed {
-        let write = move || -> std::io::Result<()> {
-            let parent = path.parent().unwrap_or(&dir);
-            std::fs::create_dir_all(parent)?;
-            let tmp = parent.join(format!(".{sha256}.tmp"));
-            std::fs::write(&tmp, &body)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        tokio::task::spawn_blocking(write)
-            .await
-            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| {
-                err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("storing the bundle: {e}"),
-                )
-            })?;
-    }
+    let status = store_blob(dir, path, sha256, body).await?;
     Ok((
-        if existed {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        },
+        status,
         Json(BundleStored {
             sha256: found,
             model: manifest.name,
@@ -342,6 +325,113 @@ async fn put_bundle(
         }),
     )
         .into_response())
+}
+
+/// Store a checked blob under its digest (written to a temporary file,
+/// synced, renamed): `201 Created`, or `200 OK` if it was there already.
+async fn store_blob(
+    dir: PathBuf,
+    path: PathBuf,
+    sha256: String,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    if path.exists() {
+        return Ok(StatusCode::OK);
+    }
+    let write = move || -> std::io::Result<()> {
+        let parent = path.parent().unwrap_or(&dir);
+        std::fs::create_dir_all(parent)?;
+        let tmp = parent.join(format!(".{sha256}.tmp"));
+        std::fs::write(&tmp, &body)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("storing {e}")))?;
+    Ok(StatusCode::CREATED)
+}
+
+/// The root's artifact signers, or 409 before a root is published.
+async fn artifact_signers(st: &AppState) -> ApiResult<edgeml_bundle::TrustPolicy> {
+    let root = trusted_root(st).await?.ok_or_else(|| {
+        err(
+            StatusCode::CONFLICT,
+            "publish a root first (edgeml root publish)",
+        )
+    })?;
+    root.root()
+        .artifact_policy()
+        .map_err(|e| fleet_err(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// Store a precompiled artifact (`edgeml precompile`) next to the bundles,
+/// under its SHA-256. Refused unless signed by the root's build keys (or a
+/// publisher key if there are none) over intact code; which bundle it
+/// belongs to is checked when a release lists it.
+async fn put_artifact(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    admin(&st, &headers)?;
+    let dir = bundle_dir(&st)?;
+    let path = bundle_path(&dir, &sha256)?;
+    let found = hex::encode(Sha256::digest(&body));
+    if found != sha256 {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("the body's SHA-256 is {found}, not {sha256}"),
+        ));
+    }
+    let signers = artifact_signers(&st).await?;
+    let (claims, _) = edgeml_bundle::artifact::verify_signature(&body, &signers).map_err(|e| {
+        err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the artifact does not verify against the root's build keys: {e}"),
+        )
+    })?;
+    let status = store_blob(dir, path, sha256, body).await?;
+    Ok((
+        status,
+        Json(ArtifactStored {
+            sha256: found,
+            bundle_sha256: claims.bundle_sha256,
+            target: claims.target,
+            engine: claims.engine,
+        }),
+    )
+        .into_response())
+}
+
+/// Serve a precompiled artifact, like [`get_bundle`]: to admins, and to
+/// enrolled devices (signed request) in the rollout of a channel whose
+/// current release lists it.
+async fn get_artifact(
+    State(st): State<AppState>,
+    Path(sha256): Path<String>,
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
+    let dir = bundle_dir(&st)?;
+    let path = bundle_path(&dir, &sha256)?;
+    let headers = req.headers().clone();
+    if admin(&st, &headers).is_err() {
+        let device = authenticate_request(&st, &headers, "GET", req.uri().path()).await?;
+        let store = st.store.clone();
+        let channels = blocking(move || store.channels()).await?;
+        let offered = channels.iter().any(|c| {
+            c.release.includes(&device) && c.release.artifacts.iter().any(|a| a.sha256 == sha256)
+        });
+        if !offered {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                format!("artifact {sha256} is not offered to device `{device}` by any channel"),
+            ));
+        }
+    }
+    serve_blob(&path, &sha256, req, "application/octet-stream").await
 }
 
 /// Serve a bundle, streamed from disk by tower-http (with `Range`, so
@@ -383,14 +473,25 @@ async fn get_bundle(
         })
         .await?;
     }
+    serve_blob(&path, &sha256, req, "application/wasm").await
+}
+
+/// Stream a stored blob from disk with tower-http (`Range` for resumed
+/// downloads), with its digest as a strong `ETag`.
+async fn serve_blob(
+    path: &std::path::Path,
+    sha256: &str,
+    req: axum::extract::Request,
+    content_type: &'static str,
+) -> ApiResult<Response> {
     let etag = format!("\"{sha256}\"");
-    if if_none_match(&headers, &etag) {
+    if if_none_match(req.headers(), &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-        return Err(err(StatusCode::NOT_FOUND, format!("no bundle {sha256}")));
+    if !tokio::fs::try_exists(path).await.unwrap_or(false) {
+        return Err(err(StatusCode::NOT_FOUND, format!("no blob {sha256}")));
     }
-    let resp = tower_http::services::ServeFile::new(&path)
+    let resp = tower_http::services::ServeFile::new(path)
         .oneshot(req)
         .await
         .map_err(|e| {
@@ -406,7 +507,7 @@ async fn get_bundle(
     if resp.status().is_success() {
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/wasm"),
+            header::HeaderValue::from_static(content_type),
         );
     }
     Ok(resp)
@@ -517,6 +618,7 @@ async fn put_release(
             ),
         ));
     }
+    check_release_artifacts(&dir, &release).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     let store = st.store.clone();
     let r = release.clone();
@@ -549,6 +651,73 @@ async fn put_release(
         }),
     )
         .into_response())
+}
+
+/// Each artifact a release lists must be stored here, with the listed
+/// size, compiled from the release's bundle for the target and engine the
+/// release says (devices check all of it again).
+async fn check_release_artifacts(
+    dir: &std::path::Path,
+    release: &edgeml_fleet::Release,
+) -> ApiResult<()> {
+    if release.artifacts.is_empty() {
+        return Ok(());
+    }
+    // Artifacts name the bundle by its signed content's digest.
+    let bundle = tokio::fs::read(bundle_path(dir, &release.bundle.sha256)?)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the bundle: {e}")))?;
+    let content_sha256 = edgeml_bundle::inspect(&bundle)
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("stored bundle: {e}")))?
+        .content_sha256;
+    let mut seen = std::collections::HashSet::new();
+    for a in &release.artifacts {
+        let family = edgeml_bundle::artifact::target_family(&a.target);
+        if !seen.insert((family, a.engine.as_str())) {
+            return Err(err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the release lists two artifacts for target `{family}` and engine `{}`",
+                    a.engine
+                ),
+            ));
+        }
+        let path = bundle_path(dir, &a.sha256)?;
+        let bytes = tokio::fs::read(&path).await.map_err(|_| {
+            err(
+                StatusCode::CONFLICT,
+                format!("artifact {} has not been uploaded", a.sha256),
+            )
+        })?;
+        let claims = edgeml_bundle::artifact::read_claims(&bytes).map_err(|e| {
+            err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("stored artifact {}: {e}", a.sha256),
+            )
+        })?;
+        let mismatch = if bytes.len() as u64 != a.size {
+            Some(format!("is {} bytes, the release says {}", bytes.len(), a.size))
+        } else if claims.bundle_sha256 != content_sha256 {
+            Some(format!(
+                "was compiled from bundle content {}, the release pins bundle content {content_sha256}",
+                claims.bundle_sha256
+            ))
+        } else if claims.target != a.target || claims.engine != a.engine {
+            Some(format!(
+                "is for target `{}` and engine `{}`, the release says `{}` and `{}`",
+                claims.target, claims.engine, a.target, a.engine
+            ))
+        } else {
+            None
+        };
+        if let Some(m) = mismatch {
+            return Err(err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("artifact {} {m}", a.sha256),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The release and rollout state. Devices poll this with `If-None-Match`.

@@ -149,6 +149,11 @@ pub struct RootKeys {
     /// Timestamp signatures a timestamp needs.
     #[arg(long, default_value_t = 1)]
     pub timestamp_threshold: u32,
+    /// Build public key(s) (.pub) that sign precompiled artifacts
+    /// (`edgeml precompile --key`). Without them, devices take artifacts
+    /// signed by a publisher key.
+    #[arg(long = "build-key")]
+    pub build_keys: Vec<PathBuf>,
     /// How long the root is valid.
     #[arg(long, default_value = "365d")]
     pub expires: humantime::Duration,
@@ -218,6 +223,10 @@ pub struct PushArgs {
     /// Let devices with a higher version install this one.
     #[arg(long)]
     pub allow_downgrade: bool,
+    /// A precompiled artifact of the bundle (`edgeml precompile`), offered
+    /// to devices of its target; repeat for several targets.
+    #[arg(long = "artifact", value_name = "FILE")]
+    pub artifacts: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use edgeml_bundle::{PublicKey, SecretKey};
 use edgeml_client::wire::fleet::RolloutAction;
 use edgeml_client::Client;
-use edgeml_fleet::{BundleRef, Envelope, Release, Root, TrustedRoot};
+use edgeml_fleet::{ArtifactRef, BundleRef, Envelope, Release, Root, TrustedRoot};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -54,6 +54,11 @@ fn build_root(version: u64, k: &RootKeys) -> Result<(Root, Vec<SecretKey>)> {
         root
     } else {
         root.with_timestamp(&public_keys(&k.timestamp_keys)?, k.timestamp_threshold)
+    };
+    let root = if k.build_keys.is_empty() {
+        root
+    } else {
+        root.with_build(&public_keys(&k.build_keys)?)
     };
     Ok((root, root_keys))
 }
@@ -168,6 +173,33 @@ pub fn push(args: &PushArgs) -> Result<()> {
     client
         .upload_bundle(&sha256, bytes)
         .context("uploading the bundle")?;
+    let mut artifacts = Vec::new();
+    for path in &args.artifacts {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let claims = edgeml_bundle::artifact::read_claims(&bytes)
+            .with_context(|| format!("{} is not a precompiled artifact", path.display()))?;
+        if claims.bundle_sha256 != info.content_sha256 {
+            bail!(
+                "{} was compiled from bundle content {}, not from {} (content {}); precompile this bundle",
+                path.display(),
+                claims.bundle_sha256,
+                args.bundle.display(),
+                info.content_sha256
+            );
+        }
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
+        client
+            .upload_artifact(&digest, bytes)
+            .with_context(|| format!("uploading {}", path.display()))?;
+        artifacts.push(ArtifactRef {
+            target: claims.target,
+            engine: claims.engine,
+            sha256: digest,
+            size,
+        });
+    }
     let version = current(&client, &args.channel)?.map_or(1, |r| r.version + 1);
     let release = Release {
         kind: "release".into(),
@@ -185,15 +217,22 @@ pub fn push(args: &PushArgs) -> Result<()> {
         },
         rollout_percent: share,
         allow_downgrade: args.allow_downgrade,
+        artifacts,
     };
     publish(&client, &release, &args.release)?;
     println!(
-        "pushed {} {} to channel {} (release {version}, bundle sha256:{}, rollout {share}%, expires {})",
+        "pushed {} {} to channel {} (release {version}, bundle sha256:{}, rollout {share}%, expires {}{})",
         manifest.name,
         manifest.version,
         args.channel,
         &sha256[..12],
-        release.expires
+        release.expires,
+        if release.artifacts.is_empty() {
+            String::new()
+        } else {
+            let targets: Vec<&str> = release.artifacts.iter().map(|a| a.target.as_str()).collect();
+            format!(", precompiled for {}", targets.join(", "))
+        }
     );
     Ok(())
 }

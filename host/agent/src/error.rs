@@ -53,6 +53,17 @@ pub enum Error {
         #[source]
         source: edgeml_runtime::Error,
     },
+    /// This agent has no compiler and the release offers no precompiled
+    /// artifact for it.
+    #[error("{version}: the release has no precompiled artifact for target `{target}` and engine `{engine}`, and this agent has no compiler; make one with `edgeml precompile --target {target}` and publish it with `edgeml push --artifact`")]
+    NoArtifact {
+        /// The version offered.
+        version: String,
+        /// This device's target.
+        target: String,
+        /// This device's engine fingerprint.
+        engine: String,
+    },
     /// The new version failed more requests than allowed while it was watched.
     #[error("{version} failed {errors} of {requests} requests while watched ({rate:.0}% > {limit:.0}%)", rate = *errors as f64 * 100.0 / (*requests).max(1) as f64, limit = limit * 100.0)]
     Unhealthy {
@@ -116,7 +127,12 @@ impl Error {
                 source: edgeml_runtime::Error::SelfTest { .. },
                 ..
             } => "self_test",
+            Error::Model {
+                source: edgeml_runtime::Error::Artifact(_),
+                ..
+            } => "artifact",
             Error::Model { .. } => "load",
+            Error::NoArtifact { .. } => "no_artifact",
             Error::Unhealthy { .. } => "error_rate",
             Error::Halted(_) => "halted",
             Error::Interrupted { .. } => "interrupted",

@@ -41,7 +41,7 @@ pub use setup::runtime;
 
 use edgeml_client::wire::fleet::RolloutState;
 use edgeml_client::{Client, DownloadLimits, Poll};
-use edgeml_fleet::{Release, Timestamp, TrustedRoot};
+use edgeml_fleet::{ArtifactRef, Release, Timestamp, TrustedRoot};
 use edgeml_runtime::{Input, Model, Prediction, Runtime};
 use edgeml_telemetry::DeviceIdentity;
 use sha2::Digest as _;
@@ -482,6 +482,9 @@ impl Inner {
             last_error: s.last_error,
             error_kind: s.error_kind,
             root_version: lock(&self.trusted).root().version,
+            host_target: Some(self.runtime.host_target()),
+            engine: Some(self.runtime.engine_fingerprint()),
+            can_compile: self.runtime.can_compile(),
             seq: self.report_seq.load(Ordering::SeqCst),
         }
     }
@@ -518,17 +521,53 @@ impl Inner {
             }
             .into());
         }
-        self.load_bytes(bytes, installed.clone())
+        // Its precompiled artifact, if it came with one.
+        let artifact_path = self.state.artifact_path(&installed.sha256);
+        let artifact = match std::fs::read(&artifact_path) {
+            Ok(a) => Some(a),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(error::io(&artifact_path)(e)),
+        };
+        self.load_bytes(bytes, artifact.as_deref(), installed.clone())
     }
 
-    fn load_bytes(&self, bytes: Vec<u8>, installed: Installed) -> Result<Slot, Error> {
+    /// Verify and load a bundle, from its precompiled artifact if there is
+    /// one. A device that can compile falls back to compiling when the
+    /// artifact is refused (the bundle itself verified); one that cannot
+    /// reports the refusal.
+    fn load_bytes(
+        &self,
+        bytes: Vec<u8>,
+        artifact: Option<&[u8]>,
+        installed: Installed,
+    ) -> Result<Slot, Error> {
         let model_err = |source| Error::Model {
             version: installed.version.clone(),
             source,
         };
-        let policy = lock(&self.trusted).root().publisher_policy()?;
+        let (policy, signers) = {
+            let trusted = lock(&self.trusted);
+            (
+                trusted.root().publisher_policy()?,
+                trusted.root().artifact_policy()?,
+            )
+        };
         let verified = self.runtime.verify(bytes, &policy).map_err(model_err)?;
-        let model = self.runtime.load(&verified).map_err(model_err)?;
+        let model = match artifact {
+            Some(a) => match self.runtime.load_precompiled(&verified, a, &signers) {
+                Err(e) if self.runtime.can_compile() => {
+                    tracing::warn!(
+                        version = %installed.version,
+                        error = %e,
+                        "precompiled artifact refused: compiling the bundle instead"
+                    );
+                    self.runtime.load(&verified)
+                }
+                loaded => loaded,
+            },
+            None => self.runtime.load(&verified),
+        }
+        .map_err(model_err)?;
         Ok(Slot {
             model,
             installed,
@@ -772,6 +811,58 @@ impl Inner {
         self.install(release)
     }
 
+    /// Download the release's artifact for this device and check it is one
+    /// the runtime would load for `bundle`. On a device that can compile, a
+    /// failed download or a refused artifact is logged and the bundle is
+    /// compiled instead (`None`); on one that cannot, it is the error.
+    fn fetch_artifact(
+        &self,
+        release: &Release,
+        artifact: &ArtifactRef,
+        bundle: &edgeml_runtime::VerifiedBundle,
+        limits: DownloadLimits,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        tracing::info!(
+            target = %artifact.target,
+            bytes = artifact.size,
+            "downloading the precompiled artifact"
+        );
+        let fetched = self
+            .client
+            .download_artifact(
+                &self.identity,
+                artifact,
+                &self.state.part_path(&artifact.sha256),
+                limits,
+            )
+            .map_err(Error::from)
+            .and_then(|bytes| {
+                let signers = lock(&self.trusted).root().artifact_policy()?;
+                self.runtime
+                    .check_precompiled(bundle, &bytes, &signers)
+                    .map_err(|source| Error::Model {
+                        version: release.model_version.to_string(),
+                        source,
+                    })?;
+                Ok(bytes)
+            });
+        match fetched {
+            Ok(bytes) => {
+                let _ = std::fs::remove_file(self.state.part_path(&artifact.sha256));
+                Ok(Some(bytes))
+            }
+            Err(e) if self.runtime.can_compile() => {
+                tracing::warn!(
+                    error_kind = e.kind(),
+                    error = %e,
+                    "precompiled artifact not used: compiling the bundle instead"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn install(&self, release: &Release) -> Result<PollOutcome, Error> {
         let target = installed_of(release);
         self.set_state(UpdateState::Downloading, Some(target.clone()));
@@ -782,14 +873,27 @@ impl Inner {
             "downloading"
         );
         self.send_report();
+        let limits = DownloadLimits {
+            max_bytes: self.config.download.max_bytes,
+            timeout: self.config.download.timeout,
+        };
+        // The compiled code for this device, if the release has it. A device
+        // without a compiler cannot do without: refuse before downloading
+        // (not marked failed: a release that adds the artifact is taken).
+        let (host_target, engine) = (self.runtime.host_target(), self.runtime.engine_fingerprint());
+        let artifact_ref = release.artifact_for(&host_target, &engine);
+        if artifact_ref.is_none() && !self.runtime.can_compile() {
+            return Err(Error::NoArtifact {
+                version: target.version.clone(),
+                target: host_target,
+                engine,
+            });
+        }
         let bytes = self.client.download_bundle(
             &self.identity,
             release,
             &self.state.part_path(&target.sha256),
-            DownloadLimits {
-                max_bytes: self.config.download.max_bytes,
-                timeout: self.config.download.timeout,
-            },
+            limits,
         )?;
         // Verify before anything else touches it: publisher signatures
         // (root's keys and threshold), digests, and the manifest naming
@@ -803,10 +907,22 @@ impl Inner {
                 source,
             })?;
         release.check_manifest(verified.manifest())?;
-        // Stage: the bundle on disk, and a marker saying an update is in flight.
+        let artifact = match artifact_ref {
+            Some(a) => self.fetch_artifact(release, a, &verified, limits)?,
+            None => None,
+        };
+        // Stage: the bundle (and its artifact) on disk, and a marker saying
+        // an update is in flight.
         self.state
             .write(&self.state.bundle_path(&target.sha256), &bytes)?;
         let _ = std::fs::remove_file(self.state.part_path(&target.sha256));
+        let artifact_path = self.state.artifact_path(&target.sha256);
+        match &artifact {
+            Some(a) => self.state.write(&artifact_path, a)?,
+            None => {
+                let _ = std::fs::remove_file(&artifact_path);
+            }
+        }
         self.state.write_json(
             "pending.json",
             &Pending {
@@ -830,7 +946,7 @@ impl Inner {
             e
         };
         // Health check 1: it loads and passes its own self-test vectors.
-        let slot = match self.load_bytes(bytes, target.clone()) {
+        let slot = match self.load_bytes(bytes, artifact.as_deref(), target.clone()) {
             Ok(s) => s,
             Err(e) => return Err(fail(e)),
         };

@@ -68,6 +68,13 @@ impl StateDir {
         self.dir.join("bundles").join(format!("{sha256}.wasm"))
     }
 
+    /// The precompiled artifact installed with the bundle `sha256`.
+    pub fn artifact_path(&self, bundle_sha256: &str) -> PathBuf {
+        self.dir
+            .join("bundles")
+            .join(format!("{bundle_sha256}.edgemlpa"))
+    }
+
     pub fn part_path(&self, sha256: &str) -> PathBuf {
         self.dir.join("downloads").join(format!("{sha256}.part"))
     }
@@ -200,20 +207,23 @@ impl StateDir {
         }
     }
 
-    /// Delete a bundle that failed or was rolled back.
+    /// Delete a bundle that failed or was rolled back, and its artifact.
     pub fn discard_bundle(&self, sha256: &str) {
         let _ = std::fs::remove_file(self.bundle_path(sha256));
+        let _ = std::fs::remove_file(self.artifact_path(sha256));
         sync_dir(&self.dir.join("bundles"));
     }
 
-    /// Delete bundles other than `keep` (installed and previous).
+    /// Delete bundles (and artifacts) other than `keep`'s (installed and previous).
     pub fn gc(&self, keep: &[&Installed]) {
         let Ok(entries) = std::fs::read_dir(self.dir.join("bundles")) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let keep_it = keep.iter().any(|k| name == format!("{}.wasm", k.sha256));
+            let keep_it = keep.iter().any(|k| {
+                name == format!("{}.wasm", k.sha256) || name == format!("{}.edgemlpa", k.sha256)
+            });
             if !keep_it {
                 let _ = std::fs::remove_file(e.path());
             }

@@ -32,7 +32,10 @@ const MAX_HEADER: usize = 64 << 10;
 pub struct ArtifactClaims {
     /// Artifact format version (1).
     pub format: u32,
-    /// sha256 (hex) of the signed bundle it was compiled from.
+    /// The bundle it was compiled from: sha256 (hex) of the bundle's signed
+    /// content ([`crate::VerifiedBundle::digest`], `edgeml inspect`'s
+    /// content digest), so adding a signature to the bundle keeps its
+    /// artifacts valid.
     pub bundle_sha256: String,
     /// The target it was compiled for: a target triple
     /// (`aarch64-unknown-linux-gnu`) or `pulley32` / `pulley64`.
@@ -243,7 +246,7 @@ pub fn verify_signature<'a>(
 
 /// What decides whether code runs: the architecture (`aarch64` of
 /// `aarch64-unknown-linux-gnu`), or the Pulley variant.
-fn target_family(target: &str) -> &str {
+pub fn target_family(target: &str) -> &str {
     target.split('-').next().unwrap_or(target)
 }
 

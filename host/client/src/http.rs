@@ -1,7 +1,7 @@
 //! The blocking HTTP client.
 
 use crate::wire::fleet::{
-    BundleStored, ChannelList, ChannelStatus, ChannelView, FleetDevice, FleetDeviceList,
+    ArtifactStored, BundleStored, ChannelList, ChannelStatus, ChannelView, FleetDevice, FleetDeviceList,
     ReleasePublished, RolloutAction, RolloutChanged, RolloutRequest, RootPublished, StatusReport,
 };
 use crate::wire::telemetry::{
@@ -10,7 +10,7 @@ use crate::wire::telemetry::{
 };
 use crate::wire::ErrorBody;
 use crate::Error;
-use edgeml_fleet::Release;
+use edgeml_fleet::{ArtifactRef, Release};
 use edgeml_telemetry::DeviceIdentity;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use reqwest::{header, StatusCode};
@@ -179,15 +179,44 @@ impl Client {
         part: &Path,
         limits: DownloadLimits,
     ) -> Result<Vec<u8>, Error> {
-        let size = release.bundle.size;
+        let path = format!("/v1/fleet/bundles/{}", release.bundle.sha256);
+        self.download(identity, &path, release.bundle.size, part, limits, |b| {
+            release.check_bundle(b)
+        })
+    }
+
+    /// Download one of the release's precompiled artifacts into `part`,
+    /// like [`Client::download_bundle`]: resumable, within `limits`, and
+    /// returned only once its length and digest match the release.
+    pub fn download_artifact(
+        &self,
+        identity: &DeviceIdentity,
+        artifact: &ArtifactRef,
+        part: &Path,
+        limits: DownloadLimits,
+    ) -> Result<Vec<u8>, Error> {
+        let path = format!("/v1/fleet/artifacts/{}", artifact.sha256);
+        self.download(identity, &path, artifact.size, part, limits, |b| {
+            artifact.check(b)
+        })
+    }
+
+    fn download(
+        &self,
+        identity: &DeviceIdentity,
+        path: &str,
+        size: u64,
+        part: &Path,
+        limits: DownloadLimits,
+        check: impl Fn(&[u8]) -> Result<(), edgeml_fleet::Error>,
+    ) -> Result<Vec<u8>, Error> {
         if size > limits.max_bytes {
             return Err(Error::TooLarge {
                 size,
                 limit: limits.max_bytes,
             });
         }
-        let path = format!("/v1/fleet/bundles/{}", release.bundle.sha256);
-        let url = self.url(&path);
+        let url = self.url(path);
         let io = |source| Error::Io {
             path: part.to_path_buf(),
             source,
@@ -230,7 +259,7 @@ impl Client {
                 .header(tw::TIME_HEADER, now.to_string())
                 .header(
                     tw::SIGNATURE_HEADER,
-                    identity.sign_batch(&tw::get_signing_body("GET", &path, now)),
+                    identity.sign_batch(&tw::get_signing_body("GET", path, now)),
                 );
             if have > 0 {
                 req = req.header(header::RANGE, format!("bytes={have}-"));
@@ -305,7 +334,7 @@ impl Client {
         }
         tracing::info!(bytes = size, "downloaded");
         let bytes = std::fs::read(part).map_err(io)?;
-        if let Err(e) = release.check_bundle(&bytes) {
+        if let Err(e) = check(&bytes) {
             let _ = std::fs::remove_file(part);
             return Err(e.into());
         }
@@ -340,6 +369,15 @@ impl Client {
     pub fn upload_bundle(&self, sha256: &str, bundle: Vec<u8>) -> Result<BundleStored, Error> {
         let url = self.url(&format!("/v1/fleet/bundles/{sha256}"));
         let req = self.admin(self.http.put(&url)).body(bundle);
+        json(checked(&url, send(&url, req)?)?, &url)
+    }
+
+    /// Upload a signed precompiled artifact (`edgeml precompile`); the
+    /// server checks its signature against the root and that its bundle is
+    /// stored, and keeps it under its SHA-256.
+    pub fn upload_artifact(&self, sha256: &str, artifact: Vec<u8>) -> Result<ArtifactStored, Error> {
+        let url = self.url(&format!("/v1/fleet/artifacts/{sha256}"));
+        let req = self.admin(self.http.put(&url)).body(artifact);
         json(checked(&url, send(&url, req)?)?, &url)
     }
 

@@ -27,7 +27,7 @@
 //!     kind: "release".into(), channel: "stable".into(), version: 1,
 //!     expires: "2000-01-01T00:00:00Z".into(), model: "digits".into(),
 //!     model_version: "1.0.0".parse()?, bundle: BundleRef { sha256: "00".repeat(32), size: 1 },
-//!     rollout_percent: 100.0, allow_downgrade: false,
+//!     rollout_percent: 100.0, allow_downgrade: false, artifacts: Vec::new(),
 //! };
 //! let signed = Envelope::sign(&release, &[&release_key])?.to_vec();
 //! let err = trusted.verify_release(&signed, "stable", SystemTime::now(), None).unwrap_err();
@@ -42,7 +42,7 @@ pub mod metadata;
 
 pub use error::{Error, Result};
 pub use metadata::{
-    rollout_bucket, BundleRef, Envelope, Payload, Release, Role, Roles, Root, RootUpdate,
+    rollout_bucket, ArtifactRef, BundleRef, Envelope, Payload, Release, Role, Roles, Root, RootUpdate,
     Signature, Timestamp, TrustedRoot, MAX_RELEASE_VERSION, MAX_ROOT_UPDATES,
 };
 

@@ -215,6 +215,11 @@ pub struct Roles {
     /// timestamp's lifetime (a day by default) instead of the release's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Role>,
+    /// Optional: signs precompiled artifacts (`edgeml precompile`), so that
+    /// a build machine's key need not be a publisher key. Without it,
+    /// artifacts are signed by a publisher key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Role>,
 }
 
 /// The root of trust: keys, roles and thresholds, revoked keys. Version 1
@@ -270,6 +275,7 @@ impl Root {
             release: role(release),
             publisher: role(publisher),
             timestamp: None,
+            build: None,
         };
         Root {
             kind: "root".into(),
@@ -284,14 +290,28 @@ impl Root {
     /// Name a timestamp role (see [`Roles::timestamp`]): devices trusting
     /// this root then require a fresh timestamp signed by `threshold` of `keys`.
     pub fn with_timestamp(mut self, keys: &[PublicKey], threshold: u32) -> Root {
+        let role = self.add_role_keys(keys, threshold);
+        self.roles.timestamp = Some(role);
+        self
+    }
+
+    /// Name build keys (see [`Roles::build`]): devices then accept
+    /// precompiled artifacts signed by one of `keys` instead of by a
+    /// publisher key.
+    pub fn with_build(mut self, keys: &[PublicKey]) -> Root {
+        let role = self.add_role_keys(keys, 1);
+        self.roles.build = Some(role);
+        self
+    }
+
+    fn add_role_keys(&mut self, keys: &[PublicKey], threshold: u32) -> Role {
         let mut keyids = Vec::new();
         for k in keys {
             let id = k.id().to_string();
             self.keys.insert(id.clone(), hex::encode(k.to_bytes()));
             keyids.push(id);
         }
-        self.roles.timestamp = Some(Role { keyids, threshold });
-        self
+        Role { keyids, threshold }
     }
 
     /// Check what the types do not: key ids match keys, thresholds are
@@ -315,6 +335,7 @@ impl Root {
             ("release", Some(&self.roles.release)),
             ("publisher", Some(&self.roles.publisher)),
             ("timestamp", self.roles.timestamp.as_ref()),
+            ("build", self.roles.build.as_ref()),
         ]
         .into_iter()
         .filter_map(|(n, r)| Some((n, r?)))
@@ -361,6 +382,26 @@ impl Root {
             .map_err(|e| Error::InvalidRoot(e.to_string()))
     }
 
+    /// Who may sign precompiled artifacts, as a trust policy: any one key of
+    /// the build role if the root names one, else any one publisher key.
+    /// An artifact carries one signature; the release metadata, signed by
+    /// the release role's threshold, pins each artifact's digest.
+    pub fn artifact_policy(&self) -> Result<edgeml_bundle::TrustPolicy> {
+        let role = self.roles.build.as_ref().unwrap_or(&self.roles.publisher);
+        let keys = role
+            .keyids
+            .iter()
+            .filter(|id| !self.revoked.contains(*id))
+            .map(|id| {
+                let k = self.keys.get(id).ok_or_else(|| {
+                    Error::InvalidRoot(format!("key {id} is not in `keys`"))
+                })?;
+                root_key(k)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        edgeml_bundle::TrustPolicy::any_of(keys).map_err(|e| Error::InvalidRoot(e.to_string()))
+    }
+
     /// Whether `key` is revoked.
     pub fn is_revoked(&self, key: KeyId) -> bool {
         self.revoked.contains(&key.to_string())
@@ -375,6 +416,53 @@ pub struct BundleRef {
     pub sha256: String,
     /// Length in bytes.
     pub size: u64,
+}
+
+/// A precompiled artifact a release offers next to its bundle
+/// (`edgeml precompile`, `edgeml push --artifact`): devices whose target
+/// and engine fingerprint match download it instead of compiling the
+/// bundle, and devices without a compiler can only run such artifacts.
+/// The artifact's own signature covers the compiled code; this reference,
+/// signed with the release, pins which artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRef {
+    /// The target it was compiled for (`aarch64-unknown-linux-gnu`, `pulley32`).
+    pub target: String,
+    /// The engine fingerprint it was compiled for (`Runtime::engine_fingerprint`).
+    pub engine: String,
+    /// Hex SHA-256 of the artifact file.
+    pub sha256: String,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl ArtifactRef {
+    /// Check downloaded bytes against the pinned length and digest.
+    pub fn check(&self, bytes: &[u8]) -> Result<()> {
+        check_pinned(bytes, self.size, &self.sha256)
+    }
+}
+
+fn check_pinned(bytes: &[u8], size: u64, sha256: &str) -> Result<()> {
+    let got = bytes.len() as u64;
+    if got < size {
+        return Err(Error::Truncated {
+            expected: size,
+            got,
+        });
+    }
+    if got > size {
+        return Err(Error::TooLong { expected: size });
+    }
+    let found = hex::encode(Sha256::digest(bytes));
+    if found != sha256 {
+        return Err(Error::DigestMismatch {
+            expected: sha256.to_string(),
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// Release metadata for one channel: which bundle, to how much of the
@@ -402,6 +490,11 @@ pub struct Release {
     /// Devices with a higher version installed may install this one.
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// Precompiled artifacts of the bundle, per target. Agents older than
+    /// this field refuse release metadata that has it: upgrade agents
+    /// before publishing artifacts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactRef>,
 }
 
 impl Payload for Release {
@@ -437,26 +530,18 @@ impl Release {
 
     /// Check downloaded bytes against the pinned length and digest.
     pub fn check_bundle(&self, bytes: &[u8]) -> Result<()> {
-        let got = bytes.len() as u64;
-        if got < self.bundle.size {
-            return Err(Error::Truncated {
-                expected: self.bundle.size,
-                got,
-            });
-        }
-        if got > self.bundle.size {
-            return Err(Error::TooLong {
-                expected: self.bundle.size,
-            });
-        }
-        let found = hex::encode(Sha256::digest(bytes));
-        if found != self.bundle.sha256 {
-            return Err(Error::DigestMismatch {
-                expected: self.bundle.sha256.clone(),
-                found,
-            });
-        }
-        Ok(())
+        check_pinned(bytes, self.bundle.size, &self.bundle.sha256)
+    }
+
+    /// The artifact for a host running `target` code (`aarch64`,
+    /// `pulley32`; compared by architecture, as
+    /// [`edgeml_bundle::artifact::target_family`] does) with engine
+    /// fingerprint `engine`, if the release has one.
+    pub fn artifact_for(&self, target: &str, engine: &str) -> Option<&ArtifactRef> {
+        use edgeml_bundle::artifact::target_family;
+        self.artifacts
+            .iter()
+            .find(|a| target_family(&a.target) == target_family(target) && a.engine == engine)
     }
 
     /// Check the verified bundle's manifest names this release's model and version.

@@ -48,7 +48,7 @@ proptest! {
             expires: "2999-01-01T00:00:00Z".into(), model: "m".into(),
             model_version: "1.0.0".parse().unwrap(),
             bundle: crate::BundleRef { sha256: "ab".repeat(32), size: 1 },
-            rollout_percent: percent, allow_downgrade: false,
+            rollout_percent: percent, allow_downgrade: false, artifacts: Vec::new(),
         };
         let env = Envelope::sign(&r, &[&k]).unwrap();
         match t.verify_release(&env.to_vec(), "stable", SystemTime::now(), None) {

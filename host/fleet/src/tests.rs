@@ -54,6 +54,7 @@ fn release(version: u64, model_version: &str) -> Release {
         },
         rollout_percent: 100.0,
         allow_downgrade: false,
+        artifacts: Vec::new(),
     }
 }
 use sha2::Digest;

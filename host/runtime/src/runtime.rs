@@ -190,16 +190,8 @@ impl Runtime {
     ) -> Result<Model, Error> {
         let started = Instant::now();
         self.check_host_version(bundle)?;
-        let (target, engine) = (self.host_target(), self.engine_fingerprint());
-        let code = edgeml_bundle::artifact::open(
-            artifact,
-            signers,
-            &edgeml_bundle::artifact::Expected {
-                bundle_sha256: &bundle.digest_hex(),
-                target: &target,
-                engine: &engine,
-            },
-        )?;
+        let code = self.open_artifact(bundle, artifact, signers)?;
+        let engine = self.engine_fingerprint();
         // SAFETY: the code was signed by a key the caller trusts for
         // artifacts, for this bundle, this target and this engine
         // configuration, and its digest was just checked; wasmtime also
@@ -218,6 +210,45 @@ impl Runtime {
             let _ = cache::store(&path, code);
         }
         self.load_component(bundle, component, CacheOutcome::Precompiled, started)
+    }
+
+    /// Check, without loading it, that `artifact` is one
+    /// [`Runtime::load_precompiled`] would take for `bundle`: signed by a
+    /// key in `signers`, with intact code, made from this bundle for this
+    /// host's target and engine fingerprint. (wasmtime's own check of the
+    /// code happens only when it is loaded.)
+    pub fn check_precompiled(
+        &self,
+        bundle: &VerifiedBundle,
+        artifact: &[u8],
+        signers: &TrustPolicy,
+    ) -> Result<(), Error> {
+        self.open_artifact(bundle, artifact, signers).map(|_| ())
+    }
+
+    fn open_artifact<'a>(
+        &self,
+        bundle: &VerifiedBundle,
+        artifact: &'a [u8],
+        signers: &TrustPolicy,
+    ) -> Result<&'a [u8], Error> {
+        let (target, engine) = (self.host_target(), self.engine_fingerprint());
+        Ok(edgeml_bundle::artifact::open(
+            artifact,
+            signers,
+            &edgeml_bundle::artifact::Expected {
+                bundle_sha256: &bundle.digest_hex(),
+                target: &target,
+                engine: &engine,
+            },
+        )?)
+    }
+
+    /// Whether this build can compile components (cargo feature
+    /// `cranelift`). Without it, only precompiled artifacts
+    /// ([`Runtime::load_precompiled`]) and code already in the cache run.
+    pub fn can_compile(&self) -> bool {
+        cfg!(feature = "cranelift")
     }
 
     fn check_host_version(&self, bundle: &VerifiedBundle) -> Result<(), Error> {

@@ -120,6 +120,18 @@ pub struct StatusReport {
     pub error_kind: Option<String>,
     /// Root version the device trusts.
     pub root_version: u64,
+    /// The code the device runs (`x86_64`, `aarch64`, `pulley32`): which
+    /// precompiled artifact it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_target: Option<String>,
+    /// Its engine fingerprint (`Runtime::engine_fingerprint`): artifacts
+    /// must be compiled for exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// Whether it can compile bundles itself; `false` means it runs only
+    /// precompiled artifacts.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub can_compile: bool,
     /// Grows with every report the device sends; the server refuses a
     /// report whose sequence number is not above the last one it accepted
     /// from the device (a replayed report).
@@ -180,6 +192,19 @@ pub struct BundleStored {
     pub model: String,
     /// Model version from its manifest.
     pub version: String,
+}
+
+/// The reply to `PUT /v1/fleet/artifacts/{sha256}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactStored {
+    /// Hex SHA-256 of the artifact file.
+    pub sha256: String,
+    /// Hex SHA-256 of the bundle it was compiled from.
+    pub bundle_sha256: String,
+    /// The target it was compiled for.
+    pub target: String,
+    /// The engine fingerprint it was compiled for.
+    pub engine: String,
 }
 
 /// The reply to `PUT /v1/fleet/channels/{channel}/release`.
@@ -243,4 +268,12 @@ pub struct ChannelList {
 pub struct FleetDeviceList {
     /// Every device that reported.
     pub devices: Vec<FleetDevice>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
