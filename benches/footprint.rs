@@ -9,11 +9,21 @@
 //! runs with the agent's defaults and again with each memory knob the
 //! README names (`--knobs`).
 //!
-//! Run (the agent is a release build of another package):
+//! Each run also times a cold start: from starting the agent program on an
+//! empty state directory to the release installed (enrolment, download,
+//! verification, compiling, self-test), and from a restart to the model
+//! ready again. With `--no-compiler-agent PATH` (the agent built without
+//! Cranelift) the same models run on it too, from releases that carry an
+//! artifact precompiled for this machine.
+//!
+//! Run (the agents are release builds of another package):
 //!
 //! ```sh
 //! cargo build --release --locked -p edgeml-agent
-//! cargo bench --bench footprint -- [--agent PATH] [--requests N] [--knobs]
+//! cargo build --release --locked -p edgeml-agent --no-default-features \
+//!     --target-dir target/no-compiler
+//! cargo bench --bench footprint -- [--agent PATH] [--requests N] [--knobs] \
+//!     [--no-compiler-agent target/no-compiler/release/edgeml-agent]
 //! ```
 
 use base64::Engine as _;
@@ -170,9 +180,31 @@ impl Fleet {
             .with_admin_token(ADMIN)
     }
 
-    fn publish(&self, channel: &str, model: &str, bundle: Vec<u8>) {
+    /// Publish `bundle` to `channel`, with an artifact precompiled for this
+    /// machine if `precompiled`.
+    fn publish(&self, channel: &str, model: &str, bundle: Vec<u8>, precompiled: bool) {
         let sha256 = hex::encode(Sha256::digest(&bundle));
         let size = bundle.len() as u64;
+        let artifacts = if precompiled {
+            let rt = edgeml_runtime::Runtime::new(&edgeml_runtime::Config::new()).unwrap();
+            let policy =
+                edgeml_runtime::TrustPolicy::any_of(vec![self.publisher.public_key()]).unwrap();
+            let verified = rt.verify(bundle.clone(), &policy).unwrap();
+            let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+            let artifact = rt.precompile(&verified, &target, &self.publisher).unwrap();
+            let stored = self
+                .client()
+                .upload_artifact(&hex::encode(Sha256::digest(&artifact)), artifact.clone())
+                .unwrap();
+            vec![edgeml_fleet::ArtifactRef {
+                target: stored.target,
+                engine: stored.engine,
+                sha256: stored.sha256,
+                size: artifact.len() as u64,
+            }]
+        } else {
+            Vec::new()
+        };
         self.client().upload_bundle(&sha256, bundle).unwrap();
         let release = Release {
             kind: "release".into(),
@@ -187,7 +219,7 @@ impl Fleet {
             bundle: BundleRef { sha256, size },
             rollout_percent: 100.0,
             allow_downgrade: false,
-            artifacts: Vec::new(),
+            artifacts,
         };
         let env = Envelope::sign(&release, &[&self.release_key]).unwrap();
         self.client()
@@ -244,6 +276,10 @@ struct Run {
     /// agent's state and compiled-code cache (what a rebooted device runs).
     restarted: Memory,
     per_request: Duration,
+    /// From starting the agent on an empty state directory to installed.
+    install: Duration,
+    /// From restarting it to the model ready.
+    restart: Duration,
 }
 
 /// A setting to compare with the defaults: environment and `[runtime]` lines.
@@ -283,7 +319,15 @@ const KNOBS: [Knob; 5] = [
 
 /// Install `m` on a fresh agent with `knob`, wait, measure, send `n`
 /// requests, measure.
-fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> Run {
+fn run(
+    f: &Fleet,
+    agent: &Path,
+    m: &Model,
+    n: usize,
+    knob: &Knob,
+    tag: &str,
+    channel: &str,
+) -> Run {
     let id = format!("{}-{tag}", m.name.replace('.', "-"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -298,7 +342,7 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> 
              enrolment_token_file = \"enrol.token\"\npoll_interval = \"500ms\"\n[health]\nwatch = \"0s\"\n\
              [serve]\nlisten = \"127.0.0.1:{port}\"\n[runtime]\n{}",
             f.server.url(),
-            m.name,
+            channel,
             knob.runtime
         ),
     )
@@ -311,6 +355,7 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> 
     for (k, v) in knob.env {
         cmd.env(k, v);
     }
+    let started = Instant::now();
     let mut child: Child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while !f
@@ -318,8 +363,9 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> 
         .is_some_and(|r| r.state == UpdateState::Installed)
     {
         assert!(Instant::now() < deadline, "{id} did not install");
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let install = started.elapsed();
     // Let the install's transient allocations go back.
     std::thread::sleep(Duration::from_secs(2));
     let idle = memory(child.id());
@@ -340,6 +386,7 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> 
     let after = memory(child.id());
     let _ = child.kill();
     let _ = child.wait();
+    let started = Instant::now();
     let mut child: Child = cmd.spawn().unwrap();
     let ready = format!("http://127.0.0.1:{port}/v2/models/{}/ready", m.name);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -349,8 +396,9 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> 
         .is_ok_and(|r| r.status().is_success())
     {
         assert!(Instant::now() < deadline, "{id} did not come back");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let restart = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let restarted = memory(child.id());
     let _ = child.kill();
@@ -360,6 +408,8 @@ fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str) -> 
         after,
         restarted,
         per_request,
+        install,
+        restart,
     }
 }
 
@@ -391,32 +441,54 @@ fn main() {
         agent.display(),
         mib(std::fs::metadata(&agent).unwrap().len())
     );
+    let no_compiler = arg("--no-compiler-agent").map(PathBuf::from);
+    if let Some(a) = &no_compiler {
+        println!(
+            "agent without a compiler: {} ({} on disk)\n",
+            a.display(),
+            mib(std::fs::metadata(a).unwrap().len())
+        );
+    }
     let f = Fleet::new();
     for m in &MODELS {
-        f.publish(m.name, m.name, pack(m, &f.publisher));
+        f.publish(m.name, m.name, pack(m, &f.publisher), false);
+        if no_compiler.is_some() {
+            let channel = format!("{}-precompiled", m.name);
+            f.publish(&channel, m.name, pack(m, &f.publisher), true);
+        }
     }
     let variants = if knobs { &KNOBS[..] } else { &KNOBS[..1] };
-    println!("| model | weights | settings | RSS idle, installed (anon) | RSS after {n} requests | RSS − weights | peak RSS | virtual | RSS idle, restarted (anon) | per request |");
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| model | weights | settings | RSS idle, installed (anon) | RSS after {n} requests | RSS − weights | peak RSS | virtual | RSS idle, restarted (anon) | per request | start → installed | restart → ready |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let row = |m: &Model, weights: u64, label: &str, r: &Run| {
+        println!(
+            "| {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} ({}) | {:.2} ms | {:.0} ms | {:.0} ms |",
+            m.name,
+            mib(weights),
+            label,
+            mib(r.idle.rss),
+            mib(r.idle.anon),
+            mib(r.after.rss),
+            mib(r.after.rss.saturating_sub(weights)),
+            mib(r.after.peak),
+            mib(r.after.virt),
+            mib(r.restarted.rss),
+            mib(r.restarted.anon),
+            r.per_request.as_secs_f64() * 1e3,
+            r.install.as_secs_f64() * 1e3,
+            r.restart.as_secs_f64() * 1e3,
+        );
+    };
     for m in &MODELS {
         let weights = read(m.onnx).len() as u64;
         for (i, knob) in variants.iter().enumerate() {
-            let r = run(&f, &agent, m, n, knob, &format!("v{i}"));
-            println!(
-                "| {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} ({}) | {:.2} ms |",
-                m.name,
-                mib(weights),
-                knob.label,
-                mib(r.idle.rss),
-                mib(r.idle.anon),
-                mib(r.after.rss),
-                mib(r.after.rss.saturating_sub(weights)),
-                mib(r.after.peak),
-                mib(r.after.virt),
-                mib(r.restarted.rss),
-                mib(r.restarted.anon),
-                r.per_request.as_secs_f64() * 1e3
-            );
+            let r = run(&f, &agent, m, n, knob, &format!("v{i}"), m.name);
+            row(m, weights, knob.label, &r);
+        }
+        if let Some(a) = &no_compiler {
+            let channel = format!("{}-precompiled", m.name);
+            let r = run(&f, a, m, n, &KNOBS[0], "nc", &channel);
+            row(m, weights, "no compiler, precompiled artifact", &r);
         }
     }
 }
