@@ -229,6 +229,7 @@ mod fleet {
     use crate::common::*;
     use crate::fleet::{device_report, predicts, runtime, version_of, Fleet};
     use edgeml_agent::PollOutcome;
+    use edgeml_collector::Store as _;
     use sha2::Digest as _;
     use edgeml_fleet::Envelope;
 
@@ -314,6 +315,108 @@ mod fleet {
         assert!(
             matches!(&refused, Err(edgeml_client::Error::Refused { status: 422, message, .. })
                 if message.contains("not from a trusted key")),
+            "{refused:?}"
+        );
+    }
+
+    /// The operator's commands: a root naming a build key, `edgeml
+    /// precompile` signing with it, `edgeml push --artifact`; an agent
+    /// installs through the artifact.
+    #[test]
+    fn cli_pushes_an_artifact_signed_by_a_build_key() {
+        let f = Fleet::new();
+        let keys = f.dir.path().join("keys");
+        let build = edgeml_bundle::SecretKey::generate().unwrap();
+        build.write_pair(&keys, "build").unwrap();
+        f.publisher.write_pair(&keys, "publisher").unwrap();
+        f.release[0].write_pair(&keys, "release-0").unwrap();
+        f.release[1].write_pair(&keys, "release-1").unwrap();
+        std::fs::write(keys.join("admin-token"), crate::fleet::ADMIN).unwrap();
+        // Root v2 names the build key (what `edgeml root rotate --build-key` writes).
+        let rel: Vec<_> = f.release.iter().map(|k| k.public_key()).collect();
+        let root = edgeml_fleet::Root::new(
+            2,
+            std::time::SystemTime::now() + std::time::Duration::from_secs(86400),
+            (&[f.root_key.public_key()], 1),
+            (&rel, 2),
+            (&[f.publisher.public_key()], 1),
+        )
+        .with_build(&[build.public_key()]);
+        let env = Envelope::sign(&root, &[&f.root_key]).unwrap();
+        f.publish_root(2, env.to_vec()).unwrap();
+
+        let bundle = f.dir.path().join("digits.wasm");
+        std::fs::write(&bundle, f.signed(&DIGITS_IMAGE, "1.0.0")).unwrap();
+        let artifact = f.dir.path().join("digits.edgemlpa");
+        let out = edgeml()
+            .arg("precompile")
+            .arg(&bundle)
+            .arg("--trust")
+            .arg(keys.join("publisher.pub"))
+            .arg("--key")
+            .arg(keys.join("build.key"))
+            .args(["--target", &host_triple()])
+            .arg("--out")
+            .arg(&artifact)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = edgeml()
+            .arg("push")
+            .arg(&bundle)
+            .arg("--artifact")
+            .arg(&artifact)
+            .args(["--server", &f.url(), "--channel", "stable"])
+            .arg("--admin-token-file")
+            .arg(keys.join("admin-token"))
+            .arg("--key")
+            .arg(keys.join("release-0.key"))
+            .arg("--key")
+            .arg(keys.join("release-1.key"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            stdout.contains(&format!("precompiled for {}", host_triple())),
+            "{stdout}"
+        );
+        let release: edgeml_fleet::Release = f
+            .store()
+            .release("stable")
+            .unwrap()
+            .unwrap()
+            .release;
+        assert_eq!(release.artifacts.len(), 1);
+        assert_eq!(release.artifacts[0].target, host_triple());
+
+        // The agent ships with root v1 and follows the chain to v2.
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+        assert_eq!(predicts(&a), "7");
+        assert!(stored_artifact(&f, "gw-1", &release.bundle.sha256).exists());
+
+        // An artifact signed by the publisher key is no longer accepted:
+        // root v2 names a build key.
+        let out = edgeml()
+            .arg("precompile")
+            .arg(&bundle)
+            .arg("--trust")
+            .arg(keys.join("publisher.pub"))
+            .arg("--key")
+            .arg(keys.join("publisher.key"))
+            .args(["--target", &host_triple()])
+            .arg("--out")
+            .arg(&artifact)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&artifact).unwrap();
+        let refused = f
+            .client
+            .upload_artifact(&hex::encode(sha2::Sha256::digest(&bytes)), bytes);
+        assert!(
+            matches!(&refused, Err(edgeml_client::Error::Refused { status: 422, .. })),
             "{refused:?}"
         );
     }

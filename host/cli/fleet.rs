@@ -309,21 +309,30 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
         );
     }
     println!(
-        "{:<16} {:<10} {:<10} {:<12} {:>9}  last error",
-        "DEVICE", "INSTALLED", "TARGET", "STATE", "SEEN"
+        "{:<16} {:<10} {:<10} {:<9} {:<12} {:>9}  last error",
+        "DEVICE", "INSTALLED", "TARGET", "CODE", "STATE", "SEEN"
     );
     let now = edgeml_telemetry::now_ms();
     for d in &devices {
         let st = &d.status;
+        let code = format!(
+            "{}{}",
+            st.host_target.as_deref().unwrap_or("-"),
+            if st.can_compile { "" } else { "*" }
+        );
         println!(
-            "{:<16} {:<10} {:<10} {:<12} {:>8}s  {}",
+            "{:<16} {:<10} {:<10} {:<9} {:<12} {:>8}s  {}",
             d.device_id,
             st.installed.as_ref().map_or("-", |i| i.version.as_str()),
             st.target.as_deref().unwrap_or("-"),
+            code,
             st.state.name(),
             now.saturating_sub(d.last_seen_ms) / 1000,
             st.last_error.as_deref().unwrap_or("")
         );
+    }
+    if devices.iter().any(|d| !d.status.can_compile) {
+        println!("* no compiler: runs only precompiled artifacts (edgeml precompile, edgeml push --artifact)");
     }
     Ok(())
 }

@@ -449,3 +449,49 @@ fn rollout_share_is_stable_and_monotonic() {
     r.rollout_percent = 100.0;
     assert!(devices.iter().all(|d| r.includes(d)));
 }
+
+#[test]
+fn artifact_signers_are_the_build_keys_when_root_names_them() {
+    let k = keys(1);
+    let publisher_only = root_v1(&k, 1).artifact_policy().unwrap();
+    assert_eq!(publisher_only.keys(), &[k.publisher.public_key()]);
+    let build = SecretKey::generate().unwrap();
+    let root = root_v1(&k, 1).with_build(&[build.public_key()]);
+    root.validate().unwrap();
+    let policy = root.artifact_policy().unwrap();
+    assert_eq!(policy.keys(), &[build.public_key()], "publisher keys no longer sign artifacts");
+    // A root with a build role still parses after a round trip, and one
+    // without it serialises without the field (older devices parse it).
+    let env = Envelope::sign(&root, &[&k.root]).unwrap();
+    let t = TrustedRoot::bootstrap(&env.to_vec()).unwrap();
+    assert_eq!(t.root().roles.build, root.roles.build);
+    let plain = serde_json::to_string(&root_v1(&k, 1)).unwrap();
+    assert!(!plain.contains("build"), "{plain}");
+}
+
+#[test]
+fn release_offers_the_artifact_for_the_device_target_and_engine() {
+    let artifact = |target: &str, engine: &str| ArtifactRef {
+        target: target.into(),
+        engine: engine.into(),
+        sha256: "00".repeat(32),
+        size: 1,
+    };
+    let mut r = release(1, "1.0.0");
+    assert!(!serde_json::to_string(&r).unwrap().contains("artifacts"));
+    r.artifacts = vec![
+        artifact("aarch64-unknown-linux-gnu", "e1"),
+        artifact("pulley32", "e1"),
+    ];
+    assert_eq!(
+        r.artifact_for("aarch64", "e1").map(|a| a.target.as_str()),
+        Some("aarch64-unknown-linux-gnu")
+    );
+    assert_eq!(
+        r.artifact_for("pulley32", "e1").map(|a| a.target.as_str()),
+        Some("pulley32")
+    );
+    assert!(r.artifact_for("aarch64", "e2").is_none(), "another engine");
+    assert!(r.artifact_for("x86_64", "e1").is_none(), "another target");
+    assert!(r.artifact_for("pulley64", "e1").is_none(), "another Pulley width");
+}
