@@ -319,15 +319,7 @@ const KNOBS: [Knob; 5] = [
 
 /// Install `m` on a fresh agent with `knob`, wait, measure, send `n`
 /// requests, measure.
-fn run(
-    f: &Fleet,
-    agent: &Path,
-    m: &Model,
-    n: usize,
-    knob: &Knob,
-    tag: &str,
-    channel: &str,
-) -> Run {
+fn run(f: &Fleet, agent: &Path, m: &Model, n: usize, knob: &Knob, tag: &str, channel: &str) -> Run {
     let id = format!("{}-{tag}", m.name.replace('.', "-"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

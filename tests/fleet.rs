@@ -166,7 +166,8 @@ impl Fleet {
     /// `bundle` compiled for `target` and signed by `key`, not uploaded.
     pub(crate) fn precompiled(&self, bundle: &[u8], target: &str, key: &SecretKey) -> Vec<u8> {
         let rt = runtime();
-        let policy = edgeml_runtime::TrustPolicy::any_of(vec![self.publisher.public_key()]).unwrap();
+        let policy =
+            edgeml_runtime::TrustPolicy::any_of(vec![self.publisher.public_key()]).unwrap();
         let verified = rt.verify(bundle.to_vec(), &policy).unwrap();
         rt.precompile(&verified, target, key).unwrap()
     }

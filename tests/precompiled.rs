@@ -230,8 +230,8 @@ mod fleet {
     use crate::fleet::{device_report, predicts, runtime, version_of, Fleet};
     use edgeml_agent::PollOutcome;
     use edgeml_collector::Store as _;
-    use sha2::Digest as _;
     use edgeml_fleet::Envelope;
+    use sha2::Digest as _;
 
     /// The artifact the agent `id` keeps with its installed bundle.
     fn stored_artifact(f: &Fleet, id: &str, bundle_sha256: &str) -> std::path::PathBuf {
@@ -249,7 +249,11 @@ mod fleet {
         let v1 = f.signed(&DIGITS_IMAGE, "1.0.0");
         let mut r = f.release_for(&v1, "1.0.0", 100.0);
         // An artifact for another architecture too: the agent takes its own.
-        let other = if cfg!(target_arch = "x86_64") { "aarch64-unknown-linux-gnu" } else { "x86_64-unknown-linux-gnu" };
+        let other = if cfg!(target_arch = "x86_64") {
+            "aarch64-unknown-linux-gnu"
+        } else {
+            "x86_64-unknown-linux-gnu"
+        };
         r.artifacts = vec![f.artifact(&v1, other), f.artifact(&v1, &host_triple())];
         let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
         f.publish_release(env.to_vec()).unwrap();
@@ -360,7 +364,11 @@ mod fleet {
             .arg(&artifact)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = edgeml()
             .arg("push")
             .arg(&bundle)
@@ -376,17 +384,16 @@ mod fleet {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             stdout.contains(&format!("precompiled for {}", host_triple())),
             "{stdout}"
         );
-        let release: edgeml_fleet::Release = f
-            .store()
-            .release("stable")
-            .unwrap()
-            .unwrap()
-            .release;
+        let release: edgeml_fleet::Release = f.store().release("stable").unwrap().unwrap().release;
         assert_eq!(release.artifacts.len(), 1);
         assert_eq!(release.artifacts[0].target, host_triple());
 
@@ -410,13 +417,20 @@ mod fleet {
             .arg(&artifact)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let bytes = std::fs::read(&artifact).unwrap();
         let refused = f
             .client
             .upload_artifact(&hex::encode(sha2::Sha256::digest(&bytes)), bytes);
         assert!(
-            matches!(&refused, Err(edgeml_client::Error::Refused { status: 422, .. })),
+            matches!(
+                &refused,
+                Err(edgeml_client::Error::Refused { status: 422, .. })
+            ),
             "{refused:?}"
         );
     }

@@ -17,9 +17,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use edgeml_bundle::SecretKey;
 use edgeml_client::wire::fleet::{
-    ArtifactStored, BundleStored, ChannelList, ChannelView, FleetDeviceList, ReleasePublished, ReportAccepted,
-    RolloutAction, RolloutChanged, RolloutRequest, RolloutState, RootPublished, StatusReport,
-    UpdateState,
+    ArtifactStored, BundleStored, ChannelList, ChannelView, FleetDeviceList, ReleasePublished,
+    ReportAccepted, RolloutAction, RolloutChanged, RolloutRequest, RolloutState, RootPublished,
+    StatusReport, UpdateState,
 };
 use edgeml_fleet::Timestamp;
 use edgeml_fleet::{Envelope, TrustedRoot};
@@ -666,9 +666,19 @@ async fn check_release_artifacts(
     // Artifacts name the bundle by its signed content's digest.
     let bundle = tokio::fs::read(bundle_path(dir, &release.bundle.sha256)?)
         .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the bundle: {e}")))?;
+        .map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the bundle: {e}"),
+            )
+        })?;
     let content_sha256 = edgeml_bundle::inspect(&bundle)
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("stored bundle: {e}")))?
+        .map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored bundle: {e}"),
+            )
+        })?
         .content_sha256;
     let mut seen = std::collections::HashSet::new();
     for a in &release.artifacts {
@@ -696,7 +706,11 @@ async fn check_release_artifacts(
             )
         })?;
         let mismatch = if bytes.len() as u64 != a.size {
-            Some(format!("is {} bytes, the release says {}", bytes.len(), a.size))
+            Some(format!(
+                "is {} bytes, the release says {}",
+                bytes.len(),
+                a.size
+            ))
         } else if claims.bundle_sha256 != content_sha256 {
             Some(format!(
                 "was compiled from bundle content {}, the release pins bundle content {content_sha256}",

@@ -175,8 +175,7 @@ pub fn push(args: &PushArgs) -> Result<()> {
         .context("uploading the bundle")?;
     let mut artifacts = Vec::new();
     for path in &args.artifacts {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let claims = edgeml_bundle::artifact::read_claims(&bytes)
             .with_context(|| format!("{} is not a precompiled artifact", path.display()))?;
         if claims.bundle_sha256 != info.content_sha256 {

@@ -880,7 +880,10 @@ impl Inner {
         // The compiled code for this device, if the release has it. A device
         // without a compiler cannot do without: refuse before downloading
         // (not marked failed: a release that adds the artifact is taken).
-        let (host_target, engine) = (self.runtime.host_target(), self.runtime.engine_fingerprint());
+        let (host_target, engine) = (
+            self.runtime.host_target(),
+            self.runtime.engine_fingerprint(),
+        );
         let artifact_ref = release.artifact_for(&host_target, &engine);
         if artifact_ref.is_none() && !self.runtime.can_compile() {
             return Err(Error::NoArtifact {

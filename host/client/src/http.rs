@@ -1,8 +1,9 @@
 //! The blocking HTTP client.
 
 use crate::wire::fleet::{
-    ArtifactStored, BundleStored, ChannelList, ChannelStatus, ChannelView, FleetDevice, FleetDeviceList,
-    ReleasePublished, RolloutAction, RolloutChanged, RolloutRequest, RootPublished, StatusReport,
+    ArtifactStored, BundleStored, ChannelList, ChannelStatus, ChannelView, FleetDevice,
+    FleetDeviceList, ReleasePublished, RolloutAction, RolloutChanged, RolloutRequest,
+    RootPublished, StatusReport,
 };
 use crate::wire::telemetry::{
     self as tw, DeviceInfo, DriftResponse, Enrolled, ModelVersionInfo, NpyMetadata, Range,
@@ -375,7 +376,11 @@ impl Client {
     /// Upload a signed precompiled artifact (`edgeml precompile`); the
     /// server checks its signature against the root and that its bundle is
     /// stored, and keeps it under its SHA-256.
-    pub fn upload_artifact(&self, sha256: &str, artifact: Vec<u8>) -> Result<ArtifactStored, Error> {
+    pub fn upload_artifact(
+        &self,
+        sha256: &str,
+        artifact: Vec<u8>,
+    ) -> Result<ArtifactStored, Error> {
         let url = self.url(&format!("/v1/fleet/artifacts/{sha256}"));
         let req = self.admin(self.http.put(&url)).body(artifact);
         json(checked(&url, send(&url, req)?)?, &url)

@@ -42,8 +42,8 @@ pub mod metadata;
 
 pub use error::{Error, Result};
 pub use metadata::{
-    rollout_bucket, ArtifactRef, BundleRef, Envelope, Payload, Release, Role, Roles, Root, RootUpdate,
-    Signature, Timestamp, TrustedRoot, MAX_RELEASE_VERSION, MAX_ROOT_UPDATES,
+    rollout_bucket, ArtifactRef, BundleRef, Envelope, Payload, Release, Role, Roles, Root,
+    RootUpdate, Signature, Timestamp, TrustedRoot, MAX_RELEASE_VERSION, MAX_ROOT_UPDATES,
 };
 
 #[cfg(test)]

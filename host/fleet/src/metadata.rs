@@ -393,9 +393,10 @@ impl Root {
             .iter()
             .filter(|id| !self.revoked.contains(*id))
             .map(|id| {
-                let k = self.keys.get(id).ok_or_else(|| {
-                    Error::InvalidRoot(format!("key {id} is not in `keys`"))
-                })?;
+                let k = self
+                    .keys
+                    .get(id)
+                    .ok_or_else(|| Error::InvalidRoot(format!("key {id} is not in `keys`")))?;
                 root_key(k)
             })
             .collect::<Result<Vec<_>>>()?;

@@ -459,7 +459,11 @@ fn artifact_signers_are_the_build_keys_when_root_names_them() {
     let root = root_v1(&k, 1).with_build(&[build.public_key()]);
     root.validate().unwrap();
     let policy = root.artifact_policy().unwrap();
-    assert_eq!(policy.keys(), &[build.public_key()], "publisher keys no longer sign artifacts");
+    assert_eq!(
+        policy.keys(),
+        &[build.public_key()],
+        "publisher keys no longer sign artifacts"
+    );
     // A root with a build role still parses after a round trip, and one
     // without it serialises without the field (older devices parse it).
     let env = Envelope::sign(&root, &[&k.root]).unwrap();
@@ -493,5 +497,8 @@ fn release_offers_the_artifact_for_the_device_target_and_engine() {
     );
     assert!(r.artifact_for("aarch64", "e2").is_none(), "another engine");
     assert!(r.artifact_for("x86_64", "e1").is_none(), "another target");
-    assert!(r.artifact_for("pulley64", "e1").is_none(), "another Pulley width");
+    assert!(
+        r.artifact_for("pulley64", "e1").is_none(),
+        "another Pulley width"
+    );
 }
