@@ -55,8 +55,11 @@ fn precompiled_artifact_loads_and_predicts_like_a_compiled_bundle() {
     );
 }
 
+/// Precompiled code stays out of the compiled-code cache: a later plain
+/// `load` compiles, so code whose signer is revoked later does not live on
+/// as a cache hit.
 #[test]
-fn precompiled_code_is_cached_for_the_next_start() {
+fn precompiled_code_is_not_put_in_the_compile_cache() {
     let s = setup();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new();
@@ -70,10 +73,46 @@ fn precompiled_code_is_cached_for_the_next_start() {
         .load_precompiled(&s.bundle, &artifact, &s.publisher.policy())
         .unwrap();
     assert_eq!(first.load_info().cache, CacheOutcome::Precompiled);
-    // A restart: the bundle alone loads from the cache, nothing compiled.
     let restarted = Runtime::new(&config).unwrap();
     let again = restarted.load(&s.bundle).unwrap();
-    assert_eq!(again.load_info().cache, CacheOutcome::Hit);
+    assert_eq!(again.load_info().cache, CacheOutcome::Miss);
+}
+
+/// Claims that match, over code wasmtime cannot load (damaged, or for
+/// another operating system): refused before anything runs, and
+/// `check_precompiled` (what the agent runs before staging) says so too.
+#[test]
+fn rejects_artifact_wasmtime_refuses() {
+    let s = setup();
+    let claims = edgeml_runtime::ArtifactClaims {
+        format: 0,
+        bundle_sha256: s.bundle.digest_hex(),
+        target: host_triple(),
+        engine: s.runtime.engine_fingerprint(),
+        code_sha256: String::new(),
+    };
+    let artifact = edgeml_runtime::bundle::artifact::seal(
+        claims,
+        b"\0asm not compiled code",
+        Some(&s.publisher.key),
+    )
+    .unwrap();
+    let err = s
+        .runtime
+        .check_precompiled(&s.bundle, &artifact, &s.publisher.policy())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Artifact(ArtifactError::Incompatible(_))),
+        "{err}"
+    );
+    let err = s
+        .runtime
+        .load_precompiled(&s.bundle, &artifact, &s.publisher.policy())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Artifact(ArtifactError::Incompatible(_))),
+        "{err}"
+    );
 }
 
 #[test]
@@ -258,9 +297,20 @@ mod fleet {
         let env = Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
         f.publish_release(env.to_vec()).unwrap();
 
-        let a = f.agent("gw-1");
+        // Its own compiled-code cache: empty afterwards means nothing was
+        // compiled (precompiled code is never cached).
+        let cache = tempfile::tempdir().unwrap();
+        let mut config = edgeml_runtime::Config::new();
+        config.cache_dir(cache.path());
+        let rt = edgeml_runtime::Runtime::new(&config).unwrap();
+        let a = edgeml_agent::Agent::open(f.agent_config("gw-1"), rt.clone()).unwrap();
         assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
         assert_eq!(predicts(&a), "7");
+        assert_eq!(
+            std::fs::read_dir(cache.path()).unwrap().count(),
+            0,
+            "the agent loaded the artifact; it compiled nothing"
+        );
         let kept = std::fs::read(stored_artifact(&f, "gw-1", &r.bundle.sha256)).unwrap();
         assert_eq!(
             hex::encode(sha2::Sha256::digest(&kept)),
@@ -275,9 +325,10 @@ mod fleet {
 
         // A restart loads the installed bundle with its artifact.
         drop(a);
-        let a = f.agent("gw-1");
+        let a = edgeml_agent::Agent::open(f.agent_config("gw-1"), rt).unwrap();
         assert_eq!(version_of(&a).as_deref(), Some("1.0.0"));
         assert_eq!(predicts(&a), "7");
+        assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
     }
 
     #[test]

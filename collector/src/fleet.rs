@@ -363,7 +363,7 @@ async fn artifact_signers(st: &AppState) -> ApiResult<edgeml_bundle::TrustPolicy
     })?;
     root.root()
         .artifact_policy()
-        .map_err(|e| fleet_err(StatusCode::INTERNAL_SERVER_ERROR, e))
+        .map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
 /// Store a precompiled artifact (`edgeml precompile`) next to the bundles,
@@ -618,7 +618,7 @@ async fn put_release(
             ),
         ));
     }
-    check_release_artifacts(&dir, &release).await?;
+    check_release_artifacts(&dir, &release, &root).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     let store = st.store.clone();
     let r = release.clone();
@@ -654,15 +654,23 @@ async fn put_release(
 }
 
 /// Each artifact a release lists must be stored here, with the listed
-/// size, compiled from the release's bundle for the target and engine the
-/// release says (devices check all of it again).
+/// size, signed by the root's artifact signers, compiled from the release's
+/// bundle for the target and engine the release says (devices check all of
+/// it again).
 async fn check_release_artifacts(
     dir: &std::path::Path,
     release: &edgeml_fleet::Release,
+    root: &TrustedRoot,
 ) -> ApiResult<()> {
     if release.artifacts.is_empty() {
         return Ok(());
     }
+    // Signed by the current root's artifact signers (a rotation since the
+    // upload may have revoked the key).
+    let signers = root
+        .root()
+        .artifact_policy()
+        .map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     // Artifacts name the bundle by its signed content's digest.
     let bundle = tokio::fs::read(bundle_path(dir, &release.bundle.sha256)?)
         .await
@@ -699,12 +707,13 @@ async fn check_release_artifacts(
                 format!("artifact {} has not been uploaded", a.sha256),
             )
         })?;
-        let claims = edgeml_bundle::artifact::read_claims(&bytes).map_err(|e| {
-            err(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("stored artifact {}: {e}", a.sha256),
-            )
-        })?;
+        let (claims, _) =
+            edgeml_bundle::artifact::verify_signature(&bytes, &signers).map_err(|e| {
+                err(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("stored artifact {}: {e}", a.sha256),
+                )
+            })?;
         let mismatch = if bytes.len() as u64 != a.size {
             Some(format!(
                 "is {} bytes, the release says {}",

@@ -545,16 +545,15 @@ impl Inner {
             version: installed.version.clone(),
             source,
         };
-        let (policy, signers) = {
-            let trusted = lock(&self.trusted);
-            (
-                trusted.root().publisher_policy()?,
-                trusted.root().artifact_policy()?,
-            )
-        };
+        let policy = lock(&self.trusted).root().publisher_policy()?;
         let verified = self.runtime.verify(bytes, &policy).map_err(model_err)?;
         let model = match artifact {
-            Some(a) => match self.runtime.load_precompiled(&verified, a, &signers) {
+            Some(a) => match lock(&self.trusted)
+                .root()
+                .artifact_policy()
+                .map_err(|e| edgeml_runtime::Error::Config(e.to_string()))
+                .and_then(|signers| self.runtime.load_precompiled(&verified, a, &signers))
+            {
                 Err(e) if self.runtime.can_compile() => {
                     tracing::warn!(
                         version = %installed.version,
@@ -857,6 +856,7 @@ impl Inner {
                     error = %e,
                     "precompiled artifact not used: compiling the bundle instead"
                 );
+                let _ = std::fs::remove_file(self.state.part_path(&artifact.sha256));
                 Ok(None)
             }
             Err(e) => Err(e),

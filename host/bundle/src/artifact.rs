@@ -93,6 +93,10 @@ pub enum ArtifactError {
         /// This host's.
         host: String,
     },
+    /// Everything the artifact claims matches, but wasmtime refused the
+    /// code (another operating system or CPU features, or damaged code).
+    #[error("wasmtime refused the precompiled code ({0}): precompile the bundle for this device's target with this edgeml version")]
+    Incompatible(String),
     /// Compiled from another bundle.
     #[error("the artifact was compiled from bundle {artifact}, not from this bundle ({bundle})")]
     OtherBundle {
@@ -247,7 +251,14 @@ pub fn verify_signature<'a>(
 /// What decides whether code runs: the architecture (`aarch64` of
 /// `aarch64-unknown-linux-gnu`), or the Pulley variant.
 pub fn target_family(target: &str) -> &str {
-    target.split('-').next().unwrap_or(target)
+    let arch = target.split('-').next().unwrap_or(target);
+    // Triples name some architectures more finely than `std::env::consts::ARCH`.
+    match arch {
+        a if a.starts_with("riscv64") => "riscv64",
+        a if a.starts_with("riscv32") => "riscv32",
+        "i386" | "i586" | "i686" => "x86",
+        a => a,
+    }
 }
 
 #[cfg(test)]

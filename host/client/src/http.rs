@@ -374,8 +374,8 @@ impl Client {
     }
 
     /// Upload a signed precompiled artifact (`edgeml precompile`); the
-    /// server checks its signature against the root and that its bundle is
-    /// stored, and keeps it under its SHA-256.
+    /// server checks its signature against the root and keeps it under its
+    /// SHA-256 (which bundle it belongs to is checked when a release lists it).
     pub fn upload_artifact(
         &self,
         sha256: &str,

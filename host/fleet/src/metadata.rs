@@ -340,6 +340,12 @@ impl Root {
         .into_iter()
         .filter_map(|(n, r)| Some((n, r?)))
         {
+            if name == "build" && role.threshold != 1 {
+                return Err(Error::InvalidRoot(
+                    "build threshold must be 1: a precompiled artifact carries one signature"
+                        .into(),
+                ));
+            }
             let distinct: BTreeSet<_> = role.keyids.iter().collect();
             if role.threshold == 0 || role.threshold as usize > distinct.len() {
                 return Err(Error::InvalidRoot(format!(
@@ -382,12 +388,27 @@ impl Root {
             .map_err(|e| Error::InvalidRoot(e.to_string()))
     }
 
-    /// Who may sign precompiled artifacts, as a trust policy: any one key of
-    /// the build role if the root names one, else any one publisher key.
-    /// An artifact carries one signature; the release metadata, signed by
-    /// the release role's threshold, pins each artifact's digest.
+    /// Who may sign precompiled artifacts, as a trust policy. An artifact
+    /// carries one signature (and the release metadata, signed by the
+    /// release role's threshold, pins its digest), so: any one key of the
+    /// build role if the root names one (its threshold must be 1), else any
+    /// one publisher key if the publisher threshold is 1. A root whose
+    /// publisher threshold is higher must name a build role for devices to
+    /// take artifacts: one publisher key alone must not be able to ship
+    /// native code when bundles need several.
     pub fn artifact_policy(&self) -> Result<edgeml_bundle::TrustPolicy> {
-        let role = self.roles.build.as_ref().unwrap_or(&self.roles.publisher);
+        let role = match &self.roles.build {
+            Some(build) => build,
+            None if self.roles.publisher.threshold == 1 => &self.roles.publisher,
+            None => {
+                return Err(Error::InvalidRoot(format!(
+                    "root version {} needs {} publisher signatures per bundle and names no build \
+                     role; artifacts carry one signature, so name build keys \
+                     (`edgeml root rotate --build-key`) to use precompiled artifacts",
+                    self.version, self.roles.publisher.threshold
+                )))
+            }
+        };
         let keys = role
             .keyids
             .iter()

@@ -502,3 +502,48 @@ fn release_offers_the_artifact_for_the_device_target_and_engine() {
         "another Pulley width"
     );
 }
+
+#[test]
+fn rejects_artifact_signers_weaker_than_the_publisher_threshold() {
+    let k = keys(1);
+    let second = SecretKey::generate().unwrap();
+    let two_publishers = Root::new(
+        1,
+        in_days(365),
+        (&[k.root.public_key()], 1),
+        (&[k.release[0].public_key()], 1),
+        (&[k.publisher.public_key(), second.public_key()], 2),
+    );
+    let err = two_publishers.artifact_policy().unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidRoot(ref m) if m.contains("name build keys")),
+        "{err}"
+    );
+    let build = SecretKey::generate().unwrap();
+    let with_build = two_publishers.clone().with_build(&[build.public_key()]);
+    assert_eq!(
+        with_build.artifact_policy().unwrap().keys(),
+        &[build.public_key()]
+    );
+    // A build role with a threshold above 1 is refused: artifacts carry one signature.
+    let mut strict = with_build;
+    strict.roles.build.as_mut().unwrap().threshold = 2;
+    assert!(
+        matches!(strict.validate(), Err(Error::InvalidRoot(ref m)) if m.contains("build threshold"))
+    );
+}
+
+#[test]
+fn revoked_build_key_cannot_sign_artifacts() {
+    let k = keys(1);
+    let (old, new) = (
+        SecretKey::generate().unwrap(),
+        SecretKey::generate().unwrap(),
+    );
+    let mut root = root_v1(&k, 1).with_build(&[old.public_key(), new.public_key()]);
+    let old_id = old.public_key().id().to_string();
+    root.revoked.insert(old_id.clone());
+    // validate refuses a revoked key in a role; the policy leaves it out regardless.
+    assert!(root.validate().is_err());
+    assert_eq!(root.artifact_policy().unwrap().keys(), &[new.public_key()]);
+}

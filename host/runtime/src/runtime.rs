@@ -190,40 +190,41 @@ impl Runtime {
     ) -> Result<Model, Error> {
         let started = Instant::now();
         self.check_host_version(bundle)?;
+        let component = self.deserialize_artifact(bundle, artifact, signers)?;
+        // The code is not put in the compiled-code cache: a later `load`
+        // compiles (or finds what this host compiled itself), so an
+        // artifact whose signer is later revoked stops running with it.
+        self.load_component(bundle, component, CacheOutcome::Precompiled, started)
+    }
+
+    fn deserialize_artifact(
+        &self,
+        bundle: &VerifiedBundle,
+        artifact: &[u8],
+        signers: &TrustPolicy,
+    ) -> Result<Component, Error> {
         let code = self.open_artifact(bundle, artifact, signers)?;
-        let engine = self.engine_fingerprint();
         // SAFETY: the code was signed by a key the caller trusts for
         // artifacts, for this bundle, this target and this engine
         // configuration, and its digest was just checked; wasmtime also
         // refuses code from another wasmtime version or settings.
-        let component =
-            unsafe { Component::deserialize(&self.inner.engine, code) }.map_err(|e| {
-                edgeml_bundle::artifact::ArtifactError::OtherEngine {
-                    artifact: format!("refused by wasmtime: {e:#}"),
-                    host: engine.clone(),
-                }
-            })?;
-        // Keep the code in the cache too, so that the next `load` of this
-        // bundle (after a restart) finds it without the artifact.
-        if let Some(dir) = &self.inner.config.cache_dir {
-            let path = cache::entry_path(dir, &self.inner.engine, &bundle.digest_hex());
-            let _ = cache::store(&path, code);
-        }
-        self.load_component(bundle, component, CacheOutcome::Precompiled, started)
+        let component = unsafe { Component::deserialize(&self.inner.engine, code) }
+            .map_err(|e| edgeml_bundle::artifact::ArtifactError::Incompatible(format!("{e:#}")))?;
+        Ok(component)
     }
 
-    /// Check, without loading it, that `artifact` is one
+    /// Check, without loading the model, that `artifact` is one
     /// [`Runtime::load_precompiled`] would take for `bundle`: signed by a
     /// key in `signers`, with intact code, made from this bundle for this
-    /// host's target and engine fingerprint. (wasmtime's own check of the
-    /// code happens only when it is loaded.)
+    /// host's target and engine fingerprint, and accepted by wasmtime.
     pub fn check_precompiled(
         &self,
         bundle: &VerifiedBundle,
         artifact: &[u8],
         signers: &TrustPolicy,
     ) -> Result<(), Error> {
-        self.open_artifact(bundle, artifact, signers).map(|_| ())
+        self.deserialize_artifact(bundle, artifact, signers)
+            .map(|_| ())
     }
 
     fn open_artifact<'a>(
