@@ -403,23 +403,27 @@ mod fleet {
         let bundle = f.dir.path().join("digits.wasm");
         std::fs::write(&bundle, f.signed(&DIGITS_IMAGE, "1.0.0")).unwrap();
         let artifact = f.dir.path().join("digits.edgemlpa");
-        let out = edgeml()
-            .arg("precompile")
-            .arg(&bundle)
-            .arg("--trust")
-            .arg(keys.join("publisher.pub"))
-            .arg("--key")
-            .arg(keys.join("build.key"))
-            .args(["--target", &host_triple()])
-            .arg("--out")
-            .arg(&artifact)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // `edgeml precompile`, signing with `key`.
+        let precompile = |key: &str| {
+            let out = edgeml()
+                .arg("precompile")
+                .arg(&bundle)
+                .arg("--trust")
+                .arg(keys.join("publisher.pub"))
+                .arg("--key")
+                .arg(keys.join(key))
+                .args(["--target", &host_triple()])
+                .arg("--out")
+                .arg(&artifact)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        precompile("build.key");
         let out = edgeml()
             .arg("push")
             .arg(&bundle)
@@ -456,23 +460,7 @@ mod fleet {
 
         // An artifact signed by the publisher key is no longer accepted:
         // root v2 names a build key.
-        let out = edgeml()
-            .arg("precompile")
-            .arg(&bundle)
-            .arg("--trust")
-            .arg(keys.join("publisher.pub"))
-            .arg("--key")
-            .arg(keys.join("publisher.key"))
-            .args(["--target", &host_triple()])
-            .arg("--out")
-            .arg(&artifact)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        precompile("publisher.key");
         let bytes = std::fs::read(&artifact).unwrap();
         let refused = f
             .client

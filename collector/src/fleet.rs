@@ -220,6 +220,37 @@ async fn trusted_root(st: &AppState) -> ApiResult<Option<TrustedRoot>> {
     Ok(trusted)
 }
 
+/// [`trusted_root`], or 409 before a root is published.
+async fn published_root(st: &AppState) -> ApiResult<TrustedRoot> {
+    trusted_root(st).await?.ok_or_else(|| {
+        err(
+            StatusCode::CONFLICT,
+            "publish a root first (edgeml root publish)",
+        )
+    })
+}
+
+/// An admin upload of a content-addressed blob: the blob directory and
+/// the blob's path, once the body's SHA-256 is the one the URL names.
+fn blob_upload(
+    st: &AppState,
+    headers: &HeaderMap,
+    sha256: &str,
+    body: &[u8],
+) -> ApiResult<(PathBuf, PathBuf)> {
+    admin(st, headers)?;
+    let dir = bundle_dir(st)?;
+    let path = bundle_path(&dir, sha256)?;
+    let found = hex::encode(Sha256::digest(body));
+    if found != sha256 {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("the body's SHA-256 is {found}, not {sha256}"),
+        ));
+    }
+    Ok((dir, path))
+}
+
 async fn latest_root(State(st): State<AppState>) -> ApiResult<Response> {
     let store = st.store.clone();
     match blocking(move || store.root(None)).await? {
@@ -287,23 +318,9 @@ async fn put_bundle(
     Path(sha256): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    admin(&st, &headers)?;
-    let dir = bundle_dir(&st)?;
-    let path = bundle_path(&dir, &sha256)?;
-    let found = hex::encode(Sha256::digest(&body));
-    if found != sha256 {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!("the body's SHA-256 is {found}, not {sha256}"),
-        ));
-    }
+    let (dir, path) = blob_upload(&st, &headers, &sha256, &body)?;
     // Refuse bundles devices would refuse: signed by the root's publishers.
-    let root = trusted_root(&st).await?.ok_or_else(|| {
-        err(
-            StatusCode::CONFLICT,
-            "publish a root first (edgeml root publish)",
-        )
-    })?;
+    let root = published_root(&st).await?;
     let policy = root
         .root()
         .publisher_policy()
@@ -315,11 +332,11 @@ async fn put_bundle(
         )
     })?;
     let manifest = verified.manifest().clone();
-    let status = store_blob(dir, path, sha256, body).await?;
+    let status = store_blob(dir, path, sha256.clone(), body).await?;
     Ok((
         status,
         Json(BundleStored {
-            sha256: found,
+            sha256,
             model: manifest.name,
             version: manifest.version.to_string(),
         }),
@@ -355,13 +372,9 @@ async fn store_blob(
 
 /// The root's artifact signers, or 409 before a root is published.
 async fn artifact_signers(st: &AppState) -> ApiResult<edgeml_bundle::TrustPolicy> {
-    let root = trusted_root(st).await?.ok_or_else(|| {
-        err(
-            StatusCode::CONFLICT,
-            "publish a root first (edgeml root publish)",
-        )
-    })?;
-    root.root()
+    published_root(st)
+        .await?
+        .root()
         .artifact_policy()
         .map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))
 }
@@ -376,16 +389,7 @@ async fn put_artifact(
     Path(sha256): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    admin(&st, &headers)?;
-    let dir = bundle_dir(&st)?;
-    let path = bundle_path(&dir, &sha256)?;
-    let found = hex::encode(Sha256::digest(&body));
-    if found != sha256 {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!("the body's SHA-256 is {found}, not {sha256}"),
-        ));
-    }
+    let (dir, path) = blob_upload(&st, &headers, &sha256, &body)?;
     let signers = artifact_signers(&st).await?;
     let (claims, _) = edgeml_bundle::artifact::verify_signature(&body, &signers).map_err(|e| {
         err(
@@ -393,11 +397,11 @@ async fn put_artifact(
             format!("the artifact does not verify against the root's build keys: {e}"),
         )
     })?;
-    let status = store_blob(dir, path, sha256, body).await?;
+    let status = store_blob(dir, path, sha256.clone(), body).await?;
     Ok((
         status,
         Json(ArtifactStored {
-            sha256: found,
+            sha256,
             bundle_sha256: claims.bundle_sha256,
             target: claims.target,
             engine: claims.engine,
@@ -565,12 +569,7 @@ async fn put_release(
 ) -> ApiResult<Response> {
     admin(&st, &headers)?;
     let dir = bundle_dir(&st)?;
-    let root = trusted_root(&st).await?.ok_or_else(|| {
-        err(
-            StatusCode::CONFLICT,
-            "publish a root first (edgeml root publish)",
-        )
-    })?;
+    let root = published_root(&st).await?;
     let store = st.store.clone();
     let ch = channel.clone();
     // The version ratchet holds only for metadata signed under the current
