@@ -54,6 +54,10 @@ typedef enum edgeml_status_t {
   // A bug in edgeml (a Rust panic, caught at the boundary). The handles
   // passed to the call stay valid.
   EDGEML_ERR_PANIC = 14,
+  // A precompiled artifact was refused (unsigned, signed by a key not
+  // trusted for artifacts, damaged, or made for another bundle, target
+  // or engine): nothing of it was run.
+  EDGEML_ERR_ARTIFACT_REJECTED = 15,
 } edgeml_status_t;
 
 // Element type of a tensor.
@@ -212,6 +216,20 @@ void edgeml_bundle_free(struct edgeml_bundle_t *bundle);
 enum edgeml_status_t edgeml_model_load(const struct edgeml_runtime_t *runtime,
                                        const struct edgeml_bundle_t *bundle,
                                        struct edgeml_model_t **out);
+
+// Load a verified bundle from its precompiled artifact
+// (`edgeml precompile`; `artifact`/`len`, copied) instead of compiling:
+// what a program built without a compiler (`--no-default-features`) runs.
+// The artifact must be signed by a key in `signers`, made from this
+// bundle, for this host's target and engine configuration; otherwise
+// `EDGEML_ERR_ARTIFACT_REJECTED` and nothing of it runs. On success
+// `*out` is a model to free with [`edgeml_model_free`]. Thread-safe.
+enum edgeml_status_t edgeml_model_load_precompiled(const struct edgeml_runtime_t *runtime,
+                                                   const struct edgeml_bundle_t *bundle,
+                                                   const struct edgeml_trust_t *signers,
+                                                   const uint8_t *artifact,
+                                                   size_t len,
+                                                   struct edgeml_model_t **out);
 
 // Free a model (NULL is a no-op).
 void edgeml_model_free(struct edgeml_model_t *model);

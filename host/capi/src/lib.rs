@@ -72,6 +72,10 @@ pub enum edgeml_status_t {
     /// A bug in edgeml (a Rust panic, caught at the boundary). The handles
     /// passed to the call stay valid.
     EDGEML_ERR_PANIC = 14,
+    /// A precompiled artifact was refused (unsigned, signed by a key not
+    /// trusted for artifacts, damaged, or made for another bundle, target
+    /// or engine): nothing of it was run.
+    EDGEML_ERR_ARTIFACT_REJECTED = 15,
 }
 
 use edgeml_status_t::*;
@@ -225,6 +229,7 @@ impl From<edgeml_runtime::Error> for Failure {
             E::Trap { .. } => EDGEML_ERR_TRAP,
             E::Telemetry(_) => EDGEML_ERR_TELEMETRY,
             E::Io { .. } => EDGEML_ERR_IO,
+            E::Artifact(_) => EDGEML_ERR_ARTIFACT_REJECTED,
             _ => EDGEML_ERR_LOAD,
         };
         fail(status, e.to_string())
@@ -685,6 +690,34 @@ pub extern "C" fn edgeml_model_load(
         let r = required(runtime, "runtime")?;
         let b = required(bundle, "bundle")?;
         let model = r.runtime.load(&b.bundle)?;
+        *slot = Box::into_raw(Box::new(edgeml_model_t { model }));
+        Ok(())
+    })
+}
+
+/// Load a verified bundle from its precompiled artifact
+/// (`edgeml precompile`; `artifact`/`len`, copied) instead of compiling:
+/// what a program built without a compiler (`--no-default-features`) runs.
+/// The artifact must be signed by a key in `signers`, made from this
+/// bundle, for this host's target and engine configuration; otherwise
+/// `EDGEML_ERR_ARTIFACT_REJECTED` and nothing of it runs. On success
+/// `*out` is a model to free with [`edgeml_model_free`]. Thread-safe.
+#[no_mangle]
+pub extern "C" fn edgeml_model_load_precompiled(
+    runtime: *const edgeml_runtime_t,
+    bundle: *const edgeml_bundle_t,
+    signers: *const edgeml_trust_t,
+    artifact: *const u8,
+    len: usize,
+    out: *mut *mut edgeml_model_t,
+) -> edgeml_status_t {
+    guard(|| {
+        let slot = self::out(out, "out")?;
+        let r = required(runtime, "runtime")?;
+        let b = required(bundle, "bundle")?;
+        let t = required(signers, "signers")?;
+        let artifact = bytes(artifact, len, "artifact")?;
+        let model = r.runtime.load_precompiled(&b.bundle, artifact, &t.policy)?;
         *slot = Box::into_raw(Box::new(edgeml_model_t { model }));
         Ok(())
     })

@@ -78,6 +78,20 @@ impl Fixture {
         std::fs::write(d.join("tampered.wasm"), &tampered).unwrap();
         std::fs::write(d.join("publisher.pub"), publisher.public_key().to_bytes()).unwrap();
         std::fs::write(d.join("other.pub"), other.public_key().to_bytes()).unwrap();
+        // The bundle precompiled for this host, signed by the publisher and
+        // by the other key (`edgeml precompile`).
+        let rt = edgeml_runtime::Runtime::new(&edgeml_runtime::Config::new()).unwrap();
+        let verified = rt
+            .verify(
+                signed.clone(),
+                &edgeml_runtime::TrustPolicy::any_of(vec![publisher.public_key()]).unwrap(),
+            )
+            .unwrap();
+        let host = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+        for (name, key) in [("digits.edgemlpa", &publisher), ("other.edgemlpa", &other)] {
+            let artifact = rt.precompile(&verified, &host, key).unwrap();
+            std::fs::write(d.join(name), artifact).unwrap();
+        }
         Fixture { dir, publisher }
     }
 
@@ -184,6 +198,8 @@ fn c_api_reports_bad_input_with_codes_and_no_leaks() {
             &f.path("tampered.wasm"),
             &f.path("publisher.pub"),
             &f.path("other.pub"),
+            &f.path("digits.edgemlpa"),
+            &f.path("other.edgemlpa"),
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -200,6 +216,11 @@ fn c_api_reports_bad_input_with_codes_and_no_leaks() {
         "rejects_corrupt_png",
         "runtime_new_null_config",
         "predict_after_errors",
+        "rejects_artifact_signed_by_untrusted_key",
+        "rejects_artifact_trusted_for_another_key",
+        "rejects_garbage_artifact",
+        "load_precompiled",
+        "precompiled_predicts",
     ] {
         assert!(
             stdout.contains(&format!("ok {check}\n")),

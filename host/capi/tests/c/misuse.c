@@ -2,7 +2,10 @@
  * The C API under bad input, run by tests/c_api.rs (under AddressSanitizer
  * and LeakSanitizer where the compiler has them):
  *
- *   misuse DIGITS.wasm TAMPERED.wasm PUBLISHER.pub OTHER.pub
+ *   misuse DIGITS.wasm TAMPERED.wasm PUBLISHER.pub OTHER.pub ARTIFACT OTHER_ARTIFACT
+ *
+ * ARTIFACT is DIGITS.wasm precompiled for this host and signed by the
+ * publisher; OTHER_ARTIFACT the same signed by the other key.
  *
  * Each check prints "ok NAME" or "FAIL NAME: ..."; the exit status is the
  * number of failed checks.
@@ -35,18 +38,41 @@ static void expect_true(const char *name, int cond) {
     }
 }
 
+/* A whole file in memory (NULL on error); *len gets its size. */
+static unsigned char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return NULL;
+    unsigned char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long size = ftell(f);
+        if (size >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+            buf = malloc(size > 0 ? (size_t)size : 1);
+            if (buf != NULL && fread(buf, 1, (size_t)size, f) != (size_t)size) {
+                free(buf);
+                buf = NULL;
+            }
+            *len = (size_t)size;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
 static int message_contains(const char *needle) {
     const char *msg = edgeml_last_error_message();
     return msg != NULL && strstr(msg, needle) != NULL;
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s DIGITS.wasm TAMPERED.wasm PUBLISHER.pub OTHER.pub\n", argv[0]);
+    if (argc != 7) {
+        fprintf(stderr,
+                "usage: %s DIGITS.wasm TAMPERED.wasm PUBLISHER.pub OTHER.pub ARTIFACT OTHER_ARTIFACT\n",
+                argv[0]);
         return 100;
     }
     const char *bundle_path = argv[1], *tampered_path = argv[2];
     const char *publisher = argv[3], *other = argv[4];
+    const char *artifact_path = argv[5], *other_artifact_path = argv[6];
 
     /* Version, and freeing NULL. */
     expect_true("version_is_set", strlen(edgeml_version()) > 0);
@@ -179,6 +205,41 @@ int main(int argc, char **argv) {
            EDGEML_ERR_TELEMETRY);
 
     edgeml_prediction_free(prediction);
+
+    /* Precompiled artifacts: loaded without compiling when trusted, refused otherwise. */
+    size_t artifact_len = 0, other_len = 0;
+    unsigned char *artifact = read_file(artifact_path, &artifact_len);
+    unsigned char *other_artifact = read_file(other_artifact_path, &other_len);
+    expect_true("artifacts_read", artifact != NULL && other_artifact != NULL);
+    edgeml_model_t *precompiled = NULL;
+    expect("rejects_artifact_signed_by_untrusted_key",
+           edgeml_model_load_precompiled(runtime, bundle, trust, other_artifact, other_len,
+                                         &precompiled),
+           EDGEML_ERR_ARTIFACT_REJECTED);
+    expect_true("untrusted_artifact_gives_no_handle", precompiled == NULL);
+    expect("rejects_artifact_trusted_for_another_key",
+           edgeml_model_load_precompiled(runtime, bundle, wrong, artifact, artifact_len,
+                                         &precompiled),
+           EDGEML_ERR_ARTIFACT_REJECTED);
+    const unsigned char garbage[] = "EDGEMLPA not really";
+    expect("rejects_garbage_artifact",
+           edgeml_model_load_precompiled(runtime, bundle, trust, garbage, sizeof garbage - 1,
+                                         &precompiled),
+           EDGEML_ERR_ARTIFACT_REJECTED);
+    expect("rejects_null_artifact_with_length",
+           edgeml_model_load_precompiled(runtime, bundle, trust, NULL, 10, &precompiled),
+           EDGEML_ERR_NULL_ARGUMENT);
+    expect("load_precompiled",
+           edgeml_model_load_precompiled(runtime, bundle, trust, artifact, artifact_len,
+                                         &precompiled),
+           EDGEML_OK);
+    expect("precompiled_predicts", edgeml_model_predict(precompiled, &good, 1, &prediction),
+           EDGEML_OK);
+    edgeml_prediction_free(prediction);
+    edgeml_model_free(precompiled);
+    free(artifact);
+    free(other_artifact);
+
     edgeml_model_free(model);
     edgeml_bundle_free(bundle);
     edgeml_trust_free(wrong);
