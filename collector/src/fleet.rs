@@ -410,6 +410,24 @@ async fn put_artifact(
         .into_response())
 }
 
+/// A blob download (owned headers and path: the request body is not
+/// `Sync`, so no borrow of the request may live across an await): `None`
+/// for an admin, else the enrolled device that signed the request and the
+/// channels, to decide what it may have.
+async fn device_request(
+    st: &AppState,
+    headers: HeaderMap,
+    path: String,
+) -> ApiResult<Option<(String, Vec<StoredRelease>)>> {
+    if admin(st, &headers).is_ok() {
+        return Ok(None);
+    }
+    let device = authenticate_request(st, &headers, "GET", &path).await?;
+    let store = st.store.clone();
+    let channels = blocking(move || store.channels()).await?;
+    Ok(Some((device, channels)))
+}
+
 /// Serve a precompiled artifact, like [`get_bundle`]: to admins, and to
 /// enrolled devices (signed request) in the rollout of a channel whose
 /// current release lists it.
@@ -418,13 +436,10 @@ async fn get_artifact(
     Path(sha256): Path<String>,
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
-    let dir = bundle_dir(&st)?;
-    let path = bundle_path(&dir, &sha256)?;
-    let headers = req.headers().clone();
-    if admin(&st, &headers).is_err() {
-        let device = authenticate_request(&st, &headers, "GET", req.uri().path()).await?;
-        let store = st.store.clone();
-        let channels = blocking(move || store.channels()).await?;
+    let path = bundle_path(&bundle_dir(&st)?, &sha256)?;
+    if let Some((device, channels)) =
+        device_request(&st, req.headers().clone(), req.uri().path().to_string()).await?
+    {
         let offered = channels.iter().any(|c| {
             c.release.includes(&device) && c.release.artifacts.iter().any(|a| a.sha256 == sha256)
         });
@@ -449,13 +464,10 @@ async fn get_bundle(
     Path(sha256): Path<String>,
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
-    let dir = bundle_dir(&st)?;
-    let path = bundle_path(&dir, &sha256)?;
-    let headers = req.headers().clone();
-    if admin(&st, &headers).is_err() {
-        let device = authenticate_request(&st, &headers, "GET", req.uri().path()).await?;
-        let store = st.store.clone();
-        let channels = blocking(move || store.channels()).await?;
+    let path = bundle_path(&bundle_dir(&st)?, &sha256)?;
+    if let Some((device, channels)) =
+        device_request(&st, req.headers().clone(), req.uri().path().to_string()).await?
+    {
         let offering: Vec<String> = channels
             .iter()
             .filter(|c| c.release.bundle.sha256 == sha256 && c.release.includes(&device))
