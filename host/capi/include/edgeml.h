@@ -222,8 +222,13 @@ enum edgeml_status_t edgeml_model_load(const struct edgeml_runtime_t *runtime,
 // what a program built without a compiler (`--no-default-features`) runs.
 // The artifact must be signed by a key in `signers`, made from this
 // bundle, for this host's target and engine configuration; otherwise
-// `EDGEML_ERR_ARTIFACT_REJECTED` and nothing of it runs. On success
-// `*out` is a model to free with [`edgeml_model_free`]. Thread-safe.
+// `EDGEML_ERR_ARTIFACT_REJECTED` and nothing of it runs. `signers` is
+// the set of keys trusted to sign artifacts: the build key(s) a fleet
+// root names, loaded with [`edgeml_trust_from_key_files`]. A set from
+// [`edgeml_trust_from_root`] holds the root's publisher keys, which sign
+// artifacts only when the root names no build keys and needs one
+// publisher signature per bundle. On success `*out` is a model to free
+// with [`edgeml_model_free`]. Thread-safe.
 enum edgeml_status_t edgeml_model_load_precompiled(const struct edgeml_runtime_t *runtime,
                                                    const struct edgeml_bundle_t *bundle,
                                                    const struct edgeml_trust_t *signers,
