@@ -28,7 +28,7 @@
 
 use base64::Engine as _;
 use edgeml_client::wire::fleet::{StatusReport, UpdateState};
-use edgeml_collector::{Server, Settings, SqliteStore, Store};
+use edgeml_collector::{FleetStore, Server, Settings, SqliteStore};
 use edgeml_fleet::{BundleRef, Envelope, Release, Root};
 use edgeml_runtime::bundle::{self, PackOptions, SecretKey};
 use serde_json::{json, Value};

@@ -6,15 +6,17 @@
 //! of it, because the real server refuses to publish them.
 
 use crate::common::*;
+use crate::db::TestDb;
 use edgeml_agent::{Agent, AgentConfig, Error, PollOutcome, UpdateState};
 use edgeml_bundle::{SecretKey, SelfTest, SelfTestInput};
 use edgeml_client::wire::fleet::RolloutState;
-use edgeml_collector::{Server, Settings, SqliteStore, Store};
+use edgeml_collector::{Server, Settings, Store};
 use edgeml_fleet::{BundleRef, Envelope, Release, Root};
 use edgeml_runtime::{Config, Runtime};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub(crate) const ADMIN: &str = "fleet-admin-token";
@@ -22,7 +24,12 @@ pub(crate) const ENROL: &str = "fleet-enrolment-token";
 
 pub(crate) struct Fleet {
     pub dir: tempfile::TempDir,
-    pub server: Option<Server>,
+    /// The server's database (SQLite or PostgreSQL: `EDGEML_TEST_DB`).
+    pub db: TestDb,
+    /// Where the server (or the load balancer in front of replicas) listens.
+    pub url: String,
+    /// The in-process server, when the fleet has one (dropping it stops it).
+    pub _server: Option<Server>,
     pub root_key: SecretKey,
     pub release: Vec<SecretKey>,
     pub publisher: SecretKey,
@@ -68,12 +75,27 @@ impl Fleet {
         settings.fleet.bundle_dir = Some(dir.path().join("bundles"));
         settings.fleet.canary.interval = Duration::from_millis(300);
         edit(&mut settings);
-        let store = SqliteStore::open(&dir.path().join("fleet.db")).unwrap();
-        let server = Server::start(store, settings, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let server_url = server.url();
+        let db = TestDb::new(dir.path());
+        let server =
+            Server::start_with(db.open(), settings, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = server.url();
+        Fleet::attach(dir, db, url, Some(server))
+    }
+
+    /// A fleet on a server that is already running at `url` (for example
+    /// `edgeml-server` processes) on `db`: keys made, root v1 published.
+    pub(crate) fn attach(
+        dir: tempfile::TempDir,
+        db: TestDb,
+        url: String,
+        server: Option<Server>,
+    ) -> Fleet {
+        let server_url = url.clone();
         let f = Fleet {
             dir,
-            server: Some(server),
+            db,
+            url,
+            _server: server,
             root_key: SecretKey::generate().unwrap(),
             release: (0..3).map(|_| SecretKey::generate().unwrap()).collect(),
             publisher: SecretKey::generate().unwrap(),
@@ -89,7 +111,7 @@ impl Fleet {
     }
 
     pub(crate) fn url(&self) -> String {
-        self.server.as_ref().unwrap().url()
+        self.url.clone()
     }
 
     /// Root v1: one root key; release keys 2 of 3; one publisher.
@@ -119,8 +141,9 @@ impl Fleet {
         self.client.publish_release("stable", envelope).map(|_| ())
     }
 
-    pub(crate) fn store(&self) -> SqliteStore {
-        SqliteStore::open(&self.dir.path().join("fleet.db")).unwrap()
+    /// The server's database, opened again (what another replica sees).
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        self.db.open()
     }
 
     pub(crate) fn upload(&self, bundle: &[u8]) -> BundleRef {
@@ -1236,10 +1259,13 @@ fn rejects_zero_canary_interval() {
     let mut settings = Settings::new(ADMIN, ENROL);
     settings.fleet.bundle_dir = Some(dir.path().join("bundles"));
     settings.fleet.canary.interval = Duration::ZERO;
-    let store = SqliteStore::open(&dir.path().join("fleet.db")).unwrap();
-    let err = Server::start(store, settings, "127.0.0.1:0".parse().unwrap())
-        .err()
-        .expect("a zero interval is refused, not a panic");
+    let err = Server::start_with(
+        TestDb::new(dir.path()).open(),
+        settings,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .err()
+    .expect("a zero interval is refused, not a panic");
     assert!(
         matches!(err, edgeml_collector::Error::Settings(ref m) if m.contains("canary interval")),
         "{err}"

@@ -268,7 +268,6 @@ mod fleet {
     use crate::common::*;
     use crate::fleet::{device_report, predicts, runtime, version_of, Fleet};
     use edgeml_agent::PollOutcome;
-    use edgeml_collector::Store as _;
     use edgeml_fleet::Envelope;
     use sha2::Digest as _;
 

@@ -10,7 +10,6 @@ use crate::common::*;
 use crate::fleet::*;
 use edgeml_agent::{Agent, Error, PollOutcome, UpdateState};
 use edgeml_client::wire::fleet::{Installed, RolloutState, StatusReport};
-use edgeml_collector::Store as _;
 use edgeml_telemetry::{wire, DeviceIdentity};
 use std::time::{Duration, Instant};
 

@@ -3,10 +3,11 @@
 //! collector (axum on 127.0.0.1, SQLite file) receiving signed gzip batches.
 
 use crate::common::*;
+use crate::db::TestDb;
 use edgeml_client::wire::telemetry::{DriftReport, FleetStats, Range};
 use edgeml_client::SampleFormat;
 use edgeml_collector::store::Query;
-use edgeml_collector::{Server, Settings, SqliteStore, Store};
+use edgeml_collector::{Server, Settings};
 use edgeml_runtime::telemetry::drift::FeatureDrift;
 use edgeml_runtime::telemetry::wire::{
     self, Batch, Record, RecordBody, SampleInput, SpoolStats, WindowRecord,
@@ -29,9 +30,11 @@ const FLUSH: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------ fixtures
 
-fn collector_at(db: &Path, addr: SocketAddr) -> Server {
-    let store = SqliteStore::open(db).expect("open the collector database");
-    Server::start(store, Settings::new(ADMIN, ENROL), addr).expect("start the collector")
+/// A collector on the test's database in `dir` (SQLite, or PostgreSQL
+/// with `EDGEML_TEST_DB=postgres`; the same `dir` is the same database).
+fn collector_at(dir: &Path, addr: SocketAddr) -> Server {
+    Server::start_with(TestDb::new(dir).open(), Settings::new(ADMIN, ENROL), addr)
+        .expect("start the collector")
 }
 
 fn collector(db: &Path) -> Server {
@@ -174,7 +177,7 @@ fn two_windows(
     data: Vec<Vec<f32>>,
 ) -> (Vec<WindowDrift>, DriftReport, FleetStats) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = collector(&tmp.path().join("collector.db"));
+    let server = collector(tmp.path());
     let publisher = Publisher::new();
     let bundle = signed_with_baseline(spec, reference, &publisher);
     let dev = Device::start(
@@ -295,7 +298,7 @@ fn held_out_digits_are_not_flagged() {
 #[test]
 fn too_few_predictions_give_insufficient_data_not_a_verdict() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = collector(&tmp.path().join("collector.db"));
+    let server = collector(tmp.path());
     let publisher = Publisher::new();
     let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
     let dev = Device::start(
@@ -351,7 +354,7 @@ fn records_made_while_the_collector_is_down_arrive_once_it_returns() {
     assert_eq!(waiting.spool.pending_records, 5, "{waiting:?}");
     assert_eq!(waiting.shipped_records, 0);
 
-    let server = collector_at(&tmp.path().join("collector.db"), addr);
+    let server = collector_at(tmp.path(), addr);
     let stats = dev.telemetry.flush(FLUSH);
     assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
     assert_eq!(stats.spool.dropped_records, 0);
@@ -405,7 +408,7 @@ fn replay_sensor(dir: &Path) -> std::process::Child {
 #[test]
 fn kill_9_mid_run_loses_at_most_the_prediction_in_flight() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = collector(&tmp.path().join("collector.db"));
+    let server = collector(tmp.path());
     write_sensor_bundle(tmp.path());
     let toml = tmp.path().join("telemetry.toml");
     std::fs::write(
@@ -489,7 +492,7 @@ fn full_spool_drops_oldest_first_and_reports_how_many() {
 
     // The device restarts with a collector and a larger spool; it loads its
     // model again (a fresh model record) and ships what the spool kept.
-    let server = collector(&tmp.path().join("collector.db"));
+    let server = collector(tmp.path());
     let dev = Device::start(device(&dir, "gw-full", &server.url()), &bundle, &publisher);
     let stats = dev.telemetry.flush(FLUSH);
     assert_eq!(stats.spool.pending_records, 0, "{stats:?}");
@@ -511,7 +514,7 @@ fn full_spool_drops_oldest_first_and_reports_how_many() {
 #[test]
 fn switched_off_telemetry_records_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = collector(&tmp.path().join("collector.db"));
+    let server = collector(tmp.path());
     let publisher = Publisher::new();
     let bundle = publisher.sign(&pack(&DIGITS_GENERIC));
     let mut config = device(&tmp.path().join("device"), "gw-off", &server.url());
@@ -543,7 +546,7 @@ fn telemetry_directory_is_refused_to_a_second_process() {
 #[test]
 fn drift_samples_export_as_parquet_and_npy_with_metadata() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = collector(&tmp.path().join("collector.db"));
+    let server = collector(tmp.path());
     let publisher = Publisher::new();
     let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
     let mut config = device(&tmp.path().join("device"), "gw-01", &server.url());
@@ -614,6 +617,7 @@ fn drift_samples_export_as_parquet_and_npy_with_metadata() {
 
 struct Attack {
     _tmp: tempfile::TempDir,
+    /// The directory of the collector's database.
     db: std::path::PathBuf,
     server: Server,
     device: DeviceIdentity,
@@ -623,7 +627,7 @@ impl Attack {
     /// A collector with one enrolled device, `gw-01`.
     fn new() -> Attack {
         let tmp = tempfile::tempdir().unwrap();
-        let db = tmp.path().join("collector.db");
+        let db = tmp.path().to_path_buf();
         let server = collector(&db);
         let device = identity(tmp.path(), "gw-01");
         assert_eq!(enrol(&server, &device, ENROL).status(), 201);
@@ -640,9 +644,9 @@ impl Attack {
         identity(&self._tmp.path().join("others"), id)
     }
 
-    /// What reached the database, read straight from the SQLite file.
+    /// What reached the database, read straight from it.
     fn stored(&self) -> (usize, usize, usize) {
-        let store = SqliteStore::open(&self.db).unwrap();
+        let store = TestDb::new(&self.db).open();
         let q = Query::default();
         (
             store.windows(&q).unwrap().len(),
@@ -1104,7 +1108,7 @@ fn repeated_kill_9_loses_nothing_and_counts_nothing_twice() {
     let mut server = None;
     for round in 0..kills {
         if round == kills / 2 {
-            server = Some(collector_at(&tmp.path().join("collector.db"), addr));
+            server = Some(collector_at(tmp.path(), addr));
         }
         let mut child = replay_sensor(tmp.path());
         let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -1160,7 +1164,7 @@ fn repeated_kill_9_loses_nothing_and_counts_nothing_twice() {
 #[test]
 fn window_rebuilt_after_crash_before_journal_reset_counts_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = collector(&tmp.path().join("collector.db"));
+    let server = collector(tmp.path());
     let publisher = Publisher::new();
     let bundle = signed_with_baseline(&SENSOR, "sensor/reference.npy", &publisher);
     let dir = tmp.path().join("device");

@@ -3,6 +3,7 @@
 //! per concern; the attack tests are named after the attack.
 
 mod common;
+mod db;
 
 mod fleet;
 mod freshness;
@@ -18,6 +19,8 @@ mod hostile_guests;
 mod models;
 mod precompiled;
 mod readme;
+mod replicas;
 mod signature_attacks;
+mod store;
 mod telemetry;
 mod wasmsign2_interop;

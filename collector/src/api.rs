@@ -1,6 +1,7 @@
 //! The HTTP API (documented in `collector/openapi.yaml`).
 
 use crate::analysis;
+use crate::blobs::BlobStore;
 use crate::export;
 use crate::store::{Enrolment, Query, Store, StoreError};
 use crate::Settings;
@@ -22,6 +23,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub store: Arc<dyn Store>,
+    /// Bundle and artifact bytes; `None` turns the fleet API off.
+    pub blobs: Option<Arc<dyn BlobStore>>,
     pub settings: Arc<Settings>,
     pub timestamps: Arc<crate::fleet::TimestampCache>,
 }

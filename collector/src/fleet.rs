@@ -8,7 +8,8 @@
 
 use crate::analysis;
 use crate::api::{admin, authenticate, blocking, err, ApiResult, AppState};
-use crate::store::{Publish, Query, StoredRelease};
+use crate::blobs::{BlobLocation, BlobStore};
+use crate::store::{Decision, Publish, Query, StoredRelease};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -17,9 +18,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use edgeml_bundle::SecretKey;
 use edgeml_client::wire::fleet::{
-    ArtifactStored, BundleStored, ChannelList, ChannelView, FleetDeviceList, ReleasePublished,
-    ReportAccepted, RolloutAction, RolloutChanged, RolloutRequest, RolloutState, RootPublished,
-    StatusReport, UpdateState,
+    ArtifactStored, BundleStored, ChannelList, ChannelView, DecisionList, DecisionSource,
+    FleetDeviceList, ReleasePublished, ReportAccepted, RolloutAction, RolloutChanged,
+    RolloutRequest, RolloutState, RootPublished, StatusReport, UpdateState,
 };
 use edgeml_fleet::Timestamp;
 use edgeml_fleet::{Envelope, TrustedRoot};
@@ -154,14 +155,15 @@ pub(crate) fn router(max_bundle_bytes: usize) -> Router<AppState> {
         .route("/v1/fleet/channels/{channel}/rollout", post(rollout))
         .route("/v1/fleet/report", post(report))
         .route("/v1/fleet/devices", get(devices))
+        .route("/v1/fleet/decisions", get(decisions))
 }
 
 fn now_ms() -> u64 {
     edgeml_telemetry::now_ms()
 }
 
-fn bundle_dir(st: &AppState) -> ApiResult<PathBuf> {
-    st.settings.fleet.bundle_dir.clone().ok_or_else(|| {
+fn blobs(st: &AppState) -> ApiResult<Arc<dyn BlobStore>> {
+    st.blobs.clone().ok_or_else(|| {
         err(
             StatusCode::SERVICE_UNAVAILABLE,
             "the fleet API is off: start the collector with a bundle directory (--bundles DIR)",
@@ -169,7 +171,8 @@ fn bundle_dir(st: &AppState) -> ApiResult<PathBuf> {
     })
 }
 
-fn bundle_path(dir: &std::path::Path, sha256: &str) -> ApiResult<PathBuf> {
+/// Refuse a blob id that is not a SHA-256 digest in lowercase hex.
+fn check_digest(sha256: &str) -> ApiResult<()> {
     if sha256.len() != 64
         || !sha256
             .bytes()
@@ -180,7 +183,7 @@ fn bundle_path(dir: &std::path::Path, sha256: &str) -> ApiResult<PathBuf> {
             "bundle id must be 64 lowercase hex digits (SHA-256)",
         ));
     }
-    Ok(dir.join("sha256").join(sha256))
+    Ok(())
 }
 
 fn fleet_err(status: StatusCode, e: edgeml_fleet::Error) -> crate::api::ApiError {
@@ -230,17 +233,17 @@ async fn published_root(st: &AppState) -> ApiResult<TrustedRoot> {
     })
 }
 
-/// An admin upload of a content-addressed blob: the blob directory and
-/// the blob's path, once the body's SHA-256 is the one the URL names.
+/// An admin upload of a content-addressed blob: the blob store, once the
+/// body's SHA-256 is the one the URL names.
 fn blob_upload(
     st: &AppState,
     headers: &HeaderMap,
     sha256: &str,
     body: &[u8],
-) -> ApiResult<(PathBuf, PathBuf)> {
+) -> ApiResult<Arc<dyn BlobStore>> {
     admin(st, headers)?;
-    let dir = bundle_dir(st)?;
-    let path = bundle_path(&dir, sha256)?;
+    let blobs = blobs(st)?;
+    check_digest(sha256)?;
     let found = hex::encode(Sha256::digest(body));
     if found != sha256 {
         return Err(err(
@@ -248,7 +251,7 @@ fn blob_upload(
             format!("the body's SHA-256 is {found}, not {sha256}"),
         ));
     }
-    Ok((dir, path))
+    Ok(blobs)
 }
 
 async fn latest_root(State(st): State<AppState>) -> ApiResult<Response> {
@@ -318,7 +321,7 @@ async fn put_bundle(
     Path(sha256): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let (dir, path) = blob_upload(&st, &headers, &sha256, &body)?;
+    let blobs = blob_upload(&st, &headers, &sha256, &body)?;
     // Refuse bundles devices would refuse: signed by the root's publishers.
     let root = published_root(&st).await?;
     let policy = root
@@ -332,7 +335,7 @@ async fn put_bundle(
         )
     })?;
     let manifest = verified.manifest().clone();
-    let status = store_blob(dir, path, sha256.clone(), body).await?;
+    let status = store_blob(blobs, sha256.clone(), body).await?;
     Ok((
         status,
         Json(BundleStored {
@@ -344,30 +347,19 @@ async fn put_bundle(
         .into_response())
 }
 
-/// Store a checked blob under its digest (written to a temporary file,
-/// synced, renamed): `201 Created`, or `200 OK` if it was there already.
+/// Store a checked blob under its digest: `201 Created`, or `200 OK` if
+/// it was there already.
 async fn store_blob(
-    dir: PathBuf,
-    path: PathBuf,
+    blobs: Arc<dyn BlobStore>,
     sha256: String,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    if path.exists() {
-        return Ok(StatusCode::OK);
-    }
-    let write = move || -> std::io::Result<()> {
-        let parent = path.parent().unwrap_or(&dir);
-        std::fs::create_dir_all(parent)?;
-        let tmp = parent.join(format!(".{sha256}.tmp"));
-        std::fs::write(&tmp, &body)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    tokio::task::spawn_blocking(write)
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("storing {e}")))?;
-    Ok(StatusCode::CREATED)
+    let created = blocking(move || blobs.put(&sha256, &body)).await?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    })
 }
 
 /// The root's artifact signers, or 409 before a root is published.
@@ -389,7 +381,7 @@ async fn put_artifact(
     Path(sha256): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let (dir, path) = blob_upload(&st, &headers, &sha256, &body)?;
+    let blobs = blob_upload(&st, &headers, &sha256, &body)?;
     let signers = artifact_signers(&st).await?;
     let (claims, _) = edgeml_bundle::artifact::verify_signature(&body, &signers).map_err(|e| {
         err(
@@ -397,7 +389,7 @@ async fn put_artifact(
             format!("the artifact does not verify against the root's build keys: {e}"),
         )
     })?;
-    let status = store_blob(dir, path, sha256.clone(), body).await?;
+    let status = store_blob(blobs, sha256.clone(), body).await?;
     Ok((
         status,
         Json(ArtifactStored {
@@ -436,7 +428,8 @@ async fn get_artifact(
     Path(sha256): Path<String>,
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
-    let path = bundle_path(&bundle_dir(&st)?, &sha256)?;
+    let blobs = blobs(&st)?;
+    check_digest(&sha256)?;
     if let Some((device, channels)) =
         device_request(&st, req.headers().clone(), req.uri().path().to_string()).await?
     {
@@ -450,7 +443,7 @@ async fn get_artifact(
             ));
         }
     }
-    serve_blob(&path, &sha256, req, "application/octet-stream").await
+    serve_blob(blobs, &sha256, req, "application/octet-stream").await
 }
 
 /// Serve a bundle, streamed from disk by tower-http (with `Range`, so
@@ -464,7 +457,8 @@ async fn get_bundle(
     Path(sha256): Path<String>,
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
-    let path = bundle_path(&bundle_dir(&st)?, &sha256)?;
+    let blobs = blobs(&st)?;
+    check_digest(&sha256)?;
     if let Some((device, channels)) =
         device_request(&st, req.headers().clone(), req.uri().path().to_string()).await?
     {
@@ -489,13 +483,13 @@ async fn get_bundle(
         })
         .await?;
     }
-    serve_blob(&path, &sha256, req, "application/wasm").await
+    serve_blob(blobs, &sha256, req, "application/wasm").await
 }
 
-/// Stream a stored blob from disk with tower-http (`Range` for resumed
-/// downloads), with its digest as a strong `ETag`.
+/// Stream a stored blob with tower-http (`Range` for resumed downloads),
+/// with its digest as a strong `ETag`.
 async fn serve_blob(
-    path: &std::path::Path,
+    blobs: Arc<dyn BlobStore>,
     sha256: &str,
     req: axum::extract::Request,
     content_type: &'static str,
@@ -504,9 +498,11 @@ async fn serve_blob(
     if if_none_match(req.headers(), &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    if !tokio::fs::try_exists(path).await.unwrap_or(false) {
-        return Err(err(StatusCode::NOT_FOUND, format!("no blob {sha256}")));
-    }
+    let sha = sha256.to_string();
+    let path = match blocking(move || blobs.locate(&sha)).await? {
+        Some(BlobLocation::File(path)) => path,
+        None => return Err(err(StatusCode::NOT_FOUND, format!("no blob {sha256}"))),
+    };
     let resp = tower_http::services::ServeFile::new(path)
         .oneshot(req)
         .await
@@ -580,7 +576,7 @@ async fn put_release(
     body: Bytes,
 ) -> ApiResult<Response> {
     admin(&st, &headers)?;
-    let dir = bundle_dir(&st)?;
+    let blobs = blobs(&st)?;
     let root = published_root(&st).await?;
     let store = st.store.clone();
     let ch = channel.clone();
@@ -610,16 +606,14 @@ async fn put_release(
             ));
         }
     }
-    let path = bundle_path(&dir, &release.bundle.sha256)?;
-    let size = tokio::fs::metadata(&path)
-        .await
-        .map_err(|_| {
-            err(
-                StatusCode::CONFLICT,
-                format!("bundle {} has not been uploaded", release.bundle.sha256),
-            )
-        })?
-        .len();
+    check_digest(&release.bundle.sha256)?;
+    let (b, sha) = (blobs.clone(), release.bundle.sha256.clone());
+    let size = blocking(move || b.size(&sha)).await?.ok_or_else(|| {
+        err(
+            StatusCode::CONFLICT,
+            format!("bundle {} has not been uploaded", release.bundle.sha256),
+        )
+    })?;
     if size != release.bundle.size {
         return Err(err(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -629,7 +623,7 @@ async fn put_release(
             ),
         ));
     }
-    check_release_artifacts(&dir, &release, &root).await?;
+    check_release_artifacts(blobs, &release, &root).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     let store = st.store.clone();
     let r = release.clone();
@@ -669,7 +663,7 @@ async fn put_release(
 /// bundle for the target and engine the release says (devices check all of
 /// it again).
 async fn check_release_artifacts(
-    dir: &std::path::Path,
+    blobs: Arc<dyn BlobStore>,
     release: &edgeml_fleet::Release,
     root: &TrustedRoot,
 ) -> ApiResult<()> {
@@ -683,14 +677,16 @@ async fn check_release_artifacts(
         .artifact_policy()
         .map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     // Artifacts name the bundle by its signed content's digest.
-    let bundle = tokio::fs::read(bundle_path(dir, &release.bundle.sha256)?)
-        .await
-        .map_err(|e| {
-            err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reading the bundle: {e}"),
-            )
-        })?;
+    let read = |sha: &str| {
+        let (blobs, sha) = (blobs.clone(), sha.to_string());
+        blocking(move || blobs.read(&sha))
+    };
+    let bundle = read(&release.bundle.sha256).await?.ok_or_else(|| {
+        err(
+            StatusCode::CONFLICT,
+            format!("bundle {} has not been uploaded", release.bundle.sha256),
+        )
+    })?;
     let content_sha256 = edgeml_bundle::inspect(&bundle)
         .map_err(|e| {
             err(
@@ -711,8 +707,8 @@ async fn check_release_artifacts(
                 ),
             ));
         }
-        let path = bundle_path(dir, &a.sha256)?;
-        let bytes = tokio::fs::read(&path).await.map_err(|_| {
+        check_digest(&a.sha256)?;
+        let bytes = read(&a.sha256).await?.ok_or_else(|| {
             err(
                 StatusCode::CONFLICT,
                 format!("artifact {} has not been uploaded", a.sha256),
@@ -856,10 +852,28 @@ async fn rollout(
     };
     let store = st.store.clone();
     let ch = channel.clone();
-    if !blocking(move || store.set_rollout(&ch, state, reason, now_ms())).await? {
+    let Some(current) = blocking(move || store.release(&ch)).await? else {
         return Err(err(
             StatusCode::NOT_FOUND,
             format!("nothing published to channel `{channel}`"),
+        ));
+    };
+    if current.state == state {
+        return Ok(Json(RolloutChanged { channel, state }).into_response());
+    }
+    let decision = Decision {
+        to: state,
+        source: DecisionSource::Operator,
+        reason: reason.map(String::from),
+        replica: st.settings.replica.clone(),
+    };
+    let store = st.store.clone();
+    if !blocking(move || store.decide(&current, &decision, now_ms())).await? {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!(
+                "the rollout of channel `{channel}` changed while this was being decided (another operator, or the canary gate); look at it again and retry"
+            ),
         ));
     }
     Ok(Json(RolloutChanged { channel, state }).into_response())
@@ -949,10 +963,34 @@ async fn rollback_evidence(st: &AppState, device: &str, report: &StatusReport) -
         current.release.model_version,
         why.as_deref().unwrap_or("no reason given")
     );
+    let decision = Decision {
+        to: RolloutState::Halted,
+        source: DecisionSource::Rollbacks,
+        reason: Some(reason),
+        replica: st.settings.replica.clone(),
+    };
     let store = st.store.clone();
-    let ch = report.channel.clone();
-    blocking(move || store.set_rollout(&ch, RolloutState::Halted, Some(&reason), now_ms())).await?;
+    // False when another replica (or an operator) changed the rollout first.
+    blocking(move || store.decide(&current, &decision, now_ms())).await?;
     Ok(())
+}
+
+/// Filter for `GET /v1/fleet/decisions`.
+#[derive(Debug, serde::Deserialize)]
+struct DecisionQuery {
+    channel: Option<String>,
+}
+
+/// The rollout decisions taken, oldest first (admin).
+async fn decisions(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<DecisionQuery>,
+) -> ApiResult<Response> {
+    admin(&st, &headers)?;
+    let store = st.store.clone();
+    let decisions = blocking(move || store.decisions(q.channel.as_deref())).await?;
+    Ok(Json(DecisionList { decisions }).into_response())
 }
 
 async fn devices(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
@@ -981,11 +1019,16 @@ pub(crate) async fn canary_loop(st: AppState) {
             let verdict =
                 tokio::task::spawn_blocking(move || judge(&st2, &c).map(|r| (c, r))).await;
             if let Ok(Ok((c, Some(reason)))) = verdict {
+                // Every replica judges; the first to decide halts the
+                // rollout it judged, the others find it changed.
+                let decision = Decision {
+                    to: RolloutState::Halted,
+                    source: DecisionSource::Canary,
+                    reason: Some(reason),
+                    replica: st.settings.replica.clone(),
+                };
                 let store = st.store.clone();
-                let _ = blocking(move || {
-                    store.set_rollout(&c.channel, RolloutState::Halted, Some(&reason), now_ms())
-                })
-                .await;
+                let _ = blocking(move || store.decide(&c, &decision, now_ms())).await;
             }
         }
     }

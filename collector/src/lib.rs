@@ -14,21 +14,25 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Storage is behind the [`Store`] trait ([`SqliteStore`] by default), so
-//! handlers do not change when another database is added. The API is
+//! Storage is split by concern ([`store`]: telemetry and fleet, one
+//! database; [`blobs`]: bundle bytes), with SQLite and a local directory as
+//! the embedded defaults and PostgreSQL for several replicas
+//! ([`store::open`] takes a file path or a `postgres://` URL). The API is
 //! documented in `collector/openapi.yaml`, also served at `/openapi.yaml`.
 
 #![deny(missing_docs)]
 
 pub mod analysis;
 mod api;
+pub mod blobs;
 pub mod export;
 mod fleet;
 pub mod store;
 
+pub use blobs::{BlobStore, DirBlobs};
 pub use edgeml_telemetry::drift::DriftThresholds;
 pub use fleet::{CanaryPolicy, FleetSettings};
-pub use store::{Publish, SqliteStore, Store, StoreError};
+pub use store::{FleetStore, PgStore, Publish, SqliteStore, Store, StoreError, TelemetryStore};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +57,10 @@ pub struct Settings {
     pub drift: DriftThresholds,
     /// The fleet server (bundles, releases, rollouts).
     pub fleet: FleetSettings,
+    /// Names this server in the rollout decisions it takes, so that
+    /// replicas on one database can be told apart (default: host name and
+    /// process id).
+    pub replica: String,
 }
 
 impl Settings {
@@ -66,8 +74,17 @@ impl Settings {
             max_records: 10_000,
             drift: DriftThresholds::default(),
             fleet: FleetSettings::default(),
+            replica: default_replica(),
         }
     }
+}
+
+/// `host:pid`.
+fn default_replica() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "server".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Why the collector could not start.
@@ -101,6 +118,15 @@ pub struct Server {
 impl Server {
     /// Bind `addr` (port 0 picks one) and serve in the background.
     pub fn start(store: impl Store, settings: Settings, addr: SocketAddr) -> Result<Server, Error> {
+        Server::start_with(Arc::new(store), settings, addr)
+    }
+
+    /// [`Server::start`] with a store chosen at run time ([`store::open`]).
+    pub fn start_with(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        addr: SocketAddr,
+    ) -> Result<Server, Error> {
         if settings.admin_token.len() < 8 || settings.enrolment_token.len() < 8 {
             return Err(Error::Settings(
                 "the admin and enrolment tokens must be at least 8 characters".into(),
@@ -130,12 +156,18 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
+        let blobs = settings
+            .fleet
+            .bundle_dir
+            .clone()
+            .map(|dir| Arc::new(DirBlobs::new(dir)) as Arc<dyn BlobStore>);
         let state = api::AppState {
-            store: Arc::new(store),
+            store,
+            blobs,
             settings: Arc::new(settings),
             timestamps: Arc::default(),
         };
-        let fleet_on = state.settings.fleet.bundle_dir.is_some();
+        let fleet_on = state.blobs.is_some();
         let gate = state.clone();
         let app = api::router(state);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

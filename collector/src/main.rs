@@ -3,18 +3,20 @@
 //! `edgeml`. The work happens in the `edgeml_collector` library.
 
 use clap::Parser;
-use edgeml_collector::{Server, Settings, SqliteStore};
+use edgeml_collector::{Server, Settings};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// The edgeml collector and fleet server (SQLite database, created and
-/// migrated as needed).
+/// The edgeml collector and fleet server (SQLite file or PostgreSQL
+/// database, created and migrated as needed).
 #[derive(Debug, Parser)]
 #[command(name = "edgeml-server", version)]
 struct Args {
-    /// The database file.
+    /// The database: a SQLite file, or a PostgreSQL URL
+    /// (postgres://user[:password]@host[:port]/database) that several
+    /// replicas can share.
     #[arg(long, default_value = "collector.db")]
-    db: PathBuf,
+    db: String,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: std::net::SocketAddr,
@@ -42,6 +44,9 @@ struct Args {
     /// The online timestamp key pair (.key) named in root's timestamp role.
     #[arg(long)]
     timestamp_key: Option<PathBuf>,
+    /// Names this replica in the rollout decisions it takes (default: host name and process id).
+    #[arg(long)]
+    replica_id: Option<String>,
     /// How long each timestamp is valid.
     #[arg(long, default_value = "1d")]
     timestamp_ttl: humantime::Duration,
@@ -88,18 +93,36 @@ fn serve(a: Args) -> Result<(), String> {
     settings.fleet.canary.min_devices = a.canary_min_devices;
     settings.fleet.canary.min_share = a.canary_min_share;
     settings.fleet.timestamp_ttl = a.timestamp_ttl.into();
+    if let Some(id) = a.replica_id {
+        settings.replica = id;
+    }
     if let Some(path) = &a.timestamp_key {
         let key = edgeml_bundle::SecretKey::from_file(path)
             .map_err(|e| format!("reading the timestamp key {}: {e}", path.display()))?;
         settings.fleet.timestamp_key = Some(std::sync::Arc::new(key));
     }
-    let store = SqliteStore::open(&a.db).map_err(|e| format!("opening {}: {e}", a.db.display()))?;
-    let server = Server::start(store, settings, a.listen).map_err(|e| e.to_string())?;
+    let store = edgeml_collector::store::open(&a.db)
+        .map_err(|e| format!("opening {}: {e}", redact(&a.db)))?;
+    let server = Server::start_with(store, settings, a.listen).map_err(|e| e.to_string())?;
     println!(
         "edgeml-server listening on {} (database {})",
         server.url(),
-        a.db.display()
+        redact(&a.db)
     );
     server.wait();
     Ok(())
+}
+
+/// A database URL without its password, for messages.
+fn redact(db: &str) -> String {
+    match (db.find("://"), db.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &db[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &db[..scheme + 3], &db[at..]),
+                None => db.to_string(),
+            }
+        }
+        _ => db.to_string(),
+    }
 }

@@ -176,6 +176,51 @@ pub struct RolloutChanged {
     pub state: RolloutState,
 }
 
+/// Who changed a rollout's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionSource {
+    /// The canary gate (error rate, drift against the previous version).
+    Canary,
+    /// Enough devices in the rollout rolled the release back.
+    Rollbacks,
+    /// An operator (`edgeml rollout pause|resume`).
+    Operator,
+}
+
+/// One change of a rollout's state, recorded by the server replica that
+/// made it, in the transaction that made it (so each is taken once, however
+/// many replicas judge the rollout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutDecision {
+    /// Order of the decisions (increasing).
+    pub id: u64,
+    /// The channel.
+    pub channel: String,
+    /// The model version being rolled out.
+    pub model_version: String,
+    /// The state before.
+    pub from: RolloutState,
+    /// The state after.
+    pub to: RolloutState,
+    /// Who decided.
+    pub source: DecisionSource,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The server replica that took the decision (`--replica-id`).
+    pub replica: String,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
+/// `GET /v1/fleet/decisions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionList {
+    /// Oldest first.
+    pub decisions: Vec<RolloutDecision>,
+}
+
 /// The reply to `PUT /v1/fleet/roots/{version}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootPublished {

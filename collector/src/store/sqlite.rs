@@ -1,38 +1,17 @@
-//! Storage behind the collector. Handlers only see the [`Store`] trait;
-//! [`SqliteStore`] is the embedded default. A PostgreSQL store implements
-//! the same trait (the SQL is plain and the migrations are numbered).
+//! The embedded SQLite store: one file, WAL mode, one connection.
 
-use edgeml_client::wire::fleet::{ChannelStatus, FleetDevice, RolloutState, StatusReport};
-pub use edgeml_client::wire::telemetry::{DeviceInfo, DeviceModel, ModelVersionInfo};
-use edgeml_fleet::Release;
-use edgeml_telemetry::wire::{
-    Batch, IngestResponse, ModelRef, RecordBody, SampleInput, SampleReason,
+use super::{
+    filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, source_str, u, Arg,
+    Decision, Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
+    StoredSample, StoredWindow, TelemetryStore,
 };
+use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
+use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
+use edgeml_fleet::Release;
+use edgeml_telemetry::wire::{Batch, IngestResponse, ModelRef, RecordBody};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
-
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The database refused or failed.
-    #[error("database error: {0}")]
-    Database(String),
-    /// The database was written by a newer collector.
-    #[error("the database has schema version {found}, newer than this collector's {supported}; run a newer edgeml")]
-    TooNew {
-        /// Version in the file.
-        found: u32,
-        /// Newest version this build knows.
-        supported: u32,
-    },
-    /// A stored value does not parse (the file was edited or damaged).
-    #[error("stored data is damaged: {0}")]
-    Corrupt(String),
-}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -40,376 +19,16 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// What enrolling a device did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Enrolment {
-    /// A new device.
-    Created,
-    /// The same device and key again.
-    AlreadyEnrolled,
-    /// The id is taken by another key.
-    Conflict,
-}
-
-/// Filter for windows and samples. Times are Unix milliseconds; `from`
-/// is inclusive and `to` exclusive.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct Query {
-    /// Model name.
-    pub model: Option<String>,
-    /// Model version.
-    pub version: Option<String>,
-    /// Device id.
-    pub device: Option<String>,
-    /// Window start or sample time at or after this.
-    pub from_ms: Option<u64>,
-    /// ... and before this.
-    pub to_ms: Option<u64>,
-}
-
-/// A stored window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredWindow {
-    /// Record id.
-    pub id: String,
-    /// Device.
-    pub device_id: String,
-    /// Model.
-    pub model: ModelRef,
-    /// Start (ms).
-    pub start_ms: u64,
-    /// End (ms).
-    pub end_ms: u64,
-    /// Predictions.
-    pub count: u64,
-    /// Errors by kind.
-    pub errors: BTreeMap<String, u64>,
-    /// Latency sketch (base64).
-    pub latency_us: String,
-    /// Numeric feature sketches (base64).
-    pub numeric: BTreeMap<String, String>,
-    /// Counts on the baseline's quantile grid (base64, see
-    /// [`edgeml_telemetry::GridCounts`]).
-    pub binned: BTreeMap<String, String>,
-    /// Categorical counts.
-    pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
-}
-
-/// A stored sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredSample {
-    /// Record id.
-    pub id: String,
-    /// Device.
-    pub device_id: String,
-    /// Model.
-    pub model: ModelRef,
-    /// When (ms).
-    pub at_ms: u64,
-    /// Why it was kept.
-    pub reason: SampleReason,
-    /// Top label.
-    pub prediction: Option<String>,
-    /// The input.
-    pub input: SampleInput,
-}
-
-/// The collector's storage. Methods are blocking; handlers call them on
-/// tokio's blocking pool.
-pub trait Store: Send + Sync + 'static {
-    /// Enrol a device with its public key.
-    fn enrol(
-        &self,
-        device_id: &str,
-        public_key: &[u8; 32],
-        now_ms: u64,
-    ) -> Result<Enrolment, StoreError>;
-    /// A device's public key.
-    fn device_key(&self, device_id: &str) -> Result<Option<[u8; 32]>, StoreError>;
-    /// Store a batch atomically; records already stored are counted as duplicates.
-    fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError>;
-    /// All devices.
-    fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
-    /// All model versions.
-    fn models(&self) -> Result<Vec<ModelVersionInfo>, StoreError>;
-    /// Windows matching `q`, oldest first.
-    fn windows(&self, q: &Query) -> Result<Vec<StoredWindow>, StoreError>;
-    /// Samples matching `q`, oldest first.
-    fn samples(&self, q: &Query) -> Result<Vec<StoredSample>, StoreError>;
-
-    /// Store a root version (the caller has verified it against the previous one).
-    fn put_root(&self, version: u64, envelope: &str, now_ms: u64) -> Result<(), StoreError>;
-    /// A root version, or the newest with `None`.
-    fn root(&self, version: Option<u64>) -> Result<Option<(u64, String)>, StoreError>;
-    /// Store verified release metadata. A new model version starts a new
-    /// rollout (state active, the channel's previous model version kept
-    /// for the canary comparison); the same version keeps the rollout's state.
-    fn put_release(&self, release: &Release, envelope: &str, now_ms: u64)
-        -> Result<(), StoreError>;
-    /// Publish release metadata only if the channel's latest release is
-    /// still the one with metadata version `after` (`None`: the channel is
-    /// empty), in one transaction with the check: two publishes racing
-    /// cannot both pass the server's version checks.
-    fn publish_release(
-        &self,
-        release: &Release,
-        envelope: &str,
-        now_ms: u64,
-        after: Option<u64>,
-    ) -> Result<Publish, StoreError>;
-    /// A channel's newest release and rollout state.
-    fn release(&self, channel: &str) -> Result<Option<StoredRelease>, StoreError>;
-    /// Every channel's newest release and rollout state.
-    fn channels(&self) -> Result<Vec<StoredRelease>, StoreError>;
-    /// Pause, resume or halt a channel's rollout. False if there is no such channel.
-    fn set_rollout(
-        &self,
-        channel: &str,
-        state: RolloutState,
-        reason: Option<&str>,
-        now_ms: u64,
-    ) -> Result<bool, StoreError>;
-    /// Keep a device's latest status report. False (and nothing stored)
-    /// when its sequence number is not above the last one accepted from
-    /// the device: a replay.
-    fn report(
-        &self,
-        device_id: &str,
-        report: &StatusReport,
-        now_ms: u64,
-    ) -> Result<bool, StoreError>;
-    /// Record that a channel's bundle was served to a device in its
-    /// rollout (first time kept).
-    fn record_offer(
-        &self,
-        channel: &str,
-        sha256: &str,
-        device_id: &str,
-        now_ms: u64,
-    ) -> Result<(), StoreError>;
-    /// The devices a channel's bundle was served to.
-    fn offered(&self, channel: &str, sha256: &str) -> Result<Vec<String>, StoreError>;
-    /// Record a device's rollback of a channel's bundle (once per device
-    /// and bundle; the first time is kept).
-    fn add_rollback(
-        &self,
-        channel: &str,
-        sha256: &str,
-        device_id: &str,
-        reason: Option<&str>,
-        now_ms: u64,
-    ) -> Result<(), StoreError>;
-    /// Devices that rolled back a channel's bundle at or after `from_ms`,
-    /// with their reasons, first first.
-    fn rollbacks(
-        &self,
-        channel: &str,
-        sha256: &str,
-        from_ms: u64,
-    ) -> Result<Vec<(String, Option<String>)>, StoreError>;
-    /// Every device that has reported, with its latest report.
-    fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError>;
-}
-
-/// What [`Store::publish_release`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Publish {
-    /// Stored; it is the channel's release now.
-    Published,
-    /// Another release was published since the caller looked: check again.
-    Changed,
-    /// The channel already has a release with this metadata version.
-    VersionTaken,
-}
-
-/// A channel's newest release and the state of its rollout.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRelease {
-    /// The channel.
-    pub channel: String,
-    /// Release metadata version.
-    pub version: u64,
-    /// The signed envelope (JSON).
-    pub envelope: String,
-    /// The release.
-    pub release: Release,
-    /// When it was published (ms).
-    pub published_ms: u64,
-    /// The rollout's state.
-    pub state: RolloutState,
-    /// Why it is paused or halted.
-    pub reason: Option<String>,
-    /// The model version the channel carried before this rollout started.
-    pub previous_version: Option<String>,
-    /// When this model version's rollout started (ms).
-    pub started_ms: u64,
-    /// Where the rollout's evidence window starts (ms): its start, or the
-    /// last resume. Rollbacks and telemetry before it do not count.
-    pub evidence_from_ms: u64,
-}
-
-impl StoredRelease {
-    /// What the API shows of it (everything but the envelope).
-    pub fn status(self) -> ChannelStatus {
-        ChannelStatus {
-            channel: self.channel,
-            version: self.version,
-            release: self.release,
-            published_ms: self.published_ms,
-            state: self.state,
-            reason: self.reason,
-            previous_version: self.previous_version,
-            started_ms: self.started_ms,
-            evidence_from_ms: self.evidence_from_ms,
-        }
+fn value(a: Arg) -> rusqlite::types::Value {
+    match a {
+        Arg::Text(t) => rusqlite::types::Value::Text(t),
+        Arg::Int(n) => rusqlite::types::Value::Integer(n),
     }
 }
-
-/// Numbered schema migrations, applied in order, each once.
-const MIGRATIONS: &[&str] = &[
-    // 1: devices, idempotency, models, windows, samples.
-    "CREATE TABLE devices (
-        id TEXT PRIMARY KEY,
-        public_key BLOB NOT NULL,
-        enrolled_ms INTEGER NOT NULL,
-        last_seen_ms INTEGER,
-        pending_records INTEGER NOT NULL DEFAULT 0,
-        dropped_records INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE records (
-        id TEXT PRIMARY KEY,
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        kind TEXT NOT NULL,
-        received_ms INTEGER NOT NULL
-    );
-    CREATE TABLE models (
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        monitoring_features TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        baseline TEXT,
-        first_seen_ms INTEGER NOT NULL,
-        PRIMARY KEY (name, version, digest)
-    );
-    CREATE TABLE device_models (
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        last_seen_ms INTEGER NOT NULL,
-        PRIMARY KEY (device_id, name, version, digest)
-    );
-    CREATE TABLE windows (
-        record_id TEXT PRIMARY KEY REFERENCES records(id),
-        device_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        start_ms INTEGER NOT NULL,
-        end_ms INTEGER NOT NULL,
-        count INTEGER NOT NULL,
-        errors TEXT NOT NULL,
-        latency_us TEXT NOT NULL,
-        numeric TEXT NOT NULL,
-        categorical TEXT NOT NULL,
-        drifted INTEGER NOT NULL,
-        recovered INTEGER NOT NULL
-    );
-    CREATE INDEX windows_by_model_time ON windows (name, version, start_ms);
-    CREATE TABLE samples (
-        record_id TEXT PRIMARY KEY REFERENCES records(id),
-        device_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        at_ms INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        prediction TEXT,
-        input TEXT NOT NULL
-    );
-    CREATE INDEX samples_by_model_time ON samples (name, version, at_ms);",
-    // 2: fleet: roots, releases, rollout state per channel, device status.
-    "CREATE TABLE fleet_roots (
-        version INTEGER PRIMARY KEY,
-        envelope TEXT NOT NULL,
-        published_ms INTEGER NOT NULL
-    );
-    CREATE TABLE fleet_releases (
-        channel TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        envelope TEXT NOT NULL,
-        release TEXT NOT NULL,
-        published_ms INTEGER NOT NULL,
-        PRIMARY KEY (channel, version)
-    );
-    CREATE TABLE fleet_channels (
-        channel TEXT PRIMARY KEY,
-        model_version TEXT NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT,
-        previous_version TEXT,
-        started_ms INTEGER NOT NULL,
-        updated_ms INTEGER NOT NULL
-    );
-    CREATE TABLE fleet_status (
-        device_id TEXT PRIMARY KEY REFERENCES devices(id),
-        report TEXT NOT NULL,
-        updated_ms INTEGER NOT NULL
-    );",
-    // 3: rollout evidence: which bundles were served to which device, one
-    // rollback per device and bundle, the start of each rollout's evidence
-    // window, and report sequence numbers.
-    "CREATE TABLE fleet_offers (
-        channel TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        first_ms INTEGER NOT NULL,
-        PRIMARY KEY (channel, sha256, device_id)
-    );
-    CREATE TABLE fleet_rollbacks (
-        channel TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        at_ms INTEGER NOT NULL,
-        reason TEXT,
-        PRIMARY KEY (channel, sha256, device_id)
-    );
-    ALTER TABLE fleet_channels ADD COLUMN evidence_from_ms INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE fleet_status ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
-    // 4: windows carry counts on the baseline's quantile grid for the
-    // features a baseline covers (devices that bin, since migration 4).
-    "ALTER TABLE windows ADD COLUMN binned TEXT NOT NULL DEFAULT '{}';",
-];
 
 /// The embedded SQLite store (one file, WAL mode).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-}
-
-fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn rollout_str(state: RolloutState) -> &'static str {
-    match state {
-        RolloutState::Active => "active",
-        RolloutState::Paused => "paused",
-        RolloutState::Halted => "halted",
-    }
-}
-
-fn parse_rollout(s: &str) -> Result<RolloutState, StoreError> {
-    match s {
-        "active" => Ok(RolloutState::Active),
-        "paused" => Ok(RolloutState::Paused),
-        "halted" => Ok(RolloutState::Halted),
-        other => Err(StoreError::Corrupt(format!("rollout state `{other}`"))),
-    }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 impl SqliteStore {
@@ -429,30 +48,31 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            [],
+        let table = |conn: &Connection, name: &str| -> Result<bool, StoreError> {
+            Ok(conn
+                .query_row(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [name],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
+        };
+        let history = table(&conn, "refinery_schema_history")?;
+        let legacy = if !history && table(&conn, "schema_migrations")? {
+            Some(conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get::<_, u32>(0),
+            )?)
+        } else {
+            None
+        };
+        migrate::run(
+            &mut migrate::SqliteConn(&mut conn),
+            migrate::sqlite(),
+            migrate::Found { history, legacy },
         )?;
-        let current: u32 = conn.query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-            [],
-            |r| r.get(0),
-        )?;
-        if current as usize > MIGRATIONS.len() {
-            return Err(StoreError::TooNew {
-                found: current,
-                supported: MIGRATIONS.len() as u32,
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
-                params![i as u32 + 1, edgeml_telemetry::now_ms() as i64],
-            )?;
-            tx.commit()?;
-        }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -518,85 +138,17 @@ impl SqliteStore {
             .collect()
     }
 
-    /// The schema version in use.
+    /// The schema version in use (the newest migration applied).
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
-                r.get(0)
-            })?)
+        Ok(self.conn().query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM refinery_schema_history",
+            [],
+            |r| r.get(0),
+        )?)
     }
 }
 
-fn filter(q: &Query, time_col: &str) -> (String, Vec<rusqlite::types::Value>) {
-    use rusqlite::types::Value;
-    let mut sql = String::from(" WHERE 1=1");
-    let mut args = Vec::new();
-    for (col, v) in [
-        ("name", &q.model),
-        ("version", &q.version),
-        ("device_id", &q.device),
-    ] {
-        if let Some(v) = v {
-            sql += &format!(" AND {col} = ?");
-            args.push(Value::Text(v.clone()));
-        }
-    }
-    if let Some(f) = q.from_ms {
-        sql += &format!(" AND {time_col} >= ?");
-        args.push(Value::Integer(f.min(i64::MAX as u64) as i64));
-    }
-    if let Some(t) = q.to_ms {
-        sql += &format!(" AND {time_col} < ?");
-        args.push(Value::Integer(t.min(i64::MAX as u64) as i64));
-    }
-    (sql, args)
-}
-
-impl Store for SqliteStore {
-    fn enrol(
-        &self,
-        device_id: &str,
-        public_key: &[u8; 32],
-        now_ms: u64,
-    ) -> Result<Enrolment, StoreError> {
-        let conn = self.conn();
-        let existing: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT public_key FROM devices WHERE id = ?1",
-                [device_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(match existing {
-            Some(k) if k == public_key => Enrolment::AlreadyEnrolled,
-            Some(_) => Enrolment::Conflict,
-            None => {
-                conn.execute(
-                    "INSERT INTO devices (id, public_key, enrolled_ms) VALUES (?1, ?2, ?3)",
-                    params![device_id, &public_key[..], now_ms as i64],
-                )?;
-                Enrolment::Created
-            }
-        })
-    }
-
-    fn device_key(&self, device_id: &str) -> Result<Option<[u8; 32]>, StoreError> {
-        let k: Option<Vec<u8>> = self
-            .conn()
-            .query_row(
-                "SELECT public_key FROM devices WHERE id = ?1",
-                [device_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        k.map(|k| {
-            k.try_into()
-                .map_err(|_| StoreError::Corrupt(format!("key of device {device_id}")))
-        })
-        .transpose()
-    }
-
+impl TelemetryStore for SqliteStore {
     fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -772,32 +324,35 @@ impl Store for SqliteStore {
     }
 
     fn windows(&self, q: &Query) -> Result<Vec<StoredWindow>, StoreError> {
-        let (cond, args) = filter(q, "start_ms");
+        let (cond, args) = filter(q, "start_ms", |_| "?".into());
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT record_id, device_id, name, version, digest, start_ms, end_ms, count, errors, latency_us, numeric, categorical, binned
              FROM windows{cond} ORDER BY start_ms, record_id"
         ))?;
         let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    ModelRef {
-                        name: r.get(2)?,
-                        version: r.get(3)?,
-                        digest: r.get(4)?,
-                    },
-                    r.get::<_, i64>(5)? as u64,
-                    r.get::<_, i64>(6)? as u64,
-                    r.get::<_, i64>(7)? as u64,
-                    r.get::<_, String>(8)?,
-                    r.get::<_, String>(9)?,
-                    r.get::<_, String>(10)?,
-                    r.get::<_, String>(11)?,
-                    r.get::<_, String>(12)?,
-                ))
-            })?
+            .query_map(
+                rusqlite::params_from_iter(args.into_iter().map(value)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        ModelRef {
+                            name: r.get(2)?,
+                            version: r.get(3)?,
+                            digest: r.get(4)?,
+                        },
+                        r.get::<_, i64>(5)? as u64,
+                        r.get::<_, i64>(6)? as u64,
+                        r.get::<_, i64>(7)? as u64,
+                        r.get::<_, String>(8)?,
+                        r.get::<_, String>(9)?,
+                        r.get::<_, String>(10)?,
+                        r.get::<_, String>(11)?,
+                        r.get::<_, String>(12)?,
+                    ))
+                },
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(
@@ -833,28 +388,31 @@ impl Store for SqliteStore {
     }
 
     fn samples(&self, q: &Query) -> Result<Vec<StoredSample>, StoreError> {
-        let (cond, args) = filter(q, "at_ms");
+        let (cond, args) = filter(q, "at_ms", |_| "?".into());
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT record_id, device_id, name, version, digest, at_ms, reason, prediction, input
              FROM samples{cond} ORDER BY at_ms, record_id"
         ))?;
         let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    ModelRef {
-                        name: r.get(2)?,
-                        version: r.get(3)?,
-                        digest: r.get(4)?,
-                    },
-                    r.get::<_, i64>(5)? as u64,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, String>(8)?,
-                ))
-            })?
+            .query_map(
+                rusqlite::params_from_iter(args.into_iter().map(value)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        ModelRef {
+                            name: r.get(2)?,
+                            version: r.get(3)?,
+                            digest: r.get(4)?,
+                        },
+                        r.get::<_, i64>(5)? as u64,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                        r.get::<_, String>(8)?,
+                    ))
+                },
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(|(id, device_id, model, at_ms, reason, prediction, input)| {
@@ -863,12 +421,56 @@ impl Store for SqliteStore {
                     device_id,
                     model,
                     at_ms,
-                    reason: parse(&format!("\"{reason}\""))?,
+                    reason: parse_reason(&reason)?,
                     prediction,
                     input: parse(&input)?,
                 })
             })
             .collect()
+    }
+}
+
+impl FleetStore for SqliteStore {
+    fn enrol(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Enrolment, StoreError> {
+        let conn = self.conn();
+        let new = conn.execute(
+            "INSERT INTO devices (id, public_key, enrolled_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+            params![device_id, &public_key[..], i(now_ms)],
+        )?;
+        if new > 0 {
+            return Ok(Enrolment::Created);
+        }
+        let existing: Vec<u8> = conn.query_row(
+            "SELECT public_key FROM devices WHERE id = ?1",
+            [device_id],
+            |r| r.get(0),
+        )?;
+        Ok(if existing == public_key {
+            Enrolment::AlreadyEnrolled
+        } else {
+            Enrolment::Conflict
+        })
+    }
+
+    fn device_key(&self, device_id: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        let k: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT public_key FROM devices WHERE id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        k.map(|k| {
+            k.try_into()
+                .map_err(|_| StoreError::Corrupt(format!("key of device {device_id}")))
+        })
+        .transpose()
     }
 
     fn put_root(&self, version: u64, envelope: &str, now_ms: u64) -> Result<(), StoreError> {
@@ -955,21 +557,90 @@ impl Store for SqliteStore {
         self.releases(None)
     }
 
-    fn set_rollout(
+    fn decide(
         &self,
-        channel: &str,
-        state: RolloutState,
-        reason: Option<&str>,
+        seen: &StoredRelease,
+        decision: &Decision,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        // Resuming starts a fresh evidence window.
-        let n = self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let model_version = seen.release.model_version.to_string();
+        let n = tx.execute(
             "UPDATE fleet_channels SET state = ?2, reason = ?3, updated_ms = ?4,
                 evidence_from_ms = CASE WHEN ?2 = 'active' THEN ?4 ELSE evidence_from_ms END
-             WHERE channel = ?1",
-            params![channel, rollout_str(state), reason, now_ms as i64],
+             WHERE channel = ?1 AND model_version = ?5 AND state = ?6 AND started_ms = ?7
+               AND evidence_from_ms = ?8",
+            params![
+                seen.channel,
+                decision.to.name(),
+                decision.reason,
+                i(now_ms),
+                model_version,
+                seen.state.name(),
+                i(seen.started_ms),
+                i(seen.evidence_from_ms)
+            ],
         )?;
-        Ok(n > 0)
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO fleet_decisions (channel, model_version, from_state, to_state, source, reason, replica, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                seen.channel,
+                model_version,
+                seen.state.name(),
+                decision.to.name(),
+                source_str(decision.source),
+                decision.reason,
+                decision.replica,
+                i(now_ms)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn decisions(&self, channel: Option<&str>) -> Result<Vec<RolloutDecision>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, channel, model_version, from_state, to_state, source, reason, replica, at_ms
+             FROM fleet_decisions WHERE (?1 IS NULL OR channel = ?1) ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([channel], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(
+                |(id, channel, model_version, from, to, source, reason, replica, at)| {
+                    Ok(RolloutDecision {
+                        id: u(id),
+                        channel,
+                        model_version,
+                        from: parse_rollout(&from)?,
+                        to: parse_rollout(&to)?,
+                        source: parse_source(&source)?,
+                        reason,
+                        replica,
+                        at_ms: u(at),
+                    })
+                },
+            )
+            .collect()
     }
 
     fn report(

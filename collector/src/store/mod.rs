@@ -1,0 +1,410 @@
+//! Storage behind the server, one trait per concern:
+//!
+//! - [`TelemetryStore`]: telemetry batches (windows, sketches, samples) and
+//!   what they say about devices and models;
+//! - [`FleetStore`]: device identities, roots, releases, rollouts, status;
+//! - [`BlobStore`](crate::blobs::BlobStore): bundle and artifact bytes (a
+//!   directory by default).
+//!
+//! [`Store`] is both database traits, as one database implements them:
+//! [`SqliteStore`] (one file, the embedded default) and [`PgStore`]
+//! (PostgreSQL, for replicas). [`open`] picks one from a `--db` value.
+//! Each backend's schema is versioned SQL in `collector/migrations/<backend>`,
+//! applied by refinery; a database made before refinery (schema 1 to 4 in
+//! `schema_migrations`) is adopted in place.
+
+mod migrate;
+mod postgres;
+mod sqlite;
+
+pub use self::postgres::PgStore;
+pub use self::sqlite::SqliteStore;
+
+use edgeml_client::wire::fleet::{ChannelStatus, FleetDevice, RolloutState, StatusReport};
+pub use edgeml_client::wire::fleet::{DecisionSource, RolloutDecision};
+pub use edgeml_client::wire::telemetry::{DeviceInfo, DeviceModel, ModelVersionInfo};
+use edgeml_fleet::Release;
+use edgeml_telemetry::wire::{Batch, IngestResponse, ModelRef, SampleInput, SampleReason};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The database was written by a newer collector.
+    #[error("the database has schema version {found}, newer than this collector's {supported}; run a newer edgeml")]
+    TooNew {
+        /// Version in the file.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// A stored value does not parse (the file was edited or damaged).
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// A schema migration failed (the database is left at the last
+    /// migration that completed).
+    #[error("migrating the database schema: {0}")]
+    Migration(String),
+    /// Blob storage failed.
+    #[error("blob storage: {0}")]
+    Blob(String),
+    /// The `--db` value names no database this server can open.
+    #[error("unsupported database `{0}`: give a SQLite file path or a postgres:// URL")]
+    Unsupported(String),
+}
+
+/// What enrolling a device did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolment {
+    /// A new device.
+    Created,
+    /// The same device and key again.
+    AlreadyEnrolled,
+    /// The id is taken by another key.
+    Conflict,
+}
+
+/// Filter for windows and samples. Times are Unix milliseconds; `from`
+/// is inclusive and `to` exclusive.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Query {
+    /// Model name.
+    pub model: Option<String>,
+    /// Model version.
+    pub version: Option<String>,
+    /// Device id.
+    pub device: Option<String>,
+    /// Window start or sample time at or after this.
+    pub from_ms: Option<u64>,
+    /// ... and before this.
+    pub to_ms: Option<u64>,
+}
+
+/// A stored window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredWindow {
+    /// Record id.
+    pub id: String,
+    /// Device.
+    pub device_id: String,
+    /// Model.
+    pub model: ModelRef,
+    /// Start (ms).
+    pub start_ms: u64,
+    /// End (ms).
+    pub end_ms: u64,
+    /// Predictions.
+    pub count: u64,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Latency sketch (base64).
+    pub latency_us: String,
+    /// Numeric feature sketches (base64).
+    pub numeric: BTreeMap<String, String>,
+    /// Counts on the baseline's quantile grid (base64, see
+    /// [`edgeml_telemetry::GridCounts`]).
+    pub binned: BTreeMap<String, String>,
+    /// Categorical counts.
+    pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// A stored sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSample {
+    /// Record id.
+    pub id: String,
+    /// Device.
+    pub device_id: String,
+    /// Model.
+    pub model: ModelRef,
+    /// When (ms).
+    pub at_ms: u64,
+    /// Why it was kept.
+    pub reason: SampleReason,
+    /// Top label.
+    pub prediction: Option<String>,
+    /// The input.
+    pub input: SampleInput,
+}
+
+/// Telemetry: idempotent ingest of signed batches, and what they say about
+/// devices, models, windows and samples. Methods block; the server calls
+/// them on tokio's blocking pool.
+pub trait TelemetryStore: Send + Sync + 'static {
+    /// Store a batch atomically; records already stored are counted as duplicates.
+    fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError>;
+    /// All devices, with their spool backlog and the models they ran.
+    fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
+    /// All model versions.
+    fn models(&self) -> Result<Vec<ModelVersionInfo>, StoreError>;
+    /// Windows matching `q`, oldest first.
+    fn windows(&self, q: &Query) -> Result<Vec<StoredWindow>, StoreError>;
+    /// Samples matching `q`, oldest first.
+    fn samples(&self, q: &Query) -> Result<Vec<StoredSample>, StoreError>;
+}
+
+/// The fleet: device identities, roots, releases and their rollouts,
+/// device status and rollout evidence. Methods block; the server calls
+/// them on tokio's blocking pool. Every method is safe to call from several
+/// server replicas on one database at once.
+pub trait FleetStore: Send + Sync + 'static {
+    /// Enrol a device with its public key.
+    fn enrol(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Enrolment, StoreError>;
+    /// A device's public key.
+    fn device_key(&self, device_id: &str) -> Result<Option<[u8; 32]>, StoreError>;
+    /// Store a root version (the caller has verified it against the previous one).
+    fn put_root(&self, version: u64, envelope: &str, now_ms: u64) -> Result<(), StoreError>;
+    /// A root version, or the newest with `None`.
+    fn root(&self, version: Option<u64>) -> Result<Option<(u64, String)>, StoreError>;
+    /// Store verified release metadata. A new model version starts a new
+    /// rollout (state active, the channel's previous model version kept
+    /// for the canary comparison); the same version keeps the rollout's state.
+    fn put_release(&self, release: &Release, envelope: &str, now_ms: u64)
+        -> Result<(), StoreError>;
+    /// Publish release metadata only if the channel's latest release is
+    /// still the one with metadata version `after` (`None`: the channel is
+    /// empty), in one transaction with the check: two publishes racing
+    /// cannot both pass the server's version checks.
+    fn publish_release(
+        &self,
+        release: &Release,
+        envelope: &str,
+        now_ms: u64,
+        after: Option<u64>,
+    ) -> Result<Publish, StoreError>;
+    /// A channel's newest release and rollout state.
+    fn release(&self, channel: &str) -> Result<Option<StoredRelease>, StoreError>;
+    /// Every channel's newest release and rollout state.
+    fn channels(&self) -> Result<Vec<StoredRelease>, StoreError>;
+    /// Change a channel's rollout state, once: only while the rollout is
+    /// still as `seen` describes it (the same model version's rollout, in
+    /// the same state and evidence window), recording the decision in the
+    /// same transaction. False, and nothing written, when it changed since
+    /// (another replica or an operator decided first) or there is no such
+    /// channel. Resuming starts a fresh evidence window.
+    fn decide(
+        &self,
+        seen: &StoredRelease,
+        decision: &Decision,
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// The decisions taken on a channel's rollouts (every channel's with
+    /// `None`), oldest first.
+    fn decisions(&self, channel: Option<&str>) -> Result<Vec<RolloutDecision>, StoreError>;
+    /// Keep a device's latest status report. False (and nothing stored)
+    /// when its sequence number is not above the last one accepted from
+    /// the device: a replay.
+    fn report(
+        &self,
+        device_id: &str,
+        report: &StatusReport,
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// Record that a channel's bundle was served to a device in its
+    /// rollout (first time kept).
+    fn record_offer(
+        &self,
+        channel: &str,
+        sha256: &str,
+        device_id: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// The devices a channel's bundle was served to.
+    fn offered(&self, channel: &str, sha256: &str) -> Result<Vec<String>, StoreError>;
+    /// Record a device's rollback of a channel's bundle (once per device
+    /// and bundle; the first time is kept).
+    fn add_rollback(
+        &self,
+        channel: &str,
+        sha256: &str,
+        device_id: &str,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Devices that rolled back a channel's bundle at or after `from_ms`,
+    /// with their reasons, first first.
+    fn rollbacks(
+        &self,
+        channel: &str,
+        sha256: &str,
+        from_ms: u64,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError>;
+    /// Every device that has reported, with its latest report.
+    fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError>;
+}
+
+/// A database for the whole server: both stores in one.
+pub trait Store: TelemetryStore + FleetStore {}
+
+impl<T: TelemetryStore + FleetStore> Store for T {}
+
+/// Open (creating and migrating as needed) the database a `--db` value
+/// names: a `postgres://` or `postgresql://` URL, else a SQLite file path.
+pub fn open(db: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(db)?))
+    } else if db.contains("://") {
+        Err(StoreError::Unsupported(db.to_string()))
+    } else {
+        Ok(Arc::new(SqliteStore::open(std::path::Path::new(db))?))
+    }
+}
+
+/// What [`FleetStore::publish_release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// Stored; it is the channel's release now.
+    Published,
+    /// Another release was published since the caller looked: check again.
+    Changed,
+    /// The channel already has a release with this metadata version.
+    VersionTaken,
+}
+
+/// A change of a rollout's state, as [`FleetStore::decide`] takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The state to move to.
+    pub to: RolloutState,
+    /// Who decides.
+    pub source: DecisionSource,
+    /// Why (kept as the rollout's reason while it is paused or halted).
+    pub reason: Option<String>,
+    /// The server replica deciding.
+    pub replica: String,
+}
+
+/// A channel's newest release and the state of its rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRelease {
+    /// The channel.
+    pub channel: String,
+    /// Release metadata version.
+    pub version: u64,
+    /// The signed envelope (JSON).
+    pub envelope: String,
+    /// The release.
+    pub release: Release,
+    /// When it was published (ms).
+    pub published_ms: u64,
+    /// The rollout's state.
+    pub state: RolloutState,
+    /// Why it is paused or halted.
+    pub reason: Option<String>,
+    /// The model version the channel carried before this rollout started.
+    pub previous_version: Option<String>,
+    /// When this model version's rollout started (ms).
+    pub started_ms: u64,
+    /// Where the rollout's evidence window starts (ms): its start, or the
+    /// last resume. Rollbacks and telemetry before it do not count.
+    pub evidence_from_ms: u64,
+}
+
+impl StoredRelease {
+    /// What the API shows of it (everything but the envelope).
+    pub fn status(self) -> ChannelStatus {
+        ChannelStatus {
+            channel: self.channel,
+            version: self.version,
+            release: self.release,
+            published_ms: self.published_ms,
+            state: self.state,
+            reason: self.reason,
+            previous_version: self.previous_version,
+            started_ms: self.started_ms,
+            evidence_from_ms: self.evidence_from_ms,
+        }
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_rollout(s: &str) -> Result<RolloutState, StoreError> {
+    match s {
+        "active" => Ok(RolloutState::Active),
+        "paused" => Ok(RolloutState::Paused),
+        "halted" => Ok(RolloutState::Halted),
+        other => Err(StoreError::Corrupt(format!("rollout state `{other}`"))),
+    }
+}
+
+fn source_str(source: DecisionSource) -> &'static str {
+    match source {
+        DecisionSource::Canary => "canary",
+        DecisionSource::Rollbacks => "rollbacks",
+        DecisionSource::Operator => "operator",
+    }
+}
+
+fn parse_source(s: &str) -> Result<DecisionSource, StoreError> {
+    match s {
+        "canary" => Ok(DecisionSource::Canary),
+        "rollbacks" => Ok(DecisionSource::Rollbacks),
+        "operator" => Ok(DecisionSource::Operator),
+        other => Err(StoreError::Corrupt(format!("decision source `{other}`"))),
+    }
+}
+
+fn parse_reason(s: &str) -> Result<SampleReason, StoreError> {
+    parse(&format!("\"{s}\""))
+}
+
+/// A stored integer (Unix ms, counts) as the `u64` it was written from.
+fn u(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// A `u64` as a database integer (saturating: times and counts stay far below).
+fn i(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+/// A value bound to a [`filter`] placeholder.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The `WHERE` clause for `q` over a table with `name`, `version`,
+/// `device_id` and the time column `time_col`; `placeholder(n)` writes the
+/// n-th (1-based) parameter in the backend's syntax.
+fn filter(q: &Query, time_col: &str, placeholder: fn(usize) -> String) -> (String, Vec<Arg>) {
+    let mut sql = String::from(" WHERE 1=1");
+    let mut args = Vec::new();
+    for (col, v) in [
+        ("name", &q.model),
+        ("version", &q.version),
+        ("device_id", &q.device),
+    ] {
+        if let Some(v) = v {
+            args.push(Arg::Text(v.clone()));
+            sql += &format!(" AND {col} = {}", placeholder(args.len()));
+        }
+    }
+    if let Some(f) = q.from_ms {
+        args.push(Arg::Int(i(f)));
+        sql += &format!(" AND {time_col} >= {}", placeholder(args.len()));
+    }
+    if let Some(t) = q.to_ms {
+        args.push(Arg::Int(i(t)));
+        sql += &format!(" AND {time_col} < {}", placeholder(args.len()));
+    }
+    (sql, args)
+}
