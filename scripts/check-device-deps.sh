@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Server code, its database and its export formats, and the operator CLI.
-forbidden='^(edgeml-collector|edgeml|rusqlite|libsqlite3-sys|arrow-[a-z-]+|parquet) v'
+forbidden='^(edgeml-collector|edgeml|rusqlite|libsqlite3-sys|postgres|tokio-postgres|r2d2|refinery|refinery-core|arrow-[a-z-]+|parquet) v'
 status=0
 for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   tree="$(cargo tree --locked -p edgeml-agent --all-features -e normal --prefix none --target "$target")"
@@ -16,5 +16,5 @@ for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-l
     status=1
   fi
 done
-[ $status = 0 ] && echo "edgeml-agent links no server code (checked: collector, SQLite, Arrow/Parquet, the edgeml CLI)"
+[ $status = 0 ] && echo "edgeml-agent links no server code (checked: collector, SQLite, PostgreSQL, Arrow/Parquet, the edgeml CLI)"
 exit $status

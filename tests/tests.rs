@@ -18,6 +18,7 @@ mod cli;
 mod hostile_guests;
 mod models;
 mod precompiled;
+mod prometheus;
 mod readme;
 mod replicas;
 mod signature_attacks;

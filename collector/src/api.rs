@@ -27,6 +27,7 @@ pub(crate) struct AppState {
     pub blobs: Option<Arc<dyn BlobStore>>,
     pub settings: Arc<Settings>,
     pub timestamps: Arc<crate::fleet::TimestampCache>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An API error: a status and a reason, sent as `{"error": reason}`.
@@ -80,6 +81,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/samples", get(samples))
         .layer(DefaultBodyLimit::max(limit))
         .merge(crate::fleet::router(state.settings.fleet.max_bundle_bytes))
+        .route("/metrics", get(crate::metrics::scrape))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -87,7 +93,7 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], crate::OPENAPI)
 }
 
-fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
+pub(crate) fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -356,6 +362,7 @@ async fn ingest(
     validate(&batch, st.settings.max_records)?;
     let store = st.store.clone();
     let resp = blocking(move || store.ingest(&batch, edgeml_telemetry::now_ms())).await?;
+    st.metrics.ingested(resp.accepted, resp.duplicates);
     Ok(Json(resp).into_response())
 }
 

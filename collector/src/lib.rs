@@ -27,6 +27,7 @@ mod api;
 pub mod blobs;
 pub mod export;
 mod fleet;
+mod metrics;
 pub mod store;
 
 pub use blobs::{BlobStore, DirBlobs};
@@ -57,6 +58,9 @@ pub struct Settings {
     pub drift: DriftThresholds,
     /// The fleet server (bundles, releases, rollouts).
     pub fleet: FleetSettings,
+    /// Bearer token of the Prometheus scraper for `GET /metrics` (default:
+    /// none, and `/metrics` is off).
+    pub metrics_token: Option<String>,
     /// Names this server in the rollout decisions it takes, so that
     /// replicas on one database can be told apart (default: host name and
     /// process id).
@@ -74,6 +78,7 @@ impl Settings {
             max_records: 10_000,
             drift: DriftThresholds::default(),
             fleet: FleetSettings::default(),
+            metrics_token: None,
             replica: default_replica(),
         }
     }
@@ -138,6 +143,13 @@ impl Server {
                     .into(),
             ));
         }
+        if let Some(m) = &settings.metrics_token {
+            if m.len() < 8 || *m == settings.admin_token || *m == settings.enrolment_token {
+                return Err(Error::Settings(
+                    "the metrics token must be at least 8 characters and differ from the admin and enrolment tokens (the scraper holds it)".into(),
+                ));
+            }
+        }
         settings.fleet.canary.validate().map_err(Error::Settings)?;
         if settings.fleet.timestamp_ttl < std::time::Duration::from_secs(1) {
             return Err(Error::Settings(
@@ -166,6 +178,7 @@ impl Server {
             blobs,
             settings: Arc::new(settings),
             timestamps: Arc::default(),
+            metrics: Arc::new(metrics::Metrics::new()),
         };
         let fleet_on = state.blobs.is_some();
         let gate = state.clone();

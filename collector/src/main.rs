@@ -26,6 +26,9 @@ struct Args {
     /// File with the enrolment token devices present. Default: $EDGEML_ENROLMENT_TOKEN.
     #[arg(long)]
     enrolment_token_file: Option<PathBuf>,
+    /// File with the token a Prometheus scraper presents for GET /metrics (off without it).
+    #[arg(long)]
+    metrics_token_file: Option<PathBuf>,
     /// Directory for pushed bundles (content-addressed); turns the fleet API on.
     #[arg(long)]
     bundles: Option<PathBuf>,
@@ -88,6 +91,9 @@ fn serve(a: Args) -> Result<(), String> {
         )?,
     );
     settings.fleet.bundle_dir = a.bundles;
+    if let Some(f) = &a.metrics_token_file {
+        settings.metrics_token = Some(token(Some(f), "", "metrics-token")?);
+    }
     settings.fleet.canary.interval = a.canary_interval.into();
     settings.fleet.canary.min_predictions = a.canary_min_predictions;
     settings.fleet.canary.min_devices = a.canary_min_devices;

@@ -28,6 +28,7 @@
 
 mod config;
 mod error;
+mod metrics;
 mod serve;
 mod setup;
 mod state;
@@ -95,6 +96,8 @@ struct Inner {
     report_seq: AtomicU64,
     polling: Mutex<()>,
     stop: (Mutex<bool>, Condvar),
+    /// `GET /metrics` on the local API.
+    metrics: metrics::Metrics,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +236,7 @@ impl Agent {
             report_seq: AtomicU64::new(report_seq),
             polling: Mutex::new(()),
             stop: (Mutex::new(false), Condvar::new()),
+            metrics: metrics::Metrics::new(),
         });
         // Serve the last known good bundle; fall back to the one before it.
         for candidate in [disk.current.clone(), disk.previous.clone()]
@@ -241,8 +245,7 @@ impl Agent {
         {
             match inner.load(&candidate) {
                 Ok(slot) => {
-                    *inner.serving.write().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Arc::new(slot));
+                    inner.swap(Some(Arc::new(slot)));
                     if Some(&candidate) != disk.current.as_ref() {
                         let mut d = lock(&inner.disk);
                         d.current = Some(candidate);
@@ -445,6 +448,10 @@ impl Inner {
     }
 
     fn swap(&self, slot: Option<Arc<Slot>>) -> Option<Arc<Slot>> {
+        if let Some(s) = &slot {
+            self.metrics
+                .serving(&s.installed.model, &s.installed.version);
+        }
         std::mem::replace(
             &mut *self.serving.write().unwrap_or_else(|p| p.into_inner()),
             slot,
@@ -581,9 +588,18 @@ impl Inner {
         version: Option<&str>,
         input: Input,
     ) -> Result<Prediction, PredictError> {
-        let slot = self.serving().ok_or(PredictError::NotReady)?;
+        let Some(slot) = self.serving() else {
+            self.metrics
+                .refused(name.unwrap_or(""), version.unwrap_or(""), "not_ready");
+            return Err(PredictError::NotReady);
+        };
         let i = &slot.installed;
         if name.is_some_and(|n| n != i.model) || version.is_some_and(|v| v != i.version) {
+            self.metrics.refused(
+                name.unwrap_or(&i.model),
+                version.unwrap_or(""),
+                "unknown_model",
+            );
             return Err(PredictError::UnknownModel {
                 asked: format!(
                     "{}{}",
@@ -596,7 +612,15 @@ impl Inner {
         // The health watch counts what the model and runtime did: a
         // malformed request is the client's error and counts for nothing,
         // so no local client can veto an update.
-        match slot.model.predict(input) {
+        let started = std::time::Instant::now();
+        let result = slot.model.predict(input);
+        self.metrics.predicted(
+            &i.model,
+            &i.version,
+            started.elapsed(),
+            result.as_ref().map(|_| ()).map_err(|e| e.kind().name()),
+        );
+        match result {
             Ok(p) => {
                 slot.requests.fetch_add(1, Ordering::Relaxed);
                 Ok(p)
@@ -671,6 +695,16 @@ impl Inner {
         let _one = lock(&self.polling);
         let result = self.poll_inner();
         log_outcome(&self.config.channel, &result);
+        self.metrics.polled(match &result {
+            Ok(PollOutcome::NothingPublished) => "nothing_published",
+            Ok(PollOutcome::NotModified) => "not_modified",
+            Ok(PollOutcome::UpToDate) => "up_to_date",
+            Ok(PollOutcome::NotInRollout) => "not_in_rollout",
+            Ok(PollOutcome::Waiting) => "waiting",
+            Ok(PollOutcome::Installed(_)) => "installed",
+            Ok(PollOutcome::RolledBack(_)) => "rolled_back",
+            Err(e) => e.kind(),
+        });
         if let Err(e) = &result {
             let (state, target) = {
                 let s = lock(&self.status);

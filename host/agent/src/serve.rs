@@ -4,7 +4,7 @@
 
 use crate::{Inner, PredictError};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -157,6 +157,7 @@ fn router(inner: Arc<Inner>, cfg: &crate::ServeConfig) -> Router {
             get(model_ready_v),
         )
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .with_state(api)
 }
@@ -611,4 +612,13 @@ mod proptests {
             }
         }
     }
+}
+
+/// The agent's metrics (Prometheus text format).
+async fn metrics(State(api): St) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        api.inner.metrics.encode(),
+    )
+        .into_response()
 }
