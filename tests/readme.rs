@@ -175,3 +175,34 @@ fn run_section(heading: &str, prelude: &str) -> (tempfile::TempDir, String) {
     );
     (tmp, stdout)
 }
+
+/// The "## Server at scale" section's `sh` blocks: two replicas on a real
+/// PostgreSQL (tests/db.rs), a root published through one and read through
+/// the other, and the metrics endpoint.
+#[test]
+fn readme_server_at_scale_walkthrough_runs() {
+    let Some(db) = crate::db::TestDb::postgres() else {
+        return;
+    };
+    let (_tmp, stdout) = run_section(
+        "Server at scale",
+        &format!(
+            "set -e\nexport DATABASE_URL='{}'\ntrap 'kill $replica_a $replica_b 2>/dev/null || true' EXIT\n",
+            db.url
+        ),
+    );
+    assert!(stdout.contains("published root version 1"), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    // The root read through the other replica; the metrics line; the admin
+    // token refused at /metrics; an empty decision log.
+    assert!(
+        stdout.contains("replica-b serves the root published through replica-a"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"edgeml_server_http_requests_total{route="/v1/fleet/root",method="GET",status="200"} 1"#),
+        "{stdout}"
+    );
+    assert!(lines.contains(&"401"), "{stdout}");
+    assert!(stdout.contains(r#"{"decisions":[]}"#), "{stdout}");
+}
