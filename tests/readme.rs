@@ -184,12 +184,30 @@ fn readme_server_at_scale_walkthrough_runs() {
     let Some(db) = crate::db::TestDb::postgres() else {
         return;
     };
+    let Some(registry) = crate::registry::TestRegistry::start() else {
+        return;
+    };
     let (_tmp, stdout) = run_section(
         "Server at scale",
         &format!(
-            "set -e\nexport DATABASE_URL='{}'\ntrap 'kill $replica_a $replica_b 2>/dev/null || true' EXIT\n",
-            db.url
+            "set -e\nexport DATABASE_URL='{}' REGISTRY='{}'\ntrap 'kill $replica_a $replica_b 2>/dev/null || true' EXIT\n",
+            db.url, registry.origin
         ),
+    );
+    assert!(
+        stdout.contains("pushed digits 1.0.0 to channel stable"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""mediaType":"application/wasm""#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "307 {}/v2/edgeml/bundles/blobs/sha256:",
+            registry.origin
+        )),
+        "{stdout}"
     );
     assert!(stdout.contains("published root version 1"), "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();

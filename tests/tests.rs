@@ -20,6 +20,7 @@ mod models;
 mod precompiled;
 mod prometheus;
 mod readme;
+mod registry;
 mod replicas;
 mod signature_attacks;
 mod store;

@@ -1,7 +1,8 @@
 //! Where bundle and precompiled-artifact bytes live: content-addressed by
 //! SHA-256, behind [`BlobStore`]. [`DirBlobs`] (a local directory,
-//! `DIR/sha256/<hex>`) is the embedded default. Methods block; the server
-//! calls them on tokio's blocking pool.
+//! `DIR/sha256/<hex>`) is the embedded default; [`RegistryBlobs`] keeps
+//! them in an OCI registry. Methods block; the server calls them on
+//! tokio's blocking pool.
 
 use crate::store::StoreError;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub enum BlobLocation {
     /// A local file (served with `Range`).
     File(PathBuf),
+    /// A URL that serves it with `Range` (devices are redirected there).
+    Url(String),
 }
 
 /// Content-addressed blob storage. Callers check that the bytes hash to
@@ -93,5 +96,68 @@ impl BlobStore for DirBlobs {
     fn locate(&self, sha256: &str) -> Result<Option<BlobLocation>, StoreError> {
         let path = self.path(sha256);
         Ok(path.is_file().then_some(BlobLocation::File(path)))
+    }
+}
+
+/// Blobs in a repository of an OCI registry (`edgeml-server --registry`):
+/// each pushed as a one-layer artifact tagged `sha256-<hex>` (bundles as
+/// Wasm OCI artifacts), so the registry's garbage collection keeps them.
+/// Devices download them from the registry itself: the server answers their
+/// bundle requests with a redirect.
+#[derive(Debug, Clone)]
+pub struct RegistryBlobs {
+    registry: edgeml_client::oci::Registry,
+    max_bytes: usize,
+}
+
+impl RegistryBlobs {
+    /// Blobs in `registry`, none larger than `max_bytes` read back.
+    pub fn new(registry: edgeml_client::oci::Registry, max_bytes: usize) -> RegistryBlobs {
+        RegistryBlobs {
+            registry,
+            max_bytes,
+        }
+    }
+}
+
+fn registry_err(e: edgeml_client::Error) -> StoreError {
+    StoreError::Blob(format!("OCI registry: {e}"))
+}
+
+impl BlobStore for RegistryBlobs {
+    fn put(&self, sha256: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+        if self.size(sha256)?.is_some() {
+            return Ok(false);
+        }
+        let layer = if edgeml_bundle::artifact::read_claims(bytes).is_ok() {
+            edgeml_client::oci::PRECOMPILED_LAYER
+        } else {
+            edgeml_client::oci::WASM_LAYER
+        };
+        self.registry
+            .push_artifact(
+                bytes,
+                layer,
+                &format!("sha256-{sha256}"),
+                Default::default(),
+            )
+            .map_err(registry_err)?;
+        Ok(true)
+    }
+
+    fn size(&self, sha256: &str) -> Result<Option<u64>, StoreError> {
+        self.registry.blob_size(sha256).map_err(registry_err)
+    }
+
+    fn read(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.registry
+            .get_blob(sha256, self.max_bytes)
+            .map_err(registry_err)
+    }
+
+    fn locate(&self, sha256: &str) -> Result<Option<BlobLocation>, StoreError> {
+        Ok(self
+            .size(sha256)?
+            .map(|_| BlobLocation::Url(self.registry.blob_url(sha256))))
     }
 }

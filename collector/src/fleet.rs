@@ -34,9 +34,14 @@ use tower::ServiceExt as _;
 /// Fleet settings.
 #[derive(Debug, Clone)]
 pub struct FleetSettings {
-    /// Where bundles are stored (`DIR/sha256/<hex>`). `None` turns the fleet
-    /// API off (it answers 503).
+    /// Where bundles are stored (`DIR/sha256/<hex>`). With neither this
+    /// nor `registry` the fleet API is off (it answers 503).
     pub bundle_dir: Option<PathBuf>,
+    /// Keep bundles and artifacts in this OCI registry repository instead
+    /// (`http://host:5000/edgeml/bundles`); devices download them from it.
+    pub registry: Option<String>,
+    /// User and password for the registry (HTTP basic authentication).
+    pub registry_credentials: Option<RegistryCredentials>,
     /// Largest bundle accepted (default 256 MiB).
     pub max_bundle_bytes: usize,
     /// The canary gate.
@@ -50,10 +55,30 @@ pub struct FleetSettings {
     pub timestamp_ttl: Duration,
 }
 
+/// A registry user and password (the password is not shown by `Debug`).
+#[derive(Clone)]
+pub struct RegistryCredentials {
+    /// The user.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
 impl Default for FleetSettings {
     fn default() -> Self {
         FleetSettings {
             bundle_dir: None,
+            registry: None,
+            registry_credentials: None,
             max_bundle_bytes: 256 << 20,
             canary: CanaryPolicy::default(),
             timestamp_key: None,
@@ -501,6 +526,11 @@ async fn serve_blob(
     let sha = sha256.to_string();
     let path = match blocking(move || blobs.locate(&sha)).await? {
         Some(BlobLocation::File(path)) => path,
+        // The registry serves it (with Range); the device checks the
+        // digest and length the signed release pins, as always.
+        Some(BlobLocation::Url(url)) => {
+            return Ok(axum::response::Redirect::temporary(&url).into_response())
+        }
         None => return Err(err(StatusCode::NOT_FOUND, format!("no blob {sha256}"))),
     };
     let resp = tower_http::services::ServeFile::new(path)
@@ -623,7 +653,31 @@ async fn put_release(
             ),
         ));
     }
-    check_release_artifacts(blobs, &release, &root).await?;
+    // The bundle may have reached the store without the server (pushed to
+    // the registry): check it verifies, as at upload, before devices see it.
+    let (b, sha) = (blobs.clone(), release.bundle.sha256.clone());
+    let bundle = blocking(move || b.read(&sha)).await?.ok_or_else(|| {
+        err(
+            StatusCode::CONFLICT,
+            format!("bundle {} has not been uploaded", release.bundle.sha256),
+        )
+    })?;
+    let policy = root
+        .root()
+        .publisher_policy()
+        .map_err(|e| fleet_err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let bundle = tokio::task::spawn_blocking(move || {
+        edgeml_bundle::verify(bundle, &policy).map(|v| v.bytes().to_vec())
+    })
+    .await
+    .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the pinned bundle does not verify against the root's publisher keys: {e}"),
+        )
+    })?;
+    check_release_artifacts(blobs, &bundle, &release, &root).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     let store = st.store.clone();
     let r = release.clone();
@@ -664,6 +718,7 @@ async fn put_release(
 /// it again).
 async fn check_release_artifacts(
     blobs: Arc<dyn BlobStore>,
+    bundle: &[u8],
     release: &edgeml_fleet::Release,
     root: &TrustedRoot,
 ) -> ApiResult<()> {
@@ -681,13 +736,7 @@ async fn check_release_artifacts(
         let (blobs, sha) = (blobs.clone(), sha.to_string());
         blocking(move || blobs.read(&sha))
     };
-    let bundle = read(&release.bundle.sha256).await?.ok_or_else(|| {
-        err(
-            StatusCode::CONFLICT,
-            format!("bundle {} has not been uploaded", release.bundle.sha256),
-        )
-    })?;
-    let content_sha256 = edgeml_bundle::inspect(&bundle)
+    let content_sha256 = edgeml_bundle::inspect(bundle)
         .map_err(|e| {
             err(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -30,9 +30,9 @@ mod fleet;
 mod metrics;
 pub mod store;
 
-pub use blobs::{BlobStore, DirBlobs};
+pub use blobs::{BlobStore, DirBlobs, RegistryBlobs};
 pub use edgeml_telemetry::drift::DriftThresholds;
-pub use fleet::{CanaryPolicy, FleetSettings};
+pub use fleet::{CanaryPolicy, FleetSettings, RegistryCredentials};
 pub use store::{FleetStore, PgStore, Publish, SqliteStore, Store, StoreError, TelemetryStore};
 
 use std::net::SocketAddr;
@@ -168,11 +168,22 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
-        let blobs = settings
-            .fleet
-            .bundle_dir
-            .clone()
-            .map(|dir| Arc::new(DirBlobs::new(dir)) as Arc<dyn BlobStore>);
+        let blobs: Option<Arc<dyn BlobStore>> =
+            match (&settings.fleet.registry, &settings.fleet.bundle_dir) {
+                (Some(url), _) => {
+                    let mut registry = edgeml_client::oci::Registry::new(url)
+                        .map_err(|e| Error::Settings(e.to_string()))?;
+                    if let Some(c) = &settings.fleet.registry_credentials {
+                        registry = registry.with_basic_auth(&c.user, &c.password);
+                    }
+                    Some(Arc::new(RegistryBlobs::new(
+                        registry,
+                        settings.fleet.max_bundle_bytes,
+                    )))
+                }
+                (None, Some(dir)) => Some(Arc::new(DirBlobs::new(dir))),
+                (None, None) => None,
+            };
         let state = api::AppState {
             store,
             blobs,

@@ -29,6 +29,14 @@ struct Args {
     /// File with the token a Prometheus scraper presents for GET /metrics (off without it).
     #[arg(long)]
     metrics_token_file: Option<PathBuf>,
+    /// Keep bundles in this OCI registry repository (http://host:5000/edgeml/bundles)
+    /// instead of a directory; devices download them from the registry.
+    #[arg(long, conflicts_with = "bundles")]
+    registry: Option<String>,
+    /// Registry user for basic authentication (the password comes from
+    /// $EDGEML_REGISTRY_PASSWORD).
+    #[arg(long, requires = "registry")]
+    registry_user: Option<String>,
     /// Directory for pushed bundles (content-addressed); turns the fleet API on.
     #[arg(long)]
     bundles: Option<PathBuf>,
@@ -91,6 +99,14 @@ fn serve(a: Args) -> Result<(), String> {
         )?,
     );
     settings.fleet.bundle_dir = a.bundles;
+    settings.fleet.registry = a.registry;
+    if let Some(user) = a.registry_user {
+        let password = std::env::var("EDGEML_REGISTRY_PASSWORD").map_err(|_| {
+            "--registry-user needs the password in $EDGEML_REGISTRY_PASSWORD".to_string()
+        })?;
+        settings.fleet.registry_credentials =
+            Some(edgeml_collector::RegistryCredentials { user, password });
+    }
     if let Some(f) = &a.metrics_token_file {
         settings.metrics_token = Some(token(Some(f), "", "metrics-token")?);
     }

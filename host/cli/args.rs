@@ -227,6 +227,16 @@ pub struct PushArgs {
     /// to devices of its target; repeat for several targets.
     #[arg(long = "artifact", value_name = "FILE")]
     pub artifacts: Vec<PathBuf>,
+    /// Push the bundle (and artifacts) to this OCI registry repository
+    /// (`http://host:5000/edgeml/bundles`) as a Wasm OCI artifact tagged with
+    /// the model version, not to the server; the server must keep its bundles
+    /// in the same repository (`edgeml-server --registry`).
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+    /// Registry user for basic authentication (the password comes from
+    /// $EDGEML_REGISTRY_PASSWORD).
+    #[arg(long, requires = "registry")]
+    pub registry_user: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -156,6 +156,20 @@ fn publish(client: &Client, release: &Release, opts: &ReleaseOptions) -> Result<
     Ok(())
 }
 
+/// The registry of `edgeml push --registry`.
+fn registry(url: &str, args: &PushArgs) -> Result<edgeml_client::oci::Registry> {
+    let r = edgeml_client::oci::Registry::new(url)?;
+    Ok(match &args.registry_user {
+        Some(user) => {
+            let password = std::env::var("EDGEML_REGISTRY_PASSWORD").map_err(|_| {
+                anyhow!("--registry-user needs the password in $EDGEML_REGISTRY_PASSWORD")
+            })?;
+            r.with_basic_auth(user, password)
+        }
+        None => r,
+    })
+}
+
 pub fn push(args: &PushArgs) -> Result<()> {
     let bytes = std::fs::read(&args.bundle)
         .with_context(|| format!("reading {}", args.bundle.display()))?;
@@ -170,9 +184,41 @@ pub fn push(args: &PushArgs) -> Result<()> {
     let share = parse_share(&args.rollout)?;
     let client = client(&args.server)?;
     let size = bytes.len() as u64;
-    client
-        .upload_bundle(&sha256, bytes)
-        .context("uploading the bundle")?;
+    let registry = args
+        .registry
+        .as_deref()
+        .map(|url| registry(url, args))
+        .transpose()?;
+    match &registry {
+        Some(r) => {
+            // OCI tags allow [A-Za-z0-9_.-]: semver build metadata's `+` becomes `_`.
+            let tag = manifest.version.to_string().replace('+', "_");
+            let annotations = [
+                (
+                    "org.opencontainers.image.title",
+                    format!("{}.wasm", manifest.name),
+                ),
+                (
+                    "org.opencontainers.image.version",
+                    manifest.version.to_string(),
+                ),
+                ("dev.edgeml.model", manifest.name.clone()),
+                ("dev.edgeml.content-sha256", info.content_sha256.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let digest = r
+                .push_artifact(&bytes, edgeml_client::oci::WASM_LAYER, &tag, annotations)
+                .with_context(|| format!("pushing the bundle to {}", r.url()))?;
+            println!("pushed {}:{tag} ({digest})", r.url());
+        }
+        None => {
+            client
+                .upload_bundle(&sha256, bytes)
+                .context("uploading the bundle")?;
+        }
+    }
     let mut artifacts = Vec::new();
     for path in &args.artifacts {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -189,9 +235,22 @@ pub fn push(args: &PushArgs) -> Result<()> {
         }
         let digest = hex::encode(Sha256::digest(&bytes));
         let size = bytes.len() as u64;
-        client
-            .upload_artifact(&digest, bytes)
-            .with_context(|| format!("uploading {}", path.display()))?;
+        match &registry {
+            Some(r) => {
+                r.push_artifact(
+                    &bytes,
+                    edgeml_client::oci::PRECOMPILED_LAYER,
+                    &format!("sha256-{digest}"),
+                    Default::default(),
+                )
+                .with_context(|| format!("pushing {} to {}", path.display(), r.url()))?;
+            }
+            None => {
+                client
+                    .upload_artifact(&digest, bytes)
+                    .with_context(|| format!("uploading {}", path.display()))?;
+            }
+        }
         artifacts.push(ArtifactRef {
             target: claims.target,
             engine: claims.engine,

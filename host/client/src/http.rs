@@ -555,20 +555,20 @@ fn segment(s: &str) -> String {
         .collect()
 }
 
-fn unreachable(url: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn unreachable(url: &str, e: impl std::fmt::Display) -> Error {
     Error::Unreachable {
         url: url.to_string(),
         reason: e.to_string(),
     }
 }
 
-fn send(url: &str, req: RequestBuilder) -> Result<Response, Error> {
+pub(crate) fn send(url: &str, req: RequestBuilder) -> Result<Response, Error> {
     req.send().map_err(|e| unreachable(url, e))
 }
 
 /// The response if it is a success, else [`Error::Refused`] with the
 /// server's message.
-fn checked(url: &str, resp: Response) -> Result<Response, Error> {
+pub(crate) fn checked(url: &str, resp: Response) -> Result<Response, Error> {
     if resp.status().is_success() {
         Ok(resp)
     } else {
@@ -576,7 +576,7 @@ fn checked(url: &str, resp: Response) -> Result<Response, Error> {
     }
 }
 
-fn refused(url: &str, resp: Response) -> Error {
+pub(crate) fn refused(url: &str, resp: Response) -> Error {
     let status = resp.status().as_u16();
     let text = limited(resp, 64 << 10, url).unwrap_or_default();
     let message = serde_json::from_slice::<ErrorBody>(&text)
@@ -602,7 +602,7 @@ fn json<T: DeserializeOwned>(resp: Response, url: &str) -> Result<T, Error> {
 }
 
 /// Read a response body of at most `limit` bytes.
-fn limited(resp: Response, limit: usize, url: &str) -> Result<Vec<u8>, Error> {
+pub(crate) fn limited(resp: Response, limit: usize, url: &str) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     resp.take(limit as u64 + 1)
         .read_to_end(&mut out)

@@ -22,6 +22,8 @@
 mod error;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "http")]
+pub mod oci;
 pub mod wire;
 
 pub use error::Error;
