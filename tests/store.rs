@@ -395,3 +395,26 @@ fn backends_agree_on_fleet_evidence() {
         assert_eq!(s.device_key("gw-z").unwrap(), None);
     }
 }
+
+#[test]
+fn adopts_database_whose_first_adoption_was_interrupted() {
+    // A crash after refinery made its (empty) history table but before it
+    // recorded the adopted versions: the next start adopts again.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    std::fs::copy(
+        crate::common::repo().join("collector/tests/fixtures/schema-v4.db"),
+        &db,
+    )
+    .unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE refinery_schema_history (version INT4 PRIMARY KEY, name VARCHAR(255),
+             applied_on VARCHAR(255), checksum VARCHAR(255))",
+        )
+        .unwrap();
+    let store = SqliteStore::open(&db).expect("adopted and migrated");
+    assert_eq!(store.schema_version().unwrap(), 5);
+    assert_eq!(store.fleet_devices().unwrap().len(), 4);
+}

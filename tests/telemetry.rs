@@ -768,6 +768,26 @@ fn accepts_a_signed_batch_from_an_enrolled_device() {
 }
 
 #[test]
+fn rejects_nul_character_in_batch_strings() {
+    // PostgreSQL text cannot hold NUL; both databases refuse it the same way,
+    // with a 4xx the device sets aside instead of retrying forever.
+    let a = Attack::new();
+    let mut record = window(7);
+    if let RecordBody::Window(w) = &mut record.body {
+        w.model.version = "1.0.0\u{0}".into();
+    }
+    let (status, resp) = ingest(
+        &a.server,
+        "gw-01",
+        &a.device,
+        batch_body("gw-01", vec![record]),
+    );
+    assert_eq!(status, 422, "{resp}");
+    assert!(resp["error"].as_str().unwrap().contains("NUL"), "{resp}");
+    a.assert_nothing_stored();
+}
+
+#[test]
 fn rejects_batch_from_unknown_device() {
     let a = Attack::new();
     let stranger = a.identity("gw-99");

@@ -93,6 +93,18 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], crate::OPENAPI)
 }
 
+/// Refuse JSON with a NUL character in a string (`\u0000`): PostgreSQL's
+/// text cannot hold one, and every database should take the same input.
+pub(crate) fn no_nul(json: &[u8]) -> ApiResult<()> {
+    if json.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return Err(err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "strings must not contain NUL characters (\\u0000)",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
@@ -348,6 +360,7 @@ async fn ingest(
     } else {
         body.to_vec()
     };
+    no_nul(&json)?;
     let batch: Batch = serde_json::from_slice(&json)
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("batch: {e}")))?;
     if batch.device_id != device {

@@ -934,6 +934,7 @@ async fn report(
     body: Bytes,
 ) -> ApiResult<Response> {
     let device = authenticate(&st, &headers, &body).await?;
+    crate::api::no_nul(&body)?;
     let report: StatusReport = serde_json::from_slice(&body)
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("status report: {e}")))?;
     let store = st.store.clone();

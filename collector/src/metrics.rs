@@ -56,6 +56,9 @@ struct DecisionLabels {
 }
 
 pub(crate) struct Metrics {
+    /// Held from refreshing the database-backed series to encoding them,
+    /// so two scrapes at once do not see each other's half.
+    scrape: std::sync::Mutex<()>,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
@@ -122,6 +125,7 @@ impl Metrics {
             decisions.clone(),
         );
         Metrics {
+            scrape: std::sync::Mutex::new(()),
             registry: r,
             requests,
             latency,
@@ -193,6 +197,7 @@ pub(crate) async fn scrape(State(st): State<AppState>, headers: HeaderMap) -> Ap
     let (devices, channels, decisions) =
         blocking(move || Ok((store.devices()?, store.channels()?, store.decisions(None)?))).await?;
     let m = &st.metrics;
+    let _one = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
     m.spool_pending.clear();
     m.spool_dropped.clear();
     for d in devices {

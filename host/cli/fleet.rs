@@ -193,7 +193,7 @@ pub fn push(args: &PushArgs) -> Result<()> {
         Some(r) => {
             // OCI tags allow [A-Za-z0-9_.-]: semver build metadata's `+` becomes `_`.
             let tag = manifest.version.to_string().replace('+', "_");
-            let annotations = [
+            let annotations: std::collections::BTreeMap<String, String> = [
                 (
                     "org.opencontainers.image.title",
                     format!("{}.wasm", manifest.name),
@@ -208,10 +208,19 @@ pub fn push(args: &PushArgs) -> Result<()> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            let digest = r
-                .push_artifact(&bytes, edgeml_client::oci::WASM_LAYER, &tag, annotations)
+            // Also tagged by digest (as the server tags what it stores): a
+            // later push of the same version moves the version tag, and the
+            // registry's garbage collection must not take a pinned bundle.
+            for t in [format!("sha256-{sha256}"), tag.clone()] {
+                r.push_artifact(
+                    &bytes,
+                    edgeml_client::oci::WASM_LAYER,
+                    &t,
+                    annotations.clone(),
+                )
                 .with_context(|| format!("pushing the bundle to {}", r.url()))?;
-            println!("pushed {}:{tag} ({digest})", r.url());
+            }
+            println!("pushed {}:{tag} (sha256:{sha256})", r.url());
         }
         None => {
             client

@@ -54,7 +54,9 @@ pub(super) fn newest(runner: &Runner) -> u32 {
 }
 
 /// Bring the database to the newest schema: refuse one a newer server
-/// wrote, adopt a pre-refinery one, apply what is pending.
+/// wrote, adopt a pre-refinery one, apply what is pending. `found.history`
+/// means the history table has rows (an empty one, left by an adoption that
+/// was interrupted, counts as none).
 pub(super) fn run<C: Migrate>(
     conn: &mut C,
     runner: Runner,
@@ -78,7 +80,10 @@ pub(super) fn run<C: Migrate>(
             adopt.run(conn)?;
         }
     }
-    runner.run(conn)?;
+    // Grouped: the pending migrations and their history rows commit in one
+    // transaction (both databases run DDL in transactions), so a crash
+    // cannot leave a migration applied but unrecorded.
+    runner.set_grouped(true).run(conn)?;
     Ok(())
 }
 

@@ -110,12 +110,17 @@ impl PgStore {
     fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
-        let history = conn
+        let table = conn
             .query_one(
                 "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
                 &[],
             )?
             .try_get::<_, bool>(0)?;
+        // An empty history (an interrupted first run) counts as none.
+        let history = table
+            && conn
+                .query_one("SELECT EXISTS (SELECT 1 FROM refinery_schema_history)", &[])?
+                .try_get::<_, bool>(0)?;
         let result = migrate::run(
             &mut *conn,
             migrate::postgres(),

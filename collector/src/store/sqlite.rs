@@ -58,7 +58,10 @@ impl SqliteStore {
                 .optional()?
                 .is_some())
         };
-        let history = table(&conn, "refinery_schema_history")?;
+        let history = table(&conn, "refinery_schema_history")?
+            && conn.query_row("SELECT COUNT(*) FROM refinery_schema_history", [], |r| {
+                r.get::<_, i64>(0)
+            })? > 0;
         let legacy = if !history && table(&conn, "schema_migrations")? {
             Some(conn.query_row(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -162,7 +165,7 @@ impl TelemetryStore for SqliteStore {
             };
             let new = tx.execute(
                 "INSERT OR IGNORE INTO records (id, device_id, kind, received_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![r.id, dev, kind, now_ms as i64],
+                params![r.id, dev, kind, i(now_ms)],
             )?;
             if new == 0 {
                 duplicates += 1;
@@ -182,7 +185,7 @@ impl TelemetryStore for SqliteStore {
                             json(&m.monitoring_features)?,
                             json(&m.labels)?,
                             m.baseline.as_ref().map(json).transpose()?,
-                            now_ms as i64
+                            i(now_ms)
                         ],
                     )?;
                     touch_model(&tx, dev, &m.model, now_ms)?;
@@ -198,9 +201,9 @@ impl TelemetryStore for SqliteStore {
                             w.model.name,
                             w.model.version,
                             w.model.digest,
-                            w.start_ms as i64,
-                            w.end_ms as i64,
-                            w.count as i64,
+                            i(w.start_ms),
+                            i(w.end_ms),
+                            i(w.count),
                             json(&w.errors)?,
                             w.latency_us,
                             json(&w.numeric)?,
@@ -222,7 +225,7 @@ impl TelemetryStore for SqliteStore {
                             s.model.name,
                             s.model.version,
                             s.model.digest,
-                            s.at_ms as i64,
+                            i(s.at_ms),
                             s.reason.as_str(),
                             s.prediction,
                             json(&s.input)?
@@ -235,9 +238,9 @@ impl TelemetryStore for SqliteStore {
             "UPDATE devices SET last_seen_ms = ?2, pending_records = ?3, dropped_records = MAX(dropped_records, ?4) WHERE id = ?1",
             params![
                 dev,
-                now_ms as i64,
-                batch.spool.pending_records as i64,
-                batch.spool.dropped_records as i64
+                i(now_ms),
+                i(batch.spool.pending_records),
+                i(batch.spool.dropped_records)
             ],
         )?;
         tx.commit()?;
@@ -476,7 +479,7 @@ impl FleetStore for SqliteStore {
     fn put_root(&self, version: u64, envelope: &str, now_ms: u64) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO fleet_roots (version, envelope, published_ms) VALUES (?1, ?2, ?3)",
-            params![version as i64, envelope, now_ms as i64],
+            params![i(version), envelope, i(now_ms)],
         )?;
         Ok(())
     }
@@ -488,7 +491,7 @@ impl FleetStore for SqliteStore {
             Some(v) => conn
                 .query_row(
                     "SELECT version, envelope FROM fleet_roots WHERE version = ?1",
-                    [v as i64],
+                    [i(v)],
                     row,
                 )
                 .optional()?,
@@ -537,7 +540,7 @@ impl FleetStore for SqliteStore {
         let taken: Option<i64> = tx
             .query_row(
                 "SELECT 1 FROM fleet_releases WHERE channel = ?1 AND version = ?2",
-                params![release.channel, release.version as i64],
+                params![release.channel, i(release.version)],
                 |r| r.get(0),
             )
             .optional()?;
@@ -650,7 +653,7 @@ impl FleetStore for SqliteStore {
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let conn = self.conn();
-        let seq = report.seq.min(i64::MAX as u64) as i64;
+        let seq = i(report.seq);
         let n = conn.execute(
             "INSERT INTO fleet_status (device_id, report, updated_ms, seq) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (device_id) DO UPDATE SET report = ?2, updated_ms = ?3, seq = ?4
@@ -658,14 +661,14 @@ impl FleetStore for SqliteStore {
                 -- agents before sequence numbers send none (0): accepted
                 -- until the device has sent a numbered report.
                 OR (excluded.seq = 0 AND fleet_status.seq = 0)",
-            params![device_id, json(report)?, now_ms as i64, seq],
+            params![device_id, json(report)?, i(now_ms), seq],
         )?;
         if n == 0 {
             return Ok(false);
         }
         conn.execute(
             "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
-            params![device_id, now_ms as i64],
+            params![device_id, i(now_ms)],
         )?;
         Ok(true)
     }
@@ -679,7 +682,7 @@ impl FleetStore for SqliteStore {
     ) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT OR IGNORE INTO fleet_offers (channel, sha256, device_id, first_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![channel, sha256, device_id, now_ms as i64],
+            params![channel, sha256, device_id, i(now_ms)],
         )?;
         Ok(())
     }
@@ -705,7 +708,7 @@ impl FleetStore for SqliteStore {
     ) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT OR IGNORE INTO fleet_rollbacks (channel, sha256, device_id, at_ms, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![channel, sha256, device_id, now_ms as i64, reason],
+            params![channel, sha256, device_id, i(now_ms), reason],
         )?;
         Ok(())
     }
@@ -722,10 +725,9 @@ impl FleetStore for SqliteStore {
              WHERE channel = ?1 AND sha256 = ?2 AND at_ms >= ?3 ORDER BY at_ms, device_id",
         )?;
         let rows = stmt
-            .query_map(
-                params![channel, sha256, from_ms.min(i64::MAX as u64) as i64],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
-            )?
+            .query_map(params![channel, sha256, i(from_ms)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -764,7 +766,7 @@ fn insert_release(
 ) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO fleet_releases (channel, version, envelope, release, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![release.channel, release.version as i64, envelope, json(release)?, now_ms as i64],
+        params![release.channel, i(release.version), envelope, json(release)?, i(now_ms)],
     )?;
     let current: Option<String> = tx
         .query_row(
@@ -778,19 +780,19 @@ fn insert_release(
         None => {
             tx.execute(
                 "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms, evidence_from_ms) VALUES (?1, ?2, 'active', ?3, ?3, ?3)",
-                params![release.channel, version, now_ms as i64],
+                params![release.channel, version, i(now_ms)],
             )?;
         }
         Some(old) if old != version => {
             tx.execute(
                 "UPDATE fleet_channels SET model_version = ?2, state = 'active', reason = NULL, previous_version = ?3, started_ms = ?4, updated_ms = ?4, evidence_from_ms = ?4 WHERE channel = ?1",
-                params![release.channel, version, old, now_ms as i64],
+                params![release.channel, version, old, i(now_ms)],
             )?;
         }
         Some(_) => {
             tx.execute(
                 "UPDATE fleet_channels SET updated_ms = ?2 WHERE channel = ?1",
-                params![release.channel, now_ms as i64],
+                params![release.channel, i(now_ms)],
             )?;
         }
     }
@@ -806,7 +808,7 @@ fn touch_model(
     tx.execute(
         "INSERT INTO device_models (device_id, name, version, digest, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (device_id, name, version, digest) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
-        params![dev, m.name, m.version, m.digest, now_ms as i64],
+        params![dev, m.name, m.version, m.digest, i(now_ms)],
     )?;
     Ok(())
 }

@@ -589,17 +589,14 @@ impl Inner {
         input: Input,
     ) -> Result<Prediction, PredictError> {
         let Some(slot) = self.serving() else {
-            self.metrics
-                .refused(name.unwrap_or(""), version.unwrap_or(""), "not_ready");
+            self.metrics.refused("", "", "not_ready");
             return Err(PredictError::NotReady);
         };
         let i = &slot.installed;
         if name.is_some_and(|n| n != i.model) || version.is_some_and(|v| v != i.version) {
-            self.metrics.refused(
-                name.unwrap_or(&i.model),
-                version.unwrap_or(""),
-                "unknown_model",
-            );
+            // Labelled with the served model: names from a request would let
+            // any local client make series without end.
+            self.metrics.refused(&i.model, &i.version, "unknown_model");
             return Err(PredictError::UnknownModel {
                 asked: format!(
                     "{}{}",

@@ -75,7 +75,7 @@ pub struct WasmConfig {
 
 /// One repository of an OCI registry, for example
 /// `http://registry.local:5000/edgeml/bundles`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Registry {
     http: Http,
     /// `scheme://host[:port]`.
@@ -83,6 +83,15 @@ pub struct Registry {
     /// The repository name (`edgeml/bundles`).
     name: String,
     basic: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("url", &self.url())
+            .field("user", &self.basic.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
@@ -100,6 +109,11 @@ impl Registry {
         let (host, name) = rest.split_once('/').ok_or_else(|| {
             bad("name a repository after the host (http://host:5000/edgeml/bundles)")
         })?;
+        if host.contains('@') {
+            return Err(bad(
+                "put no credentials in the URL (they would reach devices in redirects); use --registry-user and $EDGEML_REGISTRY_PASSWORD",
+            ));
+        }
         let name = name.trim_matches('/');
         let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c);
         if host.is_empty() || name.is_empty() || !name.chars().all(valid) {
