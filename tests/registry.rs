@@ -88,16 +88,22 @@ impl TestRegistry {
     }
 }
 
-#[test]
-fn push_stores_bundle_as_wasm_oci_artifact_and_agent_installs_from_registry() {
-    let Some(registry) = TestRegistry::start() else {
-        return;
-    };
+/// A fleet server keeping its bundles in `registry`'s `edgeml/bundles`.
+fn fleet_on(registry: &TestRegistry) -> (String, Fleet) {
     let repo = registry.repo("edgeml/bundles");
     let f = Fleet::with_settings(|s| {
         s.fleet.bundle_dir = None;
         s.fleet.registry = Some(repo.clone());
     });
+    (repo, f)
+}
+
+#[test]
+fn push_stores_bundle_as_wasm_oci_artifact_and_agent_installs_from_registry() {
+    let Some(registry) = TestRegistry::start() else {
+        return;
+    };
+    let (repo, f) = fleet_on(&registry);
     // The publisher's side, as `edgeml push --registry` does it.
     let dir = f.dir.path();
     std::fs::write(dir.join("digits.wasm"), f.signed(&DIGITS_IMAGE, "1.0.0")).unwrap();
@@ -194,11 +200,7 @@ fn rejects_registry_bundle_not_signed_by_publisher() {
     let Some(registry) = TestRegistry::start() else {
         return;
     };
-    let repo = registry.repo("edgeml/bundles");
-    let f = Fleet::with_settings(|s| {
-        s.fleet.bundle_dir = None;
-        s.fleet.registry = Some(repo.clone());
-    });
+    let (repo, f) = fleet_on(&registry);
     // Pushed straight to the registry by someone without the publisher key:
     // the server has never seen it, and refuses to publish a release of it.
     let stranger = edgeml_bundle::SecretKey::generate().unwrap();

@@ -229,12 +229,9 @@ pub(crate) async fn scrape(State(st): State<AppState>, headers: HeaderMap) -> Ap
     }
     let mut counted: BTreeMap<(String, &'static str, &'static str), i64> = BTreeMap::new();
     for d in decisions {
-        let source = match d.source {
-            edgeml_client::wire::fleet::DecisionSource::Canary => "canary",
-            edgeml_client::wire::fleet::DecisionSource::Rollbacks => "rollbacks",
-            edgeml_client::wire::fleet::DecisionSource::Operator => "operator",
-        };
-        *counted.entry((d.channel, source, d.to.name())).or_default() += 1;
+        *counted
+            .entry((d.channel, d.source.name(), d.to.name()))
+            .or_default() += 1;
     }
     m.decisions.clear();
     for ((channel, source, to), n) in counted {

@@ -345,14 +345,6 @@ fn parse_rollout(s: &str) -> Result<RolloutState, StoreError> {
     }
 }
 
-fn source_str(source: DecisionSource) -> &'static str {
-    match source {
-        DecisionSource::Canary => "canary",
-        DecisionSource::Rollbacks => "rollbacks",
-        DecisionSource::Operator => "operator",
-    }
-}
-
 fn parse_source(s: &str) -> Result<DecisionSource, StoreError> {
     match s {
         "canary" => Ok(DecisionSource::Canary),

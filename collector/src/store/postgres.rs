@@ -8,8 +8,8 @@
 //! and unique keys make ingest and enrolment idempotent under races.
 
 use super::{
-    filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, source_str, u, Arg,
-    Decision, Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
+    filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, u, Arg, Decision,
+    Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
     StoredSample, StoredWindow, TelemetryStore,
 };
 use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
@@ -606,7 +606,7 @@ impl FleetStore for PgStore {
                     &model_version,
                     &seen.state.name(),
                     &decision.to.name(),
-                    &source_str(decision.source),
+                    &decision.source.name(),
                     &decision.reason,
                     &decision.replica,
                     &now,

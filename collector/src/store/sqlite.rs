@@ -1,8 +1,8 @@
 //! The embedded SQLite store: one file, WAL mode, one connection.
 
 use super::{
-    filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, source_str, u, Arg,
-    Decision, Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
+    filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, u, Arg, Decision,
+    Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
     StoredSample, StoredWindow, TelemetryStore,
 };
 use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
@@ -596,7 +596,7 @@ impl FleetStore for SqliteStore {
                 model_version,
                 seen.state.name(),
                 decision.to.name(),
-                source_str(decision.source),
+                decision.source.name(),
                 decision.reason,
                 decision.replica,
                 i(now_ms)

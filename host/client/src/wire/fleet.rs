@@ -188,6 +188,17 @@ pub enum DecisionSource {
     Operator,
 }
 
+impl DecisionSource {
+    /// The source's name, as it is serialised.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecisionSource::Canary => "canary",
+            DecisionSource::Rollbacks => "rollbacks",
+            DecisionSource::Operator => "operator",
+        }
+    }
+}
+
 /// One change of a rollout's state, recorded by the server replica that
 /// made it, in the transaction that made it (so each is taken once, however
 /// many replicas judge the rollout).
