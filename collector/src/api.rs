@@ -1,4 +1,6 @@
-//! The HTTP API (documented in `collector/openapi.yaml`).
+//! The telemetry API and the server's router. Every route is registered
+//! with its OpenAPI description (`routes!`), so `/openapi.json` cannot miss
+//! one.
 
 use crate::analysis;
 use crate::blobs::BlobStore;
@@ -9,16 +11,20 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query as Q, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use edgeml_client::wire::telemetry::{DriftResponse, Enrolled, StatsResponse};
+use edgeml_client::wire::telemetry::{
+    DeviceInfo, DriftResponse, Enrolled, ModelVersionInfo, NpyMetadata, StatsResponse,
+};
 use edgeml_client::wire::ErrorBody;
-use edgeml_telemetry::wire::{self, Batch, EnrolRequest, RecordBody, SampleInput};
+use edgeml_telemetry::wire::{self, Batch, EnrolRequest, IngestResponse, RecordBody, SampleInput};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::sync::Arc;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -67,21 +73,31 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// Every route with its description. The body limits are the defaults:
+/// [`router`] sets the configured ones.
+pub(crate) fn routes(max_body_bytes: usize, max_bundle_bytes: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(enrol))
+        .routes(routes!(ingest))
+        .routes(routes!(devices))
+        .routes(routes!(models))
+        .routes(routes!(stats))
+        .routes(routes!(drift))
+        .routes(routes!(samples))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .merge(crate::fleet::routes(max_bundle_bytes))
+        .routes(routes!(crate::metrics::scrape))
+        .routes(routes!(healthz))
+        .routes(routes!(crate::openapi::serve))
+}
+
 pub(crate) fn router(state: AppState) -> Router {
-    let limit = state.settings.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/openapi.yaml", get(openapi))
-        .route("/v1/enrol", post(enrol))
-        .route("/v1/ingest", post(ingest))
-        .route("/v1/devices", get(devices))
-        .route("/v1/models", get(models))
-        .route("/v1/models/{name}/versions/{version}/stats", get(stats))
-        .route("/v1/models/{name}/versions/{version}/drift", get(drift))
-        .route("/v1/samples", get(samples))
-        .layer(DefaultBodyLimit::max(limit))
-        .merge(crate::fleet::router(state.settings.fleet.max_bundle_bytes))
-        .route("/metrics", get(crate::metrics::scrape))
+    let (router, _) = routes(
+        state.settings.max_body_bytes,
+        state.settings.fleet.max_bundle_bytes,
+    )
+    .split_for_parts();
+    router
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
@@ -89,8 +105,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/yaml")], crate::OPENAPI)
+/// Liveness: `ok` while the server answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The server is up", body = String, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// Refuse JSON with a NUL character in a string (`\u0000`): PostgreSQL's
@@ -126,6 +149,24 @@ pub(crate) fn admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
+/// Enrol a device's signing key.
+///
+/// Devices send this once, with the fleet's enrolment token; afterwards
+/// they sign their requests with the key.
+#[utoipa::path(
+    post,
+    path = "/v1/enrol",
+    tag = "telemetry",
+    security(("enrolment" = [])),
+    request_body = EnrolRequest,
+    responses(
+        (status = 201, description = "Enrolled", body = Enrolled),
+        (status = 200, description = "Already enrolled with this key", body = Enrolled),
+        (status = 400, description = "Malformed request, device id or key", body = ErrorBody),
+        (status = 401, description = "Missing or wrong enrolment token", body = ErrorBody),
+        (status = 409, description = "The device id is enrolled with another key", body = ErrorBody),
+    )
+)]
 async fn enrol(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     if !token_ok(&headers, &st.settings.enrolment_token) {
         return Err(err(
@@ -333,7 +374,7 @@ pub(crate) async fn authenticate(
         )
     })?;
     key.verify(
-        &wire::signing_message(&device, &body),
+        &wire::signing_message(&device, body),
         &Signature::from_bytes(&sig),
     )
     .map_err(|_| {
@@ -345,6 +386,28 @@ pub(crate) async fn authenticate(
     Ok(device)
 }
 
+/// Store a batch of telemetry records (idempotent by record id).
+///
+/// The body is JSON, gzip-compressed when `Content-Encoding: gzip`; the
+/// signature covers the body exactly as sent.
+#[utoipa::path(
+    post,
+    path = "/v1/ingest",
+    tag = "telemetry",
+    security(("device" = [])),
+    params(
+        ("x-edgeml-device" = String, Header, description = "The enrolled device id"),
+        ("Content-Encoding" = Option<String>, Header, description = "`gzip` for a compressed body"),
+    ),
+    request_body = Batch,
+    responses(
+        (status = 200, description = "Stored; repeated record ids are counted as duplicates", body = IngestResponse),
+        (status = 400, description = "Malformed body or gzip, or the batch names another device", body = ErrorBody),
+        (status = 401, description = "Unknown device, missing header or bad signature", body = ErrorBody),
+        (status = 413, description = "Body, decompressed batch or record count over the limit", body = ErrorBody),
+        (status = 422, description = "A record is invalid (id, sketch, tensor, NUL in a string); the reason names it", body = ErrorBody),
+    )
+)]
 async fn ingest(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -379,23 +442,49 @@ async fn ingest(
     Ok(Json(resp).into_response())
 }
 
+/// Enrolled devices: last seen, spool state and models.
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "telemetry",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Every enrolled device", body = Vec<DeviceInfo>),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
 async fn devices(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     admin(&st, &headers)?;
     let store = st.store.clone();
     Ok(Json(blocking(move || store.devices()).await?).into_response())
 }
 
+/// Model versions reported by the fleet, with features, baseline and device count.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "telemetry",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Every model version seen", body = Vec<ModelVersionInfo>),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
 async fn models(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     admin(&st, &headers)?;
     let store = st.store.clone();
     Ok(Json(blocking(move || store.models()).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RangeParams {
+    /// Windows starting at or after this time (Unix ms).
     from_ms: Option<u64>,
+    /// Windows starting before this time (Unix ms).
     to_ms: Option<u64>,
+    /// Only this device.
     device: Option<String>,
     /// Drift bucket length in seconds (default 3600).
     bucket_s: Option<u64>,
@@ -418,6 +507,22 @@ async fn windows_for(
     blocking(move || store.windows(&q)).await
 }
 
+/// Fleet statistics of a model version: throughput, error rate, latency quantiles.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/versions/{version}/stats",
+    tag = "telemetry",
+    security(("admin" = [])),
+    params(
+        ("name" = String, Path, description = "Model name"),
+        ("version" = String, Path, description = "Model version"),
+        RangeParams,
+    ),
+    responses(
+        (status = 200, description = "Statistics over the matching windows", body = StatsResponse),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
 async fn stats(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -435,6 +540,24 @@ async fn stats(
     .into_response())
 }
 
+/// Drift over time against the bundle's baseline, from merged sketches.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/versions/{version}/drift",
+    tag = "telemetry",
+    security(("admin" = [])),
+    params(
+        ("name" = String, Path, description = "Model name"),
+        ("version" = String, Path, description = "Model version"),
+        RangeParams,
+    ),
+    responses(
+        (status = 200, description = "Drift per time bucket and feature, and the alerts", body = DriftResponse),
+        (status = 400, description = "`bucket_s` is 0", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No baseline known for this model version", body = ErrorBody),
+    )
+)]
 async fn drift(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -474,18 +597,47 @@ async fn drift(
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SampleParams {
+    /// Only this model.
     model: Option<String>,
+    /// Only this model version.
     version: Option<String>,
+    /// Only this device.
     device: Option<String>,
+    /// Samples taken at or after this time (Unix ms).
     from_ms: Option<u64>,
+    /// Samples taken before this time (Unix ms).
     to_ms: Option<u64>,
     /// `parquet` (default), `npy` or `npy-metadata`.
     format: Option<String>,
 }
 
+/// Export drift samples for retraining.
+///
+/// `parquet`: one row per sample tensor or media item (sample_id,
+/// device_id, model, version, digest, at_ms, reason, prediction,
+/// input_name, media_type, dtype, shape, data); `npy`: the tensor samples
+/// stacked as `[rows, ...shape]`; `npy-metadata`: what each npy row is.
+#[utoipa::path(
+    get,
+    path = "/v1/samples",
+    tag = "telemetry",
+    security(("admin" = [])),
+    params(SampleParams),
+    responses(
+        (status = 200, description = "The samples in the requested format", content(
+            ("application/vnd.apache.parquet"),
+            ("application/octet-stream"),
+            (NpyMetadata = "application/json"),
+        )),
+        (status = 400, description = "Unknown format", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 409, description = "The samples do not share one shape; narrow the filter", body = ErrorBody),
+    )
+)]
 async fn samples(
     State(st): State<AppState>,
     headers: HeaderMap,

@@ -14,14 +14,14 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use edgeml_bundle::SecretKey;
 use edgeml_client::wire::fleet::{
     ArtifactStored, BundleStored, ChannelList, ChannelView, DecisionList, DecisionSource,
     FleetDeviceList, ReleasePublished, ReportAccepted, RolloutAction, RolloutChanged,
     RolloutRequest, RolloutState, RootPublished, StatusReport, UpdateState,
 };
+use edgeml_client::wire::ErrorBody;
 use edgeml_fleet::Timestamp;
 use edgeml_fleet::{Envelope, TrustedRoot};
 use sha2::{Digest, Sha256};
@@ -30,6 +30,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tower::ServiceExt as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 /// Fleet settings.
 #[derive(Debug, Clone)]
@@ -158,30 +160,25 @@ impl Default for CanaryPolicy {
     }
 }
 
-pub(crate) fn router(max_bundle_bytes: usize) -> Router<AppState> {
-    Router::new()
-        .route("/v1/fleet/root", get(latest_root))
-        .route("/v1/fleet/roots/{version}", get(get_root).put(put_root))
-        .route(
-            "/v1/fleet/bundles/{sha256}",
-            get(get_bundle)
-                .put(put_bundle)
-                .layer(DefaultBodyLimit::max(max_bundle_bytes)),
-        )
-        .route(
-            "/v1/fleet/artifacts/{sha256}",
-            get(get_artifact)
-                .put(put_artifact)
-                .layer(DefaultBodyLimit::max(max_bundle_bytes)),
-        )
-        .route("/v1/fleet/channels", get(channels))
-        .route("/v1/fleet/channels/{channel}", get(get_channel))
-        .route("/v1/fleet/channels/{channel}/release", put(put_release))
-        .route("/v1/fleet/channels/{channel}/rollout", post(rollout))
-        .route("/v1/fleet/report", post(report))
-        .route("/v1/fleet/devices", get(devices))
-        .route("/v1/fleet/decisions", get(decisions))
+/// The fleet routes, each with its description.
+pub(crate) fn routes(max_bundle_bytes: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(latest_root))
+        .routes(routes!(get_root, put_root))
+        .routes(routes!(get_bundle, put_bundle).layer(DefaultBodyLimit::max(max_bundle_bytes)))
+        .routes(routes!(get_artifact, put_artifact).layer(DefaultBodyLimit::max(max_bundle_bytes)))
+        .routes(routes!(channels))
+        .routes(routes!(get_channel))
+        .routes(routes!(put_release))
+        .routes(routes!(rollout))
+        .routes(routes!(report))
+        .routes(routes!(devices))
+        .routes(routes!(decisions))
 }
+
+/// The parameters of routes under `/v1/fleet/bundles/{sha256}` and
+/// `/v1/fleet/artifacts/{sha256}`.
+const DIGEST: &str = "Lowercase hex SHA-256 of the blob";
 
 fn now_ms() -> u64 {
     edgeml_telemetry::now_ms()
@@ -279,6 +276,16 @@ fn blob_upload(
     Ok(blobs)
 }
 
+/// The latest published root of trust (a signed envelope).
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/root",
+    tag = "fleet",
+    responses(
+        (status = 200, description = "The signed root metadata", body = edgeml_fleet::Envelope),
+        (status = 404, description = "No root published yet", body = ErrorBody),
+    )
+)]
 async fn latest_root(State(st): State<AppState>) -> ApiResult<Response> {
     let store = st.store.clone();
     match blocking(move || store.root(None)).await? {
@@ -290,6 +297,17 @@ async fn latest_root(State(st): State<AppState>) -> ApiResult<Response> {
     }
 }
 
+/// One version of the root of trust; devices walk versions one by one.
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/roots/{version}",
+    tag = "fleet",
+    params(("version" = u64, Path, description = "Root version")),
+    responses(
+        (status = 200, description = "The signed root metadata", body = edgeml_fleet::Envelope),
+        (status = 404, description = "No such root version", body = ErrorBody),
+    )
+)]
 async fn get_root(State(st): State<AppState>, Path(version): Path<u64>) -> ApiResult<Response> {
     let store = st.store.clone();
     match blocking(move || store.root(Some(version))).await? {
@@ -301,6 +319,22 @@ async fn get_root(State(st): State<AppState>, Path(version): Path<u64>) -> ApiRe
     }
 }
 
+/// Publish a root version: the first one bootstraps trust, later ones must
+/// be signed by a threshold of both the current and the new root keys.
+#[utoipa::path(
+    put,
+    path = "/v1/fleet/roots/{version}",
+    tag = "fleet",
+    security(("admin" = [])),
+    params(("version" = u64, Path, description = "Root version, as in the document")),
+    request_body = edgeml_fleet::Envelope,
+    responses(
+        (status = 201, description = "Published", body = RootPublished),
+        (status = 400, description = "Not UTF-8, or the version differs from the URL's", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 422, description = "Not a valid root update (signatures, version, expiry); the reason says which", body = ErrorBody),
+    )
+)]
 async fn put_root(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -340,6 +374,25 @@ async fn put_root(
         .into_response())
 }
 
+/// Upload a signed bundle under its SHA-256 (refused unless signed by the
+/// root's publishers).
+#[utoipa::path(
+    put,
+    path = "/v1/fleet/bundles/{sha256}",
+    tag = "fleet",
+    security(("admin" = [])),
+    params(("sha256" = String, Path, description = DIGEST)),
+    request_body(content_type = "application/wasm", description = "The signed bundle"),
+    responses(
+        (status = 201, description = "Stored", body = BundleStored),
+        (status = 200, description = "Already stored", body = BundleStored),
+        (status = 400, description = "The body's digest is not the URL's, or the digest is malformed", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 413, description = "Larger than the server's bundle limit", body = ErrorBody),
+        (status = 422, description = "Does not verify against the root's publisher keys", body = ErrorBody),
+        (status = 503, description = "The fleet API is off (no bundle store)", body = ErrorBody),
+    )
+)]
 async fn put_bundle(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -400,6 +453,23 @@ async fn artifact_signers(st: &AppState) -> ApiResult<edgeml_bundle::TrustPolicy
 /// under its SHA-256. Refused unless signed by the root's build keys (or a
 /// publisher key if there are none) over intact code; which bundle it
 /// belongs to is checked when a release lists it.
+#[utoipa::path(
+    put,
+    path = "/v1/fleet/artifacts/{sha256}",
+    tag = "fleet",
+    security(("admin" = [])),
+    params(("sha256" = String, Path, description = DIGEST)),
+    request_body(content_type = "application/octet-stream", description = "The signed precompiled artifact"),
+    responses(
+        (status = 201, description = "Stored", body = ArtifactStored),
+        (status = 200, description = "Already stored", body = ArtifactStored),
+        (status = 400, description = "The body's digest is not the URL's, or the digest is malformed", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 413, description = "Larger than the server's bundle limit", body = ErrorBody),
+        (status = 422, description = "Does not verify against the root's build keys", body = ErrorBody),
+        (status = 503, description = "The fleet API is off (no bundle store)", body = ErrorBody),
+    )
+)]
 async fn put_artifact(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -448,6 +518,27 @@ async fn device_request(
 /// Serve a precompiled artifact, like [`get_bundle`]: to admins, and to
 /// enrolled devices (signed request) in the rollout of a channel whose
 /// current release lists it.
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/artifacts/{sha256}",
+    tag = "fleet",
+    security(("admin" = []), ("device" = [])),
+    params(
+        ("sha256" = String, Path, description = DIGEST),
+        ("x-edgeml-time" = Option<u64>, Header, description = "Devices: when the request was signed (Unix ms)"),
+        ("Range" = Option<String>, Header, description = "Resume a download: `bytes=N-`"),
+        ("If-None-Match" = Option<String>, Header, description = "The digest as an ETag"),
+    ),
+    responses(
+        (status = 200, description = "The artifact", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 304, description = "Not modified"),
+        (status = 307, description = "Stored in the OCI registry: fetch it from `Location` (digest-checked by the device)"),
+        (status = 401, description = "Neither the admin token nor a valid device signature", body = ErrorBody),
+        (status = 403, description = "No channel offers this artifact to the device", body = ErrorBody),
+        (status = 404, description = "No such blob", body = ErrorBody),
+    )
+)]
 async fn get_artifact(
     State(st): State<AppState>,
     Path(sha256): Path<String>,
@@ -477,6 +568,27 @@ async fn get_artifact(
 /// and to enrolled devices (signed request) in the rollout of a channel
 /// whose current release pins the bundle. Serving a device records the
 /// offer: only then can its rollback count as evidence.
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/bundles/{sha256}",
+    tag = "fleet",
+    security(("admin" = []), ("device" = [])),
+    params(
+        ("sha256" = String, Path, description = DIGEST),
+        ("x-edgeml-time" = Option<u64>, Header, description = "Devices: when the request was signed (Unix ms)"),
+        ("Range" = Option<String>, Header, description = "Resume a download: `bytes=N-`"),
+        ("If-None-Match" = Option<String>, Header, description = "The digest as an ETag"),
+    ),
+    responses(
+        (status = 200, description = "The bundle", content_type = "application/wasm"),
+        (status = 206, description = "The requested range", content_type = "application/wasm"),
+        (status = 304, description = "Not modified"),
+        (status = 307, description = "Stored in the OCI registry: fetch it from `Location` (digest-checked by the device)"),
+        (status = 401, description = "Neither the admin token nor a valid device signature", body = ErrorBody),
+        (status = 403, description = "No channel offers this bundle to the device", body = ErrorBody),
+        (status = 404, description = "No such blob", body = ErrorBody),
+    )
+)]
 async fn get_bundle(
     State(st): State<AppState>,
     Path(sha256): Path<String>,
@@ -599,6 +711,22 @@ async fn authenticate_request(
     authenticate(st, headers, &wire::get_signing_body(method, path, time)).await
 }
 
+/// Publish signed release metadata to a channel (starts its rollout).
+#[utoipa::path(
+    put,
+    path = "/v1/fleet/channels/{channel}/release",
+    tag = "fleet",
+    security(("admin" = [])),
+    params(("channel" = String, Path, description = "Channel name")),
+    request_body = edgeml_fleet::Envelope,
+    responses(
+        (status = 201, description = "Published", body = ReleasePublished),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 409, description = "The version is not above the channel's, or it was published concurrently", body = ErrorBody),
+        (status = 422, description = "Signatures, expiry, pinned bundle or artifacts do not check out; the reason says which", body = ErrorBody),
+        (status = 503, description = "The fleet API is off (no bundle store)", body = ErrorBody),
+    )
+)]
 async fn put_release(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -800,6 +928,20 @@ async fn check_release_artifacts(
 }
 
 /// The release and rollout state. Devices poll this with `If-None-Match`.
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/channels/{channel}",
+    tag = "fleet",
+    params(
+        ("channel" = String, Path, description = "Channel name"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of the last answer"),
+    ),
+    responses(
+        (status = 200, description = "The release, a signed timestamp and the rollout state", body = ChannelView),
+        (status = 304, description = "Not modified"),
+        (status = 404, description = "Nothing published to the channel", body = ErrorBody),
+    )
+)]
 async fn get_channel(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -872,6 +1014,17 @@ fn timestamp_for(st: &AppState, channel: &str, release: &Envelope) -> ApiResult<
     Ok(Some(env))
 }
 
+/// Every channel with its release and rollout state.
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/channels",
+    tag = "fleet",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The channels", body = ChannelList),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
 async fn channels(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     admin(&st, &headers)?;
     let store = st.store.clone();
@@ -882,6 +1035,22 @@ async fn channels(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<R
     .into_response())
 }
 
+/// Pause or resume a channel's rollout (a decision, recorded once).
+#[utoipa::path(
+    post,
+    path = "/v1/fleet/channels/{channel}/rollout",
+    tag = "fleet",
+    security(("admin" = [])),
+    params(("channel" = String, Path, description = "Channel name")),
+    request_body = RolloutRequest,
+    responses(
+        (status = 200, description = "The rollout's state now", body = RolloutChanged),
+        (status = 400, description = "Not a pause or resume action", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Nothing published to the channel", body = ErrorBody),
+        (status = 409, description = "The rollout changed meanwhile (another operator or the canary gate)", body = ErrorBody),
+    )
+)]
 async fn rollout(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -928,6 +1097,22 @@ async fn rollout(
     Ok(Json(RolloutChanged { channel, state }).into_response())
 }
 
+/// A device's update status (signed; sequence numbers refuse replays).
+#[utoipa::path(
+    post,
+    path = "/v1/fleet/report",
+    tag = "fleet",
+    security(("device" = [])),
+    params(("x-edgeml-device" = String, Header, description = "The enrolled device id")),
+    request_body = StatusReport,
+    responses(
+        (status = 200, description = "Accepted", body = ReportAccepted),
+        (status = 400, description = "Malformed report", body = ErrorBody),
+        (status = 401, description = "Unknown device, missing header or bad signature", body = ErrorBody),
+        (status = 409, description = "The sequence number is not above the last one (a replay?)", body = ErrorBody),
+        (status = 422, description = "NUL in a string", body = ErrorBody),
+    )
+)]
 async fn report(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -1026,12 +1211,25 @@ async fn rollback_evidence(st: &AppState, device: &str, report: &StatusReport) -
 }
 
 /// Filter for `GET /v1/fleet/decisions`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DecisionQuery {
+    /// Only this channel.
     channel: Option<String>,
 }
 
 /// The rollout decisions taken, oldest first (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/decisions",
+    tag = "fleet",
+    security(("admin" = [])),
+    params(DecisionQuery),
+    responses(
+        (status = 200, description = "Decisions by the canary gate, rollback evidence and operators", body = DecisionList),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
 async fn decisions(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -1043,6 +1241,18 @@ async fn decisions(
     Ok(Json(DecisionList { decisions }).into_response())
 }
 
+/// Every device's last status report.
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/devices",
+    operation_id = "fleet_devices",
+    tag = "fleet",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The devices", body = FleetDeviceList),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
 async fn devices(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     admin(&st, &headers)?;
     let store = st.store.clone();

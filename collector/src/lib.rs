@@ -17,8 +17,9 @@
 //! Storage is split by concern ([`store`]: telemetry and fleet, one
 //! database; [`blobs`]: bundle bytes), with SQLite and a local directory as
 //! the embedded defaults and PostgreSQL for several replicas
-//! ([`store::open`] takes a file path or a `postgres://` URL). The API is
-//! documented in `collector/openapi.yaml`, also served at `/openapi.yaml`.
+//! ([`store::open`] takes a file path or a `postgres://` URL). The API
+//! description is generated from the handlers ([`openapi`]) and served at
+//! `/openapi.json`.
 
 #![deny(missing_docs)]
 
@@ -28,6 +29,7 @@ pub mod blobs;
 pub mod export;
 mod fleet;
 mod metrics;
+mod openapi;
 pub mod store;
 
 pub use blobs::{BlobStore, DirBlobs, RegistryBlobs};
@@ -38,8 +40,10 @@ pub use store::{FleetStore, PgStore, Publish, SqliteStore, Store, StoreError, Te
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// The OpenAPI document of the HTTP API.
-pub const OPENAPI: &str = include_str!("../openapi.yaml");
+/// The OpenAPI 3.1 description of every route, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::document()
+}
 
 /// Collector settings.
 #[derive(Debug, Clone)]

@@ -61,10 +61,26 @@ struct Args {
     /// How long each timestamp is valid.
     #[arg(long, default_value = "1d")]
     timestamp_ttl: humantime::Duration,
+    /// Print the API description (OpenAPI 3.1 JSON, as served at /openapi.json) and exit.
+    #[arg(long)]
+    print_openapi: bool,
 }
 
 fn main() -> ExitCode {
-    match serve(Args::parse()) {
+    let args = Args::parse();
+    if args.print_openapi {
+        return match edgeml_collector::openapi().to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: the API description failed to serialise: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

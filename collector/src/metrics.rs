@@ -179,7 +179,19 @@ pub(crate) async fn track(State(st): State<AppState>, req: Request, next: Next) 
     resp
 }
 
-/// `GET /metrics`: for the holder of the metrics token.
+/// Prometheus metrics (text format), for the holder of the metrics token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    security(("metrics" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "Missing or wrong metrics token", body = edgeml_client::wire::ErrorBody),
+        (status = 404, description = "Metrics are off (no --metrics-token-file)", body = edgeml_client::wire::ErrorBody),
+    )
+)]
 pub(crate) async fn scrape(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let Some(token) = st.settings.metrics_token.as_deref() else {
         return Err(err(

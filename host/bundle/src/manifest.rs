@@ -10,6 +10,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// 32-bit float.
@@ -227,6 +228,7 @@ pub const BASELINE_QUANTILES: usize = 101;
 
 /// Distributions of a model's monitored features over a reference dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Baseline {
     /// How many reference examples it was computed from.
@@ -241,6 +243,7 @@ pub struct Baseline {
 
 /// A numeric feature's reference distribution as its quantile function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NumericBaseline {
     /// Feature name (`pixels.mean`, `score.7`).
@@ -253,6 +256,7 @@ pub struct NumericBaseline {
 
 /// A categorical feature's reference frequencies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CategoricalBaseline {
     /// Feature name (`prediction`).

@@ -26,6 +26,7 @@ pub const MAX_RELEASE_VERSION: u64 = i64::MAX as u64;
 /// signature never verifies as a release signature and no JSON
 /// canonicalisation is needed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// The payload's JSON text.
@@ -36,6 +37,7 @@ pub struct Envelope {
 
 /// One signature in an [`Envelope`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
     /// Hex key id (a hint; checks recompute ids from trusted keys).
@@ -432,6 +434,7 @@ impl Root {
 
 /// The bundle a release pins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BundleRef {
     /// Hex SHA-256 of the whole bundle file.
@@ -447,6 +450,7 @@ pub struct BundleRef {
 /// The artifact's own signature covers the compiled code; this reference,
 /// signed with the release, pins which artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactRef {
     /// The target it was compiled for (`aarch64-unknown-linux-gnu`, `pulley32`).
@@ -490,6 +494,7 @@ fn check_pinned(bytes: &[u8], size: u64, sha256: &str) -> Result<()> {
 /// Release metadata for one channel: which bundle, to how much of the
 /// fleet, until when. Signed by the root's release keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Release {
     /// Always `release`.
@@ -504,6 +509,7 @@ pub struct Release {
     /// Model name (the bundle manifest's `name`).
     pub model: String,
     /// Model version (the bundle manifest's `version`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub model_version: semver::Version,
     /// The bundle.
     pub bundle: BundleRef,

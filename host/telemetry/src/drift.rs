@@ -18,6 +18,7 @@ const EPSILON: f64 = 1e-4;
 
 /// Which metric decides a feature's [`DriftStatus`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// Population stability index.
@@ -31,6 +32,7 @@ pub enum Metric {
 
 /// Bands and guards for drift decisions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct DriftThresholds {
     /// The metric that decides the status.
@@ -71,6 +73,7 @@ impl DriftThresholds {
 
 /// A feature's drift verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DriftStatus {
     /// Too few observations to say.
@@ -85,6 +88,7 @@ pub enum DriftStatus {
 
 /// Drift of one feature in one window (or merged time bucket).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeatureDrift {
     /// Feature name.
     pub name: String,

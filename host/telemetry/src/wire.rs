@@ -1,5 +1,6 @@
 //! The JSON records devices send to the collector, shared by both sides.
-//! `collector/openapi.yaml` documents the same shapes.
+//! The server's `/openapi.json` describes the same shapes (their schemas are
+//! derived behind the `openapi` feature).
 
 use crate::drift::FeatureDrift;
 use base64::Engine as _;
@@ -76,6 +77,7 @@ pub fn new_record_id() -> String {
 
 /// Which model (exact bundle) a record is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelRef {
     /// Model name from the manifest.
     pub name: String,
@@ -87,6 +89,7 @@ pub struct ModelRef {
 
 /// One spooled record. `id` makes ingestion idempotent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Record {
     /// Unique id (32 hex characters).
     pub id: String,
@@ -97,6 +100,7 @@ pub struct Record {
 
 /// The kinds of record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RecordBody {
     /// A model the device loaded: its features and baseline.
@@ -109,6 +113,7 @@ pub enum RecordBody {
 
 /// Sent once per model a device loads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelRecord {
     /// The model.
     pub model: ModelRef,
@@ -122,6 +127,7 @@ pub struct ModelRecord {
 
 /// Aggregates of one model's predictions over one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WindowRecord {
     /// The model.
     pub model: ModelRef,
@@ -164,6 +170,7 @@ pub struct WindowRecord {
 
 /// Why a raw input was kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SampleReason {
     /// Uniform reservoir sample of the window.
@@ -187,6 +194,7 @@ impl SampleReason {
 
 /// A raw input kept for retraining.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SampleRecord {
     /// The model it was fed to.
     pub model: ModelRef,
@@ -203,6 +211,7 @@ pub struct SampleRecord {
 
 /// A raw input: tensors or media bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SampleInput {
     /// Named tensors.
@@ -239,6 +248,7 @@ impl SampleInput {
 
 /// A tensor in a sample: little-endian data, base64.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TensorData {
     /// Input name.
     pub name: String,
@@ -289,6 +299,7 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
 
 /// Spool state a device reports with each batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpoolStats {
     /// Records waiting to be shipped.
     pub pending_records: u64,
@@ -300,6 +311,7 @@ pub struct SpoolStats {
 
 /// The body of `POST /v1/ingest`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Batch {
     /// The sending device (must match the header and the signature).
     pub device_id: String,
@@ -314,6 +326,7 @@ pub struct Batch {
 
 /// The reply to an ingest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestResponse {
     /// Records stored now.
     pub accepted: u64,
@@ -323,6 +336,7 @@ pub struct IngestResponse {
 
 /// The body of `POST /v1/enrol`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrolRequest {
     /// The device id.
     pub device_id: String,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Where a channel's rollout stands. Only the release keys can widen a
 /// rollout (its share is signed); the server can only hold it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RolloutState {
     /// Devices in the rollout share take the release.
@@ -30,6 +31,7 @@ impl RolloutState {
 /// `GET /v1/fleet/channels/{channel}`: the signed release and the
 /// rollout's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChannelView {
     /// The release metadata envelope, as the release keys signed it.
     pub release: edgeml_fleet::Envelope,
@@ -48,6 +50,7 @@ pub struct ChannelView {
 
 /// A device's update state, as it reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UpdateState {
     /// Serving its installed version; nothing to do.
@@ -83,6 +86,7 @@ impl UpdateState {
 
 /// A model version as installed on a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Installed {
     /// Model name.
     pub model: String,
@@ -94,6 +98,7 @@ pub struct Installed {
 
 /// `POST /v1/fleet/report` (signed by the device key, like telemetry batches).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusReport {
     /// The channel the device follows.
     pub channel: String,
@@ -141,6 +146,7 @@ pub struct StatusReport {
 
 /// One device in the fleet view (`GET /v1/fleet/devices`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetDevice {
     /// Device id.
     pub device_id: String,
@@ -152,6 +158,7 @@ pub struct FleetDevice {
 
 /// `POST /v1/fleet/channels/{channel}/rollout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RolloutAction {
     /// Stop devices from taking the release.
@@ -162,6 +169,7 @@ pub enum RolloutAction {
 
 /// The body of `POST /v1/fleet/channels/{channel}/rollout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutRequest {
     /// What to do.
     pub action: RolloutAction,
@@ -169,6 +177,7 @@ pub struct RolloutRequest {
 
 /// The reply to a rollout action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutChanged {
     /// The channel.
     pub channel: String,
@@ -178,6 +187,7 @@ pub struct RolloutChanged {
 
 /// Who changed a rollout's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionSource {
     /// The canary gate (error rate, drift against the previous version).
@@ -203,6 +213,7 @@ impl DecisionSource {
 /// made it, in the transaction that made it (so each is taken once, however
 /// many replicas judge the rollout).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutDecision {
     /// Order of the decisions (increasing).
     pub id: u64,
@@ -227,6 +238,7 @@ pub struct RolloutDecision {
 
 /// `GET /v1/fleet/decisions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecisionList {
     /// Oldest first.
     pub decisions: Vec<RolloutDecision>,
@@ -234,6 +246,7 @@ pub struct DecisionList {
 
 /// The reply to `PUT /v1/fleet/roots/{version}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RootPublished {
     /// The root version stored.
     pub root_version: u64,
@@ -241,6 +254,7 @@ pub struct RootPublished {
 
 /// The reply to `PUT /v1/fleet/bundles/{sha256}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundleStored {
     /// Hex SHA-256 of the bundle.
     pub sha256: String,
@@ -252,6 +266,7 @@ pub struct BundleStored {
 
 /// The reply to `PUT /v1/fleet/artifacts/{sha256}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArtifactStored {
     /// Hex SHA-256 of the artifact file.
     pub sha256: String,
@@ -265,6 +280,7 @@ pub struct ArtifactStored {
 
 /// The reply to `PUT /v1/fleet/channels/{channel}/release`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleasePublished {
     /// The channel.
     pub channel: String,
@@ -280,6 +296,7 @@ pub struct ReleasePublished {
 
 /// The reply to `POST /v1/fleet/report`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportAccepted {
     /// The reporting device.
     pub device_id: String,
@@ -288,6 +305,7 @@ pub struct ReportAccepted {
 /// A channel's newest release and its rollout, as the server tracks it
 /// (`GET /v1/fleet/channels`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChannelStatus {
     /// The channel.
     pub channel: String,
@@ -314,6 +332,7 @@ pub struct ChannelStatus {
 
 /// `GET /v1/fleet/channels`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChannelList {
     /// Every channel with a release.
     pub channels: Vec<ChannelStatus>,
@@ -321,6 +340,7 @@ pub struct ChannelList {
 
 /// `GET /v1/fleet/devices`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetDeviceList {
     /// Every device that reported.
     pub devices: Vec<FleetDevice>,

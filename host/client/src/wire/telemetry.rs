@@ -10,6 +10,7 @@ pub use edgeml_telemetry::wire::*;
 
 /// The reply to `POST /v1/enrol`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enrolled {
     /// The device id.
     pub device_id: String,
@@ -19,6 +20,7 @@ pub struct Enrolled {
 
 /// A device, as listed by `GET /v1/devices`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceInfo {
     /// Device id.
     pub device_id: String,
@@ -38,6 +40,7 @@ pub struct DeviceInfo {
 
 /// A model on a device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceModel {
     /// The model.
     #[serde(flatten)]
@@ -48,6 +51,7 @@ pub struct DeviceModel {
 
 /// A model version the fleet reported (`GET /v1/models`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelVersionInfo {
     /// The model.
     #[serde(flatten)]
@@ -66,6 +70,7 @@ pub struct ModelVersionInfo {
 
 /// Throughput, errors and latency of a model version over a time range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetStats {
     /// Windows merged.
     pub windows: u64,
@@ -91,6 +96,7 @@ pub struct FleetStats {
 
 /// `GET /v1/models/{name}/versions/{version}/stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatsResponse {
     /// Model name.
     pub model: String,
@@ -102,6 +108,7 @@ pub struct StatsResponse {
 
 /// Drift of one time bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriftBucket {
     /// Bucket start (ms).
     pub start_ms: u64,
@@ -119,6 +126,7 @@ pub struct DriftBucket {
 
 /// A feature in the drift or possible-drift band.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriftAlert {
     /// Bucket start (ms).
     pub start_ms: u64,
@@ -129,6 +137,7 @@ pub struct DriftAlert {
 
 /// Drift over time for a model version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriftReport {
     /// Reference examples behind the baseline.
     pub baseline_examples: u64,
@@ -144,6 +153,7 @@ pub struct DriftReport {
 
 /// `GET /v1/models/{name}/versions/{version}/drift`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriftResponse {
     /// Model name.
     pub model: String,
@@ -155,6 +165,7 @@ pub struct DriftResponse {
 
 /// One row of the `.npy` export's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NpyRow {
     /// Row in the array.
     pub row: usize,
@@ -176,6 +187,7 @@ pub struct NpyRow {
 
 /// Metadata that goes with a `.npy` export (`GET /v1/samples?format=npy-metadata`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NpyMetadata {
     /// The input the array holds.
     pub input_name: String,
@@ -192,6 +204,7 @@ pub struct NpyMetadata {
 /// Which windows or samples a query covers. Times are Unix milliseconds;
 /// `from_ms` is inclusive and `to_ms` exclusive.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Range {
     /// Window start or sample time at or after this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
