@@ -17,6 +17,7 @@ mod cache;
 mod cli;
 mod hostile_guests;
 mod models;
+mod otlp;
 mod precompiled;
 mod prometheus;
 mod readme;

@@ -62,7 +62,9 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
+    // A span per database call, a child of the request's (OTLP traces).
+    let span = tracing::info_span!("store");
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| {
             err(
@@ -102,7 +104,33 @@ pub(crate) fn router(state: AppState) -> Router {
             state.clone(),
             crate::metrics::track,
         ))
+        .route_layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(
+                    |resp: &Response, _: std::time::Duration, span: &tracing::Span| {
+                        span.record("http.response.status_code", resp.status().as_u16());
+                    },
+                ),
+        )
         .with_state(state)
+}
+
+/// A span per request, named by its route pattern (OpenTelemetry's HTTP
+/// server conventions), not its path.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    tracing::info_span!(
+        "request",
+        otel.name = format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    )
 }
 
 /// Liveness: `ok` while the server answers.

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tower::ServiceExt as _;
+use tracing::Instrument as _;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
@@ -1267,10 +1268,19 @@ pub(crate) async fn canary_loop(st: AppState) {
     let mut tick = tokio::time::interval(st.settings.fleet.canary.interval);
     loop {
         tick.tick().await;
-        let store = st.store.clone();
-        let Ok(channels) = blocking(move || store.channels()).await else {
-            continue;
-        };
+        canary_round(&st)
+            .instrument(tracing::info_span!("canary_gate", replica = %st.settings.replica))
+            .await;
+    }
+}
+
+/// One round of the canary gate over every active rollout.
+async fn canary_round(st: &AppState) {
+    let store = st.store.clone();
+    let Ok(channels) = blocking(move || store.channels()).await else {
+        return;
+    };
+    {
         for c in channels {
             if c.state != RolloutState::Active || c.previous_version.is_none() {
                 continue;

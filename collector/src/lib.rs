@@ -69,6 +69,10 @@ pub struct Settings {
     /// replicas on one database can be told apart (default: host name and
     /// process id).
     pub replica: String,
+    /// Also push the metrics over OTLP (default: no). Traces go wherever
+    /// the program's `tracing` subscriber sends them (the `edgeml-server`
+    /// program adds [`Otlp::tracing_layer`](edgeml_otlp::Otlp::tracing_layer)).
+    pub otlp: Option<edgeml_otlp::Otlp>,
 }
 
 impl Settings {
@@ -84,6 +88,7 @@ impl Settings {
             fleet: FleetSettings::default(),
             metrics_token: None,
             replica: default_replica(),
+            otlp: None,
         }
     }
 }
@@ -188,12 +193,13 @@ impl Server {
                 (None, Some(dir)) => Some(Arc::new(DirBlobs::new(dir))),
                 (None, None) => None,
             };
+        let metrics = Arc::new(metrics::Metrics::new(settings.otlp.as_ref(), store.clone()));
         let state = api::AppState {
             store,
             blobs,
             settings: Arc::new(settings),
             timestamps: Arc::default(),
-            metrics: Arc::new(metrics::Metrics::new()),
+            metrics,
         };
         let fleet_on = state.blobs.is_some();
         let gate = state.clone();

@@ -61,6 +61,13 @@ struct Args {
     /// How long each timestamp is valid.
     #[arg(long, default_value = "1d")]
     timestamp_ttl: humantime::Duration,
+    /// Also push metrics and traces to this OpenTelemetry collector
+    /// (OTLP/HTTP base URL, http://host:4318); off by default.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// How often metrics are pushed over OTLP.
+    #[arg(long, default_value = "60s", requires = "otlp_endpoint")]
+    otlp_interval: humantime::Duration,
     /// Print the API description (OpenAPI 3.1 JSON, as served at /openapi.json) and exit.
     #[arg(long)]
     print_openapi: bool,
@@ -139,6 +146,25 @@ fn serve(a: Args) -> Result<(), String> {
             .map_err(|e| format!("reading the timestamp key {}: {e}", path.display()))?;
         settings.fleet.timestamp_key = Some(std::sync::Arc::new(key));
     }
+    if let Some(endpoint) = &a.otlp_endpoint {
+        let mut config = edgeml_otlp::OtlpConfig::new(endpoint, "edgeml-server");
+        config.instance = Some(settings.replica.clone());
+        config.interval = a.otlp_interval.into();
+        let otlp = edgeml_otlp::Otlp::start(&config).map_err(|e| e.to_string())?;
+        // Spans of this program (requests, database calls, the canary
+        // gate) become OTLP traces.
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry()
+            .with(otlp.tracing_layer())
+            .with(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("edgeml_collector", tracing::Level::INFO),
+            );
+        tracing::subscriber::set_global_default(subscriber)
+            .map_err(|e| format!("cannot install the trace exporter: {e}"))?;
+        settings.otlp = Some(otlp);
+    }
+    let otlp = settings.otlp.clone();
     let store = edgeml_collector::store::open(&a.db)
         .map_err(|e| format!("opening {}: {e}", redact(&a.db)))?;
     let server = Server::start_with(store, settings, a.listen).map_err(|e| e.to_string())?;
@@ -147,8 +173,29 @@ fn serve(a: Args) -> Result<(), String> {
         server.url(),
         redact(&a.db)
     );
-    server.wait();
+    stopped().map_err(|e| format!("waiting for a stop signal: {e}"))?;
+    // Finish the requests in flight, then push what OTLP still holds.
+    server.stop();
+    if let Some(otlp) = otlp {
+        if let Err(e) = otlp.shutdown() {
+            eprintln!("warning: {e}");
+        }
+    }
     Ok(())
+}
+
+/// Block until SIGINT or SIGTERM.
+fn stopped() -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })
 }
 
 /// A database URL without its password, for messages.

@@ -41,6 +41,10 @@ use std::time::Duration;
 /// # idle_instances = 2                    # warm instances; default: serve.max_concurrent
 /// # parallel_compilation = false          # true: faster installs, higher peak memory
 /// # memory_reservation_mib = 64           # virtual space per guest memory; default: wasmtime's
+///
+/// # [otlp]                                # agents built with `--features otlp`
+/// # endpoint = "http://collector.local:4318"
+/// # interval = "60s"
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +90,25 @@ pub struct AgentConfig {
     /// How models run.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// Push metrics and traces over OTLP (default: no; needs an agent
+    /// built with the `otlp` feature).
+    #[serde(default)]
+    pub otlp: Option<OtlpSettings>,
+}
+
+/// OpenTelemetry export (`[otlp]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSettings {
+    /// The collector's OTLP/HTTP base URL (`http://host:4318`).
+    pub endpoint: String,
+    /// How often metrics are pushed (default 60 s).
+    #[serde(default = "default_otlp_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+}
+
+fn default_otlp_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Which inference backend a device uses.
@@ -309,6 +332,7 @@ impl AgentConfig {
             health: HealthConfig::default(),
             serve: ServeConfig::default(),
             runtime: RuntimeSettings::default(),
+            otlp: None,
         }
     }
 

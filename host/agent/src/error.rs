@@ -8,6 +8,9 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid agent configuration: {0}")]
     Config(String),
+    /// OpenTelemetry export could not start or flush (`[otlp]`).
+    #[error("OTLP export: {0}")]
+    Export(String),
     /// A file in the state directory could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -138,9 +141,11 @@ impl Error {
             Error::Interrupted { .. } => "interrupted",
             Error::StateDiscarded { .. } => "state_discarded",
             Error::Server(e) => e.kind(),
-            Error::Config(_) | Error::Io { .. } | Error::State { .. } | Error::Serve { .. } => {
-                "agent"
-            }
+            Error::Config(_)
+            | Error::Export(_)
+            | Error::Io { .. }
+            | Error::State { .. }
+            | Error::Serve { .. } => "agent",
         }
     }
 }

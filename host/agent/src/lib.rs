@@ -28,16 +28,19 @@
 
 mod config;
 mod error;
+mod export;
 mod metrics;
 mod serve;
 mod setup;
 mod state;
 
 pub use config::{
-    AgentConfig, BackendChoice, DownloadConfig, HealthConfig, RuntimeSettings, ServeConfig,
+    AgentConfig, BackendChoice, DownloadConfig, HealthConfig, OtlpSettings, RuntimeSettings,
+    ServeConfig,
 };
 pub use edgeml_client::wire::fleet::{Installed, StatusReport, UpdateState};
 pub use error::Error;
+pub use export::Export;
 pub use setup::runtime;
 
 use edgeml_client::wire::fleet::RolloutState;
@@ -123,8 +126,23 @@ impl Agent {
     /// Recover the state directory, start serving the installed bundle
     /// (restarting into the last known good one if an update was
     /// interrupted), start the local inference server and poll in the background.
+    ///
+    /// Metrics and traces are exported over OTLP if `config.otlp` says so
+    /// (traces only reach the collector through the program's `tracing`
+    /// subscriber: see [`Agent::start_with`]).
     pub fn start(config: AgentConfig, runtime: Runtime) -> Result<Agent, Error> {
-        let mut agent = Agent::open(config, runtime)?;
+        let export = Export::start(&config)?;
+        Agent::start_with(config, runtime, export)
+    }
+
+    /// [`Agent::start`] with an export the caller started (and whose
+    /// [`Export::tracing_layer`] it added to its subscriber).
+    pub fn start_with(
+        config: AgentConfig,
+        runtime: Runtime,
+        export: Export,
+    ) -> Result<Agent, Error> {
+        let mut agent = Agent::open_with(config, runtime, export)?;
         return_freed_memory();
         agent.server = serve::Server::start(agent.inner.clone())?;
         let inner = agent.inner.clone();
@@ -141,6 +159,16 @@ impl Agent {
     /// server: the caller drives updates with [`Agent::poll`] and predicts
     /// with [`Agent::predict`] (a gateway process embedding the agent).
     pub fn open(config: AgentConfig, runtime: Runtime) -> Result<Agent, Error> {
+        let export = Export::start(&config)?;
+        Agent::open_with(config, runtime, export)
+    }
+
+    /// [`Agent::open`] with an export the caller started.
+    pub fn open_with(
+        config: AgentConfig,
+        runtime: Runtime,
+        export: Export,
+    ) -> Result<Agent, Error> {
         config.validate()?;
         let state = StateDir::open(&config.dir)?;
         let id_dir = config
@@ -236,7 +264,7 @@ impl Agent {
             report_seq: AtomicU64::new(report_seq),
             polling: Mutex::new(()),
             stop: (Mutex::new(false), Condvar::new()),
-            metrics: metrics::Metrics::new(),
+            metrics: metrics::Metrics::new(&export),
         });
         // Serve the last known good bundle; fall back to the one before it.
         for candidate in [disk.current.clone(), disk.previous.clone()]
@@ -593,6 +621,9 @@ impl Inner {
             return Err(PredictError::NotReady);
         };
         let i = &slot.installed;
+        // At debug level: a span per inference costs on the hot path.
+        let _span =
+            tracing::debug_span!("predict", model = %i.model, version = %i.version).entered();
         if name.is_some_and(|n| n != i.model) || version.is_some_and(|v| v != i.version) {
             // Labelled with the served model: names from a request would let
             // any local client make series without end.
@@ -690,6 +721,7 @@ impl Inner {
 
     fn poll(&self) -> Result<PollOutcome, Error> {
         let _one = lock(&self.polling);
+        let _span = tracing::info_span!("poll", channel = %self.config.channel).entered();
         let result = self.poll_inner();
         log_outcome(&self.config.channel, &result);
         self.metrics.polled(match &result {

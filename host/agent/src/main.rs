@@ -5,7 +5,7 @@
 //! commands and prints.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use edgeml_agent::{AgentConfig, Installed, StatusReport};
+use edgeml_agent::{AgentConfig, Export, Installed, StatusReport};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -59,24 +59,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Structured logs on stderr: levels by `RUST_LOG` (default `info`), text or JSON.
-fn init_logs(format: LogFormat) {
+/// Structured logs on stderr: levels by `RUST_LOG` (default `info`), text
+/// or JSON; the same spans go to the OTLP export if it is on.
+fn init_logs(format: LogFormat, export: &Export) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(export.tracing_layer())
+        .with(fmt)
+        .with(filter)
+        .try_init();
 }
 
 fn run(config: &Path, log_format: LogFormat) -> Result<(), edgeml_agent::Error> {
-    init_logs(log_format);
     let mut config = AgentConfig::from_file(config)?;
+    let export = Export::start(&config)?;
+    init_logs(log_format, &export);
     let runtime = edgeml_agent::runtime(&mut config)?;
-    let agent = edgeml_agent::Agent::start(config, runtime)?;
+    let agent = edgeml_agent::Agent::start_with(config, runtime, export.clone())?;
     let status = agent.status();
     println!(
         "edgeml-agent {} serving {} on {}",
@@ -90,7 +98,7 @@ fn run(config: &Path, log_format: LogFormat) -> Result<(), edgeml_agent::Error> 
         println!("last error: {e}");
     }
     agent.wait();
-    Ok(())
+    export.shutdown()
 }
 
 fn version(i: &Option<Installed>) -> String {
