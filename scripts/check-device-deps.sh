@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Server code, its database and its export formats, and the operator CLI.
-forbidden='^(edgeml-collector|edgeml|rusqlite|libsqlite3-sys|postgres|tokio-postgres|r2d2|refinery|refinery-core|arrow-[a-z-]+|parquet) v'
+# Server code, its database, its export formats and API description, and the operator CLI.
+forbidden='^(edgeml-collector|edgeml|rusqlite|libsqlite3-sys|postgres|tokio-postgres|r2d2|refinery|refinery-core|arrow-[a-z-]+|parquet|utoipa|utoipa-axum) v'
 status=0
 for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   tree="$(cargo tree --locked -p edgeml-agent --all-features -e normal --prefix none --target "$target")"

@@ -83,6 +83,9 @@ pub(crate) struct Metrics {
     otel: Option<Otel>,
 }
 
+/// Points of a database-backed gauge: attributes and value.
+type Points = Vec<(Vec<Attribute>, i64)>;
+
 /// The same metrics as OpenTelemetry instruments (OTLP export).
 struct Otel {
     requests: opentelemetry::metrics::Counter<u64>,
@@ -98,9 +101,7 @@ impl Otel {
         let meter = otlp.meter();
         let name = |n: &str| format!("edgeml_server_{n}");
         let gauge =
-            |n: &str,
-             help: &'static str,
-             series: fn(&dyn Store) -> Result<Vec<(Vec<Attribute>, i64)>, StoreError>| {
+            |n: &str, help: &'static str, series: fn(&dyn Store) -> Result<Points, StoreError>| {
                 let store = store.clone();
                 meter
                     .i64_observable_gauge(name(n))
