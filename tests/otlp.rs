@@ -258,6 +258,16 @@ fn server_exports_metrics_and_traces_over_otlp() {
             .unwrap();
         assert_eq!(devices.status(), 200);
     }
+    // A caller's W3C trace context: the server's span joins its trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let joined = http
+        .get(format!("{url}/v1/models"))
+        .bearer_auth("otlp-admin-token")
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .send()
+        .unwrap();
+    assert_eq!(joined.status(), 200);
     assert_eq!(
         http.get(format!("{url}/v1/devices"))
             .send()
@@ -328,6 +338,18 @@ fn server_exports_metrics_and_traces_over_otlp() {
             && s.parent == request.span_id),
         "no database span under the request: {spans:?}"
     );
+
+    wait_for("the span of the traced request", 30, || {
+        otlp.spans("edgeml-server")
+            .iter()
+            .any(|s| s.name == "GET /v1/models")
+    });
+    let spans = otlp.spans("edgeml-server");
+    let models = spans.iter().find(|s| s.name == "GET /v1/models").unwrap();
+    assert_eq!(hex::encode(&models.trace_id), caller_trace);
+    assert_eq!(hex::encode(&models.parent), caller_span);
+    // Requests without trace context start their own traces.
+    assert_ne!(hex::encode(&request.trace_id), caller_trace);
 
     // SIGTERM: the server stops cleanly and flushes.
     let term = std::process::Command::new("kill")

@@ -117,20 +117,24 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 /// A span per request, named by its route pattern (OpenTelemetry's HTTP
-/// server conventions), not its path.
+/// server conventions), not its path; a child of the client's span when the
+/// request carries W3C trace context.
 fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or("unmatched", |p| p.as_str());
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         otel.name = format!("{} {route}", req.method()),
         otel.kind = "server",
         http.request.method = %req.method(),
         http.route = route,
         http.response.status_code = tracing::field::Empty,
-    )
+    );
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    edgeml_otlp::adopt_remote_parent(&span, header("traceparent"), header("tracestate"));
+    span
 }
 
 /// Liveness: `ok` while the server answers.

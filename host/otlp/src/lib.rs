@@ -192,3 +192,33 @@ impl Otlp {
         traces
     }
 }
+
+/// Make `span` a child of the caller's span named by W3C trace-context
+/// headers (`traceparent`, `tracestate`), so a client's trace continues
+/// here. Nothing happens without a valid `traceparent`, or when `span` is
+/// not recorded (no export).
+pub fn adopt_remote_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    if span.is_disabled() {
+        return;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".to_string(), state.to_string());
+    }
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        // Fails only if the span is not an OpenTelemetry span: nothing to join.
+        let _ = span.set_parent(cx);
+    }
+}
