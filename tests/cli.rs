@@ -293,8 +293,81 @@ fn bench_json_reports_latency_and_loads() {
     ] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {out}");
     }
-    assert_eq!(v["backend"], "native");
+    assert_eq!(v["backend"], "tract");
     assert!(v["p50_us"].as_f64() <= v["p99_us"].as_f64());
+}
+
+/// `edgeml run digits.wasm --json --backend <backend>` with `ORT_DYLIB_PATH`
+/// set to `library`.
+fn run_on(backend: &str, library: &Path, dir: &Path) -> Output {
+    edgeml()
+        .args([
+            "run",
+            "digits.wasm",
+            "--trust",
+            "keys/publisher.pub",
+            "--json",
+        ])
+        .args(["--backend", backend, "--no-cache", "--input"])
+        .arg(model_path("digits/holdout/000.png"))
+        .env("ORT_DYLIB_PATH", library)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn onnxruntime_backend_without_its_library_refuses_to_start_and_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    let missing = dir.join("no-such/libonnxruntime.so");
+    let out = run_on("onnxruntime", &missing, dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: the onnxruntime backend is not available"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&*missing.to_string_lossy()), "{stderr}");
+    assert!(stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn auto_backend_without_onnxruntime_runs_on_tract_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    // Not a library at all: a file that is there but cannot be loaded.
+    let bogus = dir.join("libonnxruntime.so");
+    std::fs::write(&bogus, b"not a shared object").unwrap();
+    let out = run_on("auto", &bogus, dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.starts_with("note: auto chose tract:"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backend"], "tract");
+    assert_eq!(v["scores"][0]["label"], "7"); // models/digits/holdout/labels.json
+}
+
+#[test]
+fn auto_backend_picks_onnxruntime_when_its_library_loads() {
+    let Some(library) = onnxruntime_library() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    for backend in ["auto", "onnxruntime"] {
+        let out = run_on(backend, &library, dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{backend}: {stderr}");
+        assert!(!stderr.contains("note:"), "{stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["backend"], "onnxruntime", "{backend}");
+        assert_eq!(v["scores"][0]["label"], "7"); // models/digits/holdout/labels.json
+    }
 }
 
 #[test]

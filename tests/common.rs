@@ -233,13 +233,23 @@ pub fn media(media_type: &str, bytes: Vec<u8>) -> Input {
     }
 }
 
+/// The inference backends the model tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tract,
+    OnnxRuntime,
+    Sandboxed,
+}
+
 /// One runtime per backend shared by the model tests, so the sandboxed
-/// backend component is compiled once per test run.
-pub fn shared_runtime(sandboxed: bool) -> Runtime {
-    static NATIVE: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+/// backend component is compiled once per test run. `None` (printed) for
+/// onnxruntime when its library is not here, outside CI.
+pub fn shared_runtime(kind: Kind) -> Option<Runtime> {
+    static TRACT: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+    static ORT: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
     static SANDBOXED: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
-    if sandboxed {
-        SANDBOXED
+    Some(match kind {
+        Kind::Sandboxed => SANDBOXED
             .get_or_init(|| {
                 // Correctness tests, not timing ones: on two cores, beside the
                 // qemu tests, one SqueezeNet call in the sandbox can take seconds.
@@ -247,10 +257,41 @@ pub fn shared_runtime(sandboxed: bool) -> Runtime {
                 config.timeout(std::time::Duration::from_secs(120));
                 Runtime::new(&config).unwrap()
             })
-            .clone()
-    } else {
-        NATIVE.get_or_init(runtime).clone()
+            .clone(),
+        Kind::OnnxRuntime => {
+            let config = onnxruntime_config()?;
+            ORT.get_or_init(|| Runtime::new(&config).unwrap()).clone()
+        }
+        Kind::Tract => TRACT.get_or_init(runtime).clone(),
+    })
+}
+
+/// The onnxruntime library the tests load: `$ORT_DYLIB_PATH` (.ci/run takes
+/// it from the onnxruntime wheel on PyPI). `None` (printed) without it,
+/// outside CI; in CI its absence fails the test.
+pub fn onnxruntime_library() -> Option<PathBuf> {
+    match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        Some(p) => Some(p.into()),
+        None if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "skipping: ORT_DYLIB_PATH is not set (point it at libonnxruntime.so, e.g. from \
+                 the onnxruntime wheel; .ci/run does)"
+            );
+            None
+        }
+        None => panic!("the onnxruntime backend's tests run in CI: .ci/run sets ORT_DYLIB_PATH"),
     }
+}
+
+/// A runtime configuration on the onnxruntime backend, or `None` (see
+/// [`onnxruntime_library`]).
+pub fn onnxruntime_config() -> Option<Config> {
+    let library = onnxruntime_library()?;
+    let mut config = Config::new();
+    config
+        .backend(edgeml_runtime::Backend::OnnxRuntime)
+        .onnxruntime_library(Some(library));
+    Some(config)
 }
 
 pub fn sandboxed_config() -> Config {

@@ -114,16 +114,59 @@ fn garbage_model_bundle(p: &Publisher) -> Vec<u8> {
 }
 
 #[test]
-fn malformed_model_is_a_load_error_on_both_backends() {
+fn malformed_model_is_a_load_error_naming_the_backend() {
     let p = Publisher::new();
-    for rt in [shared_runtime(false), shared_runtime(true)] {
+    for kind in [Kind::Tract, Kind::OnnxRuntime, Kind::Sandboxed] {
+        let Some(rt) = shared_runtime(kind) else {
+            continue;
+        };
         let v = rt.verify(garbage_model_bundle(&p), &p.policy()).unwrap();
         let err = rt.load(&v).unwrap_err();
-        assert!(matches!(err, Error::Model { .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::Model { backend, .. } if backend == rt.backend()),
+            "{kind:?}: {err:?}"
+        );
         // The runtime still loads good bundles.
         let (_, model) = load(&DIGITS_GENERIC, &rt);
         still_serves(&model);
     }
+}
+
+#[test]
+fn auto_backend_does_not_retry_a_model_onnxruntime_refuses_on_tract() {
+    let Some(mut config) = onnxruntime_config() else {
+        return;
+    };
+    config.backend(edgeml_runtime::Backend::Auto);
+    let rt = Runtime::new(&config).unwrap();
+    assert_eq!((rt.backend(), rt.backend_note()), ("onnxruntime", None));
+    let p = Publisher::new();
+    let v = rt.verify(garbage_model_bundle(&p), &p.policy()).unwrap();
+    let err = rt.load(&v).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Model {
+                backend: "onnxruntime",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The same bundle on tract, asked for explicitly for this bundle only.
+    let err = rt.load_on(&v, &edgeml_runtime::Backend::Tract).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Model {
+                backend: "tract",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let (_, model) = load(&DIGITS_GENERIC, &rt);
+    assert_eq!(model.backend(), "onnxruntime");
 }
 
 #[test]
@@ -135,7 +178,7 @@ fn sandboxed_backend_is_held_to_its_own_memory_limit() {
     let v = rt.verify(p.sign(&pack(&SQUEEZENET)), &p.policy()).unwrap();
     let err = rt.load(&v).unwrap_err();
     assert!(
-        matches!(err, Error::Model { ref reason } if reason.contains("memory limit")),
+        matches!(err, Error::Model { backend: "sandboxed", ref reason } if reason.contains("memory limit")),
         "{err:?}"
     );
 }
@@ -159,8 +202,14 @@ fn guest_tensor_flood_is_trapped() {
 
 #[test]
 fn guest_context_flood_is_trapped() {
-    for (backend, config) in [("native", Config::new()), ("sandboxed", sandboxed_config())] {
-        let (_rt, model) = hostile(&config);
+    let configs = [
+        Some(Config::new()),
+        onnxruntime_config(),
+        Some(sandboxed_config()),
+    ];
+    for config in configs.into_iter().flatten() {
+        let (rt, model) = hostile(&config);
+        let backend = rt.backend();
         let err = model
             .predict(media("x-test/context-flood", vec![]))
             .unwrap_err();

@@ -1,7 +1,7 @@
 //! The three real models, end to end through signed bundles, against
 //! reference outputs computed once by onnxruntime (models/build_models.py).
-//! Every test runs on both backends: native tract, and tract compiled to
-//! WebAssembly in its own sandbox.
+//! Every test runs on every backend: tract, onnxruntime, and tract compiled
+//! to WebAssembly in its own sandbox.
 
 use crate::common::*;
 use edgeml_runtime::{Input, Runtime, Tensor};
@@ -232,18 +232,29 @@ fn generic_component_takes_json_input(rt: &Runtime) {
     );
 }
 
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
-        mod native {
-            $(#[test] fn $name() { super::$name(&crate::common::shared_runtime(false)) })*
+        mod tract {
+            use crate::common::{shared_runtime, Kind};
+            $(#[test] fn $name() { super::$name(&shared_runtime(Kind::Tract).unwrap()) })*
+        }
+        mod onnxruntime {
+            use crate::common::{shared_runtime, Kind};
+            $(#[test] fn $name() {
+                if let Some(rt) = shared_runtime(Kind::OnnxRuntime) {
+                    assert_eq!(rt.backend(), "onnxruntime");
+                    super::$name(&rt)
+                }
+            })*
         }
         mod sandboxed {
-            $(#[test] fn $name() { super::$name(&crate::common::shared_runtime(true)) })*
+            use crate::common::{shared_runtime, Kind};
+            $(#[test] fn $name() { super::$name(&shared_runtime(Kind::Sandboxed).unwrap()) })*
         }
     };
 }
 
-on_both_backends!(
+on_every_backend!(
     digits_jpeg_path_converts_resizes_and_classifies,
     digits_tensor_path_matches_onnxruntime,
     digits_png_accuracy_on_held_out_digits_is_at_least_95_percent,
@@ -256,8 +267,10 @@ on_both_backends!(
 );
 
 #[test]
-fn sandboxed_and_native_backends_agree_on_every_model() {
-    let (native, sandboxed) = (shared_runtime(false), shared_runtime(true));
+fn every_backend_gives_the_same_outputs_on_every_model() {
+    let tract = shared_runtime(Kind::Tract).unwrap();
+    let mut others = vec![shared_runtime(Kind::Sandboxed).unwrap()];
+    others.extend(shared_runtime(Kind::OnnxRuntime));
     let cases: [(&Spec, Vec<Tensor>); 3] = [
         (
             &DIGITS_GENERIC,
@@ -276,19 +289,22 @@ fn sandboxed_and_native_backends_agree_on_every_model() {
         ),
     ];
     for (spec, inputs) in cases {
-        let (_, a) = load(spec, &native);
-        let (_, b) = load(spec, &sandboxed);
-        assert_eq!((a.backend(), b.backend()), ("native", "sandboxed"));
+        let (_, a) = load(spec, &tract);
+        assert_eq!(a.backend(), "tract");
         let pa = a.predict(Input::Tensors(inputs.clone())).unwrap();
-        let pb = b.predict(Input::Tensors(inputs)).unwrap();
-        assert_eq!(pa.outputs.len(), pb.outputs.len());
-        for (x, y) in pa.outputs.iter().zip(&pb.outputs) {
-            assert_eq!((&x.name, &x.shape, x.dtype), (&y.name, &y.shape, y.dtype));
-            assert_close(
-                &y.to_f32().unwrap(),
-                &x.to_f32().unwrap(),
-                &format!("{}: {}", spec.name, x.name),
-            );
+        for rt in &others {
+            let (_, b) = load(spec, rt);
+            assert_eq!(b.backend(), rt.backend());
+            let pb = b.predict(Input::Tensors(inputs.clone())).unwrap();
+            assert_eq!(pa.outputs.len(), pb.outputs.len());
+            for (x, y) in pa.outputs.iter().zip(&pb.outputs) {
+                assert_eq!((&x.name, &x.shape, x.dtype), (&y.name, &y.shape, y.dtype));
+                assert_close(
+                    &y.to_f32().unwrap(),
+                    &x.to_f32().unwrap(),
+                    &format!("{} on {}: {}", spec.name, rt.backend(), x.name),
+                );
+            }
         }
     }
 }

@@ -449,18 +449,28 @@ pub struct HostArgs {
     /// Largest guest linear memory, in MiB.
     #[arg(long, default_value_t = 512)]
     pub max_memory_mib: usize,
-    /// Where inference runs: native tract in this process, or tract compiled to
-    /// WebAssembly in its own sandbox.
-    #[arg(long, value_enum, default_value_t = BackendArg::Native)]
+    /// Where inference runs: tract or onnxruntime in this process, tract
+    /// compiled to WebAssembly in its own sandbox, or `auto` (onnxruntime
+    /// when its library loads, else tract).
+    #[arg(long, value_enum, default_value_t = BackendArg::Tract)]
     pub backend: BackendArg,
+    /// The libonnxruntime.so for `--backend onnxruntime|auto`. Default:
+    /// $ORT_DYLIB_PATH, else the dynamic linker's search path.
+    #[arg(long, value_name = "PATH")]
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
-    /// tract, native code in the host process (fastest).
-    Native,
+    /// tract, native code in the host process; needs nothing installed.
+    #[value(alias = "native")]
+    Tract,
+    /// Microsoft's onnxruntime, loaded from libonnxruntime.so at run time.
+    Onnxruntime,
     /// tract compiled to WebAssembly, in its own component and memory limit.
     Sandboxed,
+    /// onnxruntime if its library loads, else tract.
+    Auto,
 }
 
 #[derive(Debug, Args)]

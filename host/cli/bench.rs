@@ -2,9 +2,9 @@
 //! the compiled artifact + first prediction), predict latency and throughput.
 
 use crate::args::BenchArgs;
-use crate::commands::{config, load, parse_inputs, policy};
+use crate::commands::{config, load, parse_inputs, policy, runtime_with};
 use anyhow::{bail, Context, Result};
-use edgeml_runtime::{bundle::Dim, CacheOutcome, Input, Model, Runtime, Tensor};
+use edgeml_runtime::{bundle::Dim, CacheOutcome, Input, Model, Tensor};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     cfg.cache_dir(cache.path());
 
     let t = Instant::now();
-    let cold_runtime = Runtime::new(&cfg)?;
+    let cold_runtime = runtime_with(&cfg)?;
     let (_, cold) = load(&cold_runtime, &args.bundle, &policy)?;
     let cold_load = t.elapsed();
     let input = match parse_inputs(&args.input)? {
@@ -33,7 +33,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     drop(cold_runtime);
 
     let t = Instant::now();
-    let runtime = Runtime::new(&cfg)?;
+    let runtime = runtime_with(&cfg)?;
     let (_, model) = load(&runtime, &args.bundle, &policy)?;
     if model.load_info().cache != CacheOutcome::Hit {
         bail!(
@@ -65,6 +65,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "model": model.manifest().name,
             "version": model.manifest().version.to_string(),
             "backend": model.backend(),
+            "onnxruntime": runtime.onnxruntime_library().map(|(_, version)| version),
             "bundle_bytes": bundle_len,
             "iterations": args.iterations,
             "threads": args.threads,

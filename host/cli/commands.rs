@@ -321,19 +321,38 @@ pub fn config(host: &HostArgs) -> Result<Config> {
     config
         .timeout(Duration::from_secs_f64(host.timeout))
         .max_memory_bytes(host.max_memory_mib << 20);
-    if host.backend == BackendArg::Sandboxed {
-        let component = edgeml_guests::tract_backend()
-            .context("inflating the sandboxed backend built into edgeml")?;
-        config.backend(Backend::Sandboxed {
-            component: component.into(),
-        });
-    }
+    config
+        .backend(match host.backend {
+            BackendArg::Tract => Backend::Tract,
+            BackendArg::Onnxruntime => Backend::OnnxRuntime,
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Sandboxed => Backend::Sandboxed {
+                component: edgeml_guests::tract_backend()
+                    .context("inflating the sandboxed backend built into edgeml")?
+                    .into(),
+            },
+        })
+        .onnxruntime_library(host.onnxruntime_library.clone());
     if !host.no_cache {
         if let Some(dir) = host.cache_dir.clone().or_else(default_cache_dir) {
             config.cache_dir(dir);
         }
     }
     Ok(config)
+}
+
+/// The runtime for `run`, `bench` and `replay`; says on stderr when `auto`
+/// chose tract, and why.
+pub fn runtime(host: &HostArgs) -> Result<Runtime> {
+    runtime_with(&config(host)?)
+}
+
+pub fn runtime_with(config: &Config) -> Result<Runtime> {
+    let runtime = Runtime::new(config)?;
+    if let Some(note) = runtime.backend_note() {
+        eprintln!("note: {note}");
+    }
+    Ok(runtime)
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -398,7 +417,7 @@ pub fn parse_inputs(args: &InputArgs) -> Result<Option<Input>> {
 
 fn run_model(args: &RunArgs) -> Result<()> {
     let policy = policy(&args.trust)?;
-    let runtime = Runtime::new(&config(&args.host)?)?;
+    let runtime = runtime(&args.host)?;
     let input = parse_inputs(&args.input)?.context(
         "give --input NAME=FILE.npy for each model input, or --input FILE.png/.jpg/.wav/.json",
     )?;

@@ -33,7 +33,9 @@ use std::time::Duration;
 /// # max_body_bytes = 1048576              # default: derived from the model's inputs
 ///
 /// [runtime]
-/// backend = "native"                      # or "sandboxed" (tract in its own Wasm sandbox)
+/// backend = "tract"                       # or "onnxruntime", "sandboxed" (tract in its own Wasm sandbox), "auto"
+/// # onnxruntime_library = "/usr/lib/libonnxruntime.so.1.31.1"  # default: $ORT_DYLIB_PATH, else ld.so's path
+/// # onnxruntime_threads = 1               # threads per inference
 /// max_memory_mib = 512                    # per model instance: guest memory and tensors
 /// call_timeout = "10s"                    # per call into the guest
 /// # cache_dir = "/var/cache/edgeml"       # compiled components; default: <dir>/cache
@@ -107,6 +109,10 @@ pub struct OtlpSettings {
     pub interval: Duration,
 }
 
+fn default_onnxruntime_threads() -> usize {
+    1
+}
+
 fn default_otlp_interval() -> Duration {
     Duration::from_secs(60)
 }
@@ -115,20 +121,37 @@ fn default_otlp_interval() -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
-    /// tract, native code in the agent process (fastest, smallest).
+    /// tract, native code in the agent process; needs nothing installed.
     #[default]
-    Native,
+    #[serde(alias = "native")]
+    Tract,
+    /// Microsoft's onnxruntime, loaded from `libonnxruntime.so` at start
+    /// (`onnxruntime_library`, else `ORT_DYLIB_PATH`, else the linker's
+    /// search path); the agent refuses to start without it.
+    Onnxruntime,
     /// tract compiled to WebAssembly, in its own sandbox and memory limit.
     Sandboxed,
+    /// onnxruntime when its library loads, else tract (logged at start).
+    Auto,
 }
 
 /// How models run on the device (`[runtime]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
-    /// Inference backend (default `native`).
+    /// Inference backend: `tract` (default; `native` is an alias),
+    /// `onnxruntime`, `sandboxed` or `auto`.
     #[serde(default)]
     pub backend: BackendChoice,
+    /// The `libonnxruntime.so` for `onnxruntime` and `auto` (default:
+    /// `ORT_DYLIB_PATH`, else the linker's search path). Prefer naming it
+    /// here: the environment then cannot choose native code for the agent.
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Threads onnxruntime uses per inference (default 1; requests run
+    /// concurrently up to `serve.max_concurrent`).
+    #[serde(default = "default_onnxruntime_threads")]
+    pub onnxruntime_threads: usize,
     /// Memory budget per model instance in MiB: the guest's linear
     /// memories and what the host allocates for it (default 512).
     #[serde(default = "default_max_memory_mib")]
@@ -164,6 +187,8 @@ impl Default for RuntimeSettings {
     fn default() -> Self {
         RuntimeSettings {
             backend: BackendChoice::default(),
+            onnxruntime_library: None,
+            onnxruntime_threads: default_onnxruntime_threads(),
             max_memory_mib: default_max_memory_mib(),
             call_timeout: default_call_timeout(),
             cache_dir: None,
@@ -350,6 +375,7 @@ impl AgentConfig {
             c.identity_dir.as_mut(),
             c.runtime.cache_dir.as_mut(),
             c.runtime.telemetry.as_mut(),
+            c.runtime.onnxruntime_library.as_mut(),
         ]
         .into_iter()
         .flatten()

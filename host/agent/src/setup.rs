@@ -18,11 +18,17 @@ pub fn runtime(config: &mut AgentConfig) -> Result<Runtime, Error> {
         .idle_instances(rc.idle_instances.unwrap_or(config.serve.max_concurrent))
         .parallel_compilation(rc.parallel_compilation)
         .memory_reservation(rc.memory_reservation_mib.map(|m| m.saturating_mul(1 << 20)));
-    if rc.backend == BackendChoice::Sandboxed {
-        runtime.backend(Backend::Sandboxed {
-            component: sandboxed_backend()?.into(),
-        });
-    }
+    runtime
+        .backend(match rc.backend {
+            BackendChoice::Tract => Backend::Tract,
+            BackendChoice::Onnxruntime => Backend::OnnxRuntime,
+            BackendChoice::Auto => Backend::Auto,
+            BackendChoice::Sandboxed => Backend::Sandboxed {
+                component: sandboxed_backend()?.into(),
+            },
+        })
+        .onnxruntime_library(rc.onnxruntime_library.clone())
+        .onnxruntime_threads(rc.onnxruntime_threads);
     if !rc.no_cache {
         runtime.cache_dir(
             rc.cache_dir
@@ -44,7 +50,20 @@ pub fn runtime(config: &mut AgentConfig) -> Result<Runtime, Error> {
             Telemetry::start(tc).map_err(|e| Error::Config(format!("starting telemetry: {e}")))?;
         runtime.telemetry(telemetry);
     }
-    Runtime::new(&runtime).map_err(|e| Error::Config(format!("runtime: {e}")))
+    let runtime = Runtime::new(&runtime).map_err(|e| Error::Config(format!("runtime: {e}")))?;
+    if let Some(note) = runtime.backend_note() {
+        tracing::warn!(note, "inference backend");
+    }
+    match runtime.onnxruntime_library() {
+        Some((path, version)) => tracing::info!(
+            backend = runtime.backend(),
+            onnxruntime = version,
+            library = %path.display(),
+            "inference backend"
+        ),
+        None => tracing::info!(backend = runtime.backend(), "inference backend"),
+    }
+    Ok(runtime)
 }
 
 #[cfg(feature = "sandbox")]
@@ -57,7 +76,7 @@ fn sandboxed_backend() -> Result<Vec<u8>, Error> {
 fn sandboxed_backend() -> Result<Vec<u8>, Error> {
     Err(Error::Config(
         "runtime.backend = \"sandboxed\", but this agent was built without the sandboxed backend \
-         (cargo feature `sandbox`); use backend = \"native\" or an agent built with it"
+         (cargo feature `sandbox`); use backend = \"tract\" or an agent built with it"
             .into(),
     ))
 }

@@ -76,3 +76,25 @@ fn refuses_sandboxed_backend_when_built_without_it() {
         "{err}"
     );
 }
+
+/// `backend = "onnxruntime"` on a device without the library: the agent
+/// does not start, and says which file it tried and what to do.
+#[cfg(feature = "onnxruntime")]
+#[test]
+fn refuses_onnxruntime_backend_without_its_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[runtime]\nbackend = \"onnxruntime\"\nonnxruntime_library = \"lib/libonnxruntime.so\"\n",
+    );
+    let out = agent().arg("--config").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the onnxruntime backend is not available"),
+        "{err}"
+    );
+    let expected = dir.path().join("lib/libonnxruntime.so");
+    assert!(err.contains(&*expected.to_string_lossy()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -58,6 +58,9 @@ typedef enum edgeml_status_t {
   // trusted for artifacts, damaged, or made for another bundle, target
   // or engine): nothing of it was run.
   EDGEML_ERR_ARTIFACT_REJECTED = 15,
+  // The configured inference backend cannot run here (the onnxruntime
+  // library is missing or too old).
+  EDGEML_ERR_BACKEND_UNAVAILABLE = 16,
 } edgeml_status_t;
 
 // Element type of a tensor.
@@ -146,10 +149,14 @@ enum edgeml_status_t edgeml_config_set_deadline_ms(struct edgeml_config_t *confi
 // bundle skips compilation. Default: no cache.
 enum edgeml_status_t edgeml_config_set_cache_dir(struct edgeml_config_t *config, const char *dir);
 
-// The inference backend: `"native"` (tract in the host, the default) or
-// `"sandboxed"` (tract compiled to WebAssembly, in its own sandbox with its
-// own memory limit; only in builds with the `sandbox` cargo feature, which
-// is on by default).
+// The inference backend: `"tract"` (tract in the host, the default;
+// `"native"` is an alias), `"onnxruntime"` (onnxruntime in the host, loaded
+// from `libonnxruntime.so` when the runtime is made: `ORT_DYLIB_PATH`, else
+// the linker's search path; `edgeml_runtime_new` fails with
+// `EDGEML_ERR_BACKEND_UNAVAILABLE` without it), `"auto"` (onnxruntime if it
+// loads, else tract) or `"sandboxed"` (tract compiled to WebAssembly, in its
+// own sandbox with its own memory limit; only in builds with the `sandbox`
+// cargo feature, which is on by default).
 enum edgeml_status_t edgeml_config_set_backend(struct edgeml_config_t *config, const char *name);
 
 // Record telemetry for every prediction, configured by the TOML file at

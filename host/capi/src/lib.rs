@@ -76,6 +76,9 @@ pub enum edgeml_status_t {
     /// trusted for artifacts, damaged, or made for another bundle, target
     /// or engine): nothing of it was run.
     EDGEML_ERR_ARTIFACT_REJECTED = 15,
+    /// The configured inference backend cannot run here (the onnxruntime
+    /// library is missing or too old).
+    EDGEML_ERR_BACKEND_UNAVAILABLE = 16,
 }
 
 use edgeml_status_t::*;
@@ -230,6 +233,7 @@ impl From<edgeml_runtime::Error> for Failure {
             E::Telemetry(_) => EDGEML_ERR_TELEMETRY,
             E::Io { .. } => EDGEML_ERR_IO,
             E::Artifact(_) => EDGEML_ERR_ARTIFACT_REJECTED,
+            E::BackendUnavailable { .. } => EDGEML_ERR_BACKEND_UNAVAILABLE,
             _ => EDGEML_ERR_LOAD,
         };
         fail(status, e.to_string())
@@ -421,10 +425,14 @@ pub extern "C" fn edgeml_config_set_cache_dir(
     })
 }
 
-/// The inference backend: `"native"` (tract in the host, the default) or
-/// `"sandboxed"` (tract compiled to WebAssembly, in its own sandbox with its
-/// own memory limit; only in builds with the `sandbox` cargo feature, which
-/// is on by default).
+/// The inference backend: `"tract"` (tract in the host, the default;
+/// `"native"` is an alias), `"onnxruntime"` (onnxruntime in the host, loaded
+/// from `libonnxruntime.so` when the runtime is made: `ORT_DYLIB_PATH`, else
+/// the linker's search path; `edgeml_runtime_new` fails with
+/// `EDGEML_ERR_BACKEND_UNAVAILABLE` without it), `"auto"` (onnxruntime if it
+/// loads, else tract) or `"sandboxed"` (tract compiled to WebAssembly, in its
+/// own sandbox with its own memory limit; only in builds with the `sandbox`
+/// cargo feature, which is on by default).
 #[no_mangle]
 pub extern "C" fn edgeml_config_set_backend(
     config: *mut edgeml_config_t,
@@ -433,8 +441,16 @@ pub extern "C" fn edgeml_config_set_backend(
     guard(|| {
         let c = required_mut(config, "config")?;
         match string(name, "name")? {
-            "native" => {
-                c.config.backend(Backend::Native);
+            "tract" | "native" => {
+                c.config.backend(Backend::Tract);
+                Ok(())
+            }
+            "onnxruntime" => {
+                c.config.backend(Backend::OnnxRuntime);
+                Ok(())
+            }
+            "auto" => {
+                c.config.backend(Backend::Auto);
                 Ok(())
             }
             "sandboxed" => {
@@ -443,7 +459,7 @@ pub extern "C" fn edgeml_config_set_backend(
             }
             other => Err(fail(
                 EDGEML_ERR_INVALID_ARGUMENT,
-                format!("backend `{other}`: give `native` or `sandboxed`"),
+                format!("backend `{other}`: give `tract`, `onnxruntime`, `sandboxed` or `auto`"),
             )),
         }
     })

@@ -1,5 +1,6 @@
-//! Inference backends behind the `wasi:nn` host: native tract, or tract
-//! compiled to WebAssembly in its own sandbox ([`crate::sandbox`]).
+//! Inference backends behind the `wasi:nn` host: native tract, onnxruntime
+//! (feature `onnxruntime`), or tract compiled to WebAssembly in its own
+//! sandbox ([`crate::sandbox`]).
 
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -20,9 +21,9 @@ pub(crate) trait Session: Send {
 }
 
 /// tract, native code in the host process.
-pub(crate) struct Native(pub(crate) Arc<edgeml_tract::Model>);
+pub(crate) struct Tract(pub(crate) Arc<edgeml_tract::Model>);
 
-impl Graph for Native {
+impl Graph for Tract {
     fn session(&self) -> Result<Box<dyn Session>, String> {
         Ok(Box::new(self.0.session().map_err(|e| e.to_string())?))
     }
@@ -31,6 +32,24 @@ impl Graph for Native {
 impl Session for edgeml_tract::Session {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         edgeml_tract::Session::run(self, inputs).map_err(|e| e.to_string())
+    }
+}
+
+/// onnxruntime, native code in the host process.
+#[cfg(feature = "onnxruntime")]
+pub(crate) struct OnnxRuntime(pub(crate) Arc<edgeml_ort::Model>);
+
+#[cfg(feature = "onnxruntime")]
+impl Graph for OnnxRuntime {
+    fn session(&self) -> Result<Box<dyn Session>, String> {
+        Ok(Box::new(self.0.session().map_err(|e| e.to_string())?))
+    }
+}
+
+#[cfg(feature = "onnxruntime")]
+impl Session for edgeml_ort::Session {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        edgeml_ort::Session::run(self, inputs).map_err(|e| e.to_string())
     }
 }
 

@@ -5,9 +5,16 @@ use std::time::Duration;
 /// Where inference runs.
 #[derive(Clone, Default)]
 pub enum Backend {
-    /// tract, native code in the host process. Fastest.
+    /// tract, native code in the host process. Needs nothing on the device.
     #[default]
-    Native,
+    Tract,
+    /// Microsoft's onnxruntime, native code in the host process, loaded at
+    /// run time from `libonnxruntime.so` ([`Config::onnxruntime_library`],
+    /// else `ORT_DYLIB_PATH`, else the linker's search path; 1.17 or newer).
+    /// Usually the fastest on larger models. Without the library (or in a
+    /// build without the `onnxruntime` feature) the runtime refuses to start
+    /// with [`crate::Error::BackendUnavailable`].
+    OnnxRuntime,
     /// tract compiled to WebAssembly, running as its own component with its
     /// own memory limit: no native ML code runs on the model's behalf, and a
     /// malformed or hostile model cannot reach the host process. Takes the
@@ -17,23 +24,29 @@ pub enum Backend {
         /// The backend component's bytes.
         component: Arc<[u8]>,
     },
+    /// onnxruntime when its library loads, else tract; decided once when the
+    /// runtime starts ([`crate::Runtime::backend_note`] says why). A model
+    /// onnxruntime refuses is refused, not retried on tract.
+    Auto,
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Backend::Native => f.write_str("Native"),
             Backend::Sandboxed { component } => write!(f, "Sandboxed({} bytes)", component.len()),
+            other => f.write_str(other.name()),
         }
     }
 }
 
 impl Backend {
-    /// `native` or `sandboxed`.
+    /// `tract`, `onnxruntime`, `sandboxed` or `auto`.
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::Native => "native",
+            Backend::Tract => "tract",
+            Backend::OnnxRuntime => "onnxruntime",
             Backend::Sandboxed { .. } => "sandboxed",
+            Backend::Auto => "auto",
         }
     }
 }
@@ -60,6 +73,8 @@ pub struct Config {
     pub(crate) parallel_compilation: bool,
     pub(crate) memory_reservation: Option<u64>,
     pub(crate) backend: Backend,
+    pub(crate) onnxruntime_library: Option<PathBuf>,
+    pub(crate) onnxruntime_threads: usize,
     pub(crate) sandbox_max_memory_bytes: usize,
     pub(crate) telemetry: Option<edgeml_telemetry::Telemetry>,
 }
@@ -78,7 +93,9 @@ impl Default for Config {
             allow_guest_model_bytes: false,
             parallel_compilation: true,
             memory_reservation: None,
-            backend: Backend::Native,
+            backend: Backend::Tract,
+            onnxruntime_library: None,
+            onnxruntime_threads: 1,
             sandbox_max_memory_bytes: 2 << 30,
             telemetry: None,
         }
@@ -160,9 +177,26 @@ impl Config {
         self
     }
 
-    /// Where inference runs. Default [`Backend::Native`].
+    /// Where inference runs. Default [`Backend::Tract`].
     pub fn backend(&mut self, backend: Backend) -> &mut Self {
         self.backend = backend;
+        self
+    }
+
+    /// The `libonnxruntime.so` the onnxruntime backend loads. Default `None`:
+    /// `ORT_DYLIB_PATH` if set, else the dynamic linker's search path. The
+    /// library is loaded once per process: the first runtime to use it
+    /// decides which, and a later one naming another file is refused.
+    pub fn onnxruntime_library(&mut self, path: Option<PathBuf>) -> &mut Self {
+        self.onnxruntime_library = path;
+        self
+    }
+
+    /// Threads onnxruntime may use for one inference. Default 1: each
+    /// inference runs on its caller's thread, so concurrent requests do not
+    /// oversubscribe a small device's cores. Process-wide, like the library.
+    pub fn onnxruntime_threads(&mut self, threads: usize) -> &mut Self {
+        self.onnxruntime_threads = threads.max(1);
         self
     }
 

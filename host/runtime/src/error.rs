@@ -30,10 +30,21 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The ONNX model could not be loaded by the inference backend.
-    #[error("the model cannot be loaded: {reason}")]
+    /// The inference backend refuses the bundle's ONNX model.
+    #[error("the {backend} backend cannot load the model: {reason}")]
     Model {
+        /// The backend that refused it (`tract`, `onnxruntime`, `sandboxed`).
+        backend: &'static str,
         /// Backend message.
+        reason: String,
+    },
+    /// The configured inference backend cannot run here (the onnxruntime
+    /// library is missing or too old, or this build does not include it).
+    #[error("the {backend} backend is not available: {reason}")]
+    BackendUnavailable {
+        /// The backend asked for.
+        backend: &'static str,
+        /// Why, and what to do about it.
         reason: String,
     },
     /// A self-test vector carried in the manifest did not give the expected answer.

@@ -212,7 +212,7 @@ impl graph::Host for State {
                 self.take_handle()?;
                 let g = self
                     .table
-                    .push(NnGraph(Arc::new(crate::backend::Native(Arc::new(m)))))?;
+                    .push(NnGraph(Arc::new(crate::backend::Tract(Arc::new(m)))))?;
                 Ok(Ok(g))
             }
             Err(e) => self.nn_err(ErrorCode::InvalidArgument, e.to_string()),

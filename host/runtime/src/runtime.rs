@@ -1,4 +1,4 @@
-use crate::backend::{Graph, Native};
+use crate::backend::{Graph, Tract};
 use crate::bindings::{self, edgeml::model::types as wit};
 use crate::cache::{self, CacheOutcome};
 use crate::nn::NnHost;
@@ -42,6 +42,10 @@ struct Inner {
     config: Config,
     stop: Arc<AtomicBool>,
     sandbox: OnceLock<Arc<SandboxEngine>>,
+    /// The configured backend, with `auto` decided.
+    backend: Backend,
+    /// Why `auto` chose tract, if it did.
+    backend_note: Option<String>,
 }
 
 impl Drop for Inner {
@@ -64,6 +68,7 @@ impl Runtime {
                 .memory_guard_size(64 << 10)
                 .memory_reservation_for_growth(0);
         }
+        let (backend, backend_note) = resolve_backend(config)?;
         let engine = Engine::new(&wt).map_err(|e| Error::Config(format!("{e:#}")))?;
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -91,6 +96,8 @@ impl Runtime {
                 config: config.clone(),
                 stop,
                 sandbox: OnceLock::new(),
+                backend,
+                backend_note,
             }),
         })
     }
@@ -113,10 +120,42 @@ impl Runtime {
     /// (or load it from the cache), plan the model, instantiate once and check
     /// the component against the manifest.
     pub fn load(&self, bundle: &VerifiedBundle) -> Result<Model, Error> {
+        self.load_on(bundle, &self.inner.backend)
+    }
+
+    /// [`Runtime::load`] on another backend than the runtime's, for this
+    /// bundle only (a model known to need onnxruntime, or to be kept in the
+    /// sandbox). `Backend::Auto` is decided again here.
+    pub fn load_on(&self, bundle: &VerifiedBundle, backend: &Backend) -> Result<Model, Error> {
         let started = Instant::now();
+        let backend = match backend {
+            Backend::Auto => resolve_backend_with(backend, &self.inner.config)?.0,
+            other => other.clone(),
+        };
         self.check_host_version(bundle)?;
         let (component, cache) = self.compile(bundle)?;
-        self.load_component(bundle, component, cache, started)
+        self.load_component(bundle, &backend, component, cache, started)
+    }
+
+    /// The backend models load on by default: `tract`, `onnxruntime` or
+    /// `sandboxed` (`auto` is decided when the runtime starts).
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// Why `Backend::Auto` chose tract (the onnxruntime library did not
+    /// load), or `None`.
+    pub fn backend_note(&self) -> Option<&str> {
+        self.inner.backend_note.as_deref()
+    }
+
+    /// The onnxruntime library in use: its path and version, if loaded.
+    pub fn onnxruntime_library(&self) -> Option<(std::path::PathBuf, String)> {
+        #[cfg(feature = "onnxruntime")]
+        if let Some(lib) = edgeml_ort::loaded() {
+            return Some((lib.path().to_path_buf(), lib.version().to_string()));
+        }
+        None
     }
 
     /// The engine configuration precompiled artifacts must have been made
@@ -194,7 +233,14 @@ impl Runtime {
         // The code is not put in the compiled-code cache: a later `load`
         // compiles (or finds what this host compiled itself), so an
         // artifact whose signer is later revoked stops running with it.
-        self.load_component(bundle, component, CacheOutcome::Precompiled, started)
+        let backend = self.inner.backend.clone();
+        self.load_component(
+            bundle,
+            &backend,
+            component,
+            CacheOutcome::Precompiled,
+            started,
+        )
     }
 
     fn deserialize_artifact(
@@ -271,13 +317,14 @@ impl Runtime {
     fn load_component(
         &self,
         bundle: &VerifiedBundle,
+        backend: &Backend,
         component: Component,
         cache: CacheOutcome,
         started: Instant,
     ) -> Result<Model, Error> {
         let manifest = bundle.manifest_arc();
         let compiled = started.elapsed();
-        let model = self.load_graph(bundle.model_bytes())?;
+        let model = self.load_graph(backend, bundle.model_bytes())?;
         let pre =
             self.inner
                 .linker
@@ -295,6 +342,7 @@ impl Runtime {
             runtime: self.clone(),
             pre,
             model,
+            backend: backend.name(),
             model_sha256: bundle_model_sha(bundle),
             manifest: manifest.clone(),
             manifest_json,
@@ -335,15 +383,26 @@ impl Runtime {
         })
     }
 
-    /// The bundle's model, on the configured backend.
-    fn load_graph(&self, onnx: &[u8]) -> Result<Arc<dyn Graph>, Error> {
-        match &self.inner.config.backend {
-            Backend::Native => {
-                let model = edgeml_tract::Model::load(onnx).map_err(|e| Error::Model {
-                    reason: e.to_string(),
-                })?;
-                Ok(Arc::new(Native(Arc::new(model))))
+    /// The bundle's model, on `backend` (never `Auto`: resolved before).
+    fn load_graph(&self, backend: &Backend, onnx: &[u8]) -> Result<Arc<dyn Graph>, Error> {
+        let refused = |reason: String| Error::Model {
+            backend: backend.name(),
+            reason,
+        };
+        match backend {
+            Backend::Tract | Backend::Auto => {
+                let model = edgeml_tract::Model::load(onnx).map_err(|e| refused(e.to_string()))?;
+                Ok(Arc::new(Tract(Arc::new(model))))
             }
+            #[cfg(feature = "onnxruntime")]
+            Backend::OnnxRuntime => {
+                let lib = onnxruntime(&self.inner.config)?;
+                let model =
+                    edgeml_ort::Model::load(lib, onnx).map_err(|e| refused(e.to_string()))?;
+                Ok(Arc::new(crate::backend::OnnxRuntime(Arc::new(model))))
+            }
+            #[cfg(not(feature = "onnxruntime"))]
+            Backend::OnnxRuntime => Err(onnxruntime_missing()),
             Backend::Sandboxed { component } => self.sandbox(component)?.load(onnx),
         }
     }
@@ -469,6 +528,59 @@ fn check_metadata(manifest: &Manifest, meta: &wit::Metadata) -> Result<(), Error
     Ok(())
 }
 
+/// The configured backend with `auto` decided, and why `auto` chose tract.
+fn resolve_backend(config: &Config) -> Result<(Backend, Option<String>), Error> {
+    resolve_backend_with(&config.backend, config)
+}
+
+fn resolve_backend_with(
+    backend: &Backend,
+    config: &Config,
+) -> Result<(Backend, Option<String>), Error> {
+    match backend {
+        Backend::OnnxRuntime => {
+            #[cfg(feature = "onnxruntime")]
+            onnxruntime(config)?;
+            #[cfg(not(feature = "onnxruntime"))]
+            return Err(onnxruntime_missing());
+            #[cfg(feature = "onnxruntime")]
+            Ok((Backend::OnnxRuntime, None))
+        }
+        Backend::Auto => {
+            #[cfg(feature = "onnxruntime")]
+            let note = match onnxruntime(config) {
+                Ok(_) => return Ok((Backend::OnnxRuntime, None)),
+                Err(e) => e.to_string(),
+            };
+            #[cfg(not(feature = "onnxruntime"))]
+            let note = onnxruntime_missing().to_string();
+            Ok((Backend::Tract, Some(format!("auto chose tract: {note}"))))
+        }
+        other => Ok((other.clone(), None)),
+    }
+}
+
+/// Load onnxruntime (once per process) with the configured library and threads.
+#[cfg(feature = "onnxruntime")]
+fn onnxruntime(config: &Config) -> Result<&'static edgeml_ort::Library, Error> {
+    edgeml_ort::init(&edgeml_ort::Options {
+        library: config.onnxruntime_library.clone(),
+        intra_threads: config.onnxruntime_threads,
+    })
+    .map_err(|e| Error::BackendUnavailable {
+        backend: "onnxruntime",
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(not(feature = "onnxruntime"))]
+fn onnxruntime_missing() -> Error {
+    Error::BackendUnavailable {
+        backend: "onnxruntime",
+        reason: "this build of edgeml does not include it (cargo feature `onnxruntime`)".into(),
+    }
+}
+
 /// How a model was loaded.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadInfo {
@@ -489,6 +601,7 @@ struct Shared {
     runtime: Runtime,
     pre: bindings::ModelPre<State>,
     model: Arc<dyn Graph>,
+    backend: &'static str,
     model_sha256: [u8; 32],
     manifest: Arc<Manifest>,
     manifest_json: Arc<str>,
@@ -648,9 +761,10 @@ impl Model {
         &self.shared.manifest
     }
 
-    /// The inference backend this model runs on (`native` or `sandboxed`).
+    /// The inference backend this model runs on (`tract`, `onnxruntime`
+    /// or `sandboxed`).
     pub fn backend(&self) -> &'static str {
-        self.shared.runtime.inner.config.backend.name()
+        self.shared.backend
     }
 
     /// The bundle digest (hex SHA-256 of the signed content).

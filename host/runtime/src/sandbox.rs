@@ -82,13 +82,14 @@ impl SandboxEngine {
             onnx: onnx.into(),
             idle: Arc::new(Mutex::new(Vec::new())),
         };
-        let slot = graph.new_slot().map_err(|reason| Error::Model { reason })?;
+        let slot = graph.new_slot().map_err(|reason| Error::Model {
+            backend: "sandboxed",
+            reason,
+        })?;
         graph
             .idle
             .lock()
-            .map_err(|_| Error::Model {
-                reason: "sandbox pool poisoned".into(),
-            })?
+            .unwrap_or_else(|p| p.into_inner())
             .push(slot);
         Ok(Arc::new(graph))
     }

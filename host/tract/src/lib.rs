@@ -131,30 +131,12 @@ impl Session {
         self.run_inner(named).map_err(Error::Run)
     }
 
-    fn run_inner(&mut self, mut named: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    fn run_inner(&mut self, named: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         let model = &self.model;
-        let mut inputs: TVec<TValue> = TVec::with_capacity(model.inputs.len());
-        for (name, dtype) in &model.inputs {
-            let pos = named
-                .iter()
-                .position(|t| &t.name == name)
-                .ok_or_else(|| format!("missing input `{name}`"))?;
-            let t = named.swap_remove(pos);
-            if t.dtype != *dtype {
-                return Err(format!(
-                    "input `{name}` is {}, the model expects {dtype}",
-                    t.dtype
-                ));
-            }
-            inputs.push(to_tract(&t)?.into_tvalue());
-        }
-        if let Some(extra) = named.first() {
-            let known: Vec<&str> = model.inputs.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(format!(
-                "unknown input `{}`; the model's inputs are {known:?}",
-                extra.name
-            ));
-        }
+        let inputs: TVec<TValue> = order_inputs(&model.inputs, named)?
+            .iter()
+            .map(|t| to_tract(t).map(IntoTValue::into_tvalue))
+            .collect::<Result<_, _>>()?;
         let state = &mut self.state;
         let outputs = guard(move || state.run(inputs).map_err(|e| format!("{e:#}")))??;
         outputs
@@ -165,9 +147,57 @@ impl Session {
     }
 }
 
-/// Run `f`, turning a panic inside tract into an error: a malformed model or
-/// input must not take the host process down.
-fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+/// Match named tensors to a model's inputs: every input present once with
+/// its dtype and as many bytes as its shape needs, nothing else. Returns
+/// them in the model's order. Every backend checks its inputs with this, so
+/// they refuse the same requests with the same messages.
+pub fn order_inputs(
+    expected: &[(String, Dtype)],
+    mut named: Vec<Tensor>,
+) -> Result<Vec<Tensor>, String> {
+    let mut ordered = Vec::with_capacity(expected.len());
+    for (name, dtype) in expected {
+        let pos = named
+            .iter()
+            .position(|t| &t.name == name)
+            .ok_or_else(|| format!("missing input `{name}`"))?;
+        let t = named.swap_remove(pos);
+        if t.dtype != *dtype {
+            return Err(format!(
+                "input `{name}` is {}, the model expects {dtype}",
+                t.dtype
+            ));
+        }
+        let needed = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size() as u64, |n, &d| n.checked_mul(d));
+        if needed != Some(t.data.len() as u64) {
+            return Err(format!(
+                "input `{}` has {} bytes of data, its shape {:?} of {} needs {}",
+                t.name,
+                t.data.len(),
+                t.shape,
+                t.dtype,
+                needed.map_or_else(|| "more than memory holds".to_string(), |n| n.to_string())
+            ));
+        }
+        ordered.push(t);
+    }
+    if let Some(extra) = named.first() {
+        let known: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(format!(
+            "unknown input `{}`; the model's inputs are {known:?}",
+            extra.name
+        ));
+    }
+    Ok(ordered)
+}
+
+/// Run `f`, turning a panic inside the inference engine into an error: a
+/// malformed model or input must not take the host process down. (Every
+/// backend wraps its engine calls in this.)
+pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
         let msg = p
             .downcast_ref::<&str>()
@@ -201,16 +231,6 @@ fn from_datum(d: DatumType) -> Option<Dtype> {
 
 fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, String> {
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-    let expected = shape.iter().product::<usize>() * t.dtype.size();
-    if t.data.len() != expected {
-        return Err(format!(
-            "input `{}` has {} bytes of data, its shape {:?} of {} needs {expected}",
-            t.name,
-            t.data.len(),
-            t.shape,
-            t.dtype
-        ));
-    }
     let mut out = tract_onnx::prelude::Tensor::zero_dt(datum(t.dtype), &shape)
         .map_err(|e| format!("{e:#}"))?;
     out.as_bytes_mut().copy_from_slice(&t.data);
