@@ -1,9 +1,14 @@
 //! The performance table: for each model, in one run on one machine,
 //!
-//! - bare tract, native, called directly from Rust (the limit for the native backend);
-//! - edgeml's native backend, through the component (`Model::predict`);
+//! - bare tract, called directly from Rust (the limit for the tract backend);
+//! - edgeml's tract backend, through the component (`Model::predict`);
 //! - edgeml's sandboxed backend (tract compiled to WebAssembly);
-//! - onnxruntime 1 thread, through its Python package (skipped if absent);
+//! - bare onnxruntime, 1 thread, called directly from Rust through `ort` on
+//!   the same library (the limit for the onnxruntime backend);
+//! - edgeml's onnxruntime backend, through the component;
+//!
+//! The onnxruntime columns need `ORT_DYLIB_PATH` (libonnxruntime.so, e.g.
+//! from the onnxruntime wheel as .ci/run fetches it); without it they read n/a.
 //!
 //! plus per-call overhead on a trivial model, throughput with 1 and 2 threads,
 //! cold and cached load of a 20 MB signed bundle, peak RSS and binary size.
@@ -15,7 +20,7 @@
 use edgeml_runtime::bundle::{self, PackOptions, SecretKey};
 use edgeml_runtime::{Backend, Config, Input, Model, Runtime, Tensor, TrustPolicy};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::*;
 
@@ -83,6 +88,47 @@ fn p50(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e6
 }
 
+/// An ONNX model the way an onnxruntime user would run it from Rust: a
+/// session in the same process-wide environment (1 intra-op thread, all
+/// graph optimisations), inputs made once, outputs viewed in place.
+struct BareOrt {
+    session: ort::session::Session,
+    inputs: Vec<(String, ort::value::DynValue)>,
+}
+
+impl BareOrt {
+    fn new(lib: &edgeml_ort::Library, onnx: &[u8], inputs: &[Tensor]) -> Self {
+        let session = ort::session::Session::builder(lib.environment())
+            .unwrap()
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .unwrap()
+            .commit_from_memory(onnx)
+            .unwrap();
+        let inputs = inputs
+            .iter()
+            .map(|t| {
+                let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+                let value = ort::value::Tensor::from_array((shape, t.to_f32().unwrap()))
+                    .unwrap()
+                    .into_dyn();
+                (t.name.clone(), value)
+            })
+            .collect();
+        BareOrt { session, inputs }
+    }
+
+    fn run(&mut self) -> f32 {
+        let inputs: Vec<(&str, &ort::value::DynValue)> =
+            self.inputs.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let out = self.session.run(inputs).unwrap();
+        // Touch the first output, as a caller reading its result would.
+        let (_, first) = out.iter().next().unwrap();
+        first
+            .try_extract_tensor::<f32>()
+            .map_or(0.0, |(_, d)| d.first().copied().unwrap_or(0.0))
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 5 } else { 20 };
@@ -93,6 +139,21 @@ fn main() {
     sandbox_cfg.backend(Backend::Sandboxed {
         component: guest("edgeml_tract_backend").into(),
     });
+    let ort_lib = match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(_) => match edgeml_ort::init(&edgeml_ort::Options::default()) {
+            Ok(lib) => Some(lib),
+            Err(e) => {
+                eprintln!("onnxruntime columns skipped: {e}");
+                None
+            }
+        },
+        None => {
+            eprintln!("onnxruntime columns skipped: set ORT_DYLIB_PATH to libonnxruntime.so");
+            None
+        }
+    };
+    let mut ort_cfg = Config::new();
+    ort_cfg.backend(Backend::OnnxRuntime);
 
     let cases = vec![
         Case {
@@ -121,7 +182,6 @@ fn main() {
     ];
 
     let mut rows = Vec::new();
-    let mut ort_cases = Vec::new();
     for case in &cases {
         let onnx = std::fs::read(repo().join("models").join(case.onnx)).unwrap();
         let inputs: Vec<Tensor> = case.inputs.iter().map(|(n, f)| npy(n, f)).collect();
@@ -149,70 +209,97 @@ fn main() {
         let signed = signed_bundle(&onnx, "bench", &key);
         let native = load(&native_cfg, &signed, &policy);
         let sandboxed = load(&sandbox_cfg, &signed, &policy);
+        let mut bare_ort = ort_lib.map(|lib| BareOrt::new(lib, &onnx, &inputs));
+        let edgeml_ort = ort_lib.map(|_| load(&ort_cfg, &signed, &policy));
 
         // Iterations per round: about 20 ms of bare tract.
-        let t = Instant::now();
+        let t0 = Instant::now();
         state.run(tract_inputs.clone()).unwrap();
-        let per = t.elapsed().max(Duration::from_micros(1));
+        let per = t0.elapsed().max(Duration::from_micros(1));
         let iters = ((20_000.0 / (per.as_secs_f64() * 1e6)) as usize).clamp(3, 2000);
-        let (mut bare_t, mut native_t, mut sandbox_t) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
             native.predict(Input::Tensors(inputs.clone())).unwrap();
             sandboxed.predict(Input::Tensors(inputs.clone())).unwrap();
+            if let (Some(b), Some(e)) = (bare_ort.as_mut(), edgeml_ort.as_ref()) {
+                b.run();
+                e.predict(Input::Tensors(inputs.clone())).unwrap();
+            }
         }
+        let time = |f: &mut dyn FnMut(), into: &mut Vec<Duration>| {
+            for _ in 0..iters {
+                let t = Instant::now();
+                f();
+                into.push(t.elapsed());
+            }
+        };
+        let predict = |m: &Model| {
+            let i = Input::Tensors(inputs.clone());
+            std::hint::black_box(m.predict(i).unwrap());
+        };
+        let mut t: [Vec<Duration>; 5] = Default::default();
         for _ in 0..rounds {
-            for _ in 0..iters {
-                let i = tract_inputs.clone();
-                let t = Instant::now();
-                state.run(i).unwrap();
-                bare_t.push(t.elapsed());
-            }
-            for _ in 0..iters {
-                let i = Input::Tensors(inputs.clone());
-                let t = Instant::now();
-                native.predict(i).unwrap();
-                native_t.push(t.elapsed());
-            }
-            for _ in 0..iters {
-                let i = Input::Tensors(inputs.clone());
-                let t = Instant::now();
-                sandboxed.predict(i).unwrap();
-                sandbox_t.push(t.elapsed());
+            time(
+                &mut || {
+                    std::hint::black_box(state.run(tract_inputs.clone()).unwrap());
+                },
+                &mut t[0],
+            );
+            time(&mut || predict(&native), &mut t[1]);
+            time(&mut || predict(&sandboxed), &mut t[2]);
+            if let (Some(b), Some(e)) = (bare_ort.as_mut(), edgeml_ort.as_ref()) {
+                time(
+                    &mut || {
+                        std::hint::black_box(b.run());
+                    },
+                    &mut t[3],
+                );
+                time(&mut || predict(e), &mut t[4]);
             }
         }
-        rows.push((
-            case.name,
-            p50(bare_t),
-            p50(native_t),
-            p50(sandbox_t),
-            rounds * iters,
-        ));
-        ort_cases.push(serde_json::json!({
-            "name": case.name,
-            "model": repo().join("models").join(case.onnx),
-            "inputs": case.inputs.iter().map(|(n, f)| (n.to_string(), repo().join("models").join(f))).collect::<std::collections::BTreeMap<_, _>>(),
-            "iterations": (rounds * iters).min(5000),
-        }));
+        let [bare, tract, sandbox, bare_ort, edgeml_ort] =
+            t.map(|v| (!v.is_empty()).then(|| p50(v)));
+        rows.push(Row {
+            name: case.name,
+            bare: bare.unwrap_or(0.0),
+            tract: tract.unwrap_or(0.0),
+            sandbox: sandbox.unwrap_or(0.0),
+            bare_ort,
+            edgeml_ort,
+            calls: rounds * iters,
+        });
     }
-    let ort = onnxruntime(&ort_cases);
 
-    println!("\n## Inference latency, p50 per call (µs) and ratios, one run\n");
-    println!("| model | bare tract | edgeml native | native / tract | edgeml sandboxed | sandboxed / tract | onnxruntime (1 thread) | native / onnxruntime | calls |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, bare, native, sandbox, n) in &rows {
-        let o = ort.as_ref().and_then(|o| o[*name]["p50_us"].as_f64());
+    let version = ort_lib.map_or("n/a".to_string(), |l| l.version().to_string());
+    println!(
+        "\n## Inference latency, p50 per call (µs) and ratios, one run (onnxruntime {version}, 1 thread)\n"
+    );
+    println!("| model | bare tract | edgeml tract | tract / bare | edgeml sandboxed | sandboxed / bare tract | bare onnxruntime | edgeml onnxruntime | onnxruntime / bare | edgeml tract / bare onnxruntime | calls |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("n/a".into(), f);
+    for r in &rows {
         println!(
-            "| {name} | {bare:.1} | {native:.1} | {:.2}x | {sandbox:.1} | {:.2}x | {} | {} | {n} |",
-            native / bare,
-            sandbox / bare,
-            o.map_or("n/a".into(), |o| format!("{o:.1}")),
-            o.map_or("n/a".into(), |o| format!("{:.2}x", native / o)),
+            "| {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.2}x | {} | {} | {} | {} | {} |",
+            r.name,
+            r.bare,
+            r.tract,
+            r.tract / r.bare,
+            r.sandbox,
+            r.sandbox / r.bare,
+            opt(r.bare_ort, &|o| format!("{o:.1}")),
+            opt(r.edgeml_ort, &|o| format!("{o:.1}")),
+            opt(
+                r.edgeml_ort.zip(r.bare_ort).map(|(e, b)| e / b),
+                &|x| format!("{x:.2}x")
+            ),
+            opt(r.bare_ort, &|o| format!("{:.2}x", r.tract / o)),
+            r.calls,
         );
     }
-    let (_, bare, native, _, _) = rows[0];
+    let r = &rows[0];
     println!(
-        "\nPer-call overhead on the trivial model (native p50 - bare tract p50): {:.1} µs",
-        native - bare
+        "\nPer-call overhead on the trivial model (edgeml p50 - bare p50): tract {:.1} µs, onnxruntime {}",
+        r.tract - r.bare,
+        opt(r.edgeml_ort.zip(r.bare_ort).map(|(e, b)| e - b), &|x| format!("{x:.1} µs")),
     );
 
     tract_multithreaded_kernels(rounds);
@@ -221,32 +308,14 @@ fn main() {
     binary_and_rss(&key);
 }
 
-fn onnxruntime(cases: &[serde_json::Value]) -> Option<serde_json::Value> {
-    let mut child = Command::new("python3")
-        .arg(repo().join("benches/onnxruntime_bench.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    std::io::Write::write_all(
-        child.stdin.as_mut()?,
-        serde_json::to_string(cases).ok()?.as_bytes(),
-    )
-    .ok()?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output().ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "onnxruntime skipped: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
+struct Row {
+    name: &'static str,
+    bare: f64,
+    tract: f64,
+    sandbox: f64,
+    bare_ort: Option<f64>,
+    edgeml_ort: Option<f64>,
+    calls: usize,
 }
 
 /// What closing the gap to onnxruntime with tract's multithreaded matrix
@@ -288,7 +357,7 @@ fn tract_multithreaded_kernels(rounds: usize) {
     );
 }
 
-/// SqueezeNet through the native backend with 1 and 2 threads sharing one `Model`.
+/// SqueezeNet through the tract backend with 1 and 2 threads sharing one `Model`.
 fn throughput(key: &SecretKey, policy: &TrustPolicy, rounds: usize) {
     let onnx = std::fs::read(repo().join("models/squeezenet/squeezenet.onnx")).unwrap();
     let model = load(
@@ -313,7 +382,7 @@ fn throughput(key: &SecretKey, policy: &TrustPolicy, rounds: usize) {
         rate[i] = (calls / threads * threads) as f64 / t.elapsed().as_secs_f64();
     }
     println!(
-        "\nThroughput, SqueezeNet, native backend: 1 thread {:.1}/s, 2 threads {:.1}/s, ratio {:.2}x",
+        "\nThroughput, SqueezeNet, tract backend: 1 thread {:.1}/s, 2 threads {:.1}/s, ratio {:.2}x",
         rate[0],
         rate[1],
         rate[1] / rate[0]
@@ -390,7 +459,7 @@ fn binary_and_rss(key: &SecretKey) {
     )
     .unwrap();
     std::fs::write(dir.path().join("k.pub"), key.public_key().to_bytes()).unwrap();
-    for backend in ["native", "sandboxed"] {
+    for backend in ["tract", "onnxruntime", "sandboxed"] {
         let out = Command::new(&bin)
             .args([
                 "bench",

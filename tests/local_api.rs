@@ -360,3 +360,53 @@ fn bounded_load_keeps_agent_rss_under_limit() {
         LOAD_RSS_LIMIT >> 20
     );
 }
+
+/// A device configured with `backend = "onnxruntime"`: the agent installs
+/// releases from the real server, health-checks an update and serves it, all
+/// on onnxruntime, and its local API says which backend answers.
+#[test]
+fn agent_on_onnxruntime_installs_updates_and_serves() {
+    let Some(library) = onnxruntime_library() else {
+        return;
+    };
+    let f = Fleet::new();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    let mut c = f.agent_config("gw-ort");
+    c.serve.listen = "127.0.0.1:0".into();
+    c.poll_interval = Duration::from_millis(300);
+    c.health.watch = Duration::from_secs(2);
+    c.health.min_requests = 3;
+    c.runtime.backend = edgeml_agent::BackendChoice::Onnxruntime;
+    c.runtime.onnxruntime_library = Some(library);
+    let rt = edgeml_agent::runtime(&mut c).expect("runtime on onnxruntime");
+    assert_eq!(rt.backend(), "onnxruntime");
+    let a = Agent::start(c, rt).expect("agent");
+    wait_for("1.0.0 installed", 60, || {
+        version_of(&a).as_deref() == Some("1.0.0") && a.status().state == UpdateState::Installed
+    });
+    let meta: serde_json::Value = f
+        .http
+        .get(format!(
+            "http://{}/v2/models/digits",
+            a.serve_addr().unwrap()
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(meta["platform"], "edgeml/onnxruntime", "{meta}");
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    let url = infer_url(&a);
+    wait_for("1.1.0 watched and committed on onnxruntime", 60, || {
+        let resp: serde_json::Value = f
+            .http
+            .post(&url)
+            .json(&png_request(0))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(resp["parameters"]["labels"][0]["label"], "7", "{resp}");
+        version_of(&a).as_deref() == Some("1.1.0") && a.status().state == UpdateState::Installed
+    });
+}

@@ -15,6 +15,7 @@ mod cross_arch;
 mod bad_input;
 mod cache;
 mod cli;
+mod exported;
 mod hostile_guests;
 mod models;
 mod otlp;

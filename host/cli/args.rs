@@ -420,6 +420,21 @@ pub struct PackArgs {
     /// model's answer now is recorded. Devices run these before switching.
     #[arg(long = "self-test")]
     pub self_test: Vec<String>,
+    /// Give an input a fixed shape (repeat for several): NAME=DIMS, e.g.
+    /// `x=1,3,224,224`. For exported models whose symbolic dimensions feed
+    /// Reshape or Squeeze. The bundle carries the model with that shape.
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    pub input_shapes: Vec<String>,
+    /// Fold an input into the model as a constant (repeat for several):
+    /// NAME=VALUE or NAME=V1,V2,... (`true`/`false` for booleans), e.g.
+    /// `sr=16000`. The input disappears, and an `If` on it is resolved.
+    #[arg(long = "constant", value_name = "NAME=VALUE")]
+    pub constants: Vec<String>,
+    /// Pack even if tract cannot plan the model (a bundle meant only for the
+    /// onnxruntime backend). By default pack refuses such a model, naming
+    /// the node tract stopped at.
+    #[arg(long)]
+    pub no_check: bool,
     /// Print the manifest as JSON.
     #[arg(long)]
     pub json: bool,

@@ -98,7 +98,7 @@ fn keygen(out: &Path, name: &str, json: bool) -> Result<()> {
 }
 
 fn pack(args: &PackArgs) -> Result<()> {
-    let model = read(&args.model)?;
+    let model = concrete_model(args)?;
     let component = component_bytes(args.component.as_deref())?;
     let (inputs, outputs) = edgeml_runtime::onnx_io_schema(&model)
         .with_context(|| format!("reading {}", args.model.display()))?;
@@ -174,6 +174,54 @@ fn pack(args: &PackArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The model as the bundle will carry it: specialised by `--input-shape` and
+/// `--constant`, and (unless `--no-check`) planned once by tract so that a
+/// model that cannot run is refused now, naming where tract stopped.
+fn concrete_model(args: &PackArgs) -> Result<Vec<u8>> {
+    let mut model = read(&args.model)?;
+    let spec = edgeml_tract::Specialize {
+        shapes: args
+            .input_shapes
+            .iter()
+            .map(|s| edgeml_tract::parse_shape(s).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?,
+        constants: args
+            .constants
+            .iter()
+            .map(|s| edgeml_tract::parse_constant(s).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?,
+    };
+    if !spec.is_empty() {
+        model = edgeml_tract::specialize(&model, &spec)
+            .with_context(|| format!("specialising {}", args.model.display()))?;
+    }
+    if !args.no_check {
+        if let Err(e) = edgeml_tract::Model::load(&model) {
+            let inputs = edgeml_tract::io_schema(&model)
+                .map(|(inputs, _)| {
+                    inputs
+                        .iter()
+                        .map(|t| format!("{} {} {}", t.name, t.dtype, fmt_shape(&t.shape)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            bail!(
+                "{} cannot be planned: {e}\nits inputs: {inputs}\nmake them concrete with \
+                 --input-shape NAME=DIMS or --constant NAME=VALUE, or pack with --no-check for a \
+                 bundle that only the onnxruntime backend will run",
+                args.model.display()
+            );
+        }
+    }
+    Ok(model)
+}
+
+fn fmt_shape(shape: &[edgeml_runtime::bundle::Dim]) -> String {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    format!("[{}]", dims.join(", "))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

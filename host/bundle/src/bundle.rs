@@ -239,7 +239,8 @@ pub fn verify_with_limits(
     if data.signed.iter().all(|s| s.signatures.is_empty()) {
         return Err(Error::Unsigned);
     }
-    let h: [u8; 32] = Sha256::digest(&bytes[start..]).into();
+    let digests = Digests::compute(&bytes, &sections, start);
+    let h = digests.content;
     let covering: Vec<_> = data
         .signed
         .iter()
@@ -322,7 +323,10 @@ pub fn verify_with_limits(
     let manifest: Manifest = serde_json::from_slice(manifest_section.payload)
         .map_err(|e| Error::Manifest(e.to_string()))?;
     manifest.validate()?;
-    let model_digest = hex::encode(Sha256::digest(model_section.payload));
+    let model_digest = digests
+        .model
+        .map(hex::encode)
+        .unwrap_or_else(|| hex::encode(Sha256::digest(model_section.payload)));
     if model_digest != manifest.model.digest.sha256
         || model_section.payload.len() as u64 != manifest.model.digest.size
     {
@@ -332,7 +336,7 @@ pub fn verify_with_limits(
             found: model_digest,
         });
     }
-    let component = component_digest(&bytes, &sections);
+    let component = digests.component;
     if component != manifest.component {
         return Err(Error::DigestMismatch {
             what: "component",
@@ -348,6 +352,56 @@ pub fn verify_with_limits(
         signers: valid.into_iter().collect(),
         bytes,
     })
+}
+
+/// Every digest verification needs, computed together: the signed content
+/// (what the signatures cover), the model section and the component (what
+/// the manifest lists). SHA-256s of overlapping byte ranges cannot share
+/// work, so on a bundle of a few MiB or more the model and component
+/// digests are computed on a second thread while this one hashes the
+/// content: on two cores verification takes about the time of one pass over
+/// the bytes instead of two. Hashing is not parsing: nothing here trusts the
+/// bytes before the signatures are checked.
+struct Digests {
+    content: [u8; 32],
+    /// `None` when the bundle has no single model section (verification
+    /// then fails on structure, after the signatures).
+    model: Option<[u8; 32]>,
+    component: ContentDigest,
+}
+
+impl Digests {
+    const PARALLEL_FROM: usize = 4 << 20;
+
+    fn compute(bytes: &[u8], sections: &[Section<'_>], start: usize) -> Self {
+        let model = single(sections, MODEL_SECTION).ok().map(|m| m.payload);
+        let side = || {
+            (
+                model.map(|m| <[u8; 32]>::from(Sha256::digest(m))),
+                component_digest(bytes, sections),
+            )
+        };
+        let content = || <[u8; 32]>::from(Sha256::digest(&bytes[start..]));
+        let ((model, component), content) = if bytes.len() >= Self::PARALLEL_FROM {
+            std::thread::scope(|scope| {
+                // If no thread can be made, hash on this one.
+                match std::thread::Builder::new().spawn_scoped(scope, side) {
+                    Ok(handle) => {
+                        let content = content();
+                        (handle.join().unwrap_or_else(|_| side()), content)
+                    }
+                    Err(_) => (side(), content()),
+                }
+            })
+        } else {
+            (side(), content())
+        };
+        Digests {
+            content,
+            model,
+            component,
+        }
+    }
 }
 
 fn single<'a>(sections: &'a [Section<'a>], name: &'static str) -> Result<&'a Section<'a>> {

@@ -17,9 +17,11 @@
 
 #![deny(missing_docs)]
 
+mod specialize;
 mod tensor;
 
 pub use edgeml_bundle::Dtype;
+pub use specialize::{parse_constant, parse_shape, specialize, Specialize};
 pub use tensor::Tensor;
 
 use edgeml_bundle::{Dim, TensorSpec};
@@ -259,6 +261,18 @@ fn from_tract(name: &str, v: &tract_onnx::prelude::Tensor) -> Result<Tensor, Str
     })
 }
 
+/// The edgeml dtype of an ONNX `TensorProto.DataType`.
+fn onnx_dtype(elem_type: i32) -> Option<Dtype> {
+    Some(match elem_type {
+        1 => Dtype::F32,
+        2 => Dtype::U8,
+        6 => Dtype::I32,
+        7 => Dtype::I64,
+        11 => Dtype::F64,
+        _ => return None,
+    })
+}
+
 /// Read the IO schema (names, dtypes, shapes with symbolic dimensions) of an
 /// ONNX model, as `edgeml pack` writes it into the manifest. Graph inputs that
 /// are initializers (weights) are not model inputs and are left out.
@@ -277,19 +291,12 @@ pub fn io_schema(onnx: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), Erro
             Some(pb::type_proto::Value::TensorType(t)) => t,
             _ => return Err(model_error(format!("`{}` is not a tensor", v.name))),
         };
-        let dtype = match tensor_type.elem_type {
-            1 => Dtype::F32,
-            2 => Dtype::U8,
-            6 => Dtype::I32,
-            7 => Dtype::I64,
-            11 => Dtype::F64,
-            other => {
-                return Err(model_error(format!(
-                    "`{}` has ONNX element type {other}, which edgeml does not carry",
-                    v.name
-                )))
-            }
-        };
+        let dtype = onnx_dtype(tensor_type.elem_type).ok_or_else(|| {
+            model_error(format!(
+                "`{}` has ONNX element type {}, which edgeml does not carry",
+                v.name, tensor_type.elem_type
+            ))
+        })?;
         let shape = tensor_type
             .shape
             .as_ref()
