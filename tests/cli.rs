@@ -329,8 +329,11 @@ fn onnxruntime_backend_without_its_library_refuses_to_start_and_says_what_to_do(
         stderr.starts_with("error: the onnxruntime backend is not available"),
         "{stderr}"
     );
-    assert!(stderr.contains(&*missing.to_string_lossy()), "{stderr}");
-    assert!(stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
+    // Which file it tried, and why that failed.
+    assert!(
+        stderr.contains(&format!("failed to load from `{}`", missing.display())),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -363,7 +366,7 @@ fn auto_backend_picks_onnxruntime_when_its_library_loads() {
         let out = run_on(backend, &library, dir);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{backend}: {stderr}");
-        assert!(!stderr.contains("note:"), "{stderr}");
+        assert!(!stderr.contains("auto chose tract"), "{stderr}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["backend"], "onnxruntime", "{backend}");
         assert_eq!(v["scores"][0]["label"], "7"); // models/digits/holdout/labels.json

@@ -111,6 +111,35 @@ fn if_on_a_scalar_input_folds_away_with_constant() {
 }
 
 #[test]
+fn if_folds_to_its_else_branch_too() {
+    // mode=0 takes the else branch (y = -x, shape 1x8).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = pack_exported(tmp.path(), "if_mode", &["--constant", "mode=0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = Publisher::new();
+    let signed = p.sign(&read(tmp.path().join("if_mode.wasm")));
+    let x = npy_any("x", "exported/if_mode.in.x.npy");
+    let (_, xs) = npy_f32("exported/if_mode.in.x.npy");
+    let negated: Vec<f32> = xs.iter().map(|v| -v).collect();
+    for kind in [Kind::Tract, Kind::OnnxRuntime] {
+        let Some(rt) = shared_runtime(kind) else {
+            continue;
+        };
+        let model = rt
+            .load(&rt.verify(signed.clone(), &p.policy()).unwrap())
+            .unwrap();
+        let y = model.predict(Input::Tensors(vec![x.clone()])).unwrap();
+        let y = y.output("y").unwrap();
+        assert_eq!(y.shape, vec![1, 8], "{kind:?}");
+        assert_close(&y.to_f32().unwrap(), &negated, &format!("{kind:?}"));
+    }
+}
+
+#[test]
 fn int64_scalar_input_runs_on_every_backend() {
     runs_everywhere("int64_scalar", &[], &["x", "sample_rate"], &["y"]);
 }
@@ -161,7 +190,13 @@ fn pack_refuses_specialisations_that_do_not_fit_the_model() {
         assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
         assert!(err.contains(expected), "{extra:?}: {err}");
     }
-    let out = pack_exported(tmp.path(), "if_mode", &["--constant", "mode=1,2"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("takes 1 value(s), 2 given"), "{err}");
+    for (extra, expected) in [
+        (["--constant", "mode=1,2"], "takes 1 value(s), 2 given"),
+        (["--constant", "mode=1.5"], "1.5 is not a 64-bit integer"),
+    ] {
+        let out = pack_exported(tmp.path(), "if_mode", &extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
 }

@@ -397,16 +397,40 @@ fn agent_on_onnxruntime_installs_updates_and_serves() {
     assert_eq!(meta["platform"], "edgeml/onnxruntime", "{meta}");
     f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
     let url = infer_url(&a);
-    wait_for("1.1.0 watched and committed on onnxruntime", 60, || {
+    let label = || -> Option<String> {
         let resp: serde_json::Value = f
             .http
             .post(&url)
             .json(&png_request(0))
             .send()
-            .unwrap()
+            .ok()?
             .json()
-            .unwrap();
-        assert_eq!(resp["parameters"]["labels"][0]["label"], "7", "{resp}");
+            .ok()?;
+        resp["parameters"]["labels"][0]["label"]
+            .as_str()
+            .map(String::from)
+    };
+    // Requests keep coming while 1.1.0 is watched (the health check needs 3).
+    let mut answers = Vec::new();
+    wait_for("1.1.0 watched and committed on onnxruntime", 60, || {
+        answers.extend(label());
         version_of(&a).as_deref() == Some("1.1.0") && a.status().state == UpdateState::Installed
     });
+    assert!(answers.iter().all(|l| l == "7"), "{answers:?}");
+    assert_eq!(label().as_deref(), Some("7"));
+    let meta: serde_json::Value = f
+        .http
+        .get(format!(
+            "http://{}/v2/models/digits",
+            a.serve_addr().unwrap()
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (meta["platform"].as_str(), meta["versions"][0].as_str()),
+        (Some("edgeml/onnxruntime"), Some("1.1.0")),
+        "{meta}"
+    );
 }

@@ -375,7 +375,12 @@ impl AgentConfig {
             c.identity_dir.as_mut(),
             c.runtime.cache_dir.as_mut(),
             c.runtime.telemetry.as_mut(),
-            c.runtime.onnxruntime_library.as_mut(),
+            // A bare file name (`libonnxruntime.so.1`) is for the dynamic
+            // linker's search path, not relative to this file.
+            c.runtime
+                .onnxruntime_library
+                .as_mut()
+                .filter(|p| p.components().count() > 1),
         ]
         .into_iter()
         .flatten()

@@ -159,6 +159,12 @@ enum edgeml_status_t edgeml_config_set_cache_dir(struct edgeml_config_t *config,
 // cargo feature, which is on by default).
 enum edgeml_status_t edgeml_config_set_backend(struct edgeml_config_t *config, const char *name);
 
+// The `libonnxruntime.so` the `"onnxruntime"` and `"auto"` backends load
+// (UTF-8 path). `NULL` restores the default: `ORT_DYLIB_PATH`, else the
+// dynamic linker's search path. The library is loaded once per process.
+enum edgeml_status_t edgeml_config_set_onnxruntime_library(struct edgeml_config_t *config,
+                                                           const char *path);
+
 // Record telemetry for every prediction, configured by the TOML file at
 // `path` (the format of the README's `telemetry.toml`). Starts the
 // telemetry pipeline now (journal, spool, shipper thread).

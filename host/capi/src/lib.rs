@@ -465,6 +465,26 @@ pub extern "C" fn edgeml_config_set_backend(
     })
 }
 
+/// The `libonnxruntime.so` the `"onnxruntime"` and `"auto"` backends load
+/// (UTF-8 path). `NULL` restores the default: `ORT_DYLIB_PATH`, else the
+/// dynamic linker's search path. The library is loaded once per process.
+#[no_mangle]
+pub extern "C" fn edgeml_config_set_onnxruntime_library(
+    config: *mut edgeml_config_t,
+    path: *const c_char,
+) -> edgeml_status_t {
+    guard(|| {
+        let c = required_mut(config, "config")?;
+        let path = if path.is_null() {
+            None
+        } else {
+            Some(std::path::PathBuf::from(string(path, "path")?))
+        };
+        c.config.onnxruntime_library(path);
+        Ok(())
+    })
+}
+
 #[cfg(feature = "sandbox")]
 fn sandboxed() -> Result<Backend, Failure> {
     let component = edgeml_guests::tract_backend().map_err(|e| {

@@ -116,42 +116,76 @@ impl Library {
     }
 }
 
-static LOADED: Mutex<Option<&'static Library>> = Mutex::new(None);
+/// What this process did with onnxruntime so far.
+enum State {
+    NotLoaded,
+    Ready(&'static Library),
+    /// The library loaded but its environment did not start: it stays
+    /// loaded (onnxruntime cannot be unloaded), so nothing else can be.
+    Broken(String),
+}
+
+static LOADED: Mutex<State> = Mutex::new(State::NotLoaded);
+
+/// Most intra-op threads accepted (onnxruntime takes an `int`).
+const MAX_THREADS: usize = 256;
 
 /// Load onnxruntime (once per process) and make its environment. Later calls
 /// return the same library; one asking for a different file is refused with
 /// [`Error::Unavailable`], as onnxruntime cannot be loaded twice.
 pub fn init(options: &Options) -> Result<&'static Library, Error> {
-    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-    let explicit = options.library.clone().or_else(|| {
-        std::env::var_os("ORT_DYLIB_PATH")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-    });
-    if let Some(lib) = *loaded {
-        return match &explicit {
-            Some(p) if !same_file(p, &lib.path) => Err(Error::Unavailable(format!(
-                "onnxruntime {} is already loaded from {} in this process; {} cannot be loaded as well",
-                lib.version,
-                lib.path.display(),
-                p.display()
-            ))),
-            _ => Ok(lib),
-        };
+    let mut state = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    let explicit = options
+        .library
+        .clone()
+        .or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        })
+        // A relative path is the caller's, not the executable's directory
+        // (where `ort` would look first).
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
+    match &*state {
+        State::Ready(lib) => {
+            return match &explicit {
+                Some(p) if !same_file(p, &lib.path) => Err(Error::Unavailable(format!(
+                    "onnxruntime {} is already loaded from {} in this process; {} cannot be loaded as well",
+                    lib.version,
+                    lib.path.display(),
+                    p.display()
+                ))),
+                _ => Ok(lib),
+            }
+        }
+        State::Broken(reason) => return Err(Error::Unavailable(reason.clone())),
+        State::NotLoaded => {}
     }
     let candidates: Vec<PathBuf> = match explicit {
         Some(p) => vec![p],
         None => vec!["libonnxruntime.so".into(), "libonnxruntime.so.1".into()],
     };
+    let threads = options.intra_threads.clamp(1, MAX_THREADS);
     let mut failures = Vec::new();
     for path in &candidates {
-        match open(path, options.intra_threads) {
-            Ok(lib) => {
-                let lib: &'static Library = Box::leak(Box::new(lib));
-                *loaded = Some(lib);
-                return Ok(lib);
+        // `init_from` validates the file (it exports the onnxruntime API, its
+        // version is recent enough) before any other ort call can touch it.
+        match guard(|| ort::init_from(path)) {
+            Ok(Ok(builder)) => {
+                return match start(path, builder, threads) {
+                    Ok(lib) => {
+                        let lib: &'static Library = Box::leak(Box::new(lib));
+                        *state = State::Ready(lib);
+                        Ok(lib)
+                    }
+                    Err(e) => {
+                        *state = State::Broken(e.clone());
+                        Err(Error::Unavailable(e))
+                    }
+                };
             }
-            Err(e) => failures.push(e),
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(panic) => failures.push(format!("{}: {panic}", path.display())),
         }
     }
     Err(Error::Unavailable(format!(
@@ -163,29 +197,44 @@ pub fn init(options: &Options) -> Result<&'static Library, Error> {
 
 /// The library [`init`] loaded, if it has.
 pub fn loaded() -> Option<&'static Library> {
-    *LOADED.lock().unwrap_or_else(|p| p.into_inner())
+    match *LOADED.lock().unwrap_or_else(|p| p.into_inner()) {
+        State::Ready(lib) => Some(lib),
+        _ => None,
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
     a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
-fn open(path: &Path, intra_threads: usize) -> Result<Library, String> {
-    // `init_from` validates the file (it exports the onnxruntime API, its
-    // version is recent enough) before any other ort call can touch it.
-    let builder = guard(|| ort::init_from(path))?.map_err(|e| e.to_string())?;
+/// The process's environment on the library `init_from` just loaded.
+fn start(
+    path: &Path,
+    builder: ort::environment::EnvironmentBuilder,
+    intra_threads: usize,
+) -> Result<Library, String> {
     let env = guard(|| {
         let pool = GlobalThreadPoolOptions::default()
-            .with_intra_threads(intra_threads.max(1))?
+            .with_intra_threads(intra_threads)?
             .with_inter_threads(1)?
             .with_spin_control(false)?;
-        builder
+        let env = builder
             .with_name("edgeml")
             .with_telemetry(false)
             .with_global_thread_pool(pool)
-            .build()
+            .build()?;
+        // ort's tracing bridge asks for every message (verbose); only
+        // warnings and errors are worth a call across the boundary.
+        env.set_log_level(ort::logging::LogLevel::Warning);
+        Ok::<_, ort::Error>(env)
     })?
-    .map_err(|e| format!("{}: cannot start onnxruntime: {e}", path.display()))?;
+    .map_err(|e| {
+        format!(
+            "onnxruntime was loaded from {} but cannot start: {e}; restart the process \
+             to use another library",
+            path.display()
+        )
+    })?;
     Ok(Library {
         path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
         version: version(),

@@ -145,20 +145,17 @@ pub fn specialize(onnx: &[u8], spec: &Specialize) -> Result<Vec<u8>, Error> {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let count: i64 = dims.iter().product();
-        if count as usize != values.len() {
+        let count = dims.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
+        if count != Some(values.len() as i64) {
+            let count = count.map_or_else(|| "too many".to_string(), |c| c.to_string());
             return Err(load(format!(
                 "input `{name}` of shape {dims:?} takes {count} value(s), {} given",
                 values.len()
             )));
         }
         let elem_type = tensor.elem_type;
-        let raw_data = raw(elem_type, values).ok_or_else(|| {
-            load(format!(
-                "input `{name}` has ONNX element type {elem_type}; constants can be float, \
-                 double, int32, int64, uint8 or bool"
-            ))
-        })?;
+        let raw_data = raw(elem_type, values)
+            .map_err(|why| load(format!("constant for input `{name}`: {why}")))?;
         graph.input.remove(at);
         graph.initializer.push(pb::TensorProto {
             name: name.clone(),
@@ -208,45 +205,71 @@ fn fold_constant_ifs(model: &mut pb::ModelProto) -> Result<(), Error> {
 }
 
 fn inline_branch(graph: &mut pb::GraphProto, at: usize, cond: bool) -> Result<(), Error> {
-    let node = graph.node.remove(at);
     let wanted = if cond { "then_branch" } else { "else_branch" };
+    let node = graph.node[at].clone();
+    let refuse = |why: String| Error::Load(format!("cannot inline If node `{}`: {why}", node.name));
     let branch = node
         .attribute
         .iter()
         .find(|a| a.name == wanted)
         .and_then(|a| a.g.clone())
-        .ok_or_else(|| Error::Load(format!("If node `{}` has no {wanted}", node.name)))?;
-    let rename: std::collections::HashMap<&str, &str> = branch
-        .output
+        .ok_or_else(|| refuse(format!("it has no {wanted}")))?;
+    if branch.output.len() != node.output.len() {
+        return Err(refuse(format!(
+            "its {wanted} has {} outputs, the node {}",
+            branch.output.len(),
+            node.output.len()
+        )));
+    }
+    if !branch.sparse_initializer.is_empty() {
+        return Err(refuse(format!("its {wanted} has sparse initializers")));
+    }
+    // The branch's names move into the graph: they must not be taken there.
+    let mut taken: std::collections::HashSet<&str> = graph
+        .input
         .iter()
-        .map(|o| o.name.as_str())
-        .zip(node.output.iter().map(String::as_str))
+        .map(|i| i.name.as_str())
+        .chain(graph.initializer.iter().map(|i| i.name.as_str()))
+        .chain(
+            graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str)),
+        )
         .collect();
-    let mut nodes = branch.node.clone();
-    let mut produced = std::collections::HashSet::new();
-    for n in &mut nodes {
-        for o in &mut n.output {
-            if let Some(new) = rename.get(o.as_str()) {
-                *o = (*new).to_string();
-            }
-            produced.insert(o.clone());
+    for name in node.output.iter() {
+        taken.remove(name.as_str());
+    }
+    let defined = branch.initializer.iter().map(|i| i.name.as_str()).chain(
+        branch
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(String::as_str)),
+    );
+    for name in defined {
+        if !name.is_empty() && taken.contains(name) {
+            return Err(refuse(format!(
+                "its {wanted} defines `{name}`, which the graph also defines"
+            )));
         }
     }
-    // A branch output no node of the branch makes (an outer value or a
-    // branch initializer) is passed through.
-    for (inner, outer) in &rename {
-        if !produced.contains(*outer) {
-            nodes.push(pb::NodeProto {
-                name: format!("{}_{}", node.name, outer),
-                op_type: "Identity".into(),
-                input: vec![(*inner).to_string()],
-                output: vec![(*outer).to_string()],
-                ..Default::default()
-            });
+    // The branch's nodes keep their names; each If output becomes an
+    // Identity of the branch output in the same position.
+    let mut nodes = branch.node.clone();
+    for (inner, outer) in branch.output.iter().zip(&node.output) {
+        if outer.is_empty() {
+            continue;
         }
+        nodes.push(pb::NodeProto {
+            name: format!("{}/{outer}", node.name),
+            op_type: "Identity".into(),
+            input: vec![inner.name.clone()],
+            output: vec![outer.clone()],
+            ..Default::default()
+        });
     }
     graph.initializer.extend(branch.initializer.iter().cloned());
-    graph.node.splice(at..at, nodes);
+    graph.node.splice(at..=at, nodes);
     Ok(())
 }
 
@@ -258,21 +281,49 @@ fn tensor_type(v: &mut pb::ValueInfoProto) -> Result<&mut pb::type_proto::Tensor
     }
 }
 
-/// Little-endian bytes of `values` as ONNX element type `elem_type`.
-fn raw(elem_type: i32, values: &[f64]) -> Option<Vec<u8>> {
+/// Little-endian bytes of `values` as ONNX element type `elem_type`; a value
+/// the type cannot hold exactly (a fraction for an integer, out of range) is
+/// refused rather than rounded.
+fn raw(elem_type: i32, values: &[f64]) -> Result<Vec<u8>, String> {
+    const BOOL: i32 = 9;
     let dtype = match elem_type {
-        9 => return Some(values.iter().map(|&v| u8::from(v != 0.0)).collect()),
-        other => crate::onnx_dtype(other)?,
+        BOOL => None,
+        other => Some(crate::onnx_dtype(other).ok_or_else(|| {
+            format!(
+                "ONNX element type {other} cannot be a constant (float, double, int32, int64, \
+                 uint8 or bool can)"
+            )
+        })?),
     };
-    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    let exact = |v: f64, lo: f64, hi: f64, ty: &str| {
+        if v.fract() == 0.0 && (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v} is not a {ty}"))
+        }
+    };
+    let mut out = Vec::with_capacity(values.len() * dtype.map_or(1, Dtype::size));
     for &v in values {
         match dtype {
-            Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
-            Dtype::F64 => out.extend_from_slice(&v.to_le_bytes()),
-            Dtype::I32 => out.extend_from_slice(&(v as i32).to_le_bytes()),
-            Dtype::I64 => out.extend_from_slice(&(v as i64).to_le_bytes()),
-            Dtype::U8 => out.push(v as u8),
+            None => out.push(u8::from(exact(v, 0.0, 1.0, "bool (0 or 1)")? != 0.0)),
+            Some(Dtype::F32) => out.extend_from_slice(&(v as f32).to_le_bytes()),
+            Some(Dtype::F64) => out.extend_from_slice(&v.to_le_bytes()),
+            Some(Dtype::I32) => out.extend_from_slice(
+                &(exact(v, i32::MIN as f64, i32::MAX as f64, "32-bit integer")? as i32)
+                    .to_le_bytes(),
+            ),
+            Some(Dtype::I64) => out.extend_from_slice(
+                // f64 holds integers exactly up to 2^53.
+                &(exact(
+                    v,
+                    -(2f64.powi(53)),
+                    2f64.powi(53),
+                    "64-bit integer within ±2^53",
+                )? as i64)
+                    .to_le_bytes(),
+            ),
+            Some(Dtype::U8) => out.push(exact(v, 0.0, 255.0, "uint8")? as u8),
         }
     }
-    Some(out)
+    Ok(out)
 }
