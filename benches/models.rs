@@ -132,13 +132,21 @@ impl BareOrt {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 5 } else { 20 };
+    // `-- --skip-sandboxed`: leave the sandboxed column out (on some CPUs a
+    // sandboxed SqueezeNet call takes seconds; see the README).
+    let with_sandbox = !std::env::args().any(|a| a == "--skip-sandboxed");
     let key = SecretKey::generate().unwrap();
     let policy = TrustPolicy::any_of(vec![key.public_key()]).unwrap();
     let native_cfg = Config::new();
+    // One cache for the sandboxed backend component, compiled once.
+    let cache = tempfile::tempdir().unwrap();
     let mut sandbox_cfg = Config::new();
-    sandbox_cfg.backend(Backend::Sandboxed {
-        component: guest("edgeml_tract_backend").into(),
-    });
+    sandbox_cfg
+        .backend(Backend::Sandboxed {
+            component: guest("edgeml_tract_backend").into(),
+        })
+        .cache_dir(cache.path())
+        .timeout(Duration::from_secs(120));
     let ort_lib = match std::env::var_os("ORT_DYLIB_PATH") {
         Some(_) => match edgeml_ort::init(&edgeml_ort::Options::default()) {
             Ok(lib) => Some(lib),
@@ -208,7 +216,7 @@ fn main() {
             .collect();
         let signed = signed_bundle(&onnx, "bench", &key);
         let native = load(&native_cfg, &signed, &policy);
-        let sandboxed = load(&sandbox_cfg, &signed, &policy);
+        let sandboxed = with_sandbox.then(|| load(&sandbox_cfg, &signed, &policy));
         let mut bare_ort = ort_lib.map(|lib| BareOrt::new(lib, &onnx, &inputs));
         let edgeml_ort = ort_lib.map(|_| load(&ort_cfg, &signed, &policy));
 
@@ -217,9 +225,12 @@ fn main() {
         state.run(tract_inputs.clone()).unwrap();
         let per = t0.elapsed().max(Duration::from_micros(1));
         let iters = ((20_000.0 / (per.as_secs_f64() * 1e6)) as usize).clamp(3, 2000);
+        eprintln!("{}: {iters} calls per round", case.name);
         for _ in 0..3 {
             native.predict(Input::Tensors(inputs.clone())).unwrap();
-            sandboxed.predict(Input::Tensors(inputs.clone())).unwrap();
+            if let Some(sandboxed) = &sandboxed {
+                sandboxed.predict(Input::Tensors(inputs.clone())).unwrap();
+            }
             if let (Some(b), Some(e)) = (bare_ort.as_mut(), edgeml_ort.as_ref()) {
                 b.run();
                 e.predict(Input::Tensors(inputs.clone())).unwrap();
@@ -245,7 +256,9 @@ fn main() {
                 &mut t[0],
             );
             time(&mut || predict(&native), &mut t[1]);
-            time(&mut || predict(&sandboxed), &mut t[2]);
+            if let Some(sandboxed) = &sandboxed {
+                time(&mut || predict(sandboxed), &mut t[2]);
+            }
             if let (Some(b), Some(e)) = (bare_ort.as_mut(), edgeml_ort.as_ref()) {
                 time(
                     &mut || {
@@ -262,7 +275,7 @@ fn main() {
             name: case.name,
             bare: bare.unwrap_or(0.0),
             tract: tract.unwrap_or(0.0),
-            sandbox: sandbox.unwrap_or(0.0),
+            sandbox,
             bare_ort,
             edgeml_ort,
             calls: rounds * iters,
@@ -278,13 +291,13 @@ fn main() {
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("n/a".into(), f);
     for r in &rows {
         println!(
-            "| {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.2}x | {} | {} | {} | {} | {} |",
+            "| {} | {:.1} | {:.1} | {:.2}x | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.bare,
             r.tract,
             r.tract / r.bare,
-            r.sandbox,
-            r.sandbox / r.bare,
+            opt(r.sandbox, &|x| format!("{x:.1}")),
+            opt(r.sandbox, &|x| format!("{:.2}x", x / r.bare)),
             opt(r.bare_ort, &|o| format!("{o:.1}")),
             opt(r.edgeml_ort, &|o| format!("{o:.1}")),
             opt(
@@ -312,7 +325,7 @@ struct Row {
     name: &'static str,
     bare: f64,
     tract: f64,
-    sandbox: f64,
+    sandbox: Option<f64>,
     bare_ort: Option<f64>,
     edgeml_ort: Option<f64>,
     calls: usize,

@@ -237,25 +237,43 @@ fn start(
     })?;
     Ok(Library {
         path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
-        version: version(),
+        version: version(path),
         env,
     })
 }
 
-/// The loaded library's version, from its build information
-/// (`git-branch=rel-1.31.1`), else the API's minor version.
-fn version() -> String {
-    guard(ort::info)
-        .ok()
-        .and_then(|info| {
-            let at = info.find("rel-")? + 4;
-            let v: String = info[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
-            (!v.is_empty()).then_some(v)
-        })
-        .unwrap_or_else(|| format!("1.{}+", ort::MINOR_VERSION))
+/// The library's version string (`1.31.1`), from `OrtGetApiBase()->
+/// GetVersionString()` (the C API's stable entry point; `ort` keeps its own
+/// copy private). The file is already loaded, so this only takes a reference.
+fn version(path: &Path) -> String {
+    #[repr(C)]
+    struct OrtApiBase {
+        get_api: unsafe extern "C" fn(u32) -> *const std::ffi::c_void,
+        get_version_string: unsafe extern "C" fn() -> *const std::ffi::c_char,
+    }
+    let fallback = || format!("1.{}+", ort::MINOR_VERSION);
+    // SAFETY: the file was loaded and checked by `ort::init_from` (it exports
+    // `OrtGetApiBase`, whose result has this layout in every onnxruntime
+    // release); the version string is static and NUL-terminated.
+    unsafe {
+        let Ok(lib) = libloading::Library::new(path) else {
+            return fallback();
+        };
+        let Ok(get_base) =
+            lib.get::<unsafe extern "C" fn() -> *const OrtApiBase>(b"OrtGetApiBase\0")
+        else {
+            return fallback();
+        };
+        let base = get_base();
+        if base.is_null() {
+            return fallback();
+        }
+        let v = ((*base).get_version_string)();
+        if v.is_null() {
+            return fallback();
+        }
+        std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned()
+    }
 }
 
 fn load_error(e: impl std::fmt::Display) -> Error {
