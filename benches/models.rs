@@ -132,8 +132,8 @@ impl BareOrt {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 5 } else { 20 };
-    // `-- --skip-sandboxed`: leave the sandboxed column out (on some CPUs a
-    // sandboxed SqueezeNet call takes seconds; see the README).
+    // `-- --skip-sandboxed`: leave the sandboxed column out (the slowest one,
+    // for a quicker run).
     let with_sandbox = !std::env::args().any(|a| a == "--skip-sandboxed");
     let key = SecretKey::generate().unwrap();
     let policy = TrustPolicy::any_of(vec![key.public_key()]).unwrap();
@@ -255,6 +255,9 @@ fn main() {
                 },
                 &mut t[0],
             );
+            // What edgeml's tract session does after each run: bare tract's
+            // AVX-512 kernels otherwise slow the next columns on Intel CPUs.
+            edgeml_tract::clear_upper_vector_state();
             time(&mut || predict(&native), &mut t[1]);
             if let Some(sandboxed) = &sandboxed {
                 time(&mut || predict(sandboxed), &mut t[2]);
