@@ -384,16 +384,11 @@ fn agent_on_onnxruntime_installs_updates_and_serves() {
     wait_for("1.0.0 installed", 60, || {
         version_of(&a).as_deref() == Some("1.0.0") && a.status().state == UpdateState::Installed
     });
-    let meta: serde_json::Value = f
-        .http
-        .get(format!(
-            "http://{}/v2/models/digits",
-            a.serve_addr().unwrap()
-        ))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let metadata = || -> serde_json::Value {
+        let url = format!("http://{}/v2/models/digits", a.serve_addr().unwrap());
+        f.http.get(url).send().unwrap().json().unwrap()
+    };
+    let meta = metadata();
     assert_eq!(meta["platform"], "edgeml/onnxruntime", "{meta}");
     f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
     let url = infer_url(&a);
@@ -418,16 +413,7 @@ fn agent_on_onnxruntime_installs_updates_and_serves() {
     });
     assert!(answers.iter().all(|l| l == "7"), "{answers:?}");
     assert_eq!(label().as_deref(), Some("7"));
-    let meta: serde_json::Value = f
-        .http
-        .get(format!(
-            "http://{}/v2/models/digits",
-            a.serve_addr().unwrap()
-        ))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let meta = metadata();
     assert_eq!(
         (meta["platform"].as_str(), meta["versions"][0].as_str()),
         (Some("edgeml/onnxruntime"), Some("1.1.0")),
