@@ -149,7 +149,9 @@ impl Runtime {
         self.inner.backend_note.as_deref()
     }
 
-    /// The onnxruntime library in use: its path and version, if loaded.
+    /// The onnxruntime library loaded in this process (path and version),
+    /// if any runtime has loaded it; it is process-wide, so this says nothing
+    /// about which backend this runtime uses ([`Runtime::backend`] does).
     pub fn onnxruntime_library(&self) -> Option<(std::path::PathBuf, String)> {
         #[cfg(feature = "onnxruntime")]
         if let Some(lib) = edgeml_ort::loaded() {
