@@ -126,6 +126,27 @@ fn sensor_matches_onnxruntime_and_reports_channel_means(rt: &Runtime) {
             "{name}"
         );
     }
+    // Then mean, std, min and max of the whole input, read in place by the guest.
+    assert_eq!(
+        features[6..10],
+        [".mean", ".std", ".min", ".max"].map(|k| format!("{name}{k}"))
+    );
+    let n = rows.len() as f64;
+    let mean = rows.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let std = (rows.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let min = rows.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = rows.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (got, want, what) in [
+        (p.monitoring[6], mean as f32, "mean"),
+        (p.monitoring[7], std as f32, "std"),
+        (p.monitoring[8], min, "min"),
+        (p.monitoring[9], max, "max"),
+    ] {
+        assert!(
+            (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+            "{what}: {got} != {want}"
+        );
+    }
 }
 
 fn vad_single_frame_matches_onnxruntime(rt: &Runtime) {

@@ -531,6 +531,10 @@ pub struct BenchArgs {
     /// Threads for the throughput measurement.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Write /tmp/perf-PID.map naming the guest's compiled functions, for
+    /// `perf record` / `perf report` (see the README's Performance section).
+    #[arg(long)]
+    pub perf_map: bool,
     #[command(flatten)]
     pub host: HostArgs,
     /// Print the result as JSON.

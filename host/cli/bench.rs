@@ -19,7 +19,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     // A private cache so the first load really compiles and the second really does not.
     let cache = tempfile::tempdir().context("creating a temporary cache directory")?;
     let mut cfg = config(&args.host)?;
-    cfg.cache_dir(cache.path());
+    cfg.cache_dir(cache.path()).perf_map(args.perf_map);
 
     let t = Instant::now();
     let cold_runtime = runtime_with(&cfg)?;

@@ -95,7 +95,10 @@ impl Guest for Generic {
         };
         let mut monitoring = Vec::new();
         if !params.columns.is_empty() {
-            let first = m.inputs.first().and_then(|s| inputs.iter().find(|t| t.name == s.name));
+            let first = m
+                .inputs
+                .first()
+                .and_then(|s| inputs.iter().find(|t| t.name == s.name));
             let v = match first {
                 Some(t) => tensor::to_f32(t)?,
                 None => Vec::new(),
@@ -103,11 +106,10 @@ impl Guest for Generic {
             monitoring.extend(column_means(&v, params.columns.len())?);
         }
         for spec in m.inputs.iter().take(MAX_MONITORED_INPUTS) {
-            let v = match inputs.iter().find(|t| t.name == spec.name) {
-                Some(t) => tensor::to_f32(t)?,
-                None => Vec::new(),
-            };
-            monitoring.extend(edgeml_guest::stats(&v));
+            monitoring.extend(match inputs.iter().find(|t| t.name == spec.name) {
+                Some(t) => tensor::stats(t)?,
+                None => edgeml_guest::stats(&[]),
+            });
         }
         let outputs = edgeml_guest::compute(inputs)?;
         let scores = edgeml_guest::label_scores(

@@ -103,8 +103,7 @@ impl Guest for ImageClassifier {
                 vec![preprocess(&media.bytes, format, &p)?]
             }
         };
-        let pixels = tensor::to_f32(&inputs[0])?;
-        let mut monitoring = edgeml_guest::stats(&pixels).to_vec();
+        let mut monitoring = tensor::stats(&inputs[0])?.to_vec();
         let outputs = edgeml_guest::compute(inputs)?;
         let scored =
             edgeml_guest::label_scores(&outputs, p.scores_output.as_deref(), p.top_k, p.softmax)?;

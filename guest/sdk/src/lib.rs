@@ -96,26 +96,109 @@ pub fn softmax(v: &[f32]) -> Vec<f32> {
 }
 
 /// Mean, standard deviation, minimum and maximum of `v` (all 0 for an empty
-/// slice). Over 4096 values, an even stride of at most 4096 of them is used,
-/// so monitoring stays cheap next to inference on large inputs.
+/// slice; NaNs are skipped by the minimum and maximum). Over 4096 values, an
+/// even stride of at most 4096 of them is used, so monitoring stays cheap
+/// next to inference on large inputs.
 pub fn stats(v: &[f32]) -> [f32; 4] {
-    const SAMPLE: usize = 4096;
-    if v.is_empty() {
-        return [0.0; 4];
+    let mut acc = Stats::default();
+    for &x in v.iter().step_by(stats_step(v.len())) {
+        acc.push(x);
     }
-    let step = v.len().div_ceil(SAMPLE);
-    let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
-    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
-    for &x in v.iter().step_by(step) {
-        n += 1.0;
-        sum += x as f64;
-        sq += (x as f64) * (x as f64);
-        min = min.min(x);
-        max = max.max(x);
+    acc.finish()
+}
+
+/// Most values [`stats`] looks at.
+pub(crate) const STATS_SAMPLE: usize = 4096;
+
+pub(crate) fn stats_step(len: usize) -> usize {
+    len.div_ceil(STATS_SAMPLE).max(1)
+}
+
+/// Running mean, variance, minimum and maximum.
+///
+/// The minimum and maximum are plain comparisons, not `f32::min`/`max`:
+/// those compile to calls into libm's `fminf`/`fmaxf` on wasm32 (their NaN
+/// rule differs from `f32.min`), and were the largest part of a prediction's
+/// cost outside inference on small models.
+pub(crate) struct Stats {
+    n: f64,
+    sum: f64,
+    sq: f64,
+    min: f32,
+    max: f32,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            n: 0.0,
+            sum: 0.0,
+            sq: 0.0,
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+        }
     }
-    let mean = sum / n;
-    let var = (sq / n - mean * mean).max(0.0);
-    [mean as f32, var.sqrt() as f32, min, max]
+}
+
+impl Stats {
+    #[inline(always)]
+    pub(crate) fn push(&mut self, x: f32) {
+        let d = x as f64;
+        self.n += 1.0;
+        self.sum += d;
+        self.sq += d * d;
+        if x < self.min {
+            self.min = x;
+        }
+        if x > self.max {
+            self.max = x;
+        }
+    }
+
+    /// 64 little-endian `f32` values in 16 lanes, summed in `f32` within
+    /// the block and in `f64` across blocks; written so that the compiler
+    /// can keep the lanes in SIMD registers (simd128).
+    #[inline(always)]
+    pub(crate) fn push_block(&mut self, block: &[u8; 256]) {
+        let mut sum = [0f32; 16];
+        let mut sq = [0f32; 16];
+        let mut lo = [f32::INFINITY; 16];
+        let mut hi = [f32::NEG_INFINITY; 16];
+        for row in block.chunks_exact(64) {
+            for l in 0..16 {
+                let x = f32::from_le_bytes([
+                    row[4 * l],
+                    row[4 * l + 1],
+                    row[4 * l + 2],
+                    row[4 * l + 3],
+                ]);
+                sum[l] += x;
+                sq[l] += x * x;
+                lo[l] = if x < lo[l] { x } else { lo[l] };
+                hi[l] = if x > hi[l] { x } else { hi[l] };
+            }
+        }
+        self.n += 64.0;
+        for l in 0..16 {
+            self.sum += sum[l] as f64;
+            self.sq += sq[l] as f64;
+            if lo[l] < self.min {
+                self.min = lo[l];
+            }
+            if hi[l] > self.max {
+                self.max = hi[l];
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> [f32; 4] {
+        if self.n == 0.0 {
+            return [0.0; 4];
+        }
+        let mean = self.sum / self.n;
+        let var = (self.sq / self.n - mean * mean).max(0.0);
+        [mean as f32, var.sqrt() as f32, self.min, self.max]
+    }
 }
 
 /// Shannon entropy (nats) of a probability vector; a low-confidence signal.

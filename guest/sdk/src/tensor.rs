@@ -56,30 +56,68 @@ pub fn from_f64_as(name: &str, dtype: Dtype, shape: Vec<u64>, values: &[f64]) ->
     }
 }
 
+/// Check that `t` holds a whole number of elements.
+fn whole(t: &Tensor) -> Result<(), Error> {
+    if t.data.len().is_multiple_of(dtype_size(t.dtype)) {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "tensor `{}`: {} bytes is not a whole number of elements",
+        t.name,
+        t.data.len()
+    )))
+}
+
+/// Call `f` with every `step`-th element of `data` (little-endian `dtype`
+/// values) as `f32`, integers converted; the dtype is matched once, not per
+/// element.
+fn each_f32(dtype: Dtype, data: &[u8], step: usize, mut f: impl FnMut(f32)) {
+    let step = step.max(1);
+    match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .step_by(step)
+            .for_each(|c| f(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        Dtype::I32 => data
+            .chunks_exact(4)
+            .step_by(step)
+            .for_each(|c| f(i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)),
+        Dtype::F64 => data.chunks_exact(8).step_by(step).for_each(|c| {
+            f(f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+        }),
+        Dtype::I64 => data.chunks_exact(8).step_by(step).for_each(|c| {
+            f(i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+        }),
+        Dtype::U8 => data.iter().step_by(step).for_each(|&b| f(b as f32)),
+    }
+}
+
 /// The values of any tensor as `f32` (integers are converted).
 pub fn to_f32(t: &Tensor) -> Result<Vec<f32>, Error> {
-    let size = dtype_size(t.dtype);
-    if !t.data.len().is_multiple_of(size) {
-        return Err(Error::InvalidInput(format!(
-            "tensor `{}`: {} bytes is not a whole number of elements",
-            t.name,
-            t.data.len()
-        )));
+    whole(t)?;
+    let mut out = Vec::with_capacity(t.data.len() / dtype_size(t.dtype));
+    each_f32(t.dtype, &t.data, 1, |x| out.push(x));
+    Ok(out)
+}
+
+/// [`crate::stats`] of a tensor's values, read in place (no `f32` copy).
+pub fn stats(t: &Tensor) -> Result<[f32; 4], Error> {
+    whole(t)?;
+    let mut acc = crate::Stats::default();
+    let step = crate::stats_step(t.data.len() / dtype_size(t.dtype));
+    if t.dtype == Dtype::F32 && step == 1 {
+        // Every value: whole blocks in SIMD lanes, then the rest one by one.
+        let mut blocks = t.data.chunks_exact(256);
+        for b in &mut blocks {
+            if let Ok(b) = b.try_into() {
+                acc.push_block(b);
+            }
+        }
+        each_f32(Dtype::F32, blocks.remainder(), 1, |x| acc.push(x));
+    } else {
+        each_f32(t.dtype, &t.data, step, |x| acc.push(x));
     }
-    Ok(t.data
-        .chunks_exact(size)
-        .map(|c| match t.dtype {
-            Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-            Dtype::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
-            Dtype::F64 => {
-                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-            }
-            Dtype::I64 => {
-                i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-            }
-            Dtype::U8 => c[0] as f32,
-        })
-        .collect())
+    Ok(acc.finish())
 }
 
 /// The tensor called `name` in `tensors`.

@@ -15,9 +15,7 @@
 //!   (the host must cap them);
 //! - tensors: passed to the model, like the generic component.
 
-use edgeml_guest::bindings::wasi::nn::graph::{
-    load, load_by_name, ExecutionTarget, GraphEncoding,
-};
+use edgeml_guest::bindings::wasi::nn::graph::{load, load_by_name, ExecutionTarget, GraphEncoding};
 use edgeml_guest::bindings::wasi::nn::tensor::{Tensor as NnTensor, TensorType};
 use edgeml_guest::{Error, Guest, Input, Metadata, Prediction};
 

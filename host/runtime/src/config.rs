@@ -71,6 +71,7 @@ pub struct Config {
     pub(crate) bundle_limits: edgeml_bundle::Limits,
     pub(crate) allow_guest_model_bytes: bool,
     pub(crate) parallel_compilation: bool,
+    pub(crate) perf_map: bool,
     pub(crate) memory_reservation: Option<u64>,
     pub(crate) backend: Backend,
     pub(crate) onnxruntime_library: Option<PathBuf>,
@@ -92,6 +93,7 @@ impl Default for Config {
             bundle_limits: edgeml_bundle::Limits::default(),
             allow_guest_model_bytes: false,
             parallel_compilation: true,
+            perf_map: false,
             memory_reservation: None,
             backend: Backend::Tract,
             onnxruntime_library: None,
@@ -213,6 +215,16 @@ impl Config {
     /// Without the `cranelift` feature there is nothing to compile.
     pub fn parallel_compilation(&mut self, on: bool) -> &mut Self {
         self.parallel_compilation = on;
+        self
+    }
+
+    /// Write `/tmp/perf-<pid>.map` naming the compiled guest functions
+    /// (wasmtime's perf map), so that `perf report` attributes samples in
+    /// guest code to the guest's functions instead of bare addresses. For
+    /// profiling; the file grows with every module compiled or loaded.
+    /// Default `false`.
+    pub fn perf_map(&mut self, on: bool) -> &mut Self {
+        self.perf_map = on;
         self
     }
 

@@ -63,6 +63,9 @@ impl Runtime {
         wt.wasm_component_model(true);
         #[cfg(feature = "cranelift")]
         wt.parallel_compilation(config.parallel_compilation);
+        if config.perf_map {
+            wt.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if let Some(bytes) = config.memory_reservation {
             wt.memory_reservation(bytes)
                 .memory_guard_size(64 << 10)

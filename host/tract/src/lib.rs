@@ -256,10 +256,11 @@ fn from_datum(d: DatumType) -> Option<Dtype> {
 
 fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, String> {
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-    let mut out = tract_onnx::prelude::Tensor::zero_dt(datum(t.dtype), &shape)
-        .map_err(|e| format!("{e:#}"))?;
-    out.as_bytes_mut().copy_from_slice(&t.data);
-    Ok(out)
+    // SAFETY: every `Dtype` is a plain little-endian number type, valid for
+    // any bytes; `from_raw_dt` checks the length against the shape. (One
+    // copy, no zero fill first.)
+    unsafe { tract_onnx::prelude::Tensor::from_raw_dt(datum(t.dtype), &shape, &t.data) }
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn from_tract(name: &str, v: &tract_onnx::prelude::Tensor) -> Result<Tensor, String> {
