@@ -475,28 +475,38 @@ fn binary_and_rss(key: &SecretKey) {
     )
     .unwrap();
     std::fs::write(dir.path().join("k.pub"), key.public_key().to_bytes()).unwrap();
+    // Twice per backend on one cache: the first run compiles (its peak is
+    // compilation's), the second loads from the cache (its peak is serving's).
     for backend in ["tract", "onnxruntime", "sandboxed"] {
-        let out = Command::new(&bin)
-            .args([
-                "bench",
-                "s.wasm",
-                "--trust",
-                "k.pub",
-                "--iterations",
-                "20",
-                "--json",
-                "--backend",
-                backend,
-            ])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        println!(
-            "Peak RSS, `edgeml bench` SqueezeNet, {backend}: {} MB",
+        let cache = dir.path().join(format!("cache-{backend}"));
+        let run = || -> serde_json::Value {
+            let out = Command::new(&bin)
+                .args([
+                    "bench",
+                    "s.wasm",
+                    "--trust",
+                    "k.pub",
+                    "--iterations",
+                    "20",
+                    "--json",
+                ])
+                .args(["--backend", backend, "--cache-dir"])
+                .arg(&cache)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            serde_json::from_slice(&out.stdout).unwrap_or_default()
+        };
+        let mb = |v: &serde_json::Value| {
             v["peak_rss_kb"]
                 .as_f64()
                 .map_or("n/a".into(), |k| format!("{:.1}", k / 1024.0))
+        };
+        let (compiling, serving) = (run(), run());
+        println!(
+            "Peak RSS, `edgeml bench` SqueezeNet, {backend}: serving {} MB, with compilation {} MB",
+            mb(&serving),
+            mb(&compiling)
         );
     }
 }

@@ -297,6 +297,34 @@ fn bench_json_reports_latency_and_loads() {
     assert!(v["p50_us"].as_f64() <= v["p99_us"].as_f64());
 }
 
+#[test]
+fn bench_with_a_warm_cache_measures_no_cold_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    let bench = || -> serde_json::Value {
+        let args = ["bench", "digits.wasm", "--trust", "keys/publisher.pub"];
+        let more = [
+            "--iterations",
+            "5",
+            "--warmup",
+            "0",
+            "--cache-dir",
+            "cache",
+            "--json",
+        ];
+        serde_json::from_str(&ok(&[&args[..], &more[..]].concat(), dir)).unwrap()
+    };
+    // The first run fills the cache and measures compiling; the second loads twice from it.
+    let first = bench();
+    assert!(first["cold_load_ms"].as_f64().unwrap() > 0.0, "{first}");
+    let second = bench();
+    assert!(second["cold_load_ms"].is_null(), "{second}");
+    assert!(second["cached_load_ms"].as_f64().unwrap() > 0.0, "{second}");
+    assert!(second["peak_rss_kb"].as_u64().unwrap() > 0, "{second}");
+    assert!(dir.join("cache").read_dir().unwrap().next().is_some());
+}
+
 /// `edgeml run digits.wasm --json --backend <backend>` with `ORT_DYLIB_PATH`
 /// set to `library`.
 fn run_on(backend: &str, library: &Path, dir: &Path) -> Output {

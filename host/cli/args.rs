@@ -80,6 +80,10 @@ pub enum Command {
     /// Verify a bundle, run one prediction and write its outputs as .npy files.
     Run(RunArgs),
     /// Measure cold load, cached load and predict latency/throughput.
+    ///
+    /// Compiles into a private cache unless `--cache-dir` is given; with a
+    /// warm `--cache-dir` no cold load is measured and the reported peak RSS
+    /// is that of serving alone.
     Bench(BenchArgs),
     /// Feed each row of an .npy file through a bundle with telemetry on, as a
     /// device would, then flush windows and ship them to the collector.
