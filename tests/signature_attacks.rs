@@ -248,6 +248,41 @@ fn rejects_bundle_over_size_limit() {
 }
 
 #[test]
+fn rejects_bundle_file_over_size_limit_before_reading_it() {
+    let (p, signed) = signed_digits();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("digits.wasm");
+    std::fs::write(&path, &signed).unwrap();
+    let limits = bundle::Limits {
+        max_bundle_bytes: 1024,
+        ..Default::default()
+    };
+    let err = bundle::read_file(&path, &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                what: "bundle size",
+                limit: 1024,
+                found,
+            } if found == signed.len() as u64
+        ),
+        "{err:?}"
+    );
+    // Within the limit, the file reads whole and verifies.
+    let bytes = bundle::read_file(&path, &bundle::Limits::default()).unwrap();
+    assert_eq!(&bytes[..], &signed[..]);
+    bundle::verify(bytes, &p.policy()).unwrap();
+    // A missing file is an I/O error naming it.
+    let missing = dir.path().join("missing.wasm");
+    let err = bundle::read_file(&missing, &bundle::Limits::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { ref path, .. } if *path == missing),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn rejects_bundle_for_newer_host() {
     let p = Publisher::new();
     let model = read(model_path("digits/digits.onnx"));

@@ -254,7 +254,8 @@ pub fn policy(trust: &TrustArgs) -> Result<TrustPolicy> {
 
 fn verify(path: &Path, trust: &TrustArgs, json: bool) -> Result<()> {
     let policy = policy(trust)?;
-    let verified = bundle::verify(read(path)?, &policy)
+    let bytes = bundle::read_file(path, &bundle::Limits::default())?;
+    let verified = bundle::verify(bytes, &policy)
         .with_context(|| format!("{} failed verification", path.display()))?;
     let m = verified.manifest();
     let signers: Vec<String> = verified.signers().iter().map(|k| k.to_string()).collect();
@@ -289,7 +290,7 @@ fn precompile(
     config.memory_reservation(memory_reservation_mib.map(|m| m.saturating_mul(1 << 20)));
     let runtime = edgeml_runtime::Runtime::new(&config)?;
     let verified = runtime
-        .verify(read(path)?, &policy)
+        .verify(runtime.read_bundle(path)?, &policy)
         .with_context(|| format!("{} failed verification", path.display()))?;
     let artifact = runtime.precompile(&verified, target, &key)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| {
@@ -419,7 +420,7 @@ pub fn load(
     policy: &TrustPolicy,
 ) -> Result<(VerifiedBundle, Model)> {
     let verified = runtime
-        .verify(read(path)?, policy)
+        .verify(runtime.read_bundle(path)?, policy)
         .with_context(|| format!("{} failed verification", path.display()))?;
     let model = runtime
         .load(&verified)

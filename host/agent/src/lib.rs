@@ -546,7 +546,13 @@ impl Inner {
     /// Verify and load a stored bundle.
     fn load(&self, installed: &Installed) -> Result<Slot, Error> {
         let path = self.state.bundle_path(&installed.sha256);
-        let bytes = std::fs::read(&path).map_err(error::io(&path))?;
+        let bytes = self
+            .runtime
+            .read_bundle(&path)
+            .map_err(|source| Error::Model {
+                version: installed.version.clone(),
+                source,
+            })?;
         // The file must still be the bundle the release pinned.
         let found = hex::encode(sha2::Sha256::digest(&bytes));
         if found != installed.sha256 {
@@ -572,7 +578,7 @@ impl Inner {
     /// reports the refusal.
     fn load_bytes(
         &self,
-        bytes: Vec<u8>,
+        bytes: Arc<[u8]>,
         artifact: Option<&[u8]>,
         installed: Installed,
     ) -> Result<Slot, Error> {
@@ -955,12 +961,15 @@ impl Inner {
                 engine,
             });
         }
-        let bytes = self.client.download_bundle(
-            &self.identity,
-            release,
-            &self.state.part_path(&target.sha256),
-            limits,
-        )?;
+        let bytes: Arc<[u8]> = self
+            .client
+            .download_bundle(
+                &self.identity,
+                release,
+                &self.state.part_path(&target.sha256),
+                limits,
+            )?
+            .into();
         // Verify before anything else touches it: publisher signatures
         // (root's keys and threshold), digests, and the manifest naming
         // the release's model and version.

@@ -39,8 +39,8 @@ pub mod signature;
 pub mod wasm;
 
 pub use bundle::{
-    inspect, pack, sign, verify, verify_with_limits, BundleInfo, Limits, PackOptions, SectionInfo,
-    SignatureInfo, VerifiedBundle, MANIFEST_SECTION, MODEL_SECTION,
+    inspect, pack, read_file, sign, verify, verify_with_limits, BundleInfo, Limits, PackOptions,
+    SectionInfo, SignatureInfo, VerifiedBundle, MANIFEST_SECTION, MODEL_SECTION,
 };
 pub use error::{Error, Result};
 pub use keys::{KeyId, PublicKey, SecretKey};

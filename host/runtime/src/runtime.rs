@@ -105,6 +105,16 @@ impl Runtime {
         })
     }
 
+    /// Read a bundle file for [`Runtime::verify`] in one allocation, refusing
+    /// one over this runtime's bundle size limit before reading it. Same as
+    /// [`edgeml_bundle::read_file`].
+    pub fn read_bundle(&self, path: impl AsRef<std::path::Path>) -> Result<Arc<[u8]>, Error> {
+        Ok(edgeml_bundle::read_file(
+            path,
+            &self.inner.config.bundle_limits,
+        )?)
+    }
+
     /// Verify a bundle with this runtime's size limits. Same as
     /// [`edgeml_bundle::verify_with_limits`].
     pub fn verify(
