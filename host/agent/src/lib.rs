@@ -546,13 +546,16 @@ impl Inner {
     /// Verify and load a stored bundle.
     fn load(&self, installed: &Installed) -> Result<Slot, Error> {
         let path = self.state.bundle_path(&installed.sha256);
-        let bytes = self
-            .runtime
-            .read_bundle(&path)
-            .map_err(|source| Error::Model {
+        let bytes = self.runtime.read_bundle(&path).map_err(|e| match e {
+            // A file that cannot be read is the agent's state, not the model.
+            edgeml_runtime::Error::Bundle(edgeml_runtime::bundle::Error::Io { path, source }) => {
+                Error::Io { path, source }
+            }
+            source => Error::Model {
                 version: installed.version.clone(),
                 source,
-            })?;
+            },
+        })?;
         // The file must still be the bundle the release pinned.
         let found = hex::encode(sha2::Sha256::digest(&bytes));
         if found != installed.sha256 {
