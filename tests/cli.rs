@@ -264,6 +264,26 @@ fn bad_inputs_exit_non_zero_with_a_clear_error() {
 }
 
 #[test]
+fn missing_files_are_named_with_their_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    for args in [
+        &["sign", "digits.wasm", "--key", "keys/missing.key"][..],
+        &["verify", "missing.wasm", "--trust", "keys/publisher.pub"][..],
+    ] {
+        let err = fails(args, dir);
+        let missing = args.iter().find(|a| a.contains("missing")).unwrap();
+        assert!(err.contains(missing), "{args:?}: {err}");
+        assert_eq!(
+            err.matches("No such file or directory").count(),
+            1,
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn bench_json_reports_latency_and_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

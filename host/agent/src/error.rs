@@ -12,13 +12,13 @@ pub enum Error {
     #[error("OTLP export: {0}")]
     Export(String),
     /// A file in the state directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        /// The cause (in the message, not [`std::error::Error::source`], so
+        /// that a printed error chain names it once).
+        error: std::io::Error,
     },
     /// The state directory holds something the agent did not write.
     #[error("state file {}: {reason}; remove it to start over", path.display())]
@@ -162,8 +162,8 @@ impl From<edgeml_client::Error> for Error {
 }
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
+    move |error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }

@@ -548,8 +548,8 @@ impl Inner {
         let path = self.state.bundle_path(&installed.sha256);
         let bytes = self.runtime.read_bundle(&path).map_err(|e| match e {
             // A file that cannot be read is the agent's state, not the model.
-            edgeml_runtime::Error::Bundle(edgeml_runtime::bundle::Error::Io { path, source }) => {
-                Error::Io { path, source }
+            edgeml_runtime::Error::Bundle(edgeml_runtime::bundle::Error::Io { path, error }) => {
+                Error::Io { path, error }
             }
             source => Error::Model {
                 version: installed.version.clone(),

@@ -89,7 +89,7 @@ impl StateDir {
                     reason: e.to_string(),
                 }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io { path, source: e }),
+            Err(e) => Err(Error::Io { path, error: e }),
         }
     }
 
@@ -108,9 +108,7 @@ impl StateDir {
     pub fn remove(&self, name: &str) -> Result<(), Error> {
         let path = self.path(name);
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::Io { path, source: e })
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path, error: e }),
             _ => {
                 sync_dir(&self.dir);
                 Ok(())

@@ -221,9 +221,9 @@ impl VerifiedBundle {
 pub fn read_file(path: impl AsRef<std::path::Path>, limits: &Limits) -> Result<Arc<[u8]>> {
     use std::io::Read;
     let path = path.as_ref();
-    let io = |source| Error::Io {
+    let io = |error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();

@@ -8,13 +8,13 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The cause (in the message, not [`std::error::Error::source`], so
+        /// that a printed error chain names it once).
+        error: std::io::Error,
     },
     /// The bytes do not start with the WebAssembly component preamble.
     #[error("not a WebAssembly component ({found}); build the guest with `cargo build --target wasm32-wasip2` or `cargo component build`")]
@@ -123,5 +123,5 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io { path, source }
+    move |error| Error::Io { path, error }
 }

@@ -62,12 +62,13 @@ pub enum Error {
     #[error(transparent)]
     Bundle(#[from] edgeml_fleet::Error),
     /// A local file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The cause (in the message, not [`std::error::Error::source`], so
+        /// that a printed error chain names it once).
+        error: std::io::Error,
     },
 }
 

@@ -218,9 +218,9 @@ impl Client {
             });
         }
         let url = self.url(path);
-        let io = |source| Error::Io {
+        let io = |error| Error::Io {
             path: part.to_path_buf(),
-            source,
+            error,
         };
         let deadline = Instant::now() + limits.timeout;
         let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);

@@ -100,13 +100,13 @@ pub enum Error {
     #[error("telemetry: {0}")]
     Telemetry(#[from] edgeml_telemetry::Error),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        /// The cause (in the message, not [`std::error::Error::source`], so
+        /// that a printed error chain names it once).
+        error: std::io::Error,
     },
 }
 
