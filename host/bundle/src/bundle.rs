@@ -1,3 +1,4 @@
+use crate::error::io;
 use crate::manifest::{ContentDigest, Manifest, ModelInfo, TensorSpec, SCHEMA_VERSION};
 use crate::signature::{self, SignatureData};
 use crate::wasm::{component_sections, custom_section, Section};
@@ -221,12 +222,8 @@ impl VerifiedBundle {
 pub fn read_file(path: impl AsRef<std::path::Path>, limits: &Limits) -> Result<Arc<[u8]>> {
     use std::io::Read;
     let path = path.as_ref();
-    let io = |error| Error::Io {
-        path: path.to_path_buf(),
-        error,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
     if len > limits.max_bundle_bytes {
         return Err(Error::LimitExceeded {
             what: "bundle size",
@@ -242,13 +239,13 @@ pub fn read_file(path: impl AsRef<std::path::Path>, limits: &Limits) -> Result<A
     // SAFETY: all-zero bytes are valid `u8`s.
     let mut bytes: Arc<[u8]> = unsafe { Arc::<[u8]>::new_zeroed_slice(len).assume_init() };
     let buf = Arc::get_mut(&mut bytes)
-        .ok_or_else(|| io(std::io::Error::other("a freshly made buffer is shared")))?;
-    file.read_exact(buf).map_err(io)?;
+        .ok_or_else(|| io(path)(std::io::Error::other("a freshly made buffer is shared")))?;
+    file.read_exact(buf).map_err(io(path))?;
     // A file that grew while being read would be cut short here; say so
     // rather than verify a prefix.
     let mut probe = [0u8; 1];
-    if file.read(&mut probe).map_err(io)? != 0 {
-        return Err(io(std::io::Error::other(
+    if file.read(&mut probe).map_err(io(path))? != 0 {
+        return Err(io(path)(std::io::Error::other(
             "the file changed size while it was read; read it again",
         )));
     }
