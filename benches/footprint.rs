@@ -112,6 +112,7 @@ fn pack(m: &Model, key: &SecretKey) -> Vec<u8> {
         created: None,
         baseline: None,
         self_test: Vec::new(),
+        card: None,
     })
     .unwrap();
     bundle::sign(&unsigned, key).unwrap()

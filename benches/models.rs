@@ -61,6 +61,7 @@ fn signed_bundle(onnx: &[u8], name: &str, key: &SecretKey) -> Vec<u8> {
         created: None,
         baseline: None,
         self_test: Vec::new(),
+        card: None,
     })
     .unwrap();
     bundle::sign(&unsigned, key).unwrap()

@@ -87,6 +87,7 @@ fn overhead(quick: bool, tmp: &Path) {
             created: None,
             baseline: None,
             self_test: Vec::new(),
+            card: None,
         })
         .unwrap(),
         &key,
@@ -181,6 +182,7 @@ fn overhead(quick: bool, tmp: &Path) {
                 monitoring: &monitoring,
                 scores: &scores,
             }),
+            None,
             || None,
         );
     }
@@ -420,6 +422,7 @@ fn bytes_per_day(tmp: &Path) {
                         monitoring: &values,
                         scores: &[(0, 0.5 + top / 2.0), (1, 0.5 - top / 2.0)],
                     }),
+                    None,
                     || None,
                 );
             }

@@ -114,6 +114,182 @@ fn walkthrough_pack_sign_verify_inspect_run() {
     assert_eq!(first_label, expected, "{out}");
 }
 
+/// A model card for digits whose datasets are files under models/digits.
+fn digits_card(dir: &Path) -> std::path::PathBuf {
+    let m = model_path("digits");
+    let card = format!(
+        r#"intended_use = "Recognising handwritten digits 0-9 in 8x8 grayscale scans of forms"
+task = "classification"
+limitations = ["Not for photographs or free-hand drawings at other scales"]
+
+[owner]
+name = "Forms team"
+email = "forms@example.com"
+
+[training_data]
+description = "scikit-learn digits, 500 rows of the 80% training split (models/build_models.py)"
+path = "{train}"
+
+[code]
+revision = "0123456789abcdef0123456789abcdef01234567"
+repository = "https://example.invalid/edgeml"
+
+[[metrics]]
+name = "accuracy"
+value = 0.9722
+[metrics.data]
+description = "held-out 20% split, labels by file name"
+path = "{holdout}"
+"#,
+        train = m.join("reference.npy").display(),
+        holdout = m.join("holdout/labels.json").display(),
+    );
+    let path = dir.join("card.toml");
+    std::fs::write(&path, card).unwrap();
+    path
+}
+
+/// The CycloneDX 1.6 schema (tests/data/cyclonedx), with the schemas it
+/// references served from the same directory: no network.
+fn cyclonedx_validator() -> jsonschema::Validator {
+    struct Vendored;
+    impl jsonschema::Retrieve for Vendored {
+        fn retrieve(
+            &self,
+            uri: &jsonschema::Uri<String>,
+        ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+            let name = uri
+                .path()
+                .as_str()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let path = repo().join("tests/data/cyclonedx").join(&name);
+            Ok(serde_json::from_slice(
+                &std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?,
+            )?)
+        }
+    }
+    let schema: serde_json::Value = serde_json::from_slice(&read(
+        repo().join("tests/data/cyclonedx/bom-1.6.SNAPSHOT.schema.json"),
+    ))
+    .unwrap();
+    jsonschema::options()
+        .with_retriever(Vendored)
+        .build(&schema)
+        .unwrap()
+}
+
+#[test]
+fn pack_signs_model_card_and_exports_it_as_valid_cyclonedx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    digits_bundle(dir);
+    let card = digits_card(dir);
+    let m = model_path("digits");
+    ok(
+        &[
+            "pack",
+            "--model",
+            m.join("digits.onnx").to_str().unwrap(),
+            "--name",
+            "digits",
+            "--version",
+            "1.1.0",
+            "--card",
+            card.to_str().unwrap(),
+            "--out",
+            "carded.wasm",
+        ],
+        dir,
+    );
+    ok(&["sign", "carded.wasm", "--key", "keys/publisher.key"], dir);
+    ok(
+        &["verify", "carded.wasm", "--trust", "keys/publisher.pub"],
+        dir,
+    );
+
+    let train_sha = sha256_hex(&read(m.join("reference.npy")));
+    let inspect = ok(&["inspect", "carded.wasm"], dir);
+    assert!(
+        inspect.contains("owner:    Forms team <forms@example.com>"),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains(&format!("sha256 {train_sha}")),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains("metric:   accuracy = 0.9722 on held-out 20% split"),
+        "{inspect}"
+    );
+    let plain = ok(&["inspect", "digits.wasm"], dir);
+    assert!(plain.contains("card:     none"), "{plain}");
+
+    let bom: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", "carded.wasm", "--cyclonedx"], dir)).unwrap();
+    let validator = cyclonedx_validator();
+    let errors: Vec<String> = validator.iter_errors(&bom).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "not CycloneDX 1.6: {errors:#?}\n{bom:#}");
+    assert_eq!(bom["specVersion"], "1.6");
+    let model = &bom["components"][0];
+    assert_eq!(model["type"], "machine-learning-model");
+    assert_eq!(model["version"], "1.1.0");
+    assert_eq!(
+        model["hashes"][0]["content"],
+        sha256_hex(&read(m.join("digits.onnx")))
+    );
+    let metric = &model["modelCard"]["quantitativeAnalysis"]["performanceMetrics"][0];
+    assert_eq!(metric["type"], "accuracy");
+    assert_eq!(metric["value"], "0.9722");
+    assert_eq!(bom["components"][1]["hashes"][0]["content"], train_sha);
+    assert_eq!(
+        model["modelCard"]["modelParameters"]["datasets"][0]["ref"],
+        bom["components"][1]["bom-ref"]
+    );
+    // The validator is not vacuous: a model card on the wrong field fails.
+    let mut broken = bom.clone();
+    broken["components"][0]["modelCard"]["considerations"]["intendedUse"] = "x".into();
+    assert!(!validator.is_valid(&broken));
+}
+
+#[test]
+fn rejects_model_card_whose_data_digest_disagrees_with_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let card = digits_card(dir);
+    let text = std::fs::read_to_string(&card).unwrap().replacen(
+        "path = ",
+        &format!("sha256 = \"{}\"\npath = ", "0".repeat(64)),
+        1,
+    );
+    std::fs::write(&card, text).unwrap();
+    let m = model_path("digits");
+    let err = fails(
+        &[
+            "pack",
+            "--model",
+            m.join("digits.onnx").to_str().unwrap(),
+            "--name",
+            "digits",
+            "--version",
+            "1.1.0",
+            "--card",
+            card.to_str().unwrap(),
+            "--out",
+            "carded.wasm",
+        ],
+        dir,
+    );
+    assert!(err.contains("training_data"), "{err}");
+    assert!(
+        err.contains(&format!("the card says {}", "0".repeat(64))),
+        "{err}"
+    );
+    assert!(!dir.join("carded.wasm").exists());
+}
+
 #[test]
 fn run_writes_one_npy_per_output_with_safe_names() {
     let tmp = tempfile::tempdir().unwrap();

@@ -115,6 +115,7 @@ pub fn pack_generic_as_digits(model: &[u8], min_host_version: semver::Version) -
         created: None,
         baseline: None,
         self_test: Vec::new(),
+        card: None,
     })
     .expect("pack")
 }
@@ -169,6 +170,7 @@ pub fn pack_custom(
         created: None,
         baseline,
         self_test,
+        card: None,
     })
     .expect("pack")
 }
@@ -300,4 +302,10 @@ pub fn sandboxed_config() -> Config {
         component: guest("edgeml_tract_backend").into(),
     });
     config
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -100,6 +100,19 @@ impl TestDb {
         })
     }
 
+    /// Run SQL statements on the database directly, as someone with access
+    /// to it (not the server) would.
+    pub fn execute(&self, sql: &str) -> Result<(), String> {
+        match self.backend {
+            Backend::Sqlite => rusqlite::Connection::open(&self.url)
+                .and_then(|c| c.execute_batch(sql))
+                .map_err(|e| e.to_string()),
+            Backend::Postgres => postgres::Client::connect(&self.url, postgres::NoTls)
+                .and_then(|mut c| c.batch_execute(sql))
+                .map_err(|e| format!("{e:?}")),
+        }
+    }
+
     /// Open (and migrate) the store, as the server does.
     pub fn open(&self) -> Arc<dyn Store> {
         edgeml_collector::store::open(&self.url)

@@ -795,6 +795,21 @@ fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts
         reason.unwrap().contains("self-test"),
         "halt reason names the failure"
     );
+    // The server's halt is in the audit log, as the server's own act.
+    let halt = last_audit(&f, "rollout.halt");
+    assert_eq!(halt.actor, "server");
+    assert_eq!(halt.details["source"], "rollbacks");
+    assert!(halt.details["reason"].contains("self-test"));
+}
+
+/// The newest audit entry with `action`.
+pub(crate) fn last_audit(f: &Fleet, action: &str) -> edgeml_client::wire::audit::AuditEntry {
+    let (entries, _) = f.client.audit_log().unwrap();
+    entries
+        .into_iter()
+        .rev()
+        .find(|e| e.action == action)
+        .unwrap_or_else(|| panic!("no `{action}` in the audit log"))
 }
 
 pub(crate) fn telemetry_runtime(f: &Fleet, id: &str) -> (Runtime, edgeml_runtime::Telemetry) {
@@ -864,6 +879,12 @@ fn high_error_rate_halts_the_canary_and_devices_roll_back() {
     }
     let reason = f.channel_state().1.unwrap();
     assert!(reason.contains("error rate"), "{reason}");
+    let halt = last_audit(&f, "rollout.halt");
+    assert_eq!(
+        (halt.actor.as_str(), halt.details["source"].as_str()),
+        ("server", "canary")
+    );
+    assert_eq!(halt.details["reason"], reason);
     for (a, _) in &agents {
         assert!(matches!(a.poll(), Ok(PollOutcome::RolledBack(_))));
         assert_eq!(version_of(a).as_deref(), Some("1.0.0"));

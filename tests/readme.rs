@@ -129,6 +129,18 @@ fn readme_fleet_walkthrough_runs() {
     assert!(stdout.contains("\"model_version\":\"1.0.0\""), "{stdout}");
     assert!(stdout.contains("\"model_version\":\"1.1.0\""), "{stdout}");
     assert!(stdout.contains("\"label\":\"7\""), "{stdout}");
+    // A label given on the gateway reached the server's accuracy table
+    // (000.png is a 7, and 1.0.0 says so).
+    assert!(stdout.contains("\"queued\":true"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("1.0.0 ") && l.contains(" 1 ") && l.contains("1.0000")),
+        "{stdout}"
+    );
+    // The audit log holds the halt and verifies.
+    assert!(stdout.contains("rollout.halt"), "{stdout}");
+    assert!(stdout.contains("audit log OK: "), "{stdout}");
     // The bad release was halted after a self-test rollback; both devices serve 1.1.0.
     assert!(
         stdout.contains("rollout halted") && stdout.contains("self-test `000.png` failed"),

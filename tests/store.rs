@@ -8,7 +8,8 @@ use crate::db::{Backend, TestDb};
 use edgeml_client::wire::fleet::{DecisionSource, RolloutState};
 use edgeml_collector::store::Decision;
 use edgeml_collector::store::{
-    Enrolment, FleetStore, PgStore, Publish, Query, SqliteStore, StoreError, TelemetryStore,
+    AuditHead, AuditStore, Enrolment, FleetStore, PgStore, Publish, Query, SqliteStore, StoreError,
+    TelemetryStore,
 };
 use edgeml_fleet::Release;
 use edgeml_telemetry::wire::Batch;
@@ -152,9 +153,11 @@ fn upgrades_database_made_before_refinery_in_place() {
     )
     .unwrap();
     let store = SqliteStore::open(&db).expect("the old database opens and migrates");
-    assert_eq!(store.schema_version().unwrap(), 5);
-    // Migration 5 ran on it: decisions are recorded from now on.
+    assert_eq!(store.schema_version().unwrap(), 7);
+    // Migrations 5 and 6 ran on it: decisions and the audit log are
+    // recorded from now on.
     assert!(store.decisions(None).unwrap().is_empty());
+    assert_eq!(store.audit_head().unwrap(), AuditHead::empty());
     let channel = store
         .release("stable")
         .unwrap()
@@ -179,7 +182,7 @@ fn upgrades_database_made_before_refinery_in_place() {
     drop(store);
     // Again: nothing left to adopt or apply.
     let store = SqliteStore::open(&db).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 5);
+    assert_eq!(store.schema_version().unwrap(), 7);
     assert_eq!(store.fleet_devices().unwrap().len(), 4);
 }
 
@@ -211,11 +214,56 @@ fn refuses_database_from_newer_server() {
                 reopened,
                 Err(StoreError::TooNew {
                     found: 99,
-                    supported: 5
+                    supported: 7
                 })
             ),
             "{:?}: {reopened:?}",
             db.backend
+        );
+    }
+}
+
+#[test]
+fn replicas_append_to_one_audit_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()) {
+        let (a, b) = (db.open(), db.open());
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = [("a", a.clone()), ("b", b.clone())]
+            .into_iter()
+            .map(|(replica, store)| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for n in 0..20 {
+                        let entry = edgeml_collector::store::NewAuditEntry {
+                            actor: "admin".into(),
+                            action: "rollout.pause".into(),
+                            target: format!("{replica}-{n}"),
+                            ..Default::default()
+                        };
+                        store.append_audit(&entry, 1_000 + n).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let entries = a.audit(0, 1000).unwrap();
+        assert_eq!(entries.len(), 40, "{:?}", db.backend);
+        let head = b.audit_head().unwrap();
+        assert_eq!(
+            edgeml_client::wire::audit::verify_chain(&entries, Some(&head), None),
+            Ok(head),
+            "{:?}",
+            db.backend
+        );
+        // Paging: after 10, at most 5.
+        let page = b.audit(10, 5).unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [11, 12, 13, 14, 15]
         );
     }
 }
@@ -415,6 +463,6 @@ fn adopts_database_whose_first_adoption_was_interrupted() {
         )
         .unwrap();
     let store = SqliteStore::open(&db).expect("adopted and migrated");
-    assert_eq!(store.schema_version().unwrap(), 5);
+    assert_eq!(store.schema_version().unwrap(), 7);
     assert_eq!(store.fleet_devices().unwrap().len(), 4);
 }

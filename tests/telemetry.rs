@@ -1008,6 +1008,7 @@ fn rejects_malformed_batch_and_stores_none_of_it() {
             at_ms: 1_000,
             reason: wire::SampleReason::Reservoir,
             prediction: None,
+            prediction_id: None,
             input: SampleInput::Tensors {
                 tensors: vec![wire::TensorData::new(
                     "X",
@@ -1120,6 +1121,9 @@ fn openapi_json_documents_every_route_and_only_routes() {
         "POST /v1/fleet/report",
         "GET /v1/fleet/devices",
         "GET /v1/fleet/decisions",
+        "GET /v1/audit",
+        "GET /v1/models/{name}/accuracy",
+        "POST /v1/labels",
     ];
     expected.sort();
     assert_eq!(documented, expected);

@@ -5,8 +5,10 @@
 mod common;
 mod db;
 
+mod audit;
 mod fleet;
 mod freshness;
+mod ground_truth;
 mod local_api;
 mod rollout_evidence;
 

@@ -132,3 +132,194 @@ pub fn drift(
         alerts,
     })
 }
+
+/// Measured accuracy per model version from labelled predictions: overall,
+/// per class (precision, recall, F1), per device and, with `window_ms`,
+/// per window of prediction time. A prediction without a top label (a
+/// model without labels) counts as wrong.
+pub fn accuracy(
+    outcomes: &[crate::store::StoredOutcome],
+    window_ms: Option<u64>,
+) -> Vec<edgeml_client::wire::telemetry::VersionAccuracy> {
+    use edgeml_client::wire::telemetry::{
+        ClassMetrics, GroupAccuracy, VersionAccuracy, WindowAccuracy,
+    };
+    fn ratio(n: u64, d: u64) -> f64 {
+        if d == 0 {
+            0.0
+        } else {
+            n as f64 / d as f64
+        }
+    }
+    let mut by_version: BTreeMap<&str, Vec<&crate::store::StoredOutcome>> = BTreeMap::new();
+    for o in outcomes {
+        by_version.entry(&o.model.version).or_default().push(o);
+    }
+    let mut out: Vec<VersionAccuracy> = by_version
+        .into_iter()
+        .map(|(version, os)| {
+            let right =
+                |o: &crate::store::StoredOutcome| o.prediction.as_deref() == Some(o.label.as_str());
+            let correct = os.iter().filter(|o| right(o)).count() as u64;
+            // label -> (support, predicted, correct)
+            let mut classes: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+            let mut devices: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+            let mut windows: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            for o in &os {
+                let ok = right(o) as u64;
+                classes.entry(&o.label).or_default().0 += 1;
+                if let Some(p) = o.prediction.as_deref() {
+                    let c = classes.entry(p).or_default();
+                    c.1 += 1;
+                    c.2 += ok;
+                }
+                let d = devices.entry(&o.device_id).or_default();
+                d.0 += 1;
+                d.1 += ok;
+                if let Some(w) = window_ms.filter(|w| *w > 0) {
+                    let e = windows.entry(o.predicted_ms / w * w).or_default();
+                    e.0 += 1;
+                    e.1 += ok;
+                }
+            }
+            let classes: Vec<ClassMetrics> = classes
+                .into_iter()
+                .map(|(label, (support, predicted, correct))| {
+                    let precision = (predicted > 0).then(|| ratio(correct, predicted));
+                    let recall = (support > 0).then(|| ratio(correct, support));
+                    let f1 = match (precision, recall) {
+                        (Some(p), Some(r)) if p + r > 0.0 => Some(2.0 * p * r / (p + r)),
+                        (Some(_), Some(_)) => Some(0.0),
+                        _ => None,
+                    };
+                    ClassMetrics {
+                        label: label.to_string(),
+                        support,
+                        predicted,
+                        correct,
+                        precision,
+                        recall,
+                        f1,
+                    }
+                })
+                .collect();
+            // Classes that occur but have no F1 (never predicted, or never
+            // true) count as 0, as scikit-learn's macro average does.
+            let macro_f1 = if classes.is_empty() {
+                0.0
+            } else {
+                classes.iter().map(|c| c.f1.unwrap_or(0.0)).sum::<f64>() / classes.len() as f64
+            };
+            VersionAccuracy {
+                version: version.to_string(),
+                labelled: os.len() as u64,
+                correct,
+                accuracy: ratio(correct, os.len() as u64),
+                macro_f1,
+                classes,
+                devices: devices
+                    .into_iter()
+                    .map(|(name, (labelled, correct))| GroupAccuracy {
+                        name: name.to_string(),
+                        labelled,
+                        correct,
+                        accuracy: ratio(correct, labelled),
+                    })
+                    .collect(),
+                windows: windows
+                    .into_iter()
+                    .map(|(start_ms, (labelled, correct))| WindowAccuracy {
+                        start_ms,
+                        labelled,
+                        correct,
+                        accuracy: ratio(correct, labelled),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    // Semantic version order where the versions parse (1.10.0 after 1.9.0).
+    out.sort_by(|a, b| {
+        match (
+            semver::Version::parse(&a.version),
+            semver::Version::parse(&b.version),
+        ) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => a.version.cmp(&b.version),
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod accuracy_tests {
+    use super::accuracy;
+    use crate::store::StoredOutcome;
+    use edgeml_telemetry::wire::ModelRef;
+
+    fn o(version: &str, device: &str, at: u64, predicted: &str, label: &str) -> StoredOutcome {
+        StoredOutcome {
+            device_id: device.into(),
+            prediction_id: format!("{device}-{at}"),
+            model: ModelRef {
+                name: "m".into(),
+                version: version.into(),
+                digest: "d".into(),
+            },
+            predicted_ms: at,
+            prediction: Some(predicted.into()),
+            score: None,
+            label: label.into(),
+            labelled_ms: at + 1,
+            source: "device".into(),
+        }
+    }
+
+    #[test]
+    fn per_class_metrics_match_a_hand_count() {
+        // Truth a a b b; predicted a b b a: per class a: P 1/2 R 1/2; b: P 1/2 R 1/2.
+        let os = vec![
+            o("1.0.0", "d1", 0, "a", "a"),
+            o("1.0.0", "d1", 10, "b", "a"),
+            o("1.0.0", "d2", 20, "b", "b"),
+            o("1.0.0", "d2", 1_000, "a", "b"),
+            o("1.10.0", "d1", 0, "a", "a"),
+            o("1.9.0", "d1", 0, "b", "a"),
+        ];
+        let v = accuracy(&os, Some(1_000));
+        assert_eq!(
+            v.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(),
+            ["1.0.0", "1.9.0", "1.10.0"]
+        );
+        let v1 = &v[0];
+        assert_eq!((v1.labelled, v1.correct), (4, 2));
+        assert_eq!(v1.accuracy, 0.5);
+        assert_eq!(v1.classes.len(), 2);
+        for c in &v1.classes {
+            assert_eq!((c.support, c.predicted, c.correct), (2, 2, 1));
+            assert_eq!(
+                (c.precision, c.recall, c.f1),
+                (Some(0.5), Some(0.5), Some(0.5))
+            );
+        }
+        assert_eq!(v1.macro_f1, 0.5);
+        assert_eq!(v1.devices[1].name, "d2");
+        assert_eq!((v1.devices[1].labelled, v1.devices[1].correct), (2, 1));
+        assert_eq!(v1.windows.len(), 2);
+        assert_eq!(
+            (
+                v1.windows[0].start_ms,
+                v1.windows[0].labelled,
+                v1.windows[0].correct
+            ),
+            (0, 3, 2)
+        );
+        assert_eq!(v1.windows[1].accuracy, 0.0);
+        // 1.9.0 never predicted `a` and never saw a true `b`: no precision
+        // for `a`, no recall for `b`, both F1 undefined, macro F1 0.
+        let v9 = &v[1];
+        assert_eq!(v9.accuracy, 0.0);
+        assert!(v9.classes.iter().all(|c| c.f1.is_none()));
+        assert_eq!(v9.macro_f1, 0.0);
+    }
+}

@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use edgeml_client::wire::telemetry::{
-    DeviceInfo, DriftResponse, Enrolled, ModelVersionInfo, NpyMetadata, StatsResponse,
+    AccuracyResponse, DeviceInfo, DriftResponse, Enrolled, ModelVersionInfo, NpyMetadata,
+    StatsResponse,
 };
 use edgeml_client::wire::ErrorBody;
 use edgeml_telemetry::wire::{self, Batch, EnrolRequest, IngestResponse, RecordBody, SampleInput};
@@ -85,9 +86,12 @@ pub(crate) fn routes(max_body_bytes: usize, max_bundle_bytes: usize) -> OpenApiR
         .routes(routes!(models))
         .routes(routes!(stats))
         .routes(routes!(drift))
+        .routes(routes!(accuracy))
+        .routes(routes!(crate::labels::upload))
         .routes(routes!(samples))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .merge(crate::fleet::routes(max_bundle_bytes))
+        .routes(routes!(crate::audit::log))
         .routes(routes!(crate::metrics::scrape))
         .routes(routes!(healthz))
         .routes(routes!(crate::openapi::serve))
@@ -227,6 +231,20 @@ async fn enrol(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> A
     let store = st.store.clone();
     let id = req.device_id.clone();
     let outcome = blocking(move || store.enrol(&id, &key, edgeml_telemetry::now_ms())).await?;
+    if outcome == Enrolment::Created {
+        crate::audit::record(
+            &st,
+            crate::store::NewAuditEntry {
+                actor: "enrolment".into(),
+                operator: crate::audit::operator(&headers),
+                action: "device.enrol".into(),
+                target: req.device_id.clone(),
+                details: crate::audit::details([("public_key", hex::encode(key))]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
     match outcome {
         Enrolment::Created => Ok((
             StatusCode::CREATED,
@@ -341,6 +359,15 @@ fn validate(batch: &Batch, max_records: usize) -> ApiResult<()> {
                     for t in tensors {
                         t.bytes().map_err(bad)?;
                     }
+                }
+            }
+            RecordBody::Outcome(o) => {
+                let ok = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
+                if !ok(&o.prediction_id, 128) || !ok(&o.label, 256) {
+                    return Err(bad(
+                        "an outcome needs a prediction id (1-128 characters) and a label (1-256)"
+                            .into(),
+                    ));
                 }
             }
             RecordBody::Model(m) => {
@@ -568,6 +595,59 @@ async fn stats(
         model: name,
         version,
         stats,
+    })
+    .into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AccuracyParams {
+    /// Only this version.
+    version: Option<String>,
+    /// Only this device.
+    device: Option<String>,
+    /// Predictions made at or after this time (Unix ms).
+    from_ms: Option<u64>,
+    /// ... and before this.
+    to_ms: Option<u64>,
+    /// Also give accuracy per window of this length (ms) of prediction time.
+    window_ms: Option<u64>,
+}
+
+/// Measured accuracy per model version, per class, per device and over
+/// time, from predictions whose true label is known (labels given on
+/// devices, or uploaded and joined with samples).
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/accuracy",
+    tag = "telemetry",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "Model name"), AccuracyParams),
+    responses(
+        (status = 200, description = "Accuracy per version", body = AccuracyResponse),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
+async fn accuracy(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Q(p): Q<AccuracyParams>,
+) -> ApiResult<Response> {
+    admin(&st, &headers)?;
+    let q = Query {
+        model: Some(name.clone()),
+        version: p.version,
+        device: p.device,
+        from_ms: p.from_ms,
+        to_ms: p.to_ms,
+    };
+    let store = st.store.clone();
+    let outcomes = blocking(move || store.outcomes(&q)).await?;
+    Ok(Json(AccuracyResponse {
+        model: name,
+        versions: analysis::accuracy(&outcomes, p.window_ms),
     })
     .into_response())
 }

@@ -50,6 +50,8 @@ pub const PARQUET_COLUMNS: &[&str] = &[
     "at_ms",
     "reason",
     "prediction",
+    "prediction_id",
+    "label",
     "input_name",
     "media_type",
     "dtype",
@@ -61,8 +63,9 @@ pub const PARQUET_COLUMNS: &[&str] = &[
 /// tensor (`input_name`, `dtype`, `shape` as JSON, `data` little-endian);
 /// media samples one row with `media_type` and the bytes.
 pub fn parquet(samples: &[StoredSample]) -> Result<Vec<u8>, ExportError> {
-    let mut s = [(); 8].map(|_| StringBuilder::new());
-    let [id, device, model, version, digest, reason, prediction, input_name] = &mut s;
+    let mut s = [(); 10].map(|_| StringBuilder::new());
+    let [id, device, model, version, digest, reason, prediction, prediction_id, label, input_name] =
+        &mut s;
     let mut media_type = StringBuilder::new();
     let mut dtype = StringBuilder::new();
     let mut shape = StringBuilder::new();
@@ -82,6 +85,8 @@ pub fn parquet(samples: &[StoredSample]) -> Result<Vec<u8>, ExportError> {
             at.append_value(smp.at_ms as i64);
             reason.append_value(smp.reason.as_str());
             prediction.append_option(smp.prediction.as_deref());
+            prediction_id.append_option(smp.prediction_id.as_deref());
+            label.append_option(smp.label.as_deref());
             input_name.append_option(name);
             media_type.append_option(mt);
             dtype.append_option(dt);
@@ -114,7 +119,8 @@ pub fn parquet(samples: &[StoredSample]) -> Result<Vec<u8>, ExportError> {
             }
         }
     }
-    let [id, device, model, version, digest, reason, prediction, input_name] = s;
+    let [id, device, model, version, digest, reason, prediction, prediction_id, label, input_name] =
+        s;
     let utf8 = |n: &str, nullable: bool| Field::new(n, DataType::Utf8, nullable);
     let schema = Arc::new(Schema::new(vec![
         utf8("sample_id", false),
@@ -125,6 +131,8 @@ pub fn parquet(samples: &[StoredSample]) -> Result<Vec<u8>, ExportError> {
         Field::new("at_ms", DataType::Int64, false),
         utf8("reason", false),
         utf8("prediction", true),
+        utf8("prediction_id", true),
+        utf8("label", true),
         utf8("input_name", true),
         utf8("media_type", true),
         utf8("dtype", true),
@@ -136,7 +144,16 @@ pub fn parquet(samples: &[StoredSample]) -> Result<Vec<u8>, ExportError> {
         cols.push(Arc::new(b.finish()));
     }
     cols.push(Arc::new(at.finish()));
-    for mut b in [reason, prediction, input_name, media_type, dtype, shape] {
+    for mut b in [
+        reason,
+        prediction,
+        prediction_id,
+        label,
+        input_name,
+        media_type,
+        dtype,
+        shape,
+    ] {
         cols.push(Arc::new(b.finish()));
     }
     cols.push(Arc::new(data.finish()));
@@ -196,6 +213,8 @@ pub fn npy(samples: &[StoredSample]) -> Result<(Vec<u8>, NpyMetadata), ExportErr
             at_ms: s.at_ms,
             reason: s.reason.as_str().into(),
             prediction: s.prediction.clone(),
+            prediction_id: s.prediction_id.clone(),
+            label: s.label.clone(),
         });
     }
     let (input_name, dtype, sample_shape) =

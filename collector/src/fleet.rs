@@ -8,6 +8,7 @@
 
 use crate::analysis;
 use crate::api::{admin, authenticate, blocking, err, ApiResult, AppState};
+use crate::audit;
 use crate::blobs::{BlobLocation, BlobStore};
 use crate::store::{Decision, Publish, Query, StoredRelease};
 use axum::body::Bytes;
@@ -181,7 +182,7 @@ pub(crate) fn routes(max_bundle_bytes: usize) -> OpenApiRouter<AppState> {
 /// `/v1/fleet/artifacts/{sha256}`.
 const DIGEST: &str = "Lowercase hex SHA-256 of the blob";
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     edgeml_telemetry::now_ms()
 }
 
@@ -366,6 +367,13 @@ async fn put_root(
     }
     let store = st.store.clone();
     blocking(move || store.put_root(version, &text, now_ms())).await?;
+    let mut entry = audit::by_admin(&headers, "root.publish", format!("root v{version}"));
+    entry.key_ids = trusted.root_signers().into_iter().collect();
+    entry.details = audit::details([
+        ("version", version.to_string()),
+        ("expires", trusted.root().expires.clone()),
+    ]);
+    audit::record(&st, entry).await?;
     Ok((
         StatusCode::CREATED,
         Json(RootPublished {
@@ -414,7 +422,26 @@ async fn put_bundle(
         )
     })?;
     let manifest = verified.manifest().clone();
+    let size = body.len();
     let status = store_blob(blobs, sha256.clone(), body).await?;
+    let mut entry = audit::by_admin(&headers, "bundle.upload", &sha256);
+    entry.key_ids = verified.signers().iter().map(ToString::to_string).collect();
+    entry.details = audit::details([
+        ("model", manifest.name.clone()),
+        ("version", manifest.version.to_string()),
+        ("size", size.to_string()),
+        ("stored", stored(status)),
+    ]);
+    if let Some(card) = &manifest.card {
+        entry
+            .details
+            .insert("card_owner".into(), card.owner.name.clone());
+        entry.details.insert(
+            "training_data_sha256".into(),
+            card.training_data.sha256.clone(),
+        );
+    }
+    audit::record(&st, entry).await?;
     Ok((
         status,
         Json(BundleStored {
@@ -424,6 +451,16 @@ async fn put_bundle(
         }),
     )
         .into_response())
+}
+
+/// How an upload went, for the audit log.
+fn stored(status: StatusCode) -> String {
+    if status == StatusCode::CREATED {
+        "new"
+    } else {
+        "already stored"
+    }
+    .to_string()
 }
 
 /// Store a checked blob under its digest: `201 Created`, or `200 OK` if
@@ -485,7 +522,19 @@ async fn put_artifact(
             format!("the artifact does not verify against the root's build keys: {e}"),
         )
     })?;
+    let signer = edgeml_bundle::artifact::signer_key_id(&body).ok();
+    let size = body.len();
     let status = store_blob(blobs, sha256.clone(), body).await?;
+    let mut entry = audit::by_admin(&headers, "artifact.upload", &sha256);
+    entry.key_ids = signer.into_iter().collect();
+    entry.details = audit::details([
+        ("bundle_content_sha256", claims.bundle_sha256.clone()),
+        ("target", claims.target.clone()),
+        ("engine", claims.engine.clone()),
+        ("size", size.to_string()),
+        ("stored", stored(status)),
+    ]);
+    audit::record(&st, entry).await?;
     Ok((
         status,
         Json(ArtifactStored {
@@ -807,6 +856,9 @@ async fn put_release(
         )
     })?;
     check_release_artifacts(blobs, &bundle, &release, &root).await?;
+    let signers = root
+        .release_signers(&body)
+        .map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let text = String::from_utf8_lossy(&body).into_owned();
     let store = st.store.clone();
     let r = release.clone();
@@ -828,6 +880,17 @@ async fn put_release(
             ))
         }
     }
+    let mut entry = audit::by_admin(&headers, "release.publish", &channel);
+    entry.key_ids = signers.into_iter().collect();
+    entry.details = audit::details([
+        ("metadata_version", release.version.to_string()),
+        ("model", release.model.clone()),
+        ("model_version", release.model_version.to_string()),
+        ("bundle_sha256", release.bundle.sha256.clone()),
+        ("rollout_percent", release.rollout_percent.to_string()),
+        ("artifacts", release.artifacts.len().to_string()),
+    ]);
+    audit::record(&st, entry).await?;
     Ok((
         StatusCode::CREATED,
         Json(ReleasePublished {
@@ -1086,6 +1149,7 @@ async fn rollout(
         reason: reason.map(String::from),
         replica: st.settings.replica.clone(),
     };
+    let entry = audit::decision(Some(&headers), &current, &decision);
     let store = st.store.clone();
     if !blocking(move || store.decide(&current, &decision, now_ms())).await? {
         return Err(err(
@@ -1095,6 +1159,7 @@ async fn rollout(
             ),
         ));
     }
+    audit::record(&st, entry).await?;
     Ok(Json(RolloutChanged { channel, state }).into_response())
 }
 
@@ -1205,9 +1270,12 @@ async fn rollback_evidence(st: &AppState, device: &str, report: &StatusReport) -
         reason: Some(reason),
         replica: st.settings.replica.clone(),
     };
+    let entry = audit::decision(None, &current, &decision);
     let store = st.store.clone();
     // False when another replica (or an operator) changed the rollout first.
-    blocking(move || store.decide(&current, &decision, now_ms())).await?;
+    if blocking(move || store.decide(&current, &decision, now_ms())).await? {
+        audit::record(st, entry).await?;
+    }
     Ok(())
 }
 
@@ -1297,8 +1365,12 @@ async fn canary_round(st: &AppState) {
                     reason: Some(reason),
                     replica: st.settings.replica.clone(),
                 };
+                let entry = audit::decision(None, &c, &decision);
                 let store = st.store.clone();
-                let _ = blocking(move || store.decide(&c, &decision, now_ms())).await;
+                if let Ok(true) = blocking(move || store.decide(&c, &decision, now_ms())).await {
+                    // A failure is logged by `record`; the halt stands.
+                    let _ = audit::record(st, entry).await;
+                }
             }
         }
     }

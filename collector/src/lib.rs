@@ -25,9 +25,11 @@
 
 pub mod analysis;
 mod api;
+mod audit;
 pub mod blobs;
 pub mod export;
 mod fleet;
+mod labels;
 mod metrics;
 mod openapi;
 pub mod store;
@@ -35,7 +37,9 @@ pub mod store;
 pub use blobs::{BlobStore, DirBlobs, RegistryBlobs};
 pub use edgeml_telemetry::drift::DriftThresholds;
 pub use fleet::{CanaryPolicy, FleetSettings, RegistryCredentials};
-pub use store::{FleetStore, PgStore, Publish, SqliteStore, Store, StoreError, TelemetryStore};
+pub use store::{
+    AuditStore, FleetStore, PgStore, Publish, SqliteStore, Store, StoreError, TelemetryStore,
+};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -39,6 +39,10 @@ pub(crate) fn base() -> OpenApi {
                 "fleet",
                 "Roots, bundles, artifacts, releases, rollouts and device status",
             ),
+            tag(
+                "audit",
+                "The hash-chained log of every admin change, enrolment and rollout decision",
+            ),
             tag("operations", "Liveness, metrics and this document"),
         ]))
         .build();

@@ -69,13 +69,16 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Show a bundle's manifest, sections, signers and sizes (verifies nothing).
+    /// Show a bundle's manifest, model card, sections, signers and sizes (verifies nothing).
     Inspect {
         /// The bundle.
         bundle: PathBuf,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Print the model and its card as a CycloneDX 1.6 BOM (JSON) instead.
+        #[arg(long, conflicts_with = "json")]
+        cyclonedx: bool,
     },
     /// Verify a bundle, run one prediction and write its outputs as .npy files.
     Run(RunArgs),
@@ -103,6 +106,44 @@ pub enum Command {
         /// Only devices following this channel.
         #[arg(long)]
         channel: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read or verify the fleet server's hash-chained audit log.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the log, oldest first: who did what to what, and with which keys.
+    Log {
+        #[command(flatten)]
+        server: FleetServer,
+        /// Only entries whose action starts with this (`rollout.`, `release.publish`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every entry's hash and link, and that the log still reaches
+    /// the head the server recorded and the checkpoint's head.
+    Verify {
+        #[command(flatten)]
+        server: FleetServer,
+        /// A file keeping the last verified head (created if missing): the
+        /// log must still contain that entry unchanged, so entries removed
+        /// from its end are caught even if the server's head was rewound
+        /// too. Advanced on success. Keep it away from the server.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -349,6 +390,36 @@ pub enum CollectorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measured accuracy per model version (from labelled predictions):
+    /// overall, macro F1, and with --classes per class and per device.
+    Accuracy {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Model name.
+        #[arg(long)]
+        model: String,
+        /// Only this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Also print precision, recall and F1 per class, and accuracy per device.
+        #[arg(long)]
+        classes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload true labels by prediction id (the `prediction_id` column of
+    /// exported samples): a CSV or Parquet file with `prediction_id` and
+    /// `label` columns, or JSON rows. They count in accuracy per version.
+    Labels {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The file (.csv, .parquet or .json).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drift of a model version over time against its baseline.
     Drift {
         #[command(flatten)]
@@ -434,6 +505,12 @@ pub struct PackArgs {
     /// `sr=16000`. The input disappears, and an `If` on it is resolved.
     #[arg(long = "constant", value_name = "NAME=VALUE")]
     pub constants: Vec<String>,
+    /// A model card (TOML): owner, intended use, limitations, training data,
+    /// code revision and evaluation metrics with their data. Datasets given
+    /// by `path` are hashed; the signed manifest keeps digest, size and
+    /// description.
+    #[arg(long)]
+    pub card: Option<PathBuf>,
     /// Pack even if tract cannot plan the model (a bundle meant only for the
     /// onnxruntime backend). By default pack refuses such a model, naming
     /// the node tract stopped at.

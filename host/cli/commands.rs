@@ -43,7 +43,11 @@ pub fn run(cli: Cli) -> Result<()> {
             trust,
             json,
         } => verify(&bundle, &trust, json),
-        Command::Inspect { bundle, json } => inspect(&bundle, json),
+        Command::Inspect {
+            bundle,
+            json,
+            cyclonedx,
+        } => inspect(&bundle, json, cyclonedx),
         Command::Precompile {
             bundle,
             trust,
@@ -71,6 +75,7 @@ pub fn run(cli: Cli) -> Result<()> {
             channel,
             json,
         } => crate::fleet::view(&server, channel.as_deref(), json),
+        Command::Audit(args) => crate::audit::run(&args),
     }
 }
 
@@ -147,6 +152,11 @@ fn pack(args: &PackArgs) -> Result<()> {
         created: None,
         baseline: None,
         self_test: Vec::new(),
+        card: args
+            .card
+            .as_deref()
+            .map(crate::card::read_card)
+            .transpose()?,
     };
     if let Some(reference) = &args.reference {
         opts.baseline = Some(
@@ -309,8 +319,19 @@ fn precompile(
     Ok(())
 }
 
-fn inspect(path: &Path, json: bool) -> Result<()> {
+fn inspect(path: &Path, json: bool, cyclonedx: bool) -> Result<()> {
     let info = bundle::inspect(&read(path)?)?;
+    if cyclonedx {
+        let Some(m) = &info.manifest else {
+            bail!(
+                "{} has no manifest: it is not an edgeml bundle",
+                path.display()
+            );
+        };
+        let bom = bundle::card::cyclonedx(m, &info.content_sha256);
+        println!("{}", serde_json::to_string_pretty(&bom)?);
+        return Ok(());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
@@ -339,6 +360,10 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
             }
             if !m.labels.is_empty() {
                 println!("labels:   {}", m.labels.join(", "));
+            }
+            match &m.card {
+                Some(card) => crate::card::print(card),
+                None => println!("card:     none (edgeml pack --card)"),
             }
         }
         None => println!("manifest: none"),

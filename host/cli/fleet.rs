@@ -16,14 +16,26 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// A client of the fleet server with the admin token; uploads may take minutes.
-fn client(s: &FleetServer) -> Result<Client> {
+pub(crate) fn client(s: &FleetServer) -> Result<Client> {
     let token = token(
         None,
         s.admin_token_file.as_deref(),
         "EDGEML_ADMIN_TOKEN",
         "admin-token",
     )?;
-    Ok(Client::with_timeout(&s.server, Duration::from_secs(600))?.with_admin_token(token))
+    let client = Client::with_timeout(&s.server, Duration::from_secs(600))?.with_admin_token(token);
+    Ok(match operator() {
+        Some(name) => client.with_operator(name),
+        None => client,
+    })
+}
+
+/// Who is acting, for the server's audit log: `EDGEML_OPERATOR`, else the
+/// login name.
+fn operator() -> Option<String> {
+    ["EDGEML_OPERATOR", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.trim().is_empty()))
 }
 
 fn secret_keys(paths: &[std::path::PathBuf]) -> Result<Vec<SecretKey>> {

@@ -3,7 +3,9 @@
 //! binary parses arguments and prints results.
 
 mod args;
+mod audit;
 mod bench;
+mod card;
 mod commands;
 mod fleet;
 mod monitor;

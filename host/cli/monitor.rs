@@ -292,6 +292,91 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
             }
             Ok(())
         }
+        CollectorCommand::Accuracy {
+            server,
+            model,
+            version,
+            classes,
+            json,
+        } => {
+            let v = client(server)?.accuracy(model, version.as_deref(), &Range::default(), None)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            if v.versions.is_empty() {
+                println!("{model}: no labelled predictions yet (labels come from the agents' feedback endpoint)");
+                return Ok(());
+            }
+            println!(
+                "{:<12} {:>8} {:>8} {:>9} {:>9}",
+                "VERSION", "LABELLED", "CORRECT", "ACCURACY", "MACRO F1"
+            );
+            for a in &v.versions {
+                println!(
+                    "{:<12} {:>8} {:>8} {:>9.4} {:>9.4}",
+                    a.version, a.labelled, a.correct, a.accuracy, a.macro_f1
+                );
+            }
+            if *classes {
+                let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.4}"));
+                for a in &v.versions {
+                    println!("\n{model} {}:", a.version);
+                    println!(
+                        "  {:<16} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                        "CLASS", "SUPPORT", "PREDICTED", "PRECISION", "RECALL", "F1"
+                    );
+                    for c in &a.classes {
+                        println!(
+                            "  {:<16} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                            c.label,
+                            c.support,
+                            c.predicted,
+                            opt(c.precision),
+                            opt(c.recall),
+                            opt(c.f1)
+                        );
+                    }
+                    for d in &a.devices {
+                        println!(
+                            "  device {:<16} {:>5} labelled, accuracy {:.4}",
+                            d.name, d.labelled, d.accuracy
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        CollectorCommand::Labels { server, file, json } => {
+            let content_type = match file.extension().and_then(|e| e.to_str()) {
+                Some("csv") => "text/csv",
+                Some("json") => "application/json",
+                Some("parquet") => "application/vnd.apache.parquet",
+                _ => bail!(
+                    "{}: give a .csv, .json or .parquet file of prediction_id and label",
+                    file.display()
+                ),
+            };
+            let body =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let r = client(server)?.upload_labels(body, content_type)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} labels: {} matched a stored sample, {} did not",
+                    r.received, r.matched, r.unmatched
+                );
+                if !r.unmatched_ids.is_empty() {
+                    println!(
+                        "unmatched (first {}): {}",
+                        r.unmatched_ids.len(),
+                        r.unmatched_ids.join(", ")
+                    );
+                }
+            }
+            Ok(())
+        }
         CollectorCommand::Stats {
             server,
             model,

@@ -20,6 +20,7 @@ mod sqlite;
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 
+pub use edgeml_client::wire::audit::{AuditEntry, AuditHead};
 use edgeml_client::wire::fleet::{ChannelStatus, FleetDevice, RolloutState, StatusReport};
 pub use edgeml_client::wire::fleet::{DecisionSource, RolloutDecision};
 pub use edgeml_client::wire::telemetry::{DeviceInfo, DeviceModel, ModelVersionInfo};
@@ -129,8 +130,36 @@ pub struct StoredSample {
     pub reason: SampleReason,
     /// Top label.
     pub prediction: Option<String>,
+    /// The prediction's id (devices before 0.2 sent none).
+    pub prediction_id: Option<String>,
+    /// The true label, if one was given (see [`StoredOutcome`]).
+    pub label: Option<String>,
     /// The input.
     pub input: SampleInput,
+}
+
+/// The true label of one prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOutcome {
+    /// The device that predicted.
+    pub device_id: String,
+    /// The prediction's id.
+    pub prediction_id: String,
+    /// The model that predicted.
+    pub model: ModelRef,
+    /// When it predicted (ms).
+    pub predicted_ms: u64,
+    /// Its top label.
+    pub prediction: Option<String>,
+    /// The top label's score.
+    pub score: Option<f32>,
+    /// The true label.
+    pub label: String,
+    /// When the label was given (ms).
+    pub labelled_ms: u64,
+    /// `device` (the agent's feedback endpoint) or `batch` (an upload
+    /// joined with a stored sample).
+    pub source: String,
 }
 
 /// Telemetry: idempotent ingest of signed batches, and what they say about
@@ -147,6 +176,17 @@ pub trait TelemetryStore: Send + Sync + 'static {
     fn windows(&self, q: &Query) -> Result<Vec<StoredWindow>, StoreError>;
     /// Samples matching `q`, oldest first.
     fn samples(&self, q: &Query) -> Result<Vec<StoredSample>, StoreError>;
+    /// Labelled predictions matching `q` (by prediction time), oldest first.
+    fn outcomes(&self, q: &Query) -> Result<Vec<StoredOutcome>, StoreError>;
+    /// Give true labels to stored samples by prediction id (an upload):
+    /// each label that names a stored sample's prediction becomes its
+    /// outcome (source `batch`), in one transaction. Returns the ids that
+    /// matched no sample.
+    fn label_samples(
+        &self,
+        labels: &[(String, String)],
+        now_ms: u64,
+    ) -> Result<Vec<String>, StoreError>;
 }
 
 /// The fleet: device identities, roots, releases and their rollouts,
@@ -244,10 +284,60 @@ pub trait FleetStore: Send + Sync + 'static {
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError>;
 }
 
-/// A database for the whole server: both stores in one.
-pub trait Store: TelemetryStore + FleetStore {}
+/// An audit log entry to append: the store numbers, links and hashes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewAuditEntry {
+    /// The credential that acted (`admin`, `enrolment`, `server`).
+    pub actor: String,
+    /// The name the caller claimed.
+    pub operator: Option<String>,
+    /// What was done.
+    pub action: String,
+    /// To what.
+    pub target: String,
+    /// Keys whose signatures were verified on what was pushed.
+    pub key_ids: Vec<String>,
+    /// What changed.
+    pub details: BTreeMap<String, String>,
+}
 
-impl<T: TelemetryStore + FleetStore> Store for T {}
+impl NewAuditEntry {
+    /// The entry after `head`, hashed.
+    fn after(&self, head: &AuditHead, now_ms: u64) -> AuditEntry {
+        let mut e = AuditEntry {
+            seq: head.seq + 1,
+            at_ms: now_ms,
+            actor: self.actor.clone(),
+            operator: self.operator.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            key_ids: self.key_ids.clone(),
+            details: self.details.clone(),
+            prev: head.hash.clone(),
+            hash: String::new(),
+        };
+        e.hash = e.compute_hash();
+        e
+    }
+}
+
+/// The audit log: append-only and hash-chained (see
+/// [`edgeml_client::wire::audit`]). Methods block; safe from several
+/// replicas at once (appends are ordered by the head row's lock).
+pub trait AuditStore: Send + Sync + 'static {
+    /// Append an entry after the current head, moving the head in the same
+    /// transaction.
+    fn append_audit(&self, entry: &NewAuditEntry, now_ms: u64) -> Result<AuditEntry, StoreError>;
+    /// Entries with `seq` above `after`, oldest first, at most `limit`.
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The head recorded by the last append.
+    fn audit_head(&self) -> Result<AuditHead, StoreError>;
+}
+
+/// A database for the whole server: every store in one.
+pub trait Store: TelemetryStore + FleetStore + AuditStore {}
+
+impl<T: TelemetryStore + FleetStore + AuditStore> Store for T {}
 
 /// Open (creating and migrating as needed) the database a `--db` value
 /// names: a `postgres://` or `postgresql://` URL, else a SQLite file path.
@@ -334,6 +424,42 @@ fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
 
 fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// An audit row's columns, as stored (`key_ids` and `details` as JSON).
+struct AuditRow {
+    seq: i64,
+    at_ms: i64,
+    actor: String,
+    operator: Option<String>,
+    action: String,
+    target: String,
+    key_ids: String,
+    details: String,
+    prev: String,
+    hash: String,
+}
+
+impl AuditRow {
+    const COLUMNS: &'static str =
+        "seq, at_ms, actor, operator, action, target, key_ids, details, prev, hash";
+
+    /// The stored entry as it is: a row edited in the database keeps its
+    /// old hash, which is how verification finds it.
+    fn entry(self) -> Result<AuditEntry, StoreError> {
+        Ok(AuditEntry {
+            seq: u(self.seq),
+            at_ms: u(self.at_ms),
+            actor: self.actor,
+            operator: self.operator,
+            action: self.action,
+            target: self.target,
+            key_ids: parse(&self.key_ids)?,
+            details: parse(&self.details)?,
+            prev: self.prev,
+            hash: self.hash,
+        })
+    }
 }
 
 fn parse_rollout(s: &str) -> Result<RolloutState, StoreError> {

@@ -12,6 +12,7 @@ use super::{
     Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
     StoredSample, StoredWindow, TelemetryStore,
 };
+use super::{AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, StoredOutcome};
 use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
 use edgeml_fleet::Release;
@@ -230,6 +231,23 @@ fn model_ref(r: &Row, at: usize) -> Result<ModelRef, postgres::Error> {
     })
 }
 
+/// Keep a prediction's label; a later one replaces it (a correction).
+const OUTCOME_UPSERT: &str =
+    "INSERT INTO outcomes (device_id, prediction_id, name, version, digest,
+        predicted_ms, prediction, score, label, labelled_ms, source)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     ON CONFLICT (device_id, prediction_id) DO UPDATE SET label = excluded.label,
+        labelled_ms = excluded.labelled_ms, source = excluded.source
+     WHERE excluded.labelled_ms >= outcomes.labelled_ms";
+
+/// A sample's true label, if it has one (a column of `samples` queries).
+const SAMPLE_LABEL: &str = "(SELECT label FROM outcomes o
+     WHERE o.device_id = samples.device_id AND o.prediction_id = samples.prediction_id)";
+
+/// The columns an outcome query reads.
+const OUTCOME_COLUMNS: &str = "device_id, prediction_id, name, version, digest, predicted_ms,
+     prediction, score, label, labelled_ms, source";
+
 impl TelemetryStore for PgStore {
     fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError> {
         let now = i(now_ms);
@@ -241,6 +259,7 @@ impl TelemetryStore for PgStore {
                     RecordBody::Model(_) => "model",
                     RecordBody::Window(_) => "window",
                     RecordBody::Sample(_) => "sample",
+                RecordBody::Outcome(_) => "outcome",
                 };
                 let new = tx.execute(
                     "INSERT INTO records (id, device_id, kind, received_ms) VALUES ($1, $2, $3, $4)
@@ -297,8 +316,8 @@ impl TelemetryStore for PgStore {
                     }
                     RecordBody::Sample(s) => {
                         tx.execute(
-                            "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                            "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input, prediction_id)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                             &[
                                 &r.id,
                                 &dev,
@@ -309,6 +328,25 @@ impl TelemetryStore for PgStore {
                                 &s.reason.as_str(),
                                 &s.prediction,
                                 &json(&s.input)?,
+                                &s.prediction_id,
+                            ],
+                        )?;
+                    }
+                    RecordBody::Outcome(o) => {
+                        tx.execute(
+                            OUTCOME_UPSERT,
+                            &[
+                                &dev,
+                                &o.prediction_id,
+                                &o.model.name,
+                                &o.model.version,
+                                &o.model.digest,
+                                &i(o.predicted_ms),
+                                &o.prediction,
+                                &o.score.map(f64::from),
+                                &o.label,
+                                &i(o.labelled_ms),
+                                &"device",
                             ],
                         )?;
                     }
@@ -428,7 +466,8 @@ impl TelemetryStore for PgStore {
         let params: Vec<_> = args.iter().map(text).collect();
         let rows = self.conn()?.query(
             &format!(
-                "SELECT record_id, device_id, name, version, digest, at_ms, reason, prediction, input
+                "SELECT record_id, device_id, name, version, digest, at_ms, reason, prediction, input,
+                    prediction_id, {SAMPLE_LABEL}
                  FROM samples{cond} ORDER BY at_ms, record_id COLLATE \"C\""
             ),
             &params,
@@ -443,9 +482,169 @@ impl TelemetryStore for PgStore {
                     reason: parse_reason(r.try_get(6)?)?,
                     prediction: r.try_get(7)?,
                     input: parse(r.try_get(8)?)?,
+                    prediction_id: r.try_get(9)?,
+                    label: r.try_get(10)?,
                 })
             })
             .collect()
+    }
+
+    fn label_samples(
+        &self,
+        labels: &[(String, String)],
+        now_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.transaction(|tx| {
+            let find = tx.prepare(
+                "SELECT device_id, name, version, digest, at_ms, prediction FROM samples
+                 WHERE prediction_id = $1",
+            )?;
+            let put = tx.prepare(OUTCOME_UPSERT)?;
+            let mut unmatched = Vec::new();
+            for (pid, label) in labels {
+                let rows = tx.query(&find, &[pid])?;
+                if rows.is_empty() {
+                    unmatched.push(pid.clone());
+                }
+                for r in rows {
+                    let (dev, name, version, digest, at_ms, prediction): (
+                        String,
+                        String,
+                        String,
+                        String,
+                        i64,
+                        Option<String>,
+                    ) = (
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
+                    );
+                    tx.execute(
+                        &put,
+                        &[
+                            &dev,
+                            pid,
+                            &name,
+                            &version,
+                            &digest,
+                            &at_ms,
+                            &prediction,
+                            &None::<f64>,
+                            label,
+                            &i(now_ms),
+                            &"batch",
+                        ],
+                    )?;
+                }
+            }
+            Ok(unmatched)
+        })
+    }
+
+    fn outcomes(&self, q: &Query) -> Result<Vec<StoredOutcome>, StoreError> {
+        let (cond, args) = filter(q, "predicted_ms", dollar);
+        let params: Vec<_> = args.iter().map(text).collect();
+        let rows = self.conn()?.query(
+            &format!(
+                "SELECT {OUTCOME_COLUMNS} FROM outcomes{cond}
+                 ORDER BY predicted_ms, device_id COLLATE \"C\", prediction_id COLLATE \"C\""
+            ),
+            &params,
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredOutcome {
+                    device_id: r.try_get(0)?,
+                    prediction_id: r.try_get(1)?,
+                    model: model_ref(r, 2)?,
+                    predicted_ms: u(r.try_get(5)?),
+                    prediction: r.try_get(6)?,
+                    score: r.try_get::<_, Option<f64>>(7)?.map(|v| v as f32),
+                    label: r.try_get(8)?,
+                    labelled_ms: u(r.try_get(9)?),
+                    source: r.try_get(10)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn audit_row(r: &Row) -> Result<AuditRow, postgres::Error> {
+    Ok(AuditRow {
+        seq: r.try_get(0)?,
+        at_ms: r.try_get(1)?,
+        actor: r.try_get(2)?,
+        operator: r.try_get(3)?,
+        action: r.try_get(4)?,
+        target: r.try_get(5)?,
+        key_ids: r.try_get(6)?,
+        details: r.try_get(7)?,
+        prev: r.try_get(8)?,
+        hash: r.try_get(9)?,
+    })
+}
+
+impl AuditStore for PgStore {
+    fn append_audit(&self, entry: &NewAuditEntry, now_ms: u64) -> Result<AuditEntry, StoreError> {
+        self.transaction(|tx| {
+            // The head row's lock orders appends from every replica.
+            let r = tx.query_one(
+                "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+                &[],
+            )?;
+            let head = AuditHead {
+                seq: u(r.try_get(0)?),
+                hash: r.try_get(1)?,
+            };
+            let e = entry.after(&head, now_ms);
+            tx.execute(
+                &format!(
+                    "INSERT INTO audit_log ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    AuditRow::COLUMNS
+                ),
+                &[
+                    &i(e.seq),
+                    &i(e.at_ms),
+                    &e.actor,
+                    &e.operator,
+                    &e.action,
+                    &e.target,
+                    &json(&e.key_ids)?,
+                    &json(&e.details)?,
+                    &e.prev,
+                    &e.hash,
+                ],
+            )?;
+            tx.execute(
+                "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+                &[&i(e.seq), &e.hash],
+            )?;
+            Ok(e)
+        })
+    }
+
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = self.conn()?.query(
+            &format!(
+                "SELECT {} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                AuditRow::COLUMNS
+            ),
+            &[&i(after), &i(limit as u64)],
+        )?;
+        rows.iter().map(|r| audit_row(r)?.entry()).collect()
+    }
+
+    fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        let r = self
+            .conn()?
+            .query_one("SELECT seq, hash FROM audit_head WHERE id = 1", &[])?;
+        Ok(AuditHead {
+            seq: u(r.try_get(0)?),
+            hash: r.try_get(1)?,
+        })
     }
 }
 

@@ -5,6 +5,7 @@ use super::{
     Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
     StoredSample, StoredWindow, TelemetryStore,
 };
+use super::{AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, StoredOutcome};
 use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
 use edgeml_fleet::Release;
@@ -151,6 +152,23 @@ impl SqliteStore {
     }
 }
 
+/// Keep a prediction's label; a later one replaces it (a correction).
+const OUTCOME_UPSERT: &str =
+    "INSERT INTO outcomes (device_id, prediction_id, name, version, digest,
+        predicted_ms, prediction, score, label, labelled_ms, source)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+     ON CONFLICT (device_id, prediction_id) DO UPDATE SET label = excluded.label,
+        labelled_ms = excluded.labelled_ms, source = excluded.source
+     WHERE excluded.labelled_ms >= outcomes.labelled_ms";
+
+/// A sample's true label, if it has one (a column of `samples` queries).
+const SAMPLE_LABEL: &str = "(SELECT label FROM outcomes o
+     WHERE o.device_id = samples.device_id AND o.prediction_id = samples.prediction_id)";
+
+/// The columns an outcome query reads.
+const OUTCOME_COLUMNS: &str = "device_id, prediction_id, name, version, digest, predicted_ms,
+     prediction, score, label, labelled_ms, source";
+
 impl TelemetryStore for SqliteStore {
     fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError> {
         let mut conn = self.conn();
@@ -162,6 +180,7 @@ impl TelemetryStore for SqliteStore {
                 RecordBody::Model(_) => "model",
                 RecordBody::Window(_) => "window",
                 RecordBody::Sample(_) => "sample",
+                RecordBody::Outcome(_) => "outcome",
             };
             let new = tx.execute(
                 "INSERT OR IGNORE INTO records (id, device_id, kind, received_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -217,8 +236,8 @@ impl TelemetryStore for SqliteStore {
                 }
                 RecordBody::Sample(s) => {
                     tx.execute(
-                        "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input, prediction_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                         params![
                             r.id,
                             dev,
@@ -228,7 +247,26 @@ impl TelemetryStore for SqliteStore {
                             i(s.at_ms),
                             s.reason.as_str(),
                             s.prediction,
-                            json(&s.input)?
+                            json(&s.input)?,
+                            s.prediction_id
+                        ],
+                    )?;
+                }
+                RecordBody::Outcome(o) => {
+                    tx.execute(
+                        OUTCOME_UPSERT,
+                        params![
+                            dev,
+                            o.prediction_id,
+                            o.model.name,
+                            o.model.version,
+                            o.model.digest,
+                            i(o.predicted_ms),
+                            o.prediction,
+                            o.score.map(f64::from),
+                            o.label,
+                            i(o.labelled_ms),
+                            "device"
                         ],
                     )?;
                 }
@@ -394,7 +432,8 @@ impl TelemetryStore for SqliteStore {
         let (cond, args) = filter(q, "at_ms", |_| "?".into());
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT record_id, device_id, name, version, digest, at_ms, reason, prediction, input
+            "SELECT record_id, device_id, name, version, digest, at_ms, reason, prediction, input,
+                prediction_id, {SAMPLE_LABEL}
              FROM samples{cond} ORDER BY at_ms, record_id"
         ))?;
         let rows = stmt
@@ -413,23 +452,196 @@ impl TelemetryStore for SqliteStore {
                         r.get::<_, String>(6)?,
                         r.get::<_, Option<String>>(7)?,
                         r.get::<_, String>(8)?,
+                        (
+                            r.get::<_, Option<String>>(9)?,
+                            r.get::<_, Option<String>>(10)?,
+                        ),
                     ))
                 },
             )?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(id, device_id, model, at_ms, reason, prediction, input)| {
-                Ok(StoredSample {
+            .map(
+                |(
                     id,
                     device_id,
                     model,
                     at_ms,
-                    reason: parse_reason(&reason)?,
+                    reason,
                     prediction,
-                    input: parse(&input)?,
-                })
-            })
+                    input,
+                    (prediction_id, label),
+                )| {
+                    Ok(StoredSample {
+                        id,
+                        device_id,
+                        model,
+                        at_ms,
+                        reason: parse_reason(&reason)?,
+                        prediction,
+                        prediction_id,
+                        label,
+                        input: parse(&input)?,
+                    })
+                },
+            )
             .collect()
+    }
+
+    fn label_samples(
+        &self,
+        labels: &[(String, String)],
+        now_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut unmatched = Vec::new();
+        {
+            let mut find = tx.prepare(
+                "SELECT device_id, name, version, digest, at_ms, prediction FROM samples
+                 WHERE prediction_id = ?1",
+            )?;
+            let mut put = tx.prepare(OUTCOME_UPSERT)?;
+            for (pid, label) in labels {
+                let rows = find
+                    .query_map([pid], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, Option<String>>(5)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                if rows.is_empty() {
+                    unmatched.push(pid.clone());
+                }
+                for (dev, name, version, digest, at_ms, prediction) in rows {
+                    put.execute(params![
+                        dev,
+                        pid,
+                        name,
+                        version,
+                        digest,
+                        at_ms,
+                        prediction,
+                        None::<f64>,
+                        label,
+                        i(now_ms),
+                        "batch"
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(unmatched)
+    }
+
+    fn outcomes(&self, q: &Query) -> Result<Vec<StoredOutcome>, StoreError> {
+        let (cond, args) = filter(q, "predicted_ms", |_| "?".into());
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {OUTCOME_COLUMNS} FROM outcomes{cond} ORDER BY predicted_ms, device_id, prediction_id"
+        ))?;
+        let rows = stmt
+            .query_map(
+                rusqlite::params_from_iter(args.into_iter().map(value)),
+                |r| {
+                    Ok(StoredOutcome {
+                        device_id: r.get(0)?,
+                        prediction_id: r.get(1)?,
+                        model: ModelRef {
+                            name: r.get(2)?,
+                            version: r.get(3)?,
+                            digest: r.get(4)?,
+                        },
+                        predicted_ms: u(r.get(5)?),
+                        prediction: r.get(6)?,
+                        score: r.get::<_, Option<f64>>(7)?.map(|v| v as f32),
+                        label: r.get(8)?,
+                        labelled_ms: u(r.get(9)?),
+                        source: r.get(10)?,
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+impl AuditStore for SqliteStore {
+    fn append_audit(&self, entry: &NewAuditEntry, now_ms: u64) -> Result<AuditEntry, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let head = tx.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok(AuditHead {
+                seq: u(r.get(0)?),
+                hash: r.get(1)?,
+            })
+        })?;
+        let e = entry.after(&head, now_ms);
+        tx.execute(
+            &format!(
+                "INSERT INTO audit_log ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                AuditRow::COLUMNS
+            ),
+            params![
+                i(e.seq),
+                i(e.at_ms),
+                e.actor,
+                e.operator,
+                e.action,
+                e.target,
+                json(&e.key_ids)?,
+                json(&e.details)?,
+                e.prev,
+                e.hash
+            ],
+        )?;
+        tx.execute(
+            "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1",
+            params![i(e.seq), e.hash],
+        )?;
+        tx.commit()?;
+        Ok(e)
+    }
+
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            AuditRow::COLUMNS
+        ))?;
+        let rows = stmt
+            .query_map(params![i(after), i(limit as u64)], |r| {
+                Ok(AuditRow {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    operator: r.get(3)?,
+                    action: r.get(4)?,
+                    target: r.get(5)?,
+                    key_ids: r.get(6)?,
+                    details: r.get(7)?,
+                    prev: r.get(8)?,
+                    hash: r.get(9)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(AuditRow::entry).collect()
+    }
+
+    fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+                Ok(AuditHead {
+                    seq: u(r.get(0)?),
+                    hash: r.get(1)?,
+                })
+            })?)
     }
 }
 

@@ -29,6 +29,7 @@
 mod config;
 mod error;
 mod export;
+mod feedback;
 mod metrics;
 mod serve;
 mod setup;
@@ -41,6 +42,7 @@ pub use config::{
 pub use edgeml_client::wire::fleet::{Installed, StatusReport, UpdateState};
 pub use error::Error;
 pub use export::Export;
+pub use feedback::FeedbackError;
 pub use setup::runtime;
 
 use edgeml_client::wire::fleet::RolloutState;
@@ -101,6 +103,8 @@ struct Inner {
     stop: (Mutex<bool>, Condvar),
     /// `GET /metrics` on the local API.
     metrics: metrics::Metrics,
+    /// Recent predictions, for labels given on the device.
+    recent: Mutex<feedback::Recent>,
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +269,7 @@ impl Agent {
             polling: Mutex::new(()),
             stop: (Mutex::new(false), Condvar::new()),
             metrics: metrics::Metrics::new(&export),
+            recent: Mutex::new(feedback::Recent::new(feedback::DEFAULT_REMEMBERED)),
         });
         // Serve the last known good bundle; fall back to the one before it.
         for candidate in [disk.current.clone(), disk.previous.clone()]
@@ -305,6 +310,13 @@ impl Agent {
     /// Predict with the model being served (counted in the health watch).
     pub fn predict(&self, input: Input) -> Result<Prediction, PredictError> {
         self.inner.predict(None, None, input)
+    }
+
+    /// The true label of one of this agent's recent predictions (its
+    /// `Prediction::id`): shipped to the fleet server through telemetry,
+    /// where it counts in the accuracy of the model version that made it.
+    pub fn feedback(&self, prediction_id: &str, label: &str) -> Result<(), FeedbackError> {
+        self.inner.feedback(prediction_id, label)
     }
 
     /// The current status, as reported to the fleet server.
@@ -660,6 +672,23 @@ impl Inner {
         match result {
             Ok(p) => {
                 slot.requests.fetch_add(1, Ordering::Relaxed);
+                if self.runtime.telemetry().is_some() {
+                    let top = p.scores.as_ref().and_then(|s| s.first());
+                    lock(&self.recent).remember(
+                        p.id.clone(),
+                        feedback::Remembered {
+                            model: edgeml_telemetry::wire::ModelRef {
+                                name: i.model.clone(),
+                                version: i.version.clone(),
+                                digest: slot.model.digest().to_string(),
+                            },
+                            labels: slot.model.manifest().labels.clone().into(),
+                            predicted_ms: edgeml_telemetry::now_ms(),
+                            prediction: top.map(|t| t.label.clone()),
+                            score: top.map(|t| t.score),
+                        },
+                    );
+                }
                 Ok(p)
             }
             Err(e) if e.is_client_error() => Err(PredictError::Model(e)),
@@ -669,6 +698,41 @@ impl Inner {
                 Err(PredictError::Model(e))
             }
         }
+    }
+
+    fn feedback(&self, prediction_id: &str, label: &str) -> Result<(), FeedbackError> {
+        let telemetry = self
+            .runtime
+            .telemetry()
+            .ok_or(FeedbackError::TelemetryOff)?;
+        if label.is_empty() || label.len() > 256 {
+            return Err(FeedbackError::InvalidLabel);
+        }
+        let r = lock(&self.recent)
+            .get(prediction_id)
+            .cloned()
+            .ok_or_else(|| FeedbackError::UnknownPrediction(prediction_id.to_string()))?;
+        if !r.labels.is_empty() && !r.labels.iter().any(|l| l == label) {
+            return Err(FeedbackError::UnknownLabel {
+                label: label.to_string(),
+                model: format!("{} {}", r.model.name, r.model.version),
+                labels: r.labels.join(", "),
+            });
+        }
+        telemetry
+            .outcome(
+                &r.model,
+                &edgeml_telemetry::Outcome {
+                    prediction_id,
+                    predicted_ms: r.predicted_ms,
+                    prediction: r.prediction.as_deref(),
+                    score: r.score,
+                    label,
+                },
+            )
+            .map_err(|e| FeedbackError::Spool(e.to_string()))?;
+        tracing::debug!(prediction_id, label, "label queued");
+        Ok(())
     }
 
     fn ensure_enrolled(&self) -> Result<(), Error> {

@@ -148,6 +148,7 @@ fn router(inner: Arc<Inner>, cfg: &crate::ServeConfig) -> Router {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/feedback", post(feedback))
         .route(
             "/v2/models/{name}/versions/{version}",
             get(model_metadata_v),
@@ -446,21 +447,97 @@ fn values(t: &Tensor) -> Vec<Value> {
     }
 }
 
+/// The response: `id` is the request's, as the protocol asks, or else the
+/// prediction id; `parameters.prediction_id` is always the prediction id
+/// (give it to `/v2/models/{name}/feedback` with the true label).
 fn to_response(p: &Prediction, model: &str, version: &str, id: Option<String>) -> Value {
     let mut body = json!({
         "model_name": model,
         "model_version": version,
+        "id": id.unwrap_or_else(|| p.id.clone()),
         "outputs": p.outputs.iter().map(|t| json!({
             "name": t.name, "datatype": datatype(t.dtype), "shape": t.shape, "data": values(t),
         })).collect::<Vec<_>>(),
+        "parameters": {"prediction_id": p.id},
     });
-    if let Some(id) = id {
-        body["id"] = json!(id);
-    }
     if let Some(scores) = &p.scores {
-        body["parameters"] = json!({"labels": scores.iter().take(5).map(|s| json!({"label": s.label, "score": s.score})).collect::<Vec<_>>()});
+        body["parameters"]["labels"] = json!(scores
+            .iter()
+            .take(5)
+            .map(|s| json!({"label": s.label, "score": s.score}))
+            .collect::<Vec<_>>());
     }
     body
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackRequest {
+    prediction_id: String,
+    label: String,
+}
+
+/// `POST /v2/models/{name}/feedback` `{"prediction_id": ..., "label": ...}`:
+/// the true label of a recent prediction. 202 when queued for the server.
+async fn feedback(State(api): St, Path(name): Path<String>, req: Request) -> Response {
+    if !is_json(req.headers()) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "feedback must be sent with Content-Type: application/json",
+        );
+    }
+    let body = match axum::body::to_bytes(req.into_body(), 4096).await {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "feedback is at most 4 KiB"),
+    };
+    let req: FeedbackRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("feedback must be {{\"prediction_id\": \"...\", \"label\": \"...\"}}: {e}"),
+            )
+        }
+    };
+    let inner = api.inner.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        // The prediction names its model; this only checks the URL's.
+        match inner.serving() {
+            Some(s) if s.installed.model != name => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "model `{name}` is not served here; this agent serves {}",
+                        s.installed.model
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        inner
+            .feedback(&req.prediction_id, &req.label)
+            .map_err(|e| {
+                let status = match e {
+                    crate::FeedbackError::UnknownPrediction(_) => StatusCode::NOT_FOUND,
+                    crate::FeedbackError::UnknownLabel { .. }
+                    | crate::FeedbackError::InvalidLabel => StatusCode::UNPROCESSABLE_ENTITY,
+                    crate::FeedbackError::TelemetryOff => StatusCode::CONFLICT,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                (status, e.to_string())
+            })?;
+        Ok(req.prediction_id)
+    })
+    .await;
+    match job {
+        Ok(Ok(id)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"prediction_id": id, "queued": true})),
+        )
+            .into_response(),
+        Ok(Err((status, msg))) => error(status, msg),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 /// Whether the request says it carries JSON. Anything else gets 415: a

@@ -156,6 +156,12 @@ pub fn read_claims(artifact: &[u8]) -> Result<ArtifactClaims, ArtifactError> {
     split(artifact).map(|(h, _)| h.claims)
 }
 
+/// The id of the key an artifact says signed it, without checking
+/// anything (after [`verify_signature`], the key that did).
+pub fn signer_key_id(artifact: &[u8]) -> Result<String, ArtifactError> {
+    split(artifact).map(|(h, _)| h.key_id)
+}
+
 fn split(artifact: &[u8]) -> Result<(Header, &[u8]), ArtifactError> {
     let bad = |why: &str| ArtifactError::Malformed(why.to_string());
     let rest = artifact

@@ -58,6 +58,8 @@ pub struct PackOptions<'a> {
     pub baseline: Option<crate::manifest::Baseline>,
     /// Self-test vectors devices run before switching to this bundle.
     pub self_test: Vec<crate::manifest::SelfTest>,
+    /// The model card.
+    pub card: Option<crate::card::ModelCard>,
 }
 
 fn is_ours(s: &Section<'_>) -> bool {
@@ -119,6 +121,7 @@ pub fn pack(opts: &PackOptions<'_>) -> Result<Vec<u8>> {
         preprocessing: opts.preprocessing.clone(),
         baseline: opts.baseline.clone(),
         self_test: opts.self_test.clone(),
+        card: opts.card.clone(),
     };
     manifest.validate()?;
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Manifest(e.to_string()))?;

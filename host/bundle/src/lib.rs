@@ -31,6 +31,7 @@
 
 pub mod artifact;
 mod bundle;
+pub mod card;
 mod error;
 mod keys;
 pub mod manifest;
@@ -42,6 +43,7 @@ pub use bundle::{
     inspect, pack, read_file, sign, verify, verify_with_limits, BundleInfo, Limits, PackOptions,
     SectionInfo, SignatureInfo, VerifiedBundle, MANIFEST_SECTION, MODEL_SECTION,
 };
+pub use card::ModelCard;
 pub use error::{Error, Result};
 pub use keys::{KeyId, PublicKey, SecretKey};
 pub use manifest::{

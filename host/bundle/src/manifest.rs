@@ -165,6 +165,10 @@ pub struct Manifest {
     /// version, and rolls back if any fails.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub self_test: Vec<SelfTest>,
+    /// Owner, intended use, training data, code revision and evaluation
+    /// (`edgeml pack --card`), signed with the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<crate::card::ModelCard>,
 }
 
 /// Most self-test vectors a manifest may carry.
@@ -302,6 +306,9 @@ impl Manifest {
                     )));
                 }
             }
+        }
+        if let Some(card) = &self.card {
+            card.validate()?;
         }
         if self.self_test.len() > MAX_SELF_TESTS {
             return Err(Error::Manifest(format!(

@@ -27,6 +27,7 @@ fn signed(key: &SecretKey) -> Vec<u8> {
         created: None,
         baseline: None,
         self_test: vec![],
+        card: None,
     })
     .expect("packing");
     sign(&bundle, key).expect("signing")

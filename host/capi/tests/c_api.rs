@@ -62,6 +62,7 @@ impl Fixture {
             created: None,
             baseline: None,
             self_test: Vec::new(),
+            card: None,
         })
         .unwrap();
         let signed = bundle::sign(&unsigned, &publisher).unwrap();

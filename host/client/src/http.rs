@@ -1,13 +1,14 @@
 //! The blocking HTTP client.
 
+use crate::wire::audit::{AuditEntry, AuditHead, AuditPage};
 use crate::wire::fleet::{
     ArtifactStored, BundleStored, ChannelList, ChannelStatus, ChannelView, FleetDevice,
     FleetDeviceList, ReleasePublished, RolloutAction, RolloutChanged, RolloutRequest,
     RootPublished, StatusReport,
 };
 use crate::wire::telemetry::{
-    self as tw, DeviceInfo, DriftResponse, Enrolled, ModelVersionInfo, NpyMetadata, Range,
-    StatsResponse,
+    self as tw, AccuracyResponse, DeviceInfo, DriftResponse, Enrolled, LabelsReceived,
+    ModelVersionInfo, NpyMetadata, Range, StatsResponse,
 };
 use crate::wire::ErrorBody;
 use crate::Error;
@@ -29,6 +30,7 @@ pub struct Client {
     http: Http,
     base: String,
     admin_token: Option<String>,
+    operator: Option<String>,
 }
 
 /// What polling a channel found.
@@ -83,12 +85,21 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_string(),
             admin_token: None,
+            operator: None,
         })
     }
 
     /// Authorise operator calls with the server's admin token.
     pub fn with_admin_token(mut self, token: impl Into<String>) -> Client {
         self.admin_token = Some(token.into());
+        self
+    }
+
+    /// Name the person or program acting in the server's audit log
+    /// (`Edgeml-Operator` header on operator calls). The server records it
+    /// as claimed: the admin token is what authorises.
+    pub fn with_operator(mut self, name: impl Into<String>) -> Client {
+        self.operator = Some(name.into());
         self
     }
 
@@ -102,6 +113,10 @@ impl Client {
     }
 
     fn admin(&self, req: RequestBuilder) -> RequestBuilder {
+        let req = match &self.operator {
+            Some(o) => req.header("edgeml-operator", o),
+            None => req,
+        };
         match &self.admin_token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -422,6 +437,33 @@ impl Client {
             .channels)
     }
 
+    /// One page of the server's audit log: entries after `after`, oldest
+    /// first, at most `limit` (the server caps it at 1000), and the head
+    /// the server recorded.
+    pub fn audit_page(&self, after: u64, limit: usize) -> Result<AuditPage, Error> {
+        self.get_json(
+            "/v1/audit",
+            &[("after", after.to_string()), ("limit", limit.to_string())],
+        )
+    }
+
+    /// The whole audit log, page by page, with the server's head as it was
+    /// before the first page (entries appended meanwhile are included).
+    pub fn audit_log(&self) -> Result<(Vec<AuditEntry>, AuditHead), Error> {
+        let first = self.audit_page(0, 1000)?;
+        let head = first.head;
+        let mut entries = first.entries;
+        loop {
+            let after = entries.last().map_or(0, |e| e.seq);
+            let page = self.audit_page(after, 1000)?;
+            if page.entries.is_empty() || page.entries[0].seq <= after {
+                break;
+            }
+            entries.extend(page.entries);
+        }
+        Ok((entries, head))
+    }
+
     /// Every device's latest status report.
     pub fn fleet_devices(&self) -> Result<Vec<FleetDevice>, Error> {
         Ok(self
@@ -447,6 +489,41 @@ impl Client {
             segment(version)
         );
         self.get_json(&path, &range_query(range))
+    }
+
+    /// Measured accuracy of a model's versions from labelled predictions
+    /// (`version`, `range` and `window_ms` narrow or split it).
+    pub fn accuracy(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        range: &Range,
+        window_ms: Option<u64>,
+    ) -> Result<AccuracyResponse, Error> {
+        let path = format!("/v1/models/{}/accuracy", segment(model));
+        let mut q = range_query(range);
+        if let Some(v) = version {
+            q.push(("version", v.to_string()));
+        }
+        if let Some(w) = window_ms {
+            q.push(("window_ms", w.to_string()));
+        }
+        self.get_json(&path, &q)
+    }
+
+    /// Upload true labels by prediction id (`content_type`: `text/csv`,
+    /// `application/json` or `application/vnd.apache.parquet`).
+    pub fn upload_labels(
+        &self,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<LabelsReceived, Error> {
+        let url = self.url("/v1/labels");
+        let req = self
+            .admin(self.http.post(&url))
+            .header("content-type", content_type)
+            .body(body);
+        json(checked(&url, send(&url, req)?)?, &url)
     }
 
     /// Drift of a model version against its baseline, in buckets of `bucket`.

@@ -770,6 +770,25 @@ impl TrustedRoot {
         Ok(change)
     }
 
+    /// The ids of this root's root keys whose signatures on it verify (for
+    /// records such as the server's audit log).
+    pub fn root_signers(&self) -> BTreeSet<String> {
+        self.envelope
+            .check(Root::KIND, "root", &self.root.roles.root, &self.root)
+            .unwrap_or_default()
+    }
+
+    /// The ids of this root's release keys whose signatures on release
+    /// metadata `bytes` verify, once they meet the threshold.
+    pub fn release_signers(&self, bytes: &[u8]) -> Result<BTreeSet<String>> {
+        Envelope::from_slice(bytes, "release")?.check(
+            Release::KIND,
+            "release",
+            &self.root.roles.release,
+            &self.root,
+        )
+    }
+
     /// Refuse an expired root (after following the chain).
     pub fn check_fresh(&self, now: SystemTime) -> Result<()> {
         check_expiry(self.root.expires_at()?, now, "root")

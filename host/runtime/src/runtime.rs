@@ -55,6 +55,12 @@ impl Drop for Inner {
 }
 
 impl Runtime {
+    /// The device's telemetry, when the config turned it on (for labels
+    /// given later: [`edgeml_telemetry::Telemetry::outcome`]).
+    pub fn telemetry(&self) -> Option<&edgeml_telemetry::Telemetry> {
+        self.inner.config.telemetry.as_ref()
+    }
+
     /// Build the engine (Cranelift, epoch interruption) and the linker
     /// (WASI with nothing granted, `wasi:nn`, the edgeml host interface).
     pub fn new(config: &Config) -> Result<Self, Error> {
@@ -815,9 +821,11 @@ impl Model {
                     monitoring: &p.monitoring,
                     scores: &scores,
                 };
-                telemetry.record(latency, Ok(observed), || input.map(sample_input));
+                telemetry.record(latency, Ok(observed), Some(&p.id), || {
+                    input.map(sample_input)
+                });
             }
-            Err(e) => telemetry.record(latency, Err(e.kind()), || None),
+            Err(e) => telemetry.record(latency, Err(e.kind()), None, || None),
         }
         result
     }
@@ -972,6 +980,7 @@ impl Model {
         self.shared.release(slot);
         let p = result.map_err(guest_error)?;
         Ok(Prediction {
+            id: edgeml_telemetry::wire::new_prediction_id(),
             outputs: p.outputs.into_iter().map(from_wit).collect(),
             scores: p.scores.map(|s| {
                 s.into_iter()

@@ -49,6 +49,9 @@ pub struct ScoredLabel {
 /// The result of one prediction.
 #[derive(Debug, Clone)]
 pub struct Prediction {
+    /// This prediction's id (32 hex digits, unique across a fleet): give it
+    /// back with the true label when it is known.
+    pub id: String,
     /// Named output tensors.
     pub outputs: Vec<Tensor>,
     /// Best labels first, when the model has labels.

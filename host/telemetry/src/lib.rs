@@ -53,8 +53,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wire::{
-    ModelRecord, ModelRef, Record, RecordBody, SampleInput, SampleReason, SampleRecord, SpoolStats,
-    WindowRecord,
+    ModelRecord, ModelRef, OutcomeRecord, Record, RecordBody, SampleInput, SampleReason,
+    SampleRecord, SpoolStats, WindowRecord,
 };
 
 /// The spool of the device configured by `config`, read from disk without
@@ -347,6 +347,26 @@ fn xorshift(s: &mut u64) -> u64 {
 }
 
 impl Telemetry {
+    /// Ship the true label of one of `model`'s predictions (an
+    /// [`OutcomeRecord`] through the spool, like every record).
+    pub fn outcome(&self, model: &ModelRef, outcome: &Outcome<'_>) -> Result<(), Error> {
+        self.inner
+            .spool
+            .push(&Record {
+                id: wire::new_record_id(),
+                body: RecordBody::Outcome(OutcomeRecord {
+                    model: model.clone(),
+                    prediction_id: outcome.prediction_id.to_string(),
+                    predicted_ms: outcome.predicted_ms,
+                    prediction: outcome.prediction.map(str::to_string),
+                    score: outcome.score,
+                    label: outcome.label.to_string(),
+                    labelled_ms: now_ms(),
+                }),
+            })
+            .map(drop)
+    }
+
     /// Open (or create) the telemetry directory, recover what a previous
     /// process left (journals become windows, pending samples go to the
     /// spool), and start the window closer and, with a collector, the shipper.
@@ -523,15 +543,32 @@ impl Telemetry {
     }
 }
 
+/// One prediction's true label, for [`ModelTelemetry::outcome`].
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    /// The prediction's id.
+    pub prediction_id: &'a str,
+    /// When it was made (Unix ms).
+    pub predicted_ms: u64,
+    /// Its top label.
+    pub prediction: Option<&'a str>,
+    /// The top label's score.
+    pub score: Option<f32>,
+    /// The true label.
+    pub label: &'a str,
+}
+
 impl ModelTelemetry {
     /// Record one prediction: its latency and either what it observed or the
     /// kind of error. `input` is called only when
     /// the input is kept as a sample (samples enabled, and chosen by the
-    /// reservoir or below the confidence threshold).
+    /// reservoir or below the confidence threshold); a kept sample carries
+    /// `prediction_id`, so labels given later can be joined with it.
     pub fn record(
         &self,
         latency: Duration,
         outcome: Result<Observed<'_>, ErrorKind>,
+        prediction_id: Option<&str>,
         input: impl FnOnce() -> Option<SampleInput>,
     ) {
         let t_ms = now_ms();
@@ -589,6 +626,7 @@ impl ModelTelemetry {
             at_ms: t_ms,
             reason: SampleReason::Reservoir,
             prediction,
+            prediction_id: prediction_id.map(str::to_string),
             input,
         };
         if let Some(slot) = slot {

@@ -218,6 +218,7 @@ mod tests {
                 at_ms: i,
                 reason: SampleReason::Reservoir,
                 prediction: None,
+                prediction_id: None,
                 input: SampleInput::media("text/plain", &[0u8; 1000]),
             }),
         }

@@ -75,6 +75,17 @@ pub fn new_record_id() -> String {
     hex::encode(b)
 }
 
+/// A fresh prediction id: 32 hex digits, a random 64-bit prefix drawn once
+/// per process and a counter. Unique across devices and restarts without
+/// a random draw per prediction (the hot path).
+pub fn new_prediction_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| new_record_id()[..16].to_string());
+    format!("{prefix}{:016x}", N.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Which model (exact bundle) a record is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -109,6 +120,31 @@ pub enum RecordBody {
     Window(WindowRecord),
     /// A raw input kept for retraining.
     Sample(SampleRecord),
+    /// The true answer for one prediction, given on the device (its local
+    /// API's feedback endpoint).
+    Outcome(OutcomeRecord),
+}
+
+/// The true label of one prediction, as a device learnt it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OutcomeRecord {
+    /// The model that predicted.
+    pub model: ModelRef,
+    /// The prediction's id (the inference response's `prediction_id`).
+    pub prediction_id: String,
+    /// When it predicted, Unix milliseconds.
+    pub predicted_ms: u64,
+    /// Its top label, if the model has labels.
+    #[serde(default)]
+    pub prediction: Option<String>,
+    /// The top label's score.
+    #[serde(default)]
+    pub score: Option<f32>,
+    /// The true label.
+    pub label: String,
+    /// When the label was given, Unix milliseconds.
+    pub labelled_ms: u64,
 }
 
 /// Sent once per model a device loads.
@@ -205,6 +241,9 @@ pub struct SampleRecord {
     /// The model's prediction (top label), if any.
     #[serde(default)]
     pub prediction: Option<String>,
+    /// The prediction's id, for labels that arrive later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_id: Option<String>,
     /// The input.
     pub input: SampleInput,
 }

@@ -1,6 +1,7 @@
 //! Every type the fleet and telemetry API sends, in one place: the server
 //! serialises them, the agent and the CLI deserialise them.
 
+pub mod audit;
 pub mod fleet;
 pub mod telemetry;
 

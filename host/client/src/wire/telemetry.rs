@@ -183,6 +183,12 @@ pub struct NpyRow {
     pub reason: String,
     /// The model's top label then.
     pub prediction: Option<String>,
+    /// The prediction's id.
+    #[serde(default)]
+    pub prediction_id: Option<String>,
+    /// The true label, when one was given (on the device or uploaded).
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 /// Metadata that goes with a `.npy` export (`GET /v1/samples?format=npy-metadata`).
@@ -215,4 +221,112 @@ pub struct Range {
     /// One device only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+}
+
+/// `GET /v1/models/{name}/accuracy`: measured accuracy per model version,
+/// from predictions whose true label is known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AccuracyResponse {
+    /// The model.
+    pub model: String,
+    /// One entry per version with labelled predictions, in version order.
+    pub versions: Vec<VersionAccuracy>,
+}
+
+/// How right one model version was on its labelled predictions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionAccuracy {
+    /// The version.
+    pub version: String,
+    /// Predictions with a true label.
+    pub labelled: u64,
+    /// Of those, predicted right (top label = true label).
+    pub correct: u64,
+    /// `correct / labelled`.
+    pub accuracy: f64,
+    /// Mean of the per-class F1 scores over classes that occur (as true or
+    /// predicted labels).
+    pub macro_f1: f64,
+    /// Per class, by label.
+    pub classes: Vec<ClassMetrics>,
+    /// Per device.
+    pub devices: Vec<GroupAccuracy>,
+    /// Per time window of the query's `window_ms` (by prediction time),
+    /// oldest first; empty without `window_ms`.
+    pub windows: Vec<WindowAccuracy>,
+}
+
+/// Precision, recall and F1 of one class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClassMetrics {
+    /// The label.
+    pub label: String,
+    /// Predictions whose true label is this one.
+    pub support: u64,
+    /// Predictions of this label.
+    pub predicted: u64,
+    /// Right predictions of this label.
+    pub correct: u64,
+    /// `correct / predicted` (null when never predicted).
+    pub precision: Option<f64>,
+    /// `correct / support` (null without support).
+    pub recall: Option<f64>,
+    /// Harmonic mean of precision and recall (null when either is).
+    pub f1: Option<f64>,
+}
+
+/// Accuracy of one group (a device).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupAccuracy {
+    /// The group (device id).
+    pub name: String,
+    /// Labelled predictions.
+    pub labelled: u64,
+    /// Right ones.
+    pub correct: u64,
+    /// `correct / labelled`.
+    pub accuracy: f64,
+}
+
+/// Accuracy over one time window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WindowAccuracy {
+    /// Window start (Unix ms, a multiple of `window_ms`).
+    pub start_ms: u64,
+    /// Labelled predictions made in it.
+    pub labelled: u64,
+    /// Right ones.
+    pub correct: u64,
+    /// `correct / labelled`.
+    pub accuracy: f64,
+}
+
+/// One true label in an upload (`POST /v1/labels`, JSON form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LabelRow {
+    /// The prediction's id (a sample's `prediction_id`).
+    pub prediction_id: String,
+    /// Its true label.
+    pub label: String,
+}
+
+/// The answer to a label upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LabelsReceived {
+    /// Labels in the upload.
+    pub received: u64,
+    /// Labels that named a stored sample's prediction (now its outcome).
+    pub matched: u64,
+    /// Labels that named none.
+    pub unmatched: u64,
+    /// The first 100 unmatched prediction ids.
+    pub unmatched_ids: Vec<String>,
 }

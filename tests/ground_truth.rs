@@ -1,0 +1,426 @@
+//! Ground truth: every prediction gets an id, a label given later on the
+//! device (the local API's feedback endpoint, or `Agent::feedback`) travels
+//! with telemetry, and the fleet server reports measured accuracy per model
+//! version, class, device and time window. Real agents serving digits on
+//! loopback, a real fleet server and database, real telemetry batches.
+
+use crate::common::*;
+use crate::fleet::*;
+use base64::Engine as _;
+use edgeml_agent::{Agent, FeedbackError, PollOutcome};
+use edgeml_client::wire::telemetry::Range;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The true digit of each held-out PNG.
+fn truth() -> HashMap<String, String> {
+    let labels: serde_json::Value =
+        serde_json::from_slice(&read(model_path("digits/holdout/labels.json"))).unwrap();
+    labels
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap().to_string()))
+        .collect()
+}
+
+/// An agent with telemetry to the fleet server, serving on loopback.
+fn serving_with_telemetry(f: &Fleet, id: &str) -> (Agent, edgeml_runtime::Telemetry) {
+    let (rt, t) = telemetry_runtime(f, id);
+    let mut c = f.agent_config(id);
+    c.identity_dir = Some(t.config().dir.clone());
+    c.serve.listen = "127.0.0.1:0".into();
+    c.poll_interval = Duration::from_secs(3600);
+    (Agent::start(c, rt).expect("agent"), t)
+}
+
+fn png_request(i: usize, id: Option<&str>) -> serde_json::Value {
+    let mut r = json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+        "parameters": {"content_type": "image/png"},
+        "data": [base64::engine::general_purpose::STANDARD.encode(png(i))]}]});
+    if let Some(id) = id {
+        r["id"] = json!(id);
+    }
+    r
+}
+
+/// Predict held-out image `i` over the local API: (prediction id, top label).
+fn infer(f: &Fleet, a: &Agent, i: usize) -> (String, String) {
+    let resp: serde_json::Value = f
+        .http
+        .post(format!(
+            "http://{}/v2/models/digits/infer",
+            a.serve_addr().unwrap()
+        ))
+        .json(&png_request(i, None))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = resp["parameters"]["prediction_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Without a request id, the response's `id` is the prediction id.
+    assert_eq!(resp["id"], id.as_str());
+    let top = resp["parameters"]["labels"][0]["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id, top)
+}
+
+fn give_label(f: &Fleet, a: &Agent, body: serde_json::Value) -> reqwest::blocking::Response {
+    f.http
+        .post(format!(
+            "http://{}/v2/models/digits/feedback",
+            a.serve_addr().unwrap()
+        ))
+        .json(&body)
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn labels_from_devices_give_accuracy_per_version() {
+    let f = Fleet::new();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    let truth = truth();
+    let (http_agent, t1) = serving_with_telemetry(&f, "gt-http");
+    let (lib_agent, t2) = serving_with_telemetry(&f, "gt-lib");
+    for a in [&http_agent, &lib_agent] {
+        // Each installs it on its first poll, as it starts.
+        wait_for("1.0.0 installed", 60, || {
+            version_of(a).as_deref() == Some("1.0.0")
+        });
+    }
+    // (version, device, right?) of every label given.
+    let mut expected: Vec<(&str, &str, bool)> = Vec::new();
+
+    // Over HTTP: 12 held-out digits, each labelled with its true digit.
+    for i in 0..12 {
+        let (id, top) = infer(&f, &http_agent, i);
+        let label = &truth[&format!("{i:03}.png")];
+        let r = give_label(
+            &f,
+            &http_agent,
+            json!({"prediction_id": id, "label": label}),
+        );
+        assert_eq!(r.status(), 202, "{}", r.text().unwrap());
+        expected.push(("1.0.0", "gt-http", top == *label));
+    }
+    // A request id is echoed as the protocol says; the prediction id is apart.
+    let resp: serde_json::Value = f
+        .http
+        .post(format!(
+            "http://{}/v2/models/digits/infer",
+            http_agent.serve_addr().unwrap()
+        ))
+        .json(&png_request(0, Some("req-7")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(resp["id"], "req-7");
+    let pid = resp["parameters"]["prediction_id"].as_str().unwrap();
+    assert_eq!(pid.len(), 32);
+    // Refusals: an unknown prediction, a label the model does not have, a
+    // body that is not JSON.
+    let r = give_label(
+        &f,
+        &http_agent,
+        json!({"prediction_id": "0".repeat(32), "label": "7"}),
+    );
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("is unknown here"));
+    let r = give_label(
+        &f,
+        &http_agent,
+        json!({"prediction_id": pid, "label": "banana"}),
+    );
+    assert_eq!(r.status(), 422);
+    assert!(r
+        .text()
+        .unwrap()
+        .contains("`banana` is not a label of digits 1.0.0"));
+    let r = f
+        .http
+        .post(format!(
+            "http://{}/v2/models/digits/feedback",
+            http_agent.serve_addr().unwrap()
+        ))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("prediction_id=x&label=7")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    // Through the library: 6 digits, every other one labelled wrongly on
+    // purpose (a downstream system that disagrees with the model).
+    for i in 20..26 {
+        let p = lib_agent
+            .predict(edgeml_runtime::Input::Media {
+                media_type: "image/png".into(),
+                bytes: png(i),
+            })
+            .unwrap();
+        let top = p.scores.as_ref().unwrap()[0].label.clone();
+        let label = if i % 2 == 0 {
+            top.clone()
+        } else {
+            format!("{}", (top.parse::<u32>().unwrap() + 1) % 10)
+        };
+        lib_agent.feedback(&p.id, &label).unwrap();
+        expected.push(("1.0.0", "gt-lib", i % 2 == 0));
+    }
+    assert!(matches!(
+        lib_agent.feedback("nope", "7"),
+        Err(FeedbackError::UnknownPrediction(id)) if id == "nope"
+    ));
+
+    // Version 1.1.0: every label right.
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    assert!(matches!(http_agent.poll(), Ok(PollOutcome::Installed(_))));
+    for i in 30..35 {
+        let (id, top) = infer(&f, &http_agent, i);
+        let r = give_label(&f, &http_agent, json!({"prediction_id": id, "label": top}));
+        assert_eq!(r.status(), 202);
+        expected.push(("1.1.0", "gt-http", true));
+    }
+    for t in [&t1, &t2] {
+        t.flush(Duration::from_secs(20));
+    }
+
+    let acc = f
+        .client
+        .accuracy("digits", None, &Range::default(), Some(3_600_000))
+        .unwrap();
+    assert_eq!(
+        acc.versions
+            .iter()
+            .map(|v| v.version.as_str())
+            .collect::<Vec<_>>(),
+        ["1.0.0", "1.1.0"]
+    );
+    for v in &acc.versions {
+        let mine: Vec<_> = expected.iter().filter(|e| e.0 == v.version).collect();
+        assert_eq!(v.labelled, mine.len() as u64, "{}", v.version);
+        assert_eq!(
+            v.correct,
+            mine.iter().filter(|e| e.2).count() as u64,
+            "{}",
+            v.version
+        );
+        assert_eq!(v.accuracy, v.correct as f64 / v.labelled as f64);
+        assert_eq!(v.classes.iter().map(|c| c.support).sum::<u64>(), v.labelled);
+        assert_eq!(
+            v.windows.iter().map(|w| w.labelled).sum::<u64>(),
+            v.labelled
+        );
+        for d in &v.devices {
+            let n = mine.iter().filter(|e| e.1 == d.name).count() as u64;
+            assert_eq!(d.labelled, n, "{} {}", v.version, d.name);
+        }
+    }
+    let v1 = &acc.versions[0];
+    assert_eq!(v1.devices.len(), 2);
+    let lib = v1.devices.iter().find(|d| d.name == "gt-lib").unwrap();
+    assert_eq!((lib.labelled, lib.correct), (6, 3));
+    assert_eq!(acc.versions[1].accuracy, 1.0);
+
+    // The operator's view.
+    let out = edgeml()
+        .args([
+            "collector",
+            "accuracy",
+            "--model",
+            "digits",
+            "--classes",
+            "--url",
+            &f.url(),
+        ])
+        .env("EDGEML_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("1.1.0") && l.contains(" 5 ") && l.contains("1.0000")),
+        "{text}"
+    );
+    assert!(text.contains("device gt-lib"), "{text}");
+}
+
+#[test]
+fn feedback_needs_telemetry() {
+    let (_f, a) = on_v1();
+    let p = a
+        .predict(edgeml_runtime::Input::Media {
+            media_type: "image/png".into(),
+            bytes: png(0),
+        })
+        .unwrap();
+    assert!(matches!(
+        a.feedback(&p.id, "7"),
+        Err(FeedbackError::TelemetryOff)
+    ));
+}
+
+#[test]
+fn uploaded_labels_join_samples_and_export_with_them() {
+    let f = Fleet::new();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    // A device that keeps every input as a sample (up to 16 per window).
+    let id = "gt-samples";
+    let mut tc = edgeml_runtime::TelemetryConfig::new(id, f.dir.path().join("telemetry").join(id));
+    tc.window = Duration::from_secs(60);
+    tc.samples = Some(edgeml_runtime::telemetry::SampleConfig {
+        per_window: 16,
+        ..Default::default()
+    });
+    let mut cc = edgeml_runtime::telemetry::CollectorConfig::new(f.url());
+    cc.enrolment_token = Some(ENROL.into());
+    cc.interval = Duration::from_millis(200);
+    tc.collector = Some(cc);
+    std::fs::create_dir_all(&tc.dir).unwrap();
+    let t = edgeml_runtime::Telemetry::start(tc).unwrap();
+    let mut c = edgeml_runtime::Config::new();
+    c.cache_dir(std::env::temp_dir().join("edgeml-fleet-test-cache"));
+    c.telemetry(t.clone());
+    let mut ac = f.agent_config(id);
+    ac.identity_dir = Some(t.config().dir.clone());
+    let a = Agent::open(ac, edgeml_runtime::Runtime::new(&c).unwrap()).unwrap();
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let p = a
+            .predict(edgeml_runtime::Input::Media {
+                media_type: "image/png".into(),
+                bytes: png(i),
+            })
+            .unwrap();
+        ids.push((p.id.clone(), p.scores.unwrap()[0].label.clone()));
+    }
+    t.flush(Duration::from_secs(20));
+    let samples = f
+        .store()
+        .samples(&edgeml_collector::store::Query::default())
+        .unwrap();
+    assert_eq!(samples.len(), 8);
+    for s in &samples {
+        let pid = s
+            .prediction_id
+            .as_deref()
+            .expect("samples keep their prediction id");
+        assert!(ids.iter().any(|(id, _)| id == pid));
+        assert_eq!(s.label, None);
+    }
+
+    // Labels for all eight, the first one disagreeing with the model, and
+    // one for a prediction the server has no sample of.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut csv = String::from("prediction_id,label,note\n");
+    for (n, (pid, top)) in ids.iter().enumerate() {
+        let label = if n == 0 {
+            format!("{}", (top.parse::<u32>().unwrap() + 1) % 10)
+        } else {
+            top.clone()
+        };
+        csv += &format!("{pid},{label},checked by hand\n");
+    }
+    csv += &format!("{},3,\n", "f".repeat(32));
+    std::fs::write(tmp.path().join("labels.csv"), csv).unwrap();
+    let out = edgeml()
+        .args(["collector", "labels", "labels.csv", "--url", &f.url()])
+        .env("EDGEML_ADMIN_TOKEN", ADMIN)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("9 labels: 8 matched a stored sample, 1 did not"),
+        "{text}"
+    );
+    assert!(text.contains(&"f".repeat(32)), "{text}");
+
+    let acc = f
+        .client
+        .accuracy("digits", None, &Range::default(), None)
+        .unwrap();
+    assert_eq!((acc.versions[0].labelled, acc.versions[0].correct), (8, 7));
+    // A correction in JSON: now the first one agrees too.
+    let fix = json!([{"prediction_id": ids[0].0, "label": ids[0].1}]);
+    let r = f
+        .client
+        .upload_labels(serde_json::to_vec(&fix).unwrap(), "application/json")
+        .unwrap();
+    assert_eq!((r.received, r.matched, r.unmatched), (1, 1, 0));
+    let acc = f
+        .client
+        .accuracy("digits", None, &Range::default(), None)
+        .unwrap();
+    assert_eq!((acc.versions[0].labelled, acc.versions[0].correct), (8, 8));
+
+    // The export carries each sample's prediction id and true label.
+    let samples = f
+        .store()
+        .samples(&edgeml_collector::store::Query::default())
+        .unwrap();
+    for s in &samples {
+        let (_, top) = ids
+            .iter()
+            .find(|(id, _)| Some(id) == s.prediction_id.as_ref())
+            .unwrap();
+        assert_eq!(s.label.as_ref(), Some(top));
+    }
+    let file = tmp.path().join("samples.parquet");
+    std::fs::write(&file, edgeml_collector::export::parquet(&samples).unwrap()).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&file).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let batch = reader.map(Result::unwrap).next().unwrap();
+    use arrow_array::cast::AsArray;
+    let labels = batch.column_by_name("label").unwrap().as_string::<i32>();
+    assert_eq!(labels.iter().flatten().count(), 8);
+
+    // Refusals: not a label format, a CSV without a label column.
+    let r = f
+        .http
+        .post(format!("{}/v1/labels", f.url()))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let err = f
+        .client
+        .upload_labels(b"prediction_id,truth\nabc,1\n".to_vec(), "text/csv")
+        .unwrap_err();
+    assert!(
+        matches!(&err, edgeml_client::Error::Refused { status: 422, message, .. } if message.contains("`label` column")),
+        "{err}"
+    );
+    // The uploads are in the audit log.
+    let (entries, _) = f.client.audit_log().unwrap();
+    let uploads: Vec<_> = entries
+        .iter()
+        .filter(|e| e.action == "labels.upload")
+        .collect();
+    assert_eq!(uploads.len(), 2);
+    assert_eq!(uploads[0].details["matched"], "8");
+}
