@@ -140,6 +140,8 @@ fn hourly_window() -> WindowRecord {
         drifted: false,
         recovered: false,
         samples_over_budget: 0,
+        confidence_sum: 0.0,
+        scored: 0,
     }
 }
 

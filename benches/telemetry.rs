@@ -234,6 +234,8 @@ fn hourly_window(rng: &mut Rng, k: u16, start_ms: u64) -> WindowRecord {
         drifted: false,
         recovered: false,
         samples_over_budget: 0,
+        confidence_sum: 0.0,
+        scored: 0,
     }
 }
 

@@ -1394,3 +1394,78 @@ fn refused_release_is_logged_with_its_reason() {
     assert!(text.contains("installed:   digits 1.0.0"), "{text}");
     assert!(text.contains("not a release key"), "{text}");
 }
+
+/// `HH:MM` on the device's wall clock (`date`, local time) `offset`
+/// minutes from now.
+fn local_hhmm(offset: i64) -> String {
+    let out = std::process::Command::new("date")
+        .arg("+%H %M")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hm: Vec<i64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let m = (hm[0] * 60 + hm[1] + offset).rem_euclid(1440);
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+fn window(from: i64, to: i64) -> Option<edgeml_agent::MaintenanceWindow> {
+    Some(
+        edgeml_agent::MaintenanceWindow::parse(&format!("{}-{}", local_hhmm(from), local_hhmm(to)))
+            .unwrap(),
+    )
+}
+
+#[test]
+fn defers_install_outside_maintenance_window() {
+    let (f, a) = on_v1();
+    drop(a);
+    // The window opens in two hours.
+    let mut c = f.agent_config("gw-1");
+    c.install.window = window(120, 180);
+    let a = Agent::open(c, runtime()).unwrap();
+    let r = f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    assert!(matches!(a.poll(), Ok(PollOutcome::Deferred(i)) if i.version == "1.1.0"));
+    assert_eq!(a.status().state, UpdateState::Deferred);
+    assert_eq!(a.status().target.as_deref(), Some("1.1.0"));
+    still_serving_v1(&a);
+    // Each poll sees the release again (no 304) and keeps waiting.
+    assert!(matches!(a.poll(), Ok(PollOutcome::Deferred(_))));
+    still_serving_v1(&a);
+    drop(a);
+    // In the window it installs the copy it downloaded and verified, not a
+    // new download: the server no longer has the bundle.
+    std::fs::remove_file(f.dir.path().join("bundles/sha256").join(&r.bundle.sha256)).unwrap();
+    let mut c = f.agent_config("gw-1");
+    c.install.window = window(-60, 60);
+    let a = Agent::open(c, runtime()).unwrap();
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(i)) if i.version == "1.1.0"));
+    assert_eq!(predicts(&a), "7");
+    assert!(!f.dir.path().join("devices/gw-1/deferred.wasm").exists());
+}
+
+#[test]
+fn rejects_tampered_bundle_kept_for_maintenance_window() {
+    let (f, a) = on_v1();
+    drop(a);
+    let mut c = f.agent_config("gw-1");
+    c.install.window = window(120, 180);
+    let a = Agent::open(c, runtime()).unwrap();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    assert!(matches!(a.poll(), Ok(PollOutcome::Deferred(_))));
+    drop(a);
+    // Someone with access to the device's disk swaps the kept bundle.
+    let kept = f.dir.path().join("devices/gw-1/deferred.wasm");
+    let mut bytes = std::fs::read(&kept).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 1;
+    std::fs::write(&kept, bytes).unwrap();
+    let mut c = f.agent_config("gw-1");
+    c.install.window = window(-60, 60);
+    let a = Agent::open(c, runtime()).unwrap();
+    // The pinned digest no longer matches: downloaded again, and installed.
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(i)) if i.version == "1.1.0"));
+    assert_eq!(predicts(&a), "7");
+}

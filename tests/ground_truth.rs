@@ -212,7 +212,7 @@ fn labels_from_devices_give_accuracy_per_version() {
             "{}",
             v.version
         );
-        assert_eq!(v.accuracy, v.correct as f64 / v.labelled as f64);
+        assert_eq!(v.accuracy, Some(v.correct as f64 / v.labelled as f64));
         assert_eq!(v.classes.iter().map(|c| c.support).sum::<u64>(), v.labelled);
         assert_eq!(
             v.windows.iter().map(|w| w.labelled).sum::<u64>(),
@@ -227,7 +227,19 @@ fn labels_from_devices_give_accuracy_per_version() {
     assert_eq!(v1.devices.len(), 2);
     let lib = v1.devices.iter().find(|d| d.name == "gt-lib").unwrap();
     assert_eq!((lib.labelled, lib.correct), (6, 3));
-    assert_eq!(acc.versions[1].accuracy, 1.0);
+    assert_eq!(acc.versions[1].accuracy, Some(1.0));
+    // Estimated from the scores next to it: digits' MLP gives probabilities;
+    // a dozen labels are too few to check their calibration.
+    for v in &acc.versions {
+        let e = v.estimated.as_ref().expect("windows carry the top scores");
+        assert!(e.accuracy > 0.5 && e.accuracy <= 1.0, "{e:?}");
+        assert_eq!(
+            e.validity,
+            edgeml_client::wire::telemetry::EstimateValidity::Unverified,
+            "{}",
+            e.reason
+        );
+    }
 
     // The operator's view.
     let out = edgeml()
@@ -423,4 +435,172 @@ fn uploaded_labels_join_samples_and_export_with_them() {
         .collect();
     assert_eq!(uploads.len(), 2);
     assert_eq!(uploads[0].details["matched"], "8");
+}
+
+/// Three devices with telemetry on digits 1.0.0, each labelling 6
+/// predictions right; then 1.1.0, whose labels from the devices in
+/// `wrong` disagree with every prediction.
+fn labelled_rollout(
+    f: &Fleet,
+    prefix: &str,
+    wrong: &[usize],
+) -> Vec<(Agent, edgeml_runtime::Telemetry)> {
+    let agents = telemetry_agents(f, prefix, 3);
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    let label_all = |agents: &[(Agent, edgeml_runtime::Telemetry)], wrong: &[usize]| {
+        for (n, (a, t)) in agents.iter().enumerate() {
+            for i in 0..6 {
+                let p = a
+                    .predict(edgeml_runtime::Input::Media {
+                        media_type: "image/png".into(),
+                        bytes: png(n * 6 + i),
+                    })
+                    .unwrap();
+                let top = p.scores.unwrap()[0].label.clone();
+                let label = if wrong.contains(&n) {
+                    format!("{}", (top.parse::<u32>().unwrap() + 1) % 10)
+                } else {
+                    top
+                };
+                a.feedback(&p.id, &label).unwrap();
+            }
+            t.flush(Duration::from_secs(20));
+        }
+    };
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    label_all(&agents, &[]);
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    label_all(&agents, wrong);
+    agents
+}
+
+/// The gate judges accuracy once every device's labels are in (18), so
+/// the verdict does not depend on which device's telemetry lands first.
+fn labelled_canary(f: &mut edgeml_collector::CanaryPolicy) {
+    f.min_predictions = 10;
+    f.min_labels = 18;
+}
+
+#[test]
+fn canary_halts_on_measured_accuracy_drop() {
+    let f = Fleet::with_canary(labelled_canary);
+    let agents = labelled_rollout(&f, "acc", &[0, 1]);
+    wait_for("the accuracy gate to halt", 30, || {
+        f.channel_state().0 == edgeml_client::wire::fleet::RolloutState::Halted
+    });
+    let reason = f.channel_state().1.unwrap();
+    assert!(
+        reason.starts_with("canary: measured accuracy 33.3% on digits 1.1.0 (18 labelled predictions from 3 devices"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("vs 100.0% on 1.0.0 (18 labelled)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("acc-0 0.0% of 6") && reason.contains("acc-1 0.0% of 6"),
+        "{reason}"
+    );
+    // The evidence is kept with the decision and in the audit log.
+    let halt = crate::fleet::last_audit(&f, "rollout.halt");
+    assert_eq!(halt.details["reason"], reason);
+    assert_eq!(halt.details["source"], "canary");
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::RolledBack(_))));
+        assert_eq!(version_of(a).as_deref(), Some("1.0.0"));
+    }
+}
+
+#[test]
+fn one_device_with_false_labels_cannot_halt_rollout() {
+    let f = Fleet::with_canary(labelled_canary);
+    let _agents = labelled_rollout(&f, "liar", &[2]);
+    // Overall 66.7% against 100%, far below the margin, but on one device.
+    let acc = f
+        .client
+        .accuracy("digits", Some("1.1.0"), &Range::default(), None)
+        .unwrap();
+    assert_eq!(
+        acc.versions[0].accuracy.map(|a| (a * 1000.0).round()),
+        Some(667.0)
+    );
+    std::thread::sleep(Duration::from_secs(2)); // several canary rounds
+    assert_eq!(
+        f.channel_state().0,
+        edgeml_client::wire::fleet::RolloutState::Active
+    );
+}
+
+#[test]
+fn canary_halts_on_estimated_accuracy_drop_without_labels() {
+    // Judged once all three devices' windows are in (3 x 40 predictions).
+    let f = Fleet::with_canary(|c| c.min_predictions = 120);
+    let agents = telemetry_agents(&f, "cbpe", 3);
+    let (shape, live) = npy_f32("digits/live.npy");
+    let rows: Vec<Vec<f32>> = live
+        .chunks_exact(shape[1] as usize)
+        .map(<[f32]>::to_vec)
+        .collect();
+    // A scanner out of alignment: each 8x8 scan two pixels to the right.
+    let misaligned = |r: &[f32]| -> Vec<f32> {
+        (0..64)
+            .map(|i| if i % 8 >= 2 { r[i - 2] } else { 0.0 })
+            .collect()
+    };
+    let feed = |shifted: bool| {
+        for (n, (a, t)) in agents.iter().enumerate() {
+            for r in rows.iter().skip(n * 40).take(40) {
+                let x = if shifted { misaligned(r) } else { r.clone() };
+                a.predict(edgeml_runtime::Input::Tensors(vec![
+                    edgeml_runtime::Tensor::from_f32("X", vec![1, 64], &x),
+                ]))
+                .unwrap();
+            }
+            t.flush(Duration::from_secs(20));
+        }
+    };
+    f.push(&f.signed(&DIGITS_GENERIC, "1.0.0"), "1.0.0", 100.0);
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    feed(false);
+    // 1.1.0 meets misaligned scans: no label arrives, but the model is far
+    // less sure of itself. (Scans with ink and paper swapped would not
+    // show: the model is as confident on them, and wrong. CBPE sees only
+    // what the scores say.)
+    f.push(&f.signed(&DIGITS_GENERIC, "1.1.0"), "1.1.0", 100.0);
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    feed(true);
+    let acc = f
+        .client
+        .accuracy("digits", None, &Range::default(), None)
+        .unwrap();
+    let est: Vec<f64> = acc
+        .versions
+        .iter()
+        .map(|v| v.estimated.as_ref().unwrap().accuracy)
+        .collect();
+    assert!(est[1] < est[0] - 0.05, "estimates {est:?}");
+    assert!(acc.versions.iter().all(|v| v.labelled == 0));
+    wait_for("the accuracy gate to halt", 30, || {
+        f.channel_state().0 == edgeml_client::wire::fleet::RolloutState::Halted
+    });
+    let reason = f.channel_state().1.unwrap();
+    assert!(
+        reason.starts_with(
+            "canary: estimated accuracy (CBPE, mean top score; fewer than 50 labelled predictions"
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("on digits 1.1.0 (120 predictions;"),
+        "{reason}"
+    );
 }

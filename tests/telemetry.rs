@@ -714,6 +714,8 @@ fn window(count: u64) -> Record {
             drifted: false,
             recovered: false,
             samples_over_budget: 0,
+            confidence_sum: 0.0,
+            scored: 0,
         }),
     }
 }

@@ -133,38 +133,51 @@ pub fn drift(
     })
 }
 
-/// Measured accuracy per model version from labelled predictions: overall,
-/// per class (precision, recall, F1), per device and, with `window_ms`,
-/// per window of prediction time. A prediction without a top label (a
-/// model without labels) counts as wrong.
+/// Labelled predictions with a score needed to judge calibration.
+pub const MIN_CALIBRATION_LABELS: u64 = 50;
+
+/// Largest expected calibration error at which a CBPE estimate is `valid`.
+pub const MAX_CALIBRATION_ERROR: f64 = 0.05;
+
+/// Accuracy per model version: measured from labelled predictions (overall,
+/// per class with precision, recall and F1, per device, per window of
+/// prediction time with `window_ms`) and estimated from the windows' top
+/// scores (CBPE), with the estimate's validity checked against the labels
+/// where there are enough. A prediction without a top label (a model
+/// without labels) counts as wrong.
 pub fn accuracy(
     outcomes: &[crate::store::StoredOutcome],
+    windows: &[StoredWindow],
     window_ms: Option<u64>,
 ) -> Vec<edgeml_client::wire::telemetry::VersionAccuracy> {
+    use crate::store::StoredOutcome;
     use edgeml_client::wire::telemetry::{
         ClassMetrics, GroupAccuracy, VersionAccuracy, WindowAccuracy,
     };
-    fn ratio(n: u64, d: u64) -> f64 {
-        if d == 0 {
-            0.0
-        } else {
-            n as f64 / d as f64
-        }
+    fn ratio(n: u64, d: u64) -> Option<f64> {
+        (d > 0).then(|| n as f64 / d as f64)
     }
-    let mut by_version: BTreeMap<&str, Vec<&crate::store::StoredOutcome>> = BTreeMap::new();
-    for o in outcomes {
-        by_version.entry(&o.model.version).or_default().push(o);
-    }
-    let mut out: Vec<VersionAccuracy> = by_version
+    let bucket = |t: u64| window_ms.filter(|w| *w > 0).map(|w| t / w * w);
+    let mut versions: BTreeSet<&str> = outcomes.iter().map(|o| o.model.version.as_str()).collect();
+    versions.extend(windows.iter().map(|w| w.model.version.as_str()));
+    let mut out: Vec<VersionAccuracy> = versions
         .into_iter()
-        .map(|(version, os)| {
-            let right =
-                |o: &crate::store::StoredOutcome| o.prediction.as_deref() == Some(o.label.as_str());
+        .map(|version| {
+            let os: Vec<&StoredOutcome> = outcomes
+                .iter()
+                .filter(|o| o.model.version == version)
+                .collect();
+            let ws: Vec<&StoredWindow> = windows
+                .iter()
+                .filter(|w| w.model.version == version)
+                .collect();
+            let right = |o: &StoredOutcome| o.prediction.as_deref() == Some(o.label.as_str());
             let correct = os.iter().filter(|o| right(o)).count() as u64;
             // label -> (support, predicted, correct)
             let mut classes: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
             let mut devices: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-            let mut windows: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            // start -> (labelled, correct, confidence sum, scored)
+            let mut series: BTreeMap<u64, (u64, u64, f64, u64)> = BTreeMap::new();
             for o in &os {
                 let ok = right(o) as u64;
                 classes.entry(&o.label).or_default().0 += 1;
@@ -176,17 +189,24 @@ pub fn accuracy(
                 let d = devices.entry(&o.device_id).or_default();
                 d.0 += 1;
                 d.1 += ok;
-                if let Some(w) = window_ms.filter(|w| *w > 0) {
-                    let e = windows.entry(o.predicted_ms / w * w).or_default();
+                if let Some(b) = bucket(o.predicted_ms) {
+                    let e = series.entry(b).or_default();
                     e.0 += 1;
                     e.1 += ok;
+                }
+            }
+            for w in &ws {
+                if let Some(b) = bucket(w.start_ms) {
+                    let e = series.entry(b).or_default();
+                    e.2 += w.confidence_sum;
+                    e.3 += w.scored;
                 }
             }
             let classes: Vec<ClassMetrics> = classes
                 .into_iter()
                 .map(|(label, (support, predicted, correct))| {
-                    let precision = (predicted > 0).then(|| ratio(correct, predicted));
-                    let recall = (support > 0).then(|| ratio(correct, support));
+                    let precision = ratio(correct, predicted);
+                    let recall = ratio(correct, support);
                     let f1 = match (precision, recall) {
                         (Some(p), Some(r)) if p + r > 0.0 => Some(2.0 * p * r / (p + r)),
                         (Some(_), Some(_)) => Some(0.0),
@@ -205,17 +225,16 @@ pub fn accuracy(
                 .collect();
             // Classes that occur but have no F1 (never predicted, or never
             // true) count as 0, as scikit-learn's macro average does.
-            let macro_f1 = if classes.is_empty() {
-                0.0
-            } else {
+            let macro_f1 = (!classes.is_empty()).then(|| {
                 classes.iter().map(|c| c.f1.unwrap_or(0.0)).sum::<f64>() / classes.len() as f64
-            };
+            });
             VersionAccuracy {
                 version: version.to_string(),
                 labelled: os.len() as u64,
                 correct,
                 accuracy: ratio(correct, os.len() as u64),
                 macro_f1,
+                estimated: estimate(&ws, &os),
                 classes,
                 devices: devices
                     .into_iter()
@@ -223,17 +242,20 @@ pub fn accuracy(
                         name: name.to_string(),
                         labelled,
                         correct,
-                        accuracy: ratio(correct, labelled),
+                        accuracy: ratio(correct, labelled).unwrap_or(0.0),
                     })
                     .collect(),
-                windows: windows
+                windows: series
                     .into_iter()
-                    .map(|(start_ms, (labelled, correct))| WindowAccuracy {
-                        start_ms,
-                        labelled,
-                        correct,
-                        accuracy: ratio(correct, labelled),
-                    })
+                    .map(
+                        |(start_ms, (labelled, correct, sum, scored))| WindowAccuracy {
+                            start_ms,
+                            labelled,
+                            correct,
+                            accuracy: ratio(correct, labelled),
+                            estimated: (scored > 0).then(|| sum / scored as f64),
+                        },
+                    )
                     .collect(),
             }
         })
@@ -249,6 +271,89 @@ pub fn accuracy(
         }
     });
     out
+}
+
+/// CBPE over `windows`, checked against the labelled predictions `labelled`.
+fn estimate(
+    windows: &[&StoredWindow],
+    labelled: &[&crate::store::StoredOutcome],
+) -> Option<edgeml_client::wire::telemetry::EstimatedAccuracy> {
+    use edgeml_client::wire::telemetry::{EstimateValidity, EstimatedAccuracy};
+    let answered: u64 = windows
+        .iter()
+        .map(|w| w.count.saturating_sub(w.errors.values().sum::<u64>()))
+        .sum();
+    let scored: u64 = windows.iter().map(|w| w.scored).sum();
+    let sum: f64 = windows.iter().map(|w| w.confidence_sum).sum();
+    if answered == 0 {
+        return None;
+    }
+    if (scored as f64) < 0.9 * answered as f64 {
+        let any = scored > 0;
+        return any.then(|| EstimatedAccuracy {
+            accuracy: sum / scored as f64,
+            predictions: scored,
+            validity: EstimateValidity::NotProbabilities,
+            reason: format!(
+                "only {scored} of {answered} predictions had a top score in [0, 1]: the scores are not probabilities, so they say nothing about accuracy"
+            ),
+            calibration_error: None,
+        });
+    }
+    let accuracy = sum / scored as f64;
+    let ece = calibration_error(labelled);
+    let (validity, reason) = match ece {
+        Some((e, n)) if e <= MAX_CALIBRATION_ERROR => (
+            EstimateValidity::Valid,
+            format!("the scores are calibrated on {n} labelled predictions (ECE {e:.3} <= {MAX_CALIBRATION_ERROR})"),
+        ),
+        Some((e, n)) => (
+            EstimateValidity::Miscalibrated,
+            format!("the scores are not calibrated on {n} labelled predictions (ECE {e:.3} > {MAX_CALIBRATION_ERROR}): the estimate is biased"),
+        ),
+        None => (
+            EstimateValidity::Unverified,
+            format!("fewer than {MIN_CALIBRATION_LABELS} labelled predictions with a score: the estimate assumes calibrated scores"),
+        ),
+    };
+    Some(EstimatedAccuracy {
+        accuracy,
+        predictions: scored,
+        validity,
+        reason,
+        calibration_error: ece.map(|(e, _)| e),
+    })
+}
+
+/// Expected calibration error of the top scores (10 equal-width bins) over
+/// labelled predictions that carry one, with how many; `None` under
+/// [`MIN_CALIBRATION_LABELS`].
+fn calibration_error(labelled: &[&crate::store::StoredOutcome]) -> Option<(f64, u64)> {
+    let mut bins = [(0u64, 0u64, 0f64); 10];
+    let mut n = 0u64;
+    for o in labelled {
+        let Some(s) = o.score.filter(|s| (0.0..=1.0).contains(s)) else {
+            continue;
+        };
+        let b = ((s * 10.0) as usize).min(9);
+        bins[b].0 += 1;
+        bins[b].1 += (o.prediction.as_deref() == Some(o.label.as_str())) as u64;
+        bins[b].2 += f64::from(s);
+        n += 1;
+    }
+    if n < MIN_CALIBRATION_LABELS {
+        return None;
+    }
+    let ece = bins
+        .iter()
+        .filter(|b| b.0 > 0)
+        .map(|&(count, right, sum)| {
+            let acc = right as f64 / count as f64;
+            let conf = sum / count as f64;
+            (count as f64 / n as f64) * (acc - conf).abs()
+        })
+        .sum();
+    Some((ece, n))
 }
 
 #[cfg(test)]
@@ -286,14 +391,15 @@ mod accuracy_tests {
             o("1.10.0", "d1", 0, "a", "a"),
             o("1.9.0", "d1", 0, "b", "a"),
         ];
-        let v = accuracy(&os, Some(1_000));
+        let v = accuracy(&os, &[], Some(1_000));
         assert_eq!(
             v.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(),
             ["1.0.0", "1.9.0", "1.10.0"]
         );
         let v1 = &v[0];
         assert_eq!((v1.labelled, v1.correct), (4, 2));
-        assert_eq!(v1.accuracy, 0.5);
+        assert_eq!(v1.accuracy, Some(0.5));
+        assert_eq!(v1.estimated, None);
         assert_eq!(v1.classes.len(), 2);
         for c in &v1.classes {
             assert_eq!((c.support, c.predicted, c.correct), (2, 2, 1));
@@ -302,7 +408,7 @@ mod accuracy_tests {
                 (Some(0.5), Some(0.5), Some(0.5))
             );
         }
-        assert_eq!(v1.macro_f1, 0.5);
+        assert_eq!(v1.macro_f1, Some(0.5));
         assert_eq!(v1.devices[1].name, "d2");
         assert_eq!((v1.devices[1].labelled, v1.devices[1].correct), (2, 1));
         assert_eq!(v1.windows.len(), 2);
@@ -314,12 +420,83 @@ mod accuracy_tests {
             ),
             (0, 3, 2)
         );
-        assert_eq!(v1.windows[1].accuracy, 0.0);
+        assert_eq!(v1.windows[1].accuracy, Some(0.0));
         // 1.9.0 never predicted `a` and never saw a true `b`: no precision
         // for `a`, no recall for `b`, both F1 undefined, macro F1 0.
         let v9 = &v[1];
-        assert_eq!(v9.accuracy, 0.0);
+        assert_eq!(v9.accuracy, Some(0.0));
         assert!(v9.classes.iter().all(|c| c.f1.is_none()));
-        assert_eq!(v9.macro_f1, 0.0);
+        assert_eq!(v9.macro_f1, Some(0.0));
+    }
+
+    fn window(
+        version: &str,
+        count: u64,
+        confidence_sum: f64,
+        scored: u64,
+    ) -> crate::store::StoredWindow {
+        crate::store::StoredWindow {
+            id: "w".into(),
+            device_id: "d1".into(),
+            model: ModelRef {
+                name: "m".into(),
+                version: version.into(),
+                digest: "d".into(),
+            },
+            start_ms: 0,
+            end_ms: 1,
+            count,
+            errors: Default::default(),
+            latency_us: String::new(),
+            numeric: Default::default(),
+            binned: Default::default(),
+            categorical: Default::default(),
+            confidence_sum,
+            scored,
+        }
+    }
+
+    /// Labelled predictions at top score `score`, `right` of `n` right.
+    fn scored(n: u64, right: u64, score: f32) -> Vec<StoredOutcome> {
+        (0..n)
+            .map(|i| {
+                let mut x = o("1.0.0", "d1", i, "a", if i < right { "a" } else { "b" });
+                x.score = Some(score);
+                x
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cbpe_estimate_is_valid_only_when_labels_show_calibration() {
+        use edgeml_client::wire::telemetry::EstimateValidity;
+        // 1000 predictions with a mean top score of 0.8.
+        let w = [window("1.0.0", 1000, 800.0, 1000)];
+        // No labels: the estimate stands, unverified.
+        let v = &accuracy(&[], &w, None)[0];
+        let e = v.estimated.as_ref().unwrap();
+        assert_eq!((e.accuracy, e.predictions), (0.8, 1000));
+        assert_eq!(e.validity, EstimateValidity::Unverified);
+        assert_eq!(v.accuracy, None);
+        // 100 labels at score 0.8, 80 right: calibrated.
+        let v = &accuracy(&scored(100, 80, 0.8), &w, None)[0];
+        let e = v.estimated.as_ref().unwrap();
+        assert_eq!(e.validity, EstimateValidity::Valid, "{}", e.reason);
+        assert!(e.calibration_error.unwrap() < 1e-6);
+        assert_eq!(v.accuracy, Some(0.8));
+        // ... 50 right: overconfident by 0.3.
+        let v = &accuracy(&scored(100, 50, 0.8), &w, None)[0];
+        let e = v.estimated.as_ref().unwrap();
+        assert_eq!(e.validity, EstimateValidity::Miscalibrated);
+        assert!((e.calibration_error.unwrap() - 0.3).abs() < 1e-6);
+        // Logits: most top scores outside [0, 1].
+        let logits = [window("1.0.0", 1000, 40.0, 50)];
+        let e = accuracy(&[], &logits, None)[0].estimated.clone().unwrap();
+        assert_eq!(e.validity, EstimateValidity::NotProbabilities);
+        // Windows from devices that send no scores: no estimate.
+        assert_eq!(
+            accuracy(&[], &[window("1.0.0", 10, 0.0, 0)], None)[0].estimated,
+            None
+        );
     }
 }

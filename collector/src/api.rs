@@ -644,10 +644,11 @@ async fn accuracy(
         to_ms: p.to_ms,
     };
     let store = st.store.clone();
-    let outcomes = blocking(move || store.outcomes(&q)).await?;
+    let (outcomes, windows) =
+        blocking(move || Ok((store.outcomes(&q)?, store.windows(&q)?))).await?;
     Ok(Json(AccuracyResponse {
         model: name,
-        versions: analysis::accuracy(&outcomes, p.window_ms),
+        versions: analysis::accuracy(&outcomes, &windows, p.window_ms),
     })
     .into_response())
 }

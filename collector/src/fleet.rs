@@ -105,6 +105,14 @@ pub struct CanaryPolicy {
     /// Halt when the new version's largest feature PSI exceeds the old's by
     /// more than this (default 0.25; needs a baseline in the bundles).
     pub psi_margin: f64,
+    /// Halt when the new version's accuracy is below the old's by more
+    /// than this (default 0.05): measured from labels once both versions
+    /// have `min_labels`, else estimated from the top scores (CBPE) unless
+    /// the labels show the scores are not calibrated.
+    pub accuracy_margin: f64,
+    /// Labelled predictions each version needs before measured accuracy
+    /// counts (default 50).
+    pub min_labels: u64,
     /// Distinct devices whose evidence a halt needs (default 2): devices
     /// that rolled the new version back, or whose own error rate is above
     /// the margin. Each device counts once, however much it sends.
@@ -133,7 +141,10 @@ impl CanaryPolicy {
                 ));
             }
         }
-        if !(self.error_rate_margin >= 0.0 && self.psi_margin >= 0.0) {
+        if !(self.error_rate_margin >= 0.0
+            && self.psi_margin >= 0.0
+            && (0.0..=1.0).contains(&self.accuracy_margin))
+        {
             return Err("the canary margins must be zero or above".into());
         }
         Ok(())
@@ -156,6 +167,8 @@ impl Default for CanaryPolicy {
             min_predictions: 100,
             error_rate_margin: 0.05,
             psi_margin: 0.25,
+            accuracy_margin: 0.05,
+            min_labels: 50,
             min_devices: 2,
             min_share: None,
         }
@@ -1430,6 +1443,9 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
             policy.error_rate_margin * 100.0
         )));
     }
+    if let Some(reason) = accuracy_verdict(st, c, &cohort, &new_w, &old_w)? {
+        return Ok(Some(reason));
+    }
     let models = st.store.models().map_err(|e| e.to_string())?;
     let max_psi =
         |version: &str, w: &[crate::store::StoredWindow]| -> Result<Option<f64>, String> {
@@ -1477,6 +1493,128 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
         "canary: drift on {model} {new_version}: largest feature PSI {new_psi:.2} vs {old_psi:.2} on {old_version}, margin {:.2}; drifting devices: {}",
         policy.psi_margin,
         drifted.join(", ")
+    )))
+}
+
+/// Why the new version's accuracy should halt the rollout, if it should:
+/// measured from labels when both versions have `min_labels` (labels from
+/// cohort devices since the evidence window opened, against the old
+/// version's), else estimated from top scores (CBPE) unless the estimate
+/// is known to be invalid. Either way a halt needs enough distinct devices
+/// whose own accuracy is below the old version's by the margin: one device
+/// (or one local client giving it false labels) cannot halt a rollout.
+fn accuracy_verdict(
+    st: &AppState,
+    c: &StoredRelease,
+    cohort: &std::collections::HashSet<String>,
+    new_w: &[crate::store::StoredWindow],
+    old_w: &[crate::store::StoredWindow],
+) -> Result<Option<String>, String> {
+    use edgeml_client::wire::telemetry::EstimateValidity;
+    let policy = &st.settings.fleet.canary;
+    let model = &c.release.model;
+    let new_version = c.release.model_version.to_string();
+    let old_version = c.previous_version.clone().unwrap_or_default();
+    let outcomes = |version: &str, from_ms: Option<u64>| {
+        st.store
+            .outcomes(&Query {
+                model: Some(model.clone()),
+                version: Some(version.to_string()),
+                from_ms,
+                ..Query::default()
+            })
+            .map_err(|e| e.to_string())
+    };
+    let mut new_o = outcomes(&new_version, Some(c.evidence_from_ms))?;
+    new_o.retain(|o| cohort.contains(&o.device_id));
+    let old_o = outcomes(&old_version, None)?;
+    let limit = |old: f64| old - policy.accuracy_margin;
+    if new_o.len() as u64 >= policy.min_labels && old_o.len() as u64 >= policy.min_labels {
+        let new_a = &analysis::accuracy(&new_o, &[], None)[0];
+        let old_a = &analysis::accuracy(&old_o, &[], None)[0];
+        let (Some(new_acc), Some(old_acc)) = (new_a.accuracy, old_a.accuracy) else {
+            return Ok(None);
+        };
+        let worse: Vec<String> = new_a
+            .devices
+            .iter()
+            .filter(|d| d.accuracy < limit(old_acc))
+            .map(|d| format!("{} {:.1}% of {}", d.name, d.accuracy * 100.0, d.labelled))
+            .collect();
+        if new_acc < limit(old_acc) && policy.enough(worse.len(), cohort.len()) {
+            return Ok(Some(format!(
+                "canary: measured accuracy {:.1}% on {model} {new_version} ({} labelled predictions from {} devices; below the margin: {}) vs {:.1}% on {old_version} ({} labelled), margin {:.1} points",
+                new_acc * 100.0,
+                new_a.labelled,
+                new_a.devices.len(),
+                worse.join(", "),
+                old_acc * 100.0,
+                old_a.labelled,
+                policy.accuracy_margin * 100.0
+            )));
+        }
+        return Ok(None);
+    }
+    // Not enough labels: the estimate, where it holds.
+    let estimated = |windows: &[crate::store::StoredWindow], labelled| {
+        analysis::accuracy(labelled, windows, None)
+            .into_iter()
+            .next()
+            .and_then(|v| v.estimated)
+            .filter(|e| {
+                !matches!(
+                    e.validity,
+                    EstimateValidity::NotProbabilities | EstimateValidity::Miscalibrated
+                )
+            })
+    };
+    // The old version's estimate from its windows alongside the rollout,
+    // or (a rollout to the whole fleet leaves none) from its history.
+    let old_e = match estimated(old_w, &old_o) {
+        Some(e) => Some(e),
+        None => {
+            let history = st
+                .store
+                .windows(&Query {
+                    model: Some(model.clone()),
+                    version: Some(old_version.clone()),
+                    ..Query::default()
+                })
+                .map_err(|e| e.to_string())?;
+            estimated(&history, &old_o)
+        }
+    };
+    let (Some(new_e), Some(old_e)) = (estimated(new_w, &new_o), old_e) else {
+        return Ok(None);
+    };
+    if new_e.accuracy >= limit(old_e.accuracy) {
+        return Ok(None);
+    }
+    let mut worse = Vec::new();
+    for device in cohort {
+        let own: Vec<_> = new_w
+            .iter()
+            .filter(|w| &w.device_id == device)
+            .cloned()
+            .collect();
+        if let Some(e) = estimated(&own, &[]) {
+            if e.accuracy < limit(old_e.accuracy) {
+                worse.push(format!("{device} {:.1}%", e.accuracy * 100.0));
+            }
+        }
+    }
+    worse.sort();
+    if !policy.enough(worse.len(), cohort.len()) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "canary: estimated accuracy (CBPE, mean top score; {}) {:.1}% on {model} {new_version} ({} predictions; below the margin: {}) vs {:.1}% on {old_version}, margin {:.1} points",
+        new_e.reason,
+        new_e.accuracy * 100.0,
+        new_e.predictions,
+        worse.join(", "),
+        old_e.accuracy * 100.0,
+        policy.accuracy_margin * 100.0
     )))
 }
 

@@ -52,6 +52,13 @@ struct Args {
     /// Or this share (0 to 1] of the devices served the new bundle (lets a one-device canary halt).
     #[arg(long)]
     canary_min_share: Option<f64>,
+    /// Halt when the new version's accuracy (measured from labels, else
+    /// estimated from scores) is below the old's by more than this.
+    #[arg(long, default_value_t = 0.05)]
+    canary_accuracy_margin: f64,
+    /// Labelled predictions each version needs before measured accuracy counts.
+    #[arg(long, default_value_t = 50)]
+    canary_min_labels: u64,
     /// The online timestamp key pair (.key) named in root's timestamp role.
     #[arg(long)]
     timestamp_key: Option<PathBuf>,
@@ -137,6 +144,8 @@ fn serve(a: Args) -> Result<(), String> {
     settings.fleet.canary.min_predictions = a.canary_min_predictions;
     settings.fleet.canary.min_devices = a.canary_min_devices;
     settings.fleet.canary.min_share = a.canary_min_share;
+    settings.fleet.canary.accuracy_margin = a.canary_accuracy_margin;
+    settings.fleet.canary.min_labels = a.canary_min_labels;
     settings.fleet.timestamp_ttl = a.timestamp_ttl.into();
     if let Some(id) = a.replica_id {
         settings.replica = id;

@@ -305,21 +305,41 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
                 return Ok(());
             }
             if v.versions.is_empty() {
-                println!("{model}: no labelled predictions yet (labels come from the agents' feedback endpoint)");
+                println!("{model}: no predictions reported yet");
                 return Ok(());
             }
+            let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.4}"));
             println!(
-                "{:<12} {:>8} {:>8} {:>9} {:>9}",
-                "VERSION", "LABELLED", "CORRECT", "ACCURACY", "MACRO F1"
+                "{:<12} {:>8} {:>8} {:>9} {:>9} {:>9}  ESTIMATE",
+                "VERSION", "LABELLED", "CORRECT", "ACCURACY", "MACRO F1", "ESTIMATED"
             );
             for a in &v.versions {
+                let (est, validity) = match &a.estimated {
+                    Some(e) => (
+                        format!("{:.4}", e.accuracy),
+                        serde_json::to_value(e.validity)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
+                    ),
+                    None => ("-".into(), "-".into()),
+                };
                 println!(
-                    "{:<12} {:>8} {:>8} {:>9.4} {:>9.4}",
-                    a.version, a.labelled, a.correct, a.accuracy, a.macro_f1
+                    "{:<12} {:>8} {:>8} {:>9} {:>9} {:>9}  {validity}",
+                    a.version,
+                    a.labelled,
+                    a.correct,
+                    opt(a.accuracy),
+                    opt(a.macro_f1),
+                    est
                 );
             }
+            for a in &v.versions {
+                if let Some(e) = &a.estimated {
+                    println!("{} estimate: {}", a.version, e.reason);
+                }
+            }
             if *classes {
-                let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.4}"));
                 for a in &v.versions {
                     println!("\n{model} {}:", a.version);
                     println!(

@@ -113,6 +113,10 @@ pub struct StoredWindow {
     pub binned: BTreeMap<String, String>,
     /// Categorical counts.
     pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Sum of the top scores that are probabilities.
+    pub confidence_sum: f64,
+    /// Predictions in `confidence_sum`.
+    pub scored: u64,
 }
 
 /// A stored sample.

@@ -292,8 +292,9 @@ impl TelemetryStore for PgStore {
                     RecordBody::Window(w) => {
                         tx.execute(
                             "INSERT INTO windows (record_id, device_id, name, version, digest, start_ms, end_ms, count,
-                               errors, latency_us, numeric, categorical, drifted, recovered, binned)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                               errors, latency_us, numeric, categorical, drifted, recovered, binned,
+                               confidence_sum, scored)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
                             &[
                                 &r.id,
                                 &dev,
@@ -310,6 +311,8 @@ impl TelemetryStore for PgStore {
                                 &w.drifted,
                                 &w.recovered,
                                 &json(&w.binned)?,
+                                &w.confidence_sum,
+                                &i(w.scored),
                             ],
                         )?;
                         touch_model(tx, dev, &w.model, now)?;
@@ -437,7 +440,7 @@ impl TelemetryStore for PgStore {
         let rows = self.conn()?.query(
             &format!(
                 "SELECT record_id, device_id, name, version, digest, start_ms, end_ms, count, errors,
-                        latency_us, numeric, categorical, binned
+                        latency_us, numeric, categorical, binned, confidence_sum, scored
                  FROM windows{cond} ORDER BY start_ms, record_id COLLATE \"C\""
             ),
             &params,
@@ -456,6 +459,8 @@ impl TelemetryStore for PgStore {
                     numeric: parse(r.try_get(10)?)?,
                     categorical: parse(r.try_get(11)?)?,
                     binned: parse(r.try_get(12)?)?,
+                    confidence_sum: r.try_get(13)?,
+                    scored: u(r.try_get(14)?),
                 })
             })
             .collect()

@@ -212,8 +212,9 @@ impl TelemetryStore for SqliteStore {
                 RecordBody::Window(w) => {
                     tx.execute(
                         "INSERT INTO windows (record_id, device_id, name, version, digest, start_ms, end_ms, count,
-                           errors, latency_us, numeric, categorical, drifted, recovered, binned)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                           errors, latency_us, numeric, categorical, drifted, recovered, binned,
+                           confidence_sum, scored)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                         params![
                             r.id,
                             dev,
@@ -229,7 +230,9 @@ impl TelemetryStore for SqliteStore {
                             json(&w.categorical)?,
                             w.drifted,
                             w.recovered,
-                            json(&w.binned)?
+                            json(&w.binned)?,
+                            w.confidence_sum,
+                            i(w.scored)
                         ],
                     )?;
                     touch_model(&tx, dev, &w.model, now_ms)?;
@@ -368,7 +371,8 @@ impl TelemetryStore for SqliteStore {
         let (cond, args) = filter(q, "start_ms", |_| "?".into());
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT record_id, device_id, name, version, digest, start_ms, end_ms, count, errors, latency_us, numeric, categorical, binned
+            "SELECT record_id, device_id, name, version, digest, start_ms, end_ms, count, errors, latency_us, numeric, categorical, binned,
+                confidence_sum, scored
              FROM windows{cond} ORDER BY start_ms, record_id"
         ))?;
         let rows = stmt
@@ -391,6 +395,7 @@ impl TelemetryStore for SqliteStore {
                         r.get::<_, String>(10)?,
                         r.get::<_, String>(11)?,
                         r.get::<_, String>(12)?,
+                        (r.get::<_, f64>(13)?, u(r.get::<_, i64>(14)?)),
                     ))
                 },
             )?
@@ -409,6 +414,7 @@ impl TelemetryStore for SqliteStore {
                     numeric,
                     categorical,
                     binned,
+                    (confidence_sum, scored),
                 )| {
                     Ok(StoredWindow {
                         id,
@@ -422,6 +428,8 @@ impl TelemetryStore for SqliteStore {
                         numeric: parse(&numeric)?,
                         binned: parse(&binned)?,
                         categorical: parse(&categorical)?,
+                        confidence_sum,
+                        scored,
                     })
                 },
             )

@@ -89,6 +89,9 @@ pub struct AgentConfig {
     /// Local inference server.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// When new versions may be installed.
+    #[serde(default)]
+    pub install: InstallConfig,
     /// How models run.
     #[serde(default)]
     pub runtime: RuntimeSettings,
@@ -96,6 +99,18 @@ pub struct AgentConfig {
     /// built with the `otlp` feature).
     #[serde(default)]
     pub otlp: Option<OtlpSettings>,
+}
+
+/// When the agent may switch versions (`[install]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallConfig {
+    /// A daily maintenance window in the device's local time
+    /// (`"02:00-05:00"`, may wrap midnight). Outside it a new release is
+    /// downloaded and verified, and installed at the first poll inside it.
+    /// Default: none, install at once. Rollbacks never wait.
+    #[serde(default)]
+    pub window: Option<crate::window::MaintenanceWindow>,
 }
 
 /// OpenTelemetry export (`[otlp]`).
@@ -356,6 +371,7 @@ impl AgentConfig {
             download: DownloadConfig::default(),
             health: HealthConfig::default(),
             serve: ServeConfig::default(),
+            install: InstallConfig::default(),
             runtime: RuntimeSettings::default(),
             otlp: None,
         }

@@ -34,16 +34,18 @@ mod metrics;
 mod serve;
 mod setup;
 mod state;
+mod window;
 
 pub use config::{
-    AgentConfig, BackendChoice, DownloadConfig, HealthConfig, OtlpSettings, RuntimeSettings,
-    ServeConfig,
+    AgentConfig, BackendChoice, DownloadConfig, HealthConfig, InstallConfig, OtlpSettings,
+    RuntimeSettings, ServeConfig,
 };
 pub use edgeml_client::wire::fleet::{Installed, StatusReport, UpdateState};
 pub use error::Error;
 pub use export::Export;
 pub use feedback::FeedbackError;
 pub use setup::runtime;
+pub use window::MaintenanceWindow;
 
 use edgeml_client::wire::fleet::RolloutState;
 use edgeml_client::{Client, DownloadLimits, Poll};
@@ -75,6 +77,9 @@ pub enum PollOutcome {
     Installed(Installed),
     /// Went back to the last known good bundle because the rollout was halted.
     RolledBack(Installed),
+    /// Downloaded and verified a new version outside the maintenance
+    /// window: it is kept on disk and installed in the window.
+    Deferred(Installed),
 }
 
 /// A model being served, with its request counters (for the health watch).
@@ -805,6 +810,7 @@ impl Inner {
             Ok(PollOutcome::Waiting) => "waiting",
             Ok(PollOutcome::Installed(_)) => "installed",
             Ok(PollOutcome::RolledBack(_)) => "rolled_back",
+            Ok(PollOutcome::Deferred(_)) => "deferred",
             Err(e) => e.kind(),
         });
         if let Err(e) = &result {
@@ -887,8 +893,9 @@ impl Inner {
             self.state.write_json("timestamp.json", ts)?;
         }
         let outcome = self.act(&release, view.state, view.reason.as_deref());
-        // Only a fully handled view is skipped next time.
-        if outcome.is_ok() {
+        // Only a fully handled view is skipped next time (a deferred
+        // install is not: the next poll must see the release again).
+        if outcome.is_ok() && !matches!(outcome, Ok(PollOutcome::Deferred(_))) {
             *lock(&self.etag) = etag;
         }
         outcome
@@ -1028,15 +1035,27 @@ impl Inner {
                 engine,
             });
         }
-        let bytes: Arc<[u8]> = self
-            .client
-            .download_bundle(
-                &self.identity,
-                release,
-                &self.state.part_path(&target.sha256),
-                limits,
-            )?
-            .into();
+        // A bundle kept from a poll outside the maintenance window is not
+        // downloaded again (it is verified again, below, like any other).
+        let deferred_path = self.state.path("deferred.wasm");
+        let kept = std::fs::read(&deferred_path)
+            .ok()
+            .filter(|b| release.bundle.check(b).is_ok());
+        let bytes: Arc<[u8]> = match kept {
+            Some(b) => {
+                tracing::info!(version = %target.version, "installing the bundle kept for the maintenance window");
+                b.into()
+            }
+            None => self
+                .client
+                .download_bundle(
+                    &self.identity,
+                    release,
+                    &self.state.part_path(&target.sha256),
+                    limits,
+                )?
+                .into(),
+        };
         // Verify before anything else touches it: publisher signatures
         // (root's keys and threshold), digests, and the manifest naming
         // the release's model and version.
@@ -1049,6 +1068,20 @@ impl Inner {
                 source,
             })?;
         release.check_manifest(verified.manifest())?;
+        if let Some(window) = self.config.install.window.filter(|w| !w.is_open()) {
+            // Keep it (one at a time: a newer release replaces it) and
+            // install in the window.
+            self.state.write(&deferred_path, &bytes)?;
+            let _ = std::fs::remove_file(self.state.part_path(&target.sha256));
+            tracing::info!(
+                version = %target.version,
+                window = %window,
+                "verified; outside the maintenance window: installing in it"
+            );
+            self.set_state(UpdateState::Deferred, Some(target.clone()));
+            return Ok(PollOutcome::Deferred(target));
+        }
+        let _ = std::fs::remove_file(&deferred_path);
         let artifact = match artifact_ref {
             Some(a) => self.fetch_artifact(release, a, &verified, limits)?,
             None => None,

@@ -463,6 +463,13 @@ pub struct ArtifactRef {
     pub size: u64,
 }
 
+impl BundleRef {
+    /// Check bytes against the pinned length and digest.
+    pub fn check(&self, bytes: &[u8]) -> Result<()> {
+        check_pinned(bytes, self.size, &self.sha256)
+    }
+}
+
 impl ArtifactRef {
     /// Check downloaded bytes against the pinned length and digest.
     pub fn check(&self, bytes: &[u8]) -> Result<()> {

@@ -761,6 +761,10 @@ struct Aggregate {
     binned: BTreeMap<String, GridCounts>,
     categorical: BTreeMap<String, BTreeMap<String, u64>>,
     last_ms: u64,
+    /// Sum of the top scores that are probabilities (in [0, 1]).
+    confidence_sum: f64,
+    /// How many predictions gave such a top score.
+    scored: u64,
 }
 
 /// One numeric feature of a window: counts on the baseline's grid when the
@@ -793,6 +797,8 @@ fn aggregate(
         binned: BTreeMap::new(),
         categorical: BTreeMap::new(),
         last_ms: 0,
+        confidence_sum: 0.0,
+        scored: 0,
     };
     let new_agg =
         |name: &str| match baseline.and_then(|b| b.numeric.iter().find(|n| n.name == name)) {
@@ -835,8 +841,12 @@ fn aggregate(
                 .1
                 .update(v);
         }
-        if let Some(&(top, _)) = e.scores.first() {
+        if let Some(&(top, s)) = e.scores.first() {
             *predicted.entry(top).or_default() += 1;
+            if (0.0..=1.0).contains(&s) {
+                a.confidence_sum += f64::from(s);
+                a.scored += 1;
+            }
         }
     }
     for (name, agg) in mon.into_iter().chain(score.into_values()) {
@@ -1046,6 +1056,8 @@ impl Inner {
             drifted,
             recovered,
             samples_over_budget: over_budget,
+            confidence_sum: agg.confidence_sum,
+            scored: agg.scored,
         };
         // Window identity is deterministic: a window rebuilt from the
         // journal after a crash between this push and the journal reset

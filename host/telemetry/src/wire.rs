@@ -202,6 +202,22 @@ pub struct WindowRecord {
     /// Samples not kept because the daily budget was spent.
     #[serde(default)]
     pub samples_over_budget: u64,
+    /// Sum of the predictions' top scores, over those whose top score is a
+    /// probability (in [0, 1]): with calibrated scores, `confidence_sum /
+    /// scored` estimates the window's accuracy without labels (CBPE).
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub confidence_sum: f64,
+    /// Predictions counted in `confidence_sum`.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub scored: u64,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Why a raw input was kept.

@@ -67,6 +67,9 @@ pub enum UpdateState {
     Failed,
     /// Restarted into the last known good bundle after an interrupted update.
     Recovered,
+    /// Downloaded and verified a new version; installs it in the next
+    /// maintenance window.
+    Deferred,
 }
 
 impl UpdateState {
@@ -80,6 +83,7 @@ impl UpdateState {
             UpdateState::RolledBack => "rolled_back",
             UpdateState::Failed => "failed",
             UpdateState::Recovered => "recovered",
+            UpdateState::Deferred => "deferred",
         }
     }
 }

@@ -244,11 +244,15 @@ pub struct VersionAccuracy {
     pub labelled: u64,
     /// Of those, predicted right (top label = true label).
     pub correct: u64,
-    /// `correct / labelled`.
-    pub accuracy: f64,
+    /// Measured accuracy, `correct / labelled` (null without labels).
+    pub accuracy: Option<f64>,
     /// Mean of the per-class F1 scores over classes that occur (as true or
-    /// predicted labels).
-    pub macro_f1: f64,
+    /// predicted labels); null without labels.
+    pub macro_f1: Option<f64>,
+    /// Accuracy estimated from the scores, without labels (CBPE), and
+    /// whether the estimate can be trusted; null when the windows carry no
+    /// scores.
+    pub estimated: Option<EstimatedAccuracy>,
     /// Per class, by label.
     pub classes: Vec<ClassMetrics>,
     /// Per device.
@@ -256,6 +260,41 @@ pub struct VersionAccuracy {
     /// Per time window of the query's `window_ms` (by prediction time),
     /// oldest first; empty without `window_ms`.
     pub windows: Vec<WindowAccuracy>,
+}
+
+/// Accuracy estimated from confidence: for a classifier whose scores are
+/// calibrated probabilities, the expected accuracy is the mean top score
+/// (NannyML's confidence-based performance estimation, CBPE).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EstimatedAccuracy {
+    /// The mean top score over the predictions.
+    pub accuracy: f64,
+    /// Predictions it comes from.
+    pub predictions: u64,
+    /// Whether the estimate holds.
+    pub validity: EstimateValidity,
+    /// Why, in words.
+    pub reason: String,
+    /// Expected calibration error of the top scores on labelled predictions
+    /// (10 bins), when enough of them carry a score.
+    pub calibration_error: Option<f64>,
+}
+
+/// Whether an [`EstimatedAccuracy`] can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum EstimateValidity {
+    /// Labelled predictions show the scores are calibrated (ECE at most 0.05).
+    Valid,
+    /// No (or too few) labels to check calibration: the estimate assumes it.
+    Unverified,
+    /// Labelled predictions show the scores are not calibrated: the estimate
+    /// is biased; do not act on it.
+    Miscalibrated,
+    /// The top scores are not probabilities in [0, 1] (logits?): no estimate.
+    NotProbabilities,
 }
 
 /// Precision, recall and F1 of one class.
@@ -302,8 +341,10 @@ pub struct WindowAccuracy {
     pub labelled: u64,
     /// Right ones.
     pub correct: u64,
-    /// `correct / labelled`.
-    pub accuracy: f64,
+    /// `correct / labelled` (null without labels).
+    pub accuracy: Option<f64>,
+    /// Mean top score of the window's predictions (CBPE; null without scores).
+    pub estimated: Option<f64>,
 }
 
 /// One true label in an upload (`POST /v1/labels`, JSON form).
