@@ -149,6 +149,30 @@ path = "{holdout}"
     path
 }
 
+/// The arguments of `edgeml pack` for digits 1.1.0 with `card`, into `carded.wasm`.
+fn pack_with_card(card: &Path) -> Vec<String> {
+    let model = model_path("digits").join("digits.onnx");
+    [
+        "pack",
+        "--model",
+        model.to_str().unwrap(),
+        "--name",
+        "digits",
+        "--version",
+        "1.1.0",
+        "--card",
+        card.to_str().unwrap(),
+        "--out",
+        "carded.wasm",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// The CycloneDX 1.6 schema (tests/data/cyclonedx), with the schemas it
 /// references served from the same directory: no network.
 fn cyclonedx_validator() -> jsonschema::Validator {
@@ -188,22 +212,7 @@ fn pack_signs_model_card_and_exports_it_as_valid_cyclonedx() {
     digits_bundle(dir);
     let card = digits_card(dir);
     let m = model_path("digits");
-    ok(
-        &[
-            "pack",
-            "--model",
-            m.join("digits.onnx").to_str().unwrap(),
-            "--name",
-            "digits",
-            "--version",
-            "1.1.0",
-            "--card",
-            card.to_str().unwrap(),
-            "--out",
-            "carded.wasm",
-        ],
-        dir,
-    );
+    ok(&strs(&pack_with_card(&card)), dir);
     ok(&["sign", "carded.wasm", "--key", "keys/publisher.key"], dir);
     ok(
         &["verify", "carded.wasm", "--trust", "keys/publisher.pub"],
@@ -265,23 +274,7 @@ fn rejects_model_card_whose_data_digest_disagrees_with_the_file() {
         1,
     );
     std::fs::write(&card, text).unwrap();
-    let m = model_path("digits");
-    let err = fails(
-        &[
-            "pack",
-            "--model",
-            m.join("digits.onnx").to_str().unwrap(),
-            "--name",
-            "digits",
-            "--version",
-            "1.1.0",
-            "--card",
-            card.to_str().unwrap(),
-            "--out",
-            "carded.wasm",
-        ],
-        dir,
-    );
+    let err = fails(&strs(&pack_with_card(&card)), dir);
     assert!(err.contains("training_data"), "{err}");
     assert!(
         err.contains(&format!("the card says {}", "0".repeat(64))),

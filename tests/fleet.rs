@@ -813,12 +813,22 @@ pub(crate) fn last_audit(f: &Fleet, action: &str) -> edgeml_client::wire::audit:
 }
 
 pub(crate) fn telemetry_runtime(f: &Fleet, id: &str) -> (Runtime, edgeml_runtime::Telemetry) {
+    telemetry_runtime_with(f, id, |_| {})
+}
+
+/// [`telemetry_runtime`] with its telemetry configuration edited first.
+pub(crate) fn telemetry_runtime_with(
+    f: &Fleet,
+    id: &str,
+    edit: impl FnOnce(&mut edgeml_runtime::TelemetryConfig),
+) -> (Runtime, edgeml_runtime::Telemetry) {
     let mut tc = edgeml_runtime::TelemetryConfig::new(id, f.dir.path().join("telemetry").join(id));
     tc.window = Duration::from_millis(500);
     let mut cc = edgeml_runtime::telemetry::CollectorConfig::new(f.url());
     cc.enrolment_token = Some(ENROL.into());
     cc.interval = Duration::from_millis(200);
     tc.collector = Some(cc);
+    edit(&mut tc);
     std::fs::create_dir_all(&tc.dir).unwrap();
     let t = edgeml_runtime::Telemetry::start(tc).unwrap();
     let mut c = Config::new();
@@ -1468,4 +1478,31 @@ fn rejects_tampered_bundle_kept_for_maintenance_window() {
     // The pinned digest no longer matches: downloaded again, and installed.
     assert!(matches!(a.poll(), Ok(PollOutcome::Installed(i)) if i.version == "1.1.0"));
     assert_eq!(predicts(&a), "7");
+}
+
+#[test]
+fn operator_abort_sends_devices_back_and_is_audited() {
+    let (f, a) = on_v1();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(i)) if i.version == "1.1.0"));
+    let alice = edgeml_client::Client::new(&f.url())
+        .unwrap()
+        .with_admin_token(ADMIN)
+        .with_operator("alice");
+    let changed = alice
+        .rollout("stable", edgeml_client::wire::fleet::RolloutAction::Abort)
+        .unwrap();
+    assert_eq!(changed.state, RolloutState::Halted);
+    assert_eq!(
+        f.channel_state(),
+        (RolloutState::Halted, Some("aborted by an operator".into()))
+    );
+    assert!(matches!(a.poll(), Ok(PollOutcome::RolledBack(i)) if i.version == "1.0.0"));
+    still_serving_v1(&a);
+    let abort = last_audit(&f, "rollout.abort");
+    assert_eq!(
+        (abort.actor.as_str(), abort.operator.as_deref()),
+        ("admin", Some("alice"))
+    );
+    assert_eq!(abort.details["model_version"], "1.1.0");
 }

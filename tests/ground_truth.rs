@@ -71,6 +71,15 @@ fn infer(f: &Fleet, a: &Agent, i: usize) -> (String, String) {
     (id, top)
 }
 
+/// Held-out digit `i` through the agent's library API.
+fn predict_png(a: &Agent, i: usize) -> edgeml_runtime::Prediction {
+    a.predict(edgeml_runtime::Input::Media {
+        media_type: "image/png".into(),
+        bytes: png(i),
+    })
+    .unwrap()
+}
+
 fn give_label(f: &Fleet, a: &Agent, body: serde_json::Value) -> reqwest::blocking::Response {
     f.http
         .post(format!(
@@ -159,12 +168,7 @@ fn labels_from_devices_give_accuracy_per_version() {
     // Through the library: 6 digits, every other one labelled wrongly on
     // purpose (a downstream system that disagrees with the model).
     for i in 20..26 {
-        let p = lib_agent
-            .predict(edgeml_runtime::Input::Media {
-                media_type: "image/png".into(),
-                bytes: png(i),
-            })
-            .unwrap();
+        let p = predict_png(&lib_agent, i);
         let top = p.scores.as_ref().unwrap()[0].label.clone();
         let label = if i % 2 == 0 {
             top.clone()
@@ -272,12 +276,7 @@ fn labels_from_devices_give_accuracy_per_version() {
 #[test]
 fn feedback_needs_telemetry() {
     let (_f, a) = on_v1();
-    let p = a
-        .predict(edgeml_runtime::Input::Media {
-            media_type: "image/png".into(),
-            bytes: png(0),
-        })
-        .unwrap();
+    let p = predict_png(&a, 0);
     assert!(matches!(
         a.feedback(&p.id, "7"),
         Err(FeedbackError::TelemetryOff)
@@ -290,33 +289,20 @@ fn uploaded_labels_join_samples_and_export_with_them() {
     f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
     // A device that keeps every input as a sample (up to 16 per window).
     let id = "gt-samples";
-    let mut tc = edgeml_runtime::TelemetryConfig::new(id, f.dir.path().join("telemetry").join(id));
-    tc.window = Duration::from_secs(60);
-    tc.samples = Some(edgeml_runtime::telemetry::SampleConfig {
-        per_window: 16,
-        ..Default::default()
+    let (rt, t) = telemetry_runtime_with(&f, id, |tc| {
+        tc.window = Duration::from_secs(60);
+        tc.samples = Some(edgeml_runtime::telemetry::SampleConfig {
+            per_window: 16,
+            ..Default::default()
+        });
     });
-    let mut cc = edgeml_runtime::telemetry::CollectorConfig::new(f.url());
-    cc.enrolment_token = Some(ENROL.into());
-    cc.interval = Duration::from_millis(200);
-    tc.collector = Some(cc);
-    std::fs::create_dir_all(&tc.dir).unwrap();
-    let t = edgeml_runtime::Telemetry::start(tc).unwrap();
-    let mut c = edgeml_runtime::Config::new();
-    c.cache_dir(std::env::temp_dir().join("edgeml-fleet-test-cache"));
-    c.telemetry(t.clone());
     let mut ac = f.agent_config(id);
     ac.identity_dir = Some(t.config().dir.clone());
-    let a = Agent::open(ac, edgeml_runtime::Runtime::new(&c).unwrap()).unwrap();
+    let a = Agent::open(ac, rt).unwrap();
     assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
     let mut ids = Vec::new();
     for i in 0..8 {
-        let p = a
-            .predict(edgeml_runtime::Input::Media {
-                media_type: "image/png".into(),
-                bytes: png(i),
-            })
-            .unwrap();
+        let p = predict_png(&a, i);
         ids.push((p.id.clone(), p.scores.unwrap()[0].label.clone()));
     }
     t.flush(Duration::from_secs(20));
@@ -450,12 +436,7 @@ fn labelled_rollout(
     let label_all = |agents: &[(Agent, edgeml_runtime::Telemetry)], wrong: &[usize]| {
         for (n, (a, t)) in agents.iter().enumerate() {
             for i in 0..6 {
-                let p = a
-                    .predict(edgeml_runtime::Input::Media {
-                        media_type: "image/png".into(),
-                        bytes: png(n * 6 + i),
-                    })
-                    .unwrap();
+                let p = predict_png(&a, n * 6 + i);
                 let top = p.scores.unwrap()[0].label.clone();
                 let label = if wrong.contains(&n) {
                     format!("{}", (top.parse::<u32>().unwrap() + 1) % 10)

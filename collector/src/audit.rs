@@ -116,10 +116,11 @@ pub(crate) fn decision(
     seen: &crate::store::StoredRelease,
     d: &crate::store::Decision,
 ) -> NewAuditEntry {
-    let action = match d.to {
-        edgeml_client::wire::fleet::RolloutState::Active => "rollout.resume",
-        edgeml_client::wire::fleet::RolloutState::Paused => "rollout.pause",
-        edgeml_client::wire::fleet::RolloutState::Halted => "rollout.halt",
+    let action = match (d.to, headers.is_some()) {
+        (edgeml_client::wire::fleet::RolloutState::Active, _) => "rollout.resume",
+        (edgeml_client::wire::fleet::RolloutState::Paused, _) => "rollout.pause",
+        (edgeml_client::wire::fleet::RolloutState::Halted, true) => "rollout.abort",
+        (edgeml_client::wire::fleet::RolloutState::Halted, false) => "rollout.halt",
     };
     let mut entry = match headers {
         Some(h) => by_admin(h, action, &seen.channel),

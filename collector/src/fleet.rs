@@ -1112,7 +1112,8 @@ async fn channels(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<R
     .into_response())
 }
 
-/// Pause or resume a channel's rollout (a decision, recorded once).
+/// Pause, resume or abort a channel's rollout (a decision, recorded once; abort
+/// halts it, so devices that took the release roll back).
 #[utoipa::path(
     post,
     path = "/v1/fleet/channels/{channel}/rollout",
@@ -1122,7 +1123,7 @@ async fn channels(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<R
     request_body = RolloutRequest,
     responses(
         (status = 200, description = "The rollout's state now", body = RolloutChanged),
-        (status = 400, description = "Not a pause or resume action", body = ErrorBody),
+        (status = 400, description = "Not a pause, resume or abort action", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "Nothing published to the channel", body = ErrorBody),
         (status = 409, description = "The rollout changed meanwhile (another operator or the canary gate)", body = ErrorBody),
@@ -1138,12 +1139,13 @@ async fn rollout(
     let RolloutRequest { action } = serde_json::from_slice(&body).map_err(|_| {
         err(
             StatusCode::BAD_REQUEST,
-            "body must be {\"action\": \"pause\"} or {\"action\": \"resume\"}",
+            "body must be {\"action\": \"pause\"}, {\"action\": \"resume\"} or {\"action\": \"abort\"}",
         )
     })?;
     let (state, reason) = match action {
         RolloutAction::Pause => (RolloutState::Paused, Some("paused by an operator")),
         RolloutAction::Resume => (RolloutState::Active, None),
+        RolloutAction::Abort => (RolloutState::Halted, Some("aborted by an operator")),
     };
     let store = st.store.clone();
     let ch = channel.clone();

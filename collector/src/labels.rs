@@ -21,7 +21,7 @@ fn bad(msg: impl Into<String>) -> crate::api::ApiError {
 }
 
 /// The labels in `body`, by its content type.
-fn parse(content_type: &str, body: &[u8]) -> ApiResult<Vec<(String, String)>> {
+fn parse(content_type: &str, body: &Bytes) -> ApiResult<Vec<(String, String)>> {
     let kind = content_type.split(';').next().unwrap_or("").trim();
     let rows = match kind {
         "text/csv" => csv_rows(body)?,
@@ -86,14 +86,13 @@ fn csv_rows(body: &[u8]) -> ApiResult<Vec<(String, String)>> {
 }
 
 /// Parquet with string columns `prediction_id` and `label`.
-fn parquet_rows(body: &[u8]) -> ApiResult<Vec<(String, String)>> {
+fn parquet_rows(body: &Bytes) -> ApiResult<Vec<(String, String)>> {
     use arrow_array::cast::AsArray;
     use arrow_array::Array;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        Bytes::copy_from_slice(body),
-    )
-    .and_then(|b| b.build())
-    .map_err(|e| bad(format!("labels Parquet: {e}")))?;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body.clone())
+            .and_then(|b| b.build())
+            .map_err(|e| bad(format!("labels Parquet: {e}")))?;
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| bad(format!("labels Parquet: {e}")))?;

@@ -306,6 +306,14 @@ pub enum RolloutCommand {
         #[command(flatten)]
         server: FleetServer,
     },
+    /// Stop the rollout and send the devices that took the release back to
+    /// the version before (resume undoes it).
+    Abort {
+        #[arg(long)]
+        channel: String,
+        #[command(flatten)]
+        server: FleetServer,
+    },
     /// Re-sign the channel's release with a new rollout share.
     Set {
         /// The new share (`50%`).

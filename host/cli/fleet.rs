@@ -320,6 +320,7 @@ pub fn rollout(args: &RolloutArgs) -> Result<()> {
     let (channel, server, action) = match &args.command {
         RolloutCommand::Pause { channel, server } => (channel, server, RolloutAction::Pause),
         RolloutCommand::Resume { channel, server } => (channel, server, RolloutAction::Resume),
+        RolloutCommand::Abort { channel, server } => (channel, server, RolloutAction::Abort),
         RolloutCommand::Set {
             share,
             channel,

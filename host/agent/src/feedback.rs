@@ -38,11 +38,19 @@ pub enum FeedbackError {
     Spool(String),
 }
 
+/// The model a prediction came from: one per loaded model, shared by the
+/// predictions it made (nothing is copied per prediction but its label).
+#[derive(Debug)]
+pub(crate) struct Predictor {
+    pub model: ModelRef,
+    /// The model's labels (empty: any label is taken).
+    pub labels: Vec<String>,
+}
+
 /// What the agent remembers of one prediction.
 #[derive(Debug, Clone)]
 pub(crate) struct Remembered {
-    pub model: ModelRef,
-    pub labels: std::sync::Arc<[String]>,
+    pub predictor: std::sync::Arc<Predictor>,
     pub predicted_ms: u64,
     pub prediction: Option<String>,
     pub score: Option<f32>,
@@ -88,12 +96,14 @@ mod tests {
 
     fn r(n: u64) -> Remembered {
         Remembered {
-            model: ModelRef {
-                name: "m".into(),
-                version: "1".into(),
-                digest: "d".into(),
-            },
-            labels: Vec::new().into(),
+            predictor: std::sync::Arc::new(Predictor {
+                model: ModelRef {
+                    name: "m".into(),
+                    version: "1".into(),
+                    digest: "d".into(),
+                },
+                labels: Vec::new(),
+            }),
             predicted_ms: n,
             prediction: None,
             score: None,

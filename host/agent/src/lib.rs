@@ -88,6 +88,9 @@ struct Slot {
     installed: Installed,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Which model predicts, for labels given later (shared by every
+    /// prediction it remembers).
+    predictor: Arc<feedback::Predictor>,
 }
 
 struct Inner {
@@ -628,11 +631,20 @@ impl Inner {
             None => self.runtime.load(&verified),
         }
         .map_err(model_err)?;
+        let predictor = Arc::new(feedback::Predictor {
+            model: edgeml_telemetry::wire::ModelRef {
+                name: installed.model.clone(),
+                version: installed.version.clone(),
+                digest: model.digest().to_string(),
+            },
+            labels: model.manifest().labels.clone(),
+        });
         Ok(Slot {
             model,
             installed,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            predictor,
         })
     }
 
@@ -682,12 +694,7 @@ impl Inner {
                     lock(&self.recent).remember(
                         p.id.clone(),
                         feedback::Remembered {
-                            model: edgeml_telemetry::wire::ModelRef {
-                                name: i.model.clone(),
-                                version: i.version.clone(),
-                                digest: slot.model.digest().to_string(),
-                            },
-                            labels: slot.model.manifest().labels.clone().into(),
+                            predictor: slot.predictor.clone(),
                             predicted_ms: edgeml_telemetry::now_ms(),
                             prediction: top.map(|t| t.label.clone()),
                             score: top.map(|t| t.score),
@@ -717,16 +724,17 @@ impl Inner {
             .get(prediction_id)
             .cloned()
             .ok_or_else(|| FeedbackError::UnknownPrediction(prediction_id.to_string()))?;
-        if !r.labels.is_empty() && !r.labels.iter().any(|l| l == label) {
+        let (model, labels) = (&r.predictor.model, &r.predictor.labels);
+        if !labels.is_empty() && !labels.iter().any(|l| l == label) {
             return Err(FeedbackError::UnknownLabel {
                 label: label.to_string(),
-                model: format!("{} {}", r.model.name, r.model.version),
-                labels: r.labels.join(", "),
+                model: format!("{} {}", model.name, model.version),
+                labels: labels.join(", "),
             });
         }
         telemetry
             .outcome(
-                &r.model,
+                model,
                 &edgeml_telemetry::Outcome {
                     prediction_id,
                     predicted_ms: r.predicted_ms,

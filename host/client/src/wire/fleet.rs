@@ -169,6 +169,9 @@ pub enum RolloutAction {
     Pause,
     /// Let them take it again (also lifts a halt).
     Resume,
+    /// Stop it and send the devices that took the release back to the
+    /// version before (a halt by an operator).
+    Abort,
 }
 
 /// The body of `POST /v1/fleet/channels/{channel}/rollout`.
