@@ -466,3 +466,52 @@ fn adopts_database_whose_first_adoption_was_interrupted() {
     assert_eq!(store.schema_version().unwrap(), 7);
     assert_eq!(store.fleet_devices().unwrap().len(), 4);
 }
+
+#[test]
+fn backends_agree_on_outcome_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let model =
+        serde_json::json!({ "name": "digits", "version": "1.0.0", "digest": "cd".repeat(32) });
+    // (device, prediction, label, score): scores on bin edges and a logit.
+    let rows = [
+        ("d1", "1", "1", 0.95),
+        ("d1", "1", "0", 0.91),
+        ("d1", "0", "0", 1.0),
+        ("d2", "0", "0", 0.10),
+        ("d2", "1", "0", 0.0),
+        ("d2", "1", "1", 3.5),
+    ];
+    for db in databases(dir.path()) {
+        let store = db.open();
+        for device in ["d1", "d2"] {
+            store.enrol(device, &[7; 32], 1).unwrap();
+        }
+        for (n, (device, prediction, label, score)) in rows.iter().enumerate() {
+            let batch: Batch = serde_json::from_value(serde_json::json!({
+                "device_id": device, "sent_ms": 1,
+                "spool": { "pending_records": 0, "pending_bytes": 0, "dropped_records": 0 },
+                "records": [{
+                    "id": format!("o{n}"), "type": "outcome", "model": model,
+                    "prediction_id": format!("p{n}"), "predicted_ms": 10 + n as u64,
+                    "prediction": prediction, "score": score, "label": label, "labelled_ms": 100,
+                }],
+            }))
+            .unwrap();
+            store.ingest(&batch, 1_000).unwrap();
+        }
+        let s = store.outcome_summary(&Query::default()).unwrap();
+        assert_eq!(
+            s.devices,
+            [("d1".to_string(), 3, 2), ("d2".to_string(), 3, 2)],
+            "{:?}",
+            db.backend
+        );
+        // 0.0 and 0.10 in bins 0 and 1; 0.91, 0.95 and 1.0 in bin 9; the
+        // logit 3.5 in none.
+        let bins: Vec<(u8, u64, u64)> = s.calibration.iter().map(|b| (b.0, b.1, b.2)).collect();
+        assert_eq!(bins, [(0, 1, 0), (1, 1, 1), (9, 3, 2)], "{:?}", db.backend);
+        let sum9 = s.calibration[2].3;
+        assert!((sum9 - 2.86).abs() < 1e-5, "{sum9} on {:?}", db.backend);
+        assert_eq!(store.outcomes(&Query::default()).unwrap().len(), 6);
+    }
+}

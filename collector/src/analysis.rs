@@ -234,7 +234,7 @@ pub fn accuracy(
                 correct,
                 accuracy: ratio(correct, os.len() as u64),
                 macro_f1,
-                estimated: estimate(&ws, &os),
+                estimated: estimate(&ws, calibration_error(&score_bins(&os))),
                 classes,
                 devices: devices
                     .into_iter()
@@ -273,10 +273,11 @@ pub fn accuracy(
     out
 }
 
-/// CBPE over `windows`, checked against the labelled predictions `labelled`.
-fn estimate(
+/// CBPE over `windows`, checked against the calibration error `ece` (and
+/// the number of labelled predictions it comes from) where there is one.
+pub fn estimate(
     windows: &[&StoredWindow],
-    labelled: &[&crate::store::StoredOutcome],
+    ece: Option<(f64, u64)>,
 ) -> Option<edgeml_client::wire::telemetry::EstimatedAccuracy> {
     use edgeml_client::wire::telemetry::{EstimateValidity, EstimatedAccuracy};
     let answered: u64 = windows
@@ -301,7 +302,6 @@ fn estimate(
         });
     }
     let accuracy = sum / scored as f64;
-    let ece = calibration_error(labelled);
     let (validity, reason) = match ece {
         Some((e, n)) if e <= MAX_CALIBRATION_ERROR => (
             EstimateValidity::Valid,
@@ -325,12 +325,11 @@ fn estimate(
     })
 }
 
-/// Expected calibration error of the top scores (10 equal-width bins) over
-/// labelled predictions that carry one, with how many; `None` under
-/// [`MIN_CALIBRATION_LABELS`].
-fn calibration_error(labelled: &[&crate::store::StoredOutcome]) -> Option<(f64, u64)> {
+/// The labelled predictions that carry a top score in [0, 1], in ten
+/// bins of it: (bin, count, right, sum of scores), as
+/// [`crate::store::OutcomeSummary::calibration`] has them.
+fn score_bins(labelled: &[&crate::store::StoredOutcome]) -> Vec<(u8, u64, u64, f64)> {
     let mut bins = [(0u64, 0u64, 0f64); 10];
-    let mut n = 0u64;
     for o in labelled {
         let Some(s) = o.score.filter(|s| (0.0..=1.0).contains(s)) else {
             continue;
@@ -339,15 +338,25 @@ fn calibration_error(labelled: &[&crate::store::StoredOutcome]) -> Option<(f64, 
         bins[b].0 += 1;
         bins[b].1 += (o.prediction.as_deref() == Some(o.label.as_str())) as u64;
         bins[b].2 += f64::from(s);
-        n += 1;
     }
+    (0u8..)
+        .zip(bins)
+        .filter(|(_, b)| b.0 > 0)
+        .map(|(i, (n, right, sum))| (i, n, right, sum))
+        .collect()
+}
+
+/// Expected calibration error over score bins, with how many predictions
+/// they hold; `None` under [`MIN_CALIBRATION_LABELS`].
+pub fn calibration_error(bins: &[(u8, u64, u64, f64)]) -> Option<(f64, u64)> {
+    let n: u64 = bins.iter().map(|b| b.1).sum();
     if n < MIN_CALIBRATION_LABELS {
         return None;
     }
     let ece = bins
         .iter()
-        .filter(|b| b.0 > 0)
-        .map(|&(count, right, sum)| {
+        .filter(|b| b.1 > 0)
+        .map(|&(_, count, right, sum)| {
             let acc = right as f64 / count as f64;
             let conf = sum / count as f64;
             (count as f64 / n as f64) * (acc - conf).abs()

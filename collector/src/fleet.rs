@@ -1517,9 +1517,10 @@ fn accuracy_verdict(
     let model = &c.release.model;
     let new_version = c.release.model_version.to_string();
     let old_version = c.previous_version.clone().unwrap_or_default();
-    let outcomes = |version: &str, from_ms: Option<u64>| {
+    // Counted by the database: every label of the old version is evidence.
+    let summary = |version: &str, from_ms: Option<u64>| {
         st.store
-            .outcomes(&Query {
+            .outcome_summary(&Query {
                 model: Some(model.clone()),
                 version: Some(version.to_string()),
                 from_ms,
@@ -1527,52 +1528,50 @@ fn accuracy_verdict(
             })
             .map_err(|e| e.to_string())
     };
-    let mut new_o = outcomes(&new_version, Some(c.evidence_from_ms))?;
-    new_o.retain(|o| cohort.contains(&o.device_id));
-    let old_o = outcomes(&old_version, None)?;
+    let mut new_s = summary(&new_version, Some(c.evidence_from_ms))?;
+    new_s.devices.retain(|(d, _, _)| cohort.contains(d));
+    let old_s = summary(&old_version, None)?;
+    let totals = |s: &crate::store::OutcomeSummary| {
+        s.devices
+            .iter()
+            .fold((0u64, 0u64), |(l, r), (_, dl, dr)| (l + dl, r + dr))
+    };
+    let ((new_l, new_r), (old_l, old_r)) = (totals(&new_s), totals(&old_s));
     let limit = |old: f64| old - policy.accuracy_margin;
-    if new_o.len() as u64 >= policy.min_labels && old_o.len() as u64 >= policy.min_labels {
-        let new_a = &analysis::accuracy(&new_o, &[], None)[0];
-        let old_a = &analysis::accuracy(&old_o, &[], None)[0];
-        let (Some(new_acc), Some(old_acc)) = (new_a.accuracy, old_a.accuracy) else {
-            return Ok(None);
-        };
-        let worse: Vec<String> = new_a
+    if new_l >= policy.min_labels && old_l >= policy.min_labels {
+        let (new_acc, old_acc) = (new_r as f64 / new_l as f64, old_r as f64 / old_l as f64);
+        let worse: Vec<String> = new_s
             .devices
             .iter()
-            .filter(|d| d.accuracy < limit(old_acc))
-            .map(|d| format!("{} {:.1}% of {}", d.name, d.accuracy * 100.0, d.labelled))
+            .filter(|(_, l, r)| *l > 0 && (*r as f64 / *l as f64) < limit(old_acc))
+            .map(|(d, l, r)| format!("{d} {:.1}% of {l}", *r as f64 / *l as f64 * 100.0))
             .collect();
         if new_acc < limit(old_acc) && policy.enough(worse.len(), cohort.len()) {
             return Ok(Some(format!(
-                "canary: measured accuracy {:.1}% on {model} {new_version} ({} labelled predictions from {} devices; below the margin: {}) vs {:.1}% on {old_version} ({} labelled), margin {:.1} points",
+                "canary: measured accuracy {:.1}% on {model} {new_version} ({new_l} labelled predictions from {} devices; below the margin: {}) vs {:.1}% on {old_version} ({old_l} labelled), margin {:.1} points",
                 new_acc * 100.0,
-                new_a.labelled,
-                new_a.devices.len(),
+                new_s.devices.len(),
                 worse.join(", "),
                 old_acc * 100.0,
-                old_a.labelled,
                 policy.accuracy_margin * 100.0
             )));
         }
         return Ok(None);
     }
     // Not enough labels: the estimate, where it holds.
-    let estimated = |windows: &[crate::store::StoredWindow], labelled| {
-        analysis::accuracy(labelled, windows, None)
-            .into_iter()
-            .next()
-            .and_then(|v| v.estimated)
-            .filter(|e| {
-                !matches!(
-                    e.validity,
-                    EstimateValidity::NotProbabilities | EstimateValidity::Miscalibrated
-                )
-            })
+    let estimated = |windows: &[crate::store::StoredWindow],
+                     calibration: &[(u8, u64, u64, f64)]| {
+        let windows: Vec<&crate::store::StoredWindow> = windows.iter().collect();
+        analysis::estimate(&windows, analysis::calibration_error(calibration)).filter(|e| {
+            !matches!(
+                e.validity,
+                EstimateValidity::NotProbabilities | EstimateValidity::Miscalibrated
+            )
+        })
     };
     // The old version's estimate from its windows alongside the rollout,
     // or (a rollout to the whole fleet leaves none) from its history.
-    let old_e = match estimated(old_w, &old_o) {
+    let old_e = match estimated(old_w, &old_s.calibration) {
         Some(e) => Some(e),
         None => {
             let history = st
@@ -1583,10 +1582,10 @@ fn accuracy_verdict(
                     ..Query::default()
                 })
                 .map_err(|e| e.to_string())?;
-            estimated(&history, &old_o)
+            estimated(&history, &old_s.calibration)
         }
     };
-    let (Some(new_e), Some(old_e)) = (estimated(new_w, &new_o), old_e) else {
+    let (Some(new_e), Some(old_e)) = (estimated(new_w, &new_s.calibration), old_e) else {
         return Ok(None);
     };
     if new_e.accuracy >= limit(old_e.accuracy) {

@@ -166,6 +166,17 @@ pub struct StoredOutcome {
     pub source: String,
 }
 
+/// Labelled predictions summed up in the database (what the canary gate
+/// reads each round instead of every outcome).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutcomeSummary {
+    /// Per device: (device id, labelled, right), by device id.
+    pub devices: Vec<(String, u64, u64)>,
+    /// The labelled predictions with a top score in [0, 1], in ten bins
+    /// of that score: (bin 0..=9, count, right, sum of scores).
+    pub calibration: Vec<(u8, u64, u64, f64)>,
+}
+
 /// Telemetry: idempotent ingest of signed batches, and what they say about
 /// devices, models, windows and samples. Methods block; the server calls
 /// them on tokio's blocking pool.
@@ -182,6 +193,9 @@ pub trait TelemetryStore: Send + Sync + 'static {
     fn samples(&self, q: &Query) -> Result<Vec<StoredSample>, StoreError>;
     /// Labelled predictions matching `q` (by prediction time), oldest first.
     fn outcomes(&self, q: &Query) -> Result<Vec<StoredOutcome>, StoreError>;
+    /// The labelled predictions matching `q`, counted per device and per
+    /// score bin by the database.
+    fn outcome_summary(&self, q: &Query) -> Result<OutcomeSummary, StoreError>;
     /// Give true labels to stored samples by prediction id (an upload):
     /// each label that names a stored sample's prediction becomes its
     /// outcome (source `batch`), in one transaction. Returns the ids that

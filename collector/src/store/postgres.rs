@@ -12,7 +12,9 @@ use super::{
     Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
     StoredSample, StoredWindow, TelemetryStore,
 };
-use super::{AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, StoredOutcome};
+use super::{
+    AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, OutcomeSummary, StoredOutcome,
+};
 use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
 use edgeml_fleet::Release;
@@ -492,6 +494,46 @@ impl TelemetryStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    fn outcome_summary(&self, q: &Query) -> Result<OutcomeSummary, StoreError> {
+        let (cond, args) = filter(q, "predicted_ms", dollar);
+        let params: Vec<_> = args.iter().map(text).collect();
+        let mut conn = self.conn()?;
+        let devices = conn
+            .query(
+                &format!(
+                    "SELECT device_id, COUNT(*), SUM(CASE WHEN prediction = label THEN 1 ELSE 0 END)::BIGINT
+                     FROM outcomes{cond} GROUP BY device_id ORDER BY device_id COLLATE \"C\""
+                ),
+                &params,
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, u(r.try_get(1)?), u(r.try_get(2)?))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let calibration = conn
+            .query(
+                &format!(
+                    "SELECT LEAST(FLOOR(score * 10)::INT, 9) AS bin, COUNT(*),
+                        SUM(CASE WHEN prediction = label THEN 1 ELSE 0 END)::BIGINT, SUM(score)
+                     FROM outcomes{cond} AND score >= 0 AND score <= 1 GROUP BY bin ORDER BY bin"
+                ),
+                &params,
+            )?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<_, i32>(0)?.clamp(0, 9) as u8,
+                    u(r.try_get(1)?),
+                    u(r.try_get(2)?),
+                    r.try_get(3)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(OutcomeSummary {
+            devices,
+            calibration,
+        })
     }
 
     fn label_samples(

@@ -5,7 +5,9 @@ use super::{
     Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
     StoredSample, StoredWindow, TelemetryStore,
 };
-use super::{AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, StoredOutcome};
+use super::{
+    AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, OutcomeSummary, StoredOutcome,
+};
 use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
 use edgeml_fleet::Release;
@@ -494,6 +496,41 @@ impl TelemetryStore for SqliteStore {
                 },
             )
             .collect()
+    }
+
+    fn outcome_summary(&self, q: &Query) -> Result<OutcomeSummary, StoreError> {
+        let (cond, args) = filter(q, "predicted_ms", |_| "?".into());
+        let args: Vec<_> = args.into_iter().map(value).collect();
+        let conn = self.conn();
+        let devices = conn
+            .prepare(&format!(
+                "SELECT device_id, COUNT(*), SUM(CASE WHEN prediction = label THEN 1 ELSE 0 END)
+                 FROM outcomes{cond} GROUP BY device_id ORDER BY device_id"
+            ))?
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((r.get(0)?, u(r.get(1)?), u(r.get(2)?)))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        // CAST truncates: the floor of a score in [0, 1] times ten.
+        let calibration = conn
+            .prepare(&format!(
+                "SELECT MIN(CAST(score * 10 AS INTEGER), 9) AS bin, COUNT(*),
+                    SUM(CASE WHEN prediction = label THEN 1 ELSE 0 END), SUM(score)
+                 FROM outcomes{cond} AND score >= 0 AND score <= 1 GROUP BY bin ORDER BY bin"
+            ))?
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?.clamp(0, 9) as u8,
+                    u(r.get(1)?),
+                    u(r.get(2)?),
+                    r.get(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OutcomeSummary {
+            devices,
+            calibration,
+        })
     }
 
     fn label_samples(
