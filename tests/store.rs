@@ -75,6 +75,7 @@ fn decision(to: RolloutState, source: DecisionSource, reason: Option<&str>) -> D
         source,
         reason: reason.map(String::from),
         replica: "test".into(),
+        audit: None,
     }
 }
 
@@ -395,10 +396,29 @@ fn backends_agree_on_fleet_evidence() {
         );
         assert!(s.rollbacks("stable", &sha, 31).unwrap().is_empty());
         let seen = s.release("stable").unwrap().unwrap();
-        let pause = decision(RolloutState::Paused, DecisionSource::Operator, Some("ops"));
+        let pause = Decision {
+            audit: Some(edgeml_collector::store::NewAuditEntry {
+                actor: "admin".into(),
+                action: "rollout.pause".into(),
+                target: "stable".into(),
+                ..Default::default()
+            }),
+            ..decision(RolloutState::Paused, DecisionSource::Operator, Some("ops"))
+        };
         assert!(s.decide(&seen, &pause, 50).unwrap());
-        // Decided on a view that is stale now: refused, nothing written.
+        // Decided on a view that is stale now: refused, nothing written,
+        // not even its audit entry.
         assert!(!s.decide(&seen, &pause, 51).unwrap());
+        let audit = s.audit(0, 10).unwrap();
+        assert_eq!(
+            audit
+                .iter()
+                .map(|e| (e.action.as_str(), e.at_ms))
+                .collect::<Vec<_>>(),
+            [("rollout.pause", 50)],
+            "{:?}",
+            db.backend
+        );
         let c = s.release("stable").unwrap().unwrap();
         assert_eq!(
             (c.state, c.reason.as_deref(), c.evidence_from_ms),

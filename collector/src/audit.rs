@@ -49,9 +49,11 @@ pub(crate) fn details<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<St
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
-/// Append an entry for a change that has been made. If the log cannot be
-/// written the caller gets a 500 saying so: the change stands, and the
-/// operator knows it is missing from the log.
+/// Append an entry for a change that has been made (blob uploads, roots,
+/// releases, enrolments, label uploads; rollout decisions go in with the
+/// decision's own transaction, [`decision`]). If the log cannot be written
+/// the caller gets a 500 saying so: the change stands, and the operator
+/// knows it is missing from the log.
 pub(crate) async fn record(st: &AppState, entry: NewAuditEntry) -> ApiResult<()> {
     let store = st.store.clone();
     let what = format!("{} {}", entry.action, entry.target);

@@ -1158,13 +1158,14 @@ async fn rollout(
     if current.state == state {
         return Ok(Json(RolloutChanged { channel, state }).into_response());
     }
-    let decision = Decision {
+    let mut decision = Decision {
         to: state,
         source: DecisionSource::Operator,
         reason: reason.map(String::from),
         replica: st.settings.replica.clone(),
+        audit: None,
     };
-    let entry = audit::decision(Some(&headers), &current, &decision);
+    decision.audit = Some(audit::decision(Some(&headers), &current, &decision));
     let store = st.store.clone();
     if !blocking(move || store.decide(&current, &decision, now_ms())).await? {
         return Err(err(
@@ -1174,7 +1175,6 @@ async fn rollout(
             ),
         ));
     }
-    audit::record(&st, entry).await?;
     Ok(Json(RolloutChanged { channel, state }).into_response())
 }
 
@@ -1279,18 +1279,17 @@ async fn rollback_evidence(st: &AppState, device: &str, report: &StatusReport) -
         current.release.model_version,
         why.as_deref().unwrap_or("no reason given")
     );
-    let decision = Decision {
+    let mut decision = Decision {
         to: RolloutState::Halted,
         source: DecisionSource::Rollbacks,
         reason: Some(reason),
         replica: st.settings.replica.clone(),
+        audit: None,
     };
-    let entry = audit::decision(None, &current, &decision);
+    decision.audit = Some(audit::decision(None, &current, &decision));
     let store = st.store.clone();
     // False when another replica (or an operator) changed the rollout first.
-    if blocking(move || store.decide(&current, &decision, now_ms())).await? {
-        audit::record(st, entry).await?;
-    }
+    blocking(move || store.decide(&current, &decision, now_ms())).await?;
     Ok(())
 }
 
@@ -1374,18 +1373,16 @@ async fn canary_round(st: &AppState) {
             if let Ok(Ok((c, Some(reason)))) = verdict {
                 // Every replica judges; the first to decide halts the
                 // rollout it judged, the others find it changed.
-                let decision = Decision {
+                let mut decision = Decision {
                     to: RolloutState::Halted,
                     source: DecisionSource::Canary,
                     reason: Some(reason),
                     replica: st.settings.replica.clone(),
+                    audit: None,
                 };
-                let entry = audit::decision(None, &c, &decision);
+                decision.audit = Some(audit::decision(None, &c, &decision));
                 let store = st.store.clone();
-                if let Ok(true) = blocking(move || store.decide(&c, &decision, now_ms())).await {
-                    // A failure is logged by `record`; the halt stands.
-                    let _ = audit::record(st, entry).await;
-                }
+                let _ = blocking(move || store.decide(&c, &decision, now_ms())).await;
             }
         }
     }

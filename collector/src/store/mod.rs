@@ -391,6 +391,9 @@ pub struct Decision {
     pub reason: Option<String>,
     /// The server replica deciding.
     pub replica: String,
+    /// Its audit log entry, appended in the decision's transaction (both
+    /// or neither are stored).
+    pub audit: Option<NewAuditEntry>,
 }
 
 /// A channel's newest release and the state of its rollout.

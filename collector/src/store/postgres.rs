@@ -634,43 +634,50 @@ fn audit_row(r: &Row) -> Result<AuditRow, postgres::Error> {
     })
 }
 
+/// Append `entry` after the head, and move the head, in `tx`.
+fn append_in(
+    tx: &mut postgres::Transaction<'_>,
+    entry: &NewAuditEntry,
+    now_ms: u64,
+) -> Result<AuditEntry, TxError> {
+    // The head row's lock orders appends from every replica.
+    let r = tx.query_one(
+        "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        &[],
+    )?;
+    let head = AuditHead {
+        seq: u(r.try_get(0)?),
+        hash: r.try_get(1)?,
+    };
+    let e = entry.after(&head, now_ms);
+    tx.execute(
+        &format!(
+            "INSERT INTO audit_log ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            AuditRow::COLUMNS
+        ),
+        &[
+            &i(e.seq),
+            &i(e.at_ms),
+            &e.actor,
+            &e.operator,
+            &e.action,
+            &e.target,
+            &json(&e.key_ids)?,
+            &json(&e.details)?,
+            &e.prev,
+            &e.hash,
+        ],
+    )?;
+    tx.execute(
+        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+        &[&i(e.seq), &e.hash],
+    )?;
+    Ok(e)
+}
+
 impl AuditStore for PgStore {
     fn append_audit(&self, entry: &NewAuditEntry, now_ms: u64) -> Result<AuditEntry, StoreError> {
-        self.transaction(|tx| {
-            // The head row's lock orders appends from every replica.
-            let r = tx.query_one(
-                "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
-                &[],
-            )?;
-            let head = AuditHead {
-                seq: u(r.try_get(0)?),
-                hash: r.try_get(1)?,
-            };
-            let e = entry.after(&head, now_ms);
-            tx.execute(
-                &format!(
-                    "INSERT INTO audit_log ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    AuditRow::COLUMNS
-                ),
-                &[
-                    &i(e.seq),
-                    &i(e.at_ms),
-                    &e.actor,
-                    &e.operator,
-                    &e.action,
-                    &e.target,
-                    &json(&e.key_ids)?,
-                    &json(&e.details)?,
-                    &e.prev,
-                    &e.hash,
-                ],
-            )?;
-            tx.execute(
-                "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
-                &[&i(e.seq), &e.hash],
-            )?;
-            Ok(e)
-        })
+        self.transaction(|tx| append_in(tx, entry, now_ms))
     }
 
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -858,6 +865,9 @@ impl FleetStore for PgStore {
                     &now,
                 ],
             )?;
+            if let Some(entry) = &decision.audit {
+                append_in(tx, entry, now_ms)?;
+            }
             Ok(true)
         })
     }

@@ -616,39 +616,49 @@ impl TelemetryStore for SqliteStore {
     }
 }
 
+/// Append `entry` after the head, and move the head, in `tx`.
+fn append_in(
+    tx: &rusqlite::Transaction<'_>,
+    entry: &NewAuditEntry,
+    now_ms: u64,
+) -> Result<AuditEntry, StoreError> {
+    let head = tx.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+        Ok(AuditHead {
+            seq: u(r.get(0)?),
+            hash: r.get(1)?,
+        })
+    })?;
+    let e = entry.after(&head, now_ms);
+    tx.execute(
+        &format!(
+            "INSERT INTO audit_log ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            AuditRow::COLUMNS
+        ),
+        params![
+            i(e.seq),
+            i(e.at_ms),
+            e.actor,
+            e.operator,
+            e.action,
+            e.target,
+            json(&e.key_ids)?,
+            json(&e.details)?,
+            e.prev,
+            e.hash
+        ],
+    )?;
+    tx.execute(
+        "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1",
+        params![i(e.seq), e.hash],
+    )?;
+    Ok(e)
+}
+
 impl AuditStore for SqliteStore {
     fn append_audit(&self, entry: &NewAuditEntry, now_ms: u64) -> Result<AuditEntry, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let head = tx.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-            Ok(AuditHead {
-                seq: u(r.get(0)?),
-                hash: r.get(1)?,
-            })
-        })?;
-        let e = entry.after(&head, now_ms);
-        tx.execute(
-            &format!(
-                "INSERT INTO audit_log ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                AuditRow::COLUMNS
-            ),
-            params![
-                i(e.seq),
-                i(e.at_ms),
-                e.actor,
-                e.operator,
-                e.action,
-                e.target,
-                json(&e.key_ids)?,
-                json(&e.details)?,
-                e.prev,
-                e.hash
-            ],
-        )?;
-        tx.execute(
-            "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1",
-            params![i(e.seq), e.hash],
-        )?;
+        let e = append_in(&tx, entry, now_ms)?;
         tx.commit()?;
         Ok(e)
     }
@@ -859,6 +869,9 @@ impl FleetStore for SqliteStore {
                 i(now_ms)
             ],
         )?;
+        if let Some(entry) = &decision.audit {
+            append_in(&tx, entry, now_ms)?;
+        }
         tx.commit()?;
         Ok(true)
     }
