@@ -84,9 +84,9 @@ fn replicas_take_each_rollout_decision_once() {
     let dir = tempfile::tempdir().unwrap();
     for db in databases(dir.path()) {
         let (a, b) = (db.open(), db.open());
-        a.publish_release(&release(1, "1.0.0"), "{}", 10, None)
+        a.publish_release(&release(1, "1.0.0"), "{}", 10, None, None)
             .unwrap();
-        a.publish_release(&release(2, "1.1.0"), "{}", 20, Some(1))
+        a.publish_release(&release(2, "1.1.0"), "{}", 20, Some(1), None)
             .unwrap();
         // Both replicas' canary gates judged the same rollout bad.
         let seen = a.release("stable").unwrap().unwrap();
@@ -129,7 +129,7 @@ fn replicas_take_each_rollout_decision_once() {
         assert_eq!(log[0].replica, winner);
         // A late verdict on an earlier rollout of the channel does not halt
         // the next one.
-        a.publish_release(&release(3, "1.2.0"), "{}", 40, Some(2))
+        a.publish_release(&release(3, "1.2.0"), "{}", 40, Some(2), None)
             .unwrap();
         let halt = decision(RolloutState::Halted, DecisionSource::Canary, Some("late"));
         assert!(!b.decide(&seen, &halt, 50).unwrap());
@@ -276,7 +276,7 @@ fn replicas_publish_each_release_version_once() {
         // Two store instances on one database, as two server replicas.
         let (a, b) = (db.open(), db.open());
         assert_eq!(
-            a.publish_release(&release(1, "1.0.0"), "{}", 10, None)
+            a.publish_release(&release(1, "1.0.0"), "{}", 10, None, None)
                 .unwrap(),
             Publish::Published
         );
@@ -289,7 +289,7 @@ fn replicas_publish_each_release_version_once() {
                 std::thread::spawn(move || {
                     barrier.wait();
                     store
-                        .publish_release(&release(2, v), "{}", 20, Some(1))
+                        .publish_release(&release(2, v), "{}", 20, Some(1), None)
                         .unwrap()
                 })
             })
@@ -306,7 +306,7 @@ fn replicas_publish_each_release_version_once() {
         );
         // The loser's view is stale now.
         assert_eq!(
-            b.publish_release(&release(3, "1.3.0"), "{}", 30, Some(1))
+            b.publish_release(&release(3, "1.3.0"), "{}", 30, Some(1), None)
                 .unwrap(),
             Publish::Changed
         );
@@ -372,7 +372,7 @@ fn backends_agree_on_fleet_evidence() {
         for d in ["gw-b", "gw-a", "gw-10"] {
             s.enrol(d, &[3; 32], 1).unwrap();
         }
-        s.publish_release(&release(1, "1.0.0"), "{}", 10, None)
+        s.publish_release(&release(1, "1.0.0"), "{}", 10, None, None)
             .unwrap();
         let sha = "ab".repeat(32);
         for d in ["gw-b", "gw-a", "gw-10", "gw-a"] {

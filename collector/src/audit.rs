@@ -50,8 +50,8 @@ pub(crate) fn details<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<St
 }
 
 /// Append an entry for a change that has been made (blob uploads, roots,
-/// releases, enrolments, label uploads; rollout decisions go in with the
-/// decision's own transaction, [`decision`]). If the log cannot be written
+/// enrolments, label uploads; releases and rollout decisions go in with
+/// their own transaction). If the log cannot be written
 /// the caller gets a 500 saying so: the change stands, and the operator
 /// knows it is missing from the log.
 pub(crate) async fn record(st: &AppState, entry: NewAuditEntry) -> ApiResult<()> {

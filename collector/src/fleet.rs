@@ -873,9 +873,20 @@ async fn put_release(
         .release_signers(&body)
         .map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let text = String::from_utf8_lossy(&body).into_owned();
+    // Recorded in the publish's own transaction.
+    let mut entry = audit::by_admin(&headers, "release.publish", &channel);
+    entry.key_ids = signers.into_iter().collect();
+    entry.details = audit::details([
+        ("metadata_version", release.version.to_string()),
+        ("model", release.model.clone()),
+        ("model_version", release.model_version.to_string()),
+        ("bundle_sha256", release.bundle.sha256.clone()),
+        ("rollout_percent", release.rollout_percent.to_string()),
+        ("artifacts", release.artifacts.len().to_string()),
+    ]);
     let store = st.store.clone();
     let r = release.clone();
-    match blocking(move || store.publish_release(&r, &text, now_ms(), after)).await? {
+    match blocking(move || store.publish_release(&r, &text, now_ms(), after, Some(&entry))).await? {
         Publish::Published => {}
         Publish::Changed => {
             return Err(err(
@@ -893,17 +904,6 @@ async fn put_release(
             ))
         }
     }
-    let mut entry = audit::by_admin(&headers, "release.publish", &channel);
-    entry.key_ids = signers.into_iter().collect();
-    entry.details = audit::details([
-        ("metadata_version", release.version.to_string()),
-        ("model", release.model.clone()),
-        ("model_version", release.model_version.to_string()),
-        ("bundle_sha256", release.bundle.sha256.clone()),
-        ("rollout_percent", release.rollout_percent.to_string()),
-        ("artifacts", release.artifacts.len().to_string()),
-    ]);
-    audit::record(&st, entry).await?;
     Ok((
         StatusCode::CREATED,
         Json(ReleasePublished {

@@ -234,12 +234,14 @@ pub trait FleetStore: Send + Sync + 'static {
     /// still the one with metadata version `after` (`None`: the channel is
     /// empty), in one transaction with the check: two publishes racing
     /// cannot both pass the server's version checks.
+    /// `audit`, when given, is appended in the same transaction.
     fn publish_release(
         &self,
         release: &Release,
         envelope: &str,
         now_ms: u64,
         after: Option<u64>,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<Publish, StoreError>;
     /// A channel's newest release and rollout state.
     fn release(&self, channel: &str) -> Result<Option<StoredRelease>, StoreError>;

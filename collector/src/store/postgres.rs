@@ -788,6 +788,7 @@ impl FleetStore for PgStore {
         envelope: &str,
         now_ms: u64,
         after: Option<u64>,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<Publish, StoreError> {
         self.transaction(|tx| {
             // Replicas publishing to one channel take turns: the check
@@ -809,6 +810,9 @@ impl FleetStore for PgStore {
                 return Ok(Publish::VersionTaken);
             }
             insert_release(tx, release, envelope, now_ms)?;
+            if let Some(entry) = audit {
+                append_in(tx, entry, now_ms)?;
+            }
             Ok(Publish::Published)
         })
     }

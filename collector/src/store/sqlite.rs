@@ -791,6 +791,7 @@ impl FleetStore for SqliteStore {
         envelope: &str,
         now_ms: u64,
         after: Option<u64>,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<Publish, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -815,6 +816,9 @@ impl FleetStore for SqliteStore {
             return Ok(Publish::VersionTaken);
         }
         insert_release(&tx, release, envelope, now_ms)?;
+        if let Some(entry) = audit {
+            append_in(&tx, entry, now_ms)?;
+        }
         tx.commit()?;
         Ok(Publish::Published)
     }
