@@ -8,14 +8,11 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use edgeml_client::wire::audit::AuditPage;
+use edgeml_client::wire::audit::{AuditPage, OPERATOR_HEADER};
 use edgeml_client::wire::ErrorBody;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use utoipa::IntoParams;
-
-/// The header a caller names itself in (claimed, not authenticated).
-pub const OPERATOR_HEADER: &str = "edgeml-operator";
 
 /// Most entries one `GET /v1/audit` returns.
 pub const MAX_PAGE: usize = 1000;

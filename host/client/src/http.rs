@@ -114,7 +114,7 @@ impl Client {
 
     fn admin(&self, req: RequestBuilder) -> RequestBuilder {
         let req = match &self.operator {
-            Some(o) => req.header("edgeml-operator", o),
+            Some(o) => req.header(crate::wire::audit::OPERATOR_HEADER, o),
             None => req,
         };
         match &self.admin_token {

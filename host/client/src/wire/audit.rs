@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// The header a caller names the person or program acting in (recorded as
+/// claimed; the admin token is what authorises).
+pub const OPERATOR_HEADER: &str = "edgeml-operator";
+
 /// The `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
