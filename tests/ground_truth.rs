@@ -585,3 +585,53 @@ fn canary_halts_on_estimated_accuracy_drop_without_labels() {
         "{reason}"
     );
 }
+
+/// y = x + 1 on four values, with no labels: a regression.
+const TRIVIAL: Spec = Spec {
+    name: "trivial",
+    onnx: "trivial/add.onnx",
+    guest: "edgeml_generic",
+    labels: None,
+    preprocess: None,
+};
+
+#[test]
+fn regression_labels_give_mean_absolute_error() {
+    let f = Fleet::new();
+    let (rt, t) = telemetry_runtime(&f, "reg-1");
+    let mut c = f.agent_config("reg-1");
+    c.identity_dir = Some(t.config().dir.clone());
+    let a = Agent::open(c, rt).unwrap();
+    let mut r = f.release_for(&f.signed(&TRIVIAL, "1.0.0"), "1.0.0", 100.0);
+    r.model = "trivial".into();
+    let env = edgeml_fleet::Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
+    f.publish_release(env.to_vec()).unwrap();
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    let predict = |x: [f32; 4]| {
+        a.predict(edgeml_runtime::Input::Tensors(vec![
+            edgeml_runtime::Tensor::from_f32("x", vec![1, 4], &x),
+        ]))
+        .unwrap()
+    };
+    // First output values 2 and 1, true values 2.5 and 0: errors 0.5 and 1.
+    let p1 = predict([1.0, 2.0, 3.0, 4.0]);
+    let p2 = predict([0.0; 4]);
+    a.feedback(&p1.id, "2.5").unwrap();
+    a.feedback(&p2.id, " 0 ").unwrap();
+    assert!(matches!(
+        a.feedback(&p1.id, "high"),
+        Err(FeedbackError::NotANumber { label, .. }) if label == "high"
+    ));
+    t.flush(Duration::from_secs(20));
+    let acc = f
+        .client
+        .accuracy("trivial", None, &Range::default(), None)
+        .unwrap();
+    let v = &acc.versions[0];
+    let reg = v.regression.as_ref().expect("a regression error");
+    assert_eq!(reg.labelled, 2);
+    assert!((reg.mae - 0.75).abs() < 1e-9, "{reg:?}");
+    assert!((reg.rmse - (0.625f64).sqrt()).abs() < 1e-9, "{reg:?}");
+    // No classes for a regression.
+    assert_eq!((v.labelled, v.accuracy, v.classes.len()), (0, None, 0));
+}

@@ -154,8 +154,8 @@ fn upgrades_database_made_before_refinery_in_place() {
     )
     .unwrap();
     let store = SqliteStore::open(&db).expect("the old database opens and migrates");
-    assert_eq!(store.schema_version().unwrap(), 7);
-    // Migrations 5 and 6 ran on it: decisions and the audit log are
+    assert_eq!(store.schema_version().unwrap(), 8);
+    // Migrations 5 to 8 ran on it: decisions, the audit log and outcomes are
     // recorded from now on.
     assert!(store.decisions(None).unwrap().is_empty());
     assert_eq!(store.audit_head().unwrap(), AuditHead::empty());
@@ -183,7 +183,7 @@ fn upgrades_database_made_before_refinery_in_place() {
     drop(store);
     // Again: nothing left to adopt or apply.
     let store = SqliteStore::open(&db).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 7);
+    assert_eq!(store.schema_version().unwrap(), 8);
     assert_eq!(store.fleet_devices().unwrap().len(), 4);
 }
 
@@ -215,7 +215,7 @@ fn refuses_database_from_newer_server() {
                 reopened,
                 Err(StoreError::TooNew {
                     found: 99,
-                    supported: 7
+                    supported: 8
                 })
             ),
             "{:?}: {reopened:?}",
@@ -483,7 +483,7 @@ fn adopts_database_whose_first_adoption_was_interrupted() {
         )
         .unwrap();
     let store = SqliteStore::open(&db).expect("adopted and migrated");
-    assert_eq!(store.schema_version().unwrap(), 7);
+    assert_eq!(store.schema_version().unwrap(), 8);
     assert_eq!(store.fleet_devices().unwrap().len(), 4);
 }
 

@@ -163,10 +163,10 @@ pub fn accuracy(
     let mut out: Vec<VersionAccuracy> = versions
         .into_iter()
         .map(|version| {
-            let os: Vec<&StoredOutcome> = outcomes
-                .iter()
-                .filter(|o| o.model.version == version)
-                .collect();
+            let version_outcomes = outcomes.iter().filter(|o| o.model.version == version);
+            // A regression's outcomes carry its value; they have no class.
+            let (regression, os): (Vec<&StoredOutcome>, Vec<&StoredOutcome>) =
+                version_outcomes.partition(|o| o.value.is_some());
             let ws: Vec<&StoredWindow> = windows
                 .iter()
                 .filter(|w| w.model.version == version)
@@ -235,6 +235,7 @@ pub fn accuracy(
                 accuracy: ratio(correct, os.len() as u64),
                 macro_f1,
                 estimated: estimate(&ws, calibration_error(&score_bins(&os))),
+                regression: regression_error(&regression),
                 classes,
                 devices: devices
                     .into_iter()
@@ -271,6 +272,27 @@ pub fn accuracy(
         }
     });
     out
+}
+
+/// Mean absolute and root mean squared error of regression outcomes whose
+/// label is a number; `None` without any.
+fn regression_error(
+    outcomes: &[&crate::store::StoredOutcome],
+) -> Option<edgeml_client::wire::telemetry::RegressionError> {
+    let errors: Vec<f64> = outcomes
+        .iter()
+        .filter_map(|o| Some(o.value? - o.label.trim().parse::<f64>().ok()?))
+        .filter(|e| e.is_finite())
+        .collect();
+    if errors.is_empty() {
+        return None;
+    }
+    let n = errors.len() as f64;
+    Some(edgeml_client::wire::telemetry::RegressionError {
+        labelled: errors.len() as u64,
+        mae: errors.iter().map(|e| e.abs()).sum::<f64>() / n,
+        rmse: (errors.iter().map(|e| e * e).sum::<f64>() / n).sqrt(),
+    })
 }
 
 /// CBPE over `windows`, checked against the calibration error `ece` (and
@@ -383,6 +405,7 @@ mod accuracy_tests {
             predicted_ms: at,
             prediction: Some(predicted.into()),
             score: None,
+            value: None,
             label: label.into(),
             labelled_ms: at + 1,
             source: "device".into(),
@@ -502,6 +525,16 @@ mod accuracy_tests {
         let logits = [window("1.0.0", 1000, 40.0, 50)];
         let e = accuracy(&[], &logits, None)[0].estimated.clone().unwrap();
         assert_eq!(e.validity, EstimateValidity::NotProbabilities);
+        // A regression's outcomes: MAE and RMSE, no class metrics.
+        let mut reg = o("1.0.0", "d1", 1, "x", "3.5");
+        reg.prediction = None;
+        reg.value = Some(2.5);
+        let mut reg2 = reg.clone();
+        reg2.value = Some(6.5);
+        let v = &accuracy(&[reg, reg2], &[], None)[0];
+        let r = v.regression.as_ref().unwrap();
+        assert_eq!((r.labelled, r.mae, r.rmse), (2, 2.0, (5.0f64).sqrt()));
+        assert_eq!((v.labelled, v.accuracy), (0, None));
         // Windows from devices that send no scores: no estimate.
         assert_eq!(
             accuracy(&[], &[window("1.0.0", 10, 0.0, 0)], None)[0].estimated,

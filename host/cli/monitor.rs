@@ -338,6 +338,12 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
                 if let Some(e) = &a.estimated {
                     println!("{} estimate: {}", a.version, e.reason);
                 }
+                if let Some(r) = &a.regression {
+                    println!(
+                        "{} regression: {} labelled, MAE {:.4}, RMSE {:.4}",
+                        a.version, r.labelled, r.mae, r.rmse
+                    );
+                }
             }
             if *classes {
                 for a in &v.versions {

@@ -157,7 +157,9 @@ pub struct StoredOutcome {
     pub prediction: Option<String>,
     /// The top label's score.
     pub score: Option<f32>,
-    /// The true label.
+    /// A regression's first output value.
+    pub value: Option<f64>,
+    /// The true label (or value).
     pub label: String,
     /// When the label was given (ms).
     pub labelled_ms: u64,

@@ -236,8 +236,8 @@ fn model_ref(r: &Row, at: usize) -> Result<ModelRef, postgres::Error> {
 /// Keep a prediction's label; a later one replaces it (a correction).
 const OUTCOME_UPSERT: &str =
     "INSERT INTO outcomes (device_id, prediction_id, name, version, digest,
-        predicted_ms, prediction, score, label, labelled_ms, source)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        predicted_ms, prediction, score, label, labelled_ms, source, value)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
      ON CONFLICT (device_id, prediction_id) DO UPDATE SET label = excluded.label,
         labelled_ms = excluded.labelled_ms, source = excluded.source
      WHERE excluded.labelled_ms >= outcomes.labelled_ms";
@@ -248,7 +248,7 @@ const SAMPLE_LABEL: &str = "(SELECT label FROM outcomes o
 
 /// The columns an outcome query reads.
 const OUTCOME_COLUMNS: &str = "device_id, prediction_id, name, version, digest, predicted_ms,
-     prediction, score, label, labelled_ms, source";
+     prediction, score, label, labelled_ms, source, value";
 
 impl TelemetryStore for PgStore {
     fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError> {
@@ -352,6 +352,7 @@ impl TelemetryStore for PgStore {
                                 &o.label,
                                 &i(o.labelled_ms),
                                 &"device",
+                                &o.value,
                             ],
                         )?;
                     }
@@ -583,6 +584,7 @@ impl TelemetryStore for PgStore {
                             label,
                             &i(now_ms),
                             &"batch",
+                            &None::<f64>,
                         ],
                     )?;
                 }
@@ -613,6 +615,7 @@ impl TelemetryStore for PgStore {
                     label: r.try_get(8)?,
                     labelled_ms: u(r.try_get(9)?),
                     source: r.try_get(10)?,
+                    value: r.try_get(11)?,
                 })
             })
             .collect()

@@ -157,8 +157,8 @@ impl SqliteStore {
 /// Keep a prediction's label; a later one replaces it (a correction).
 const OUTCOME_UPSERT: &str =
     "INSERT INTO outcomes (device_id, prediction_id, name, version, digest,
-        predicted_ms, prediction, score, label, labelled_ms, source)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+        predicted_ms, prediction, score, label, labelled_ms, source, value)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
      ON CONFLICT (device_id, prediction_id) DO UPDATE SET label = excluded.label,
         labelled_ms = excluded.labelled_ms, source = excluded.source
      WHERE excluded.labelled_ms >= outcomes.labelled_ms";
@@ -169,7 +169,7 @@ const SAMPLE_LABEL: &str = "(SELECT label FROM outcomes o
 
 /// The columns an outcome query reads.
 const OUTCOME_COLUMNS: &str = "device_id, prediction_id, name, version, digest, predicted_ms,
-     prediction, score, label, labelled_ms, source";
+     prediction, score, label, labelled_ms, source, value";
 
 impl TelemetryStore for SqliteStore {
     fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError> {
@@ -271,7 +271,8 @@ impl TelemetryStore for SqliteStore {
                             o.score.map(f64::from),
                             o.label,
                             i(o.labelled_ms),
-                            "device"
+                            "device",
+                            o.value
                         ],
                     )?;
                 }
@@ -575,7 +576,8 @@ impl TelemetryStore for SqliteStore {
                         None::<f64>,
                         label,
                         i(now_ms),
-                        "batch"
+                        "batch",
+                        None::<f64>
                     ])?;
                 }
             }
@@ -608,6 +610,7 @@ impl TelemetryStore for SqliteStore {
                         label: r.get(8)?,
                         labelled_ms: u(r.get(9)?),
                         source: r.get(10)?,
+                        value: r.get(11)?,
                     })
                 },
             )?

@@ -27,6 +27,16 @@ pub enum FeedbackError {
         /// Its labels, comma-separated.
         labels: String,
     },
+    /// A model without labels (a regression) takes a number as its truth.
+    #[error(
+        "`{label}` is not a number: {model} has no labels, so its true value must be a number"
+    )]
+    NotANumber {
+        /// The label given.
+        label: String,
+        /// The model.
+        model: String,
+    },
     /// The label is empty or too long.
     #[error("a label must be 1 to 256 characters")]
     InvalidLabel,
@@ -54,6 +64,23 @@ pub(crate) struct Remembered {
     pub predicted_ms: u64,
     pub prediction: Option<String>,
     pub score: Option<f32>,
+    /// For a model without labels, its first output value.
+    pub value: Option<f64>,
+}
+
+/// The first value of a prediction's first output, for a model without
+/// labels (a regression): only that element is decoded.
+pub(crate) fn first_value(p: &edgeml_runtime::Prediction) -> Option<f64> {
+    use edgeml_runtime::Dtype;
+    let t = p.outputs.first()?;
+    let b = t.data.get(..t.dtype.size())?;
+    Some(match t.dtype {
+        Dtype::F32 => f64::from(f32::from_le_bytes(b.try_into().ok()?)),
+        Dtype::F64 => f64::from_le_bytes(b.try_into().ok()?),
+        Dtype::I32 => f64::from(i32::from_le_bytes(b.try_into().ok()?)),
+        Dtype::I64 => i64::from_le_bytes(b.try_into().ok()?) as f64,
+        Dtype::U8 => f64::from(b[0]),
+    })
 }
 
 /// The last `capacity` predictions, by id.
@@ -107,6 +134,7 @@ mod tests {
             predicted_ms: n,
             prediction: None,
             score: None,
+            value: None,
         }
     }
 

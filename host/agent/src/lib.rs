@@ -698,6 +698,11 @@ impl Inner {
                             predicted_ms: edgeml_telemetry::now_ms(),
                             prediction: top.map(|t| t.label.clone()),
                             score: top.map(|t| t.score),
+                            value: if top.is_none() {
+                                feedback::first_value(&p)
+                            } else {
+                                None
+                            },
                         },
                     );
                 }
@@ -725,6 +730,12 @@ impl Inner {
             .cloned()
             .ok_or_else(|| FeedbackError::UnknownPrediction(prediction_id.to_string()))?;
         let (model, labels) = (&r.predictor.model, &r.predictor.labels);
+        if r.value.is_some() && label.trim().parse::<f64>().is_err() {
+            return Err(FeedbackError::NotANumber {
+                label: label.to_string(),
+                model: format!("{} {}", model.name, model.version),
+            });
+        }
         if !labels.is_empty() && !labels.iter().any(|l| l == label) {
             return Err(FeedbackError::UnknownLabel {
                 label: label.to_string(),
@@ -740,6 +751,7 @@ impl Inner {
                     predicted_ms: r.predicted_ms,
                     prediction: r.prediction.as_deref(),
                     score: r.score,
+                    value: r.value,
                     label,
                 },
             )

@@ -520,9 +520,10 @@ async fn feedback(State(api): St, Path(name): Path<String>, req: Request) -> Res
                 let status = match e {
                     crate::FeedbackError::UnknownPrediction(_) => StatusCode::NOT_FOUND,
                     crate::FeedbackError::UnknownLabel { .. }
+                    | crate::FeedbackError::NotANumber { .. }
                     | crate::FeedbackError::InvalidLabel => StatusCode::UNPROCESSABLE_ENTITY,
                     crate::FeedbackError::TelemetryOff => StatusCode::CONFLICT,
-                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                    crate::FeedbackError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 (status, e.to_string())
             })?;

@@ -360,6 +360,7 @@ impl Telemetry {
                     predicted_ms: outcome.predicted_ms,
                     prediction: outcome.prediction.map(str::to_string),
                     score: outcome.score,
+                    value: outcome.value,
                     label: outcome.label.to_string(),
                     labelled_ms: now_ms(),
                 }),
@@ -554,7 +555,9 @@ pub struct Outcome<'a> {
     pub prediction: Option<&'a str>,
     /// The top label's score.
     pub score: Option<f32>,
-    /// The true label.
+    /// For a model without labels, its first output value.
+    pub value: Option<f64>,
+    /// The true label (or value).
     pub label: &'a str,
 }
 

@@ -141,7 +141,10 @@ pub struct OutcomeRecord {
     /// The top label's score.
     #[serde(default)]
     pub score: Option<f32>,
-    /// The true label.
+    /// For a model without labels (a regression), its first output value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The true label (for a regression, the true value).
     pub label: String,
     /// When the label was given, Unix milliseconds.
     pub labelled_ms: u64,

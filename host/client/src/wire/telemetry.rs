@@ -253,6 +253,10 @@ pub struct VersionAccuracy {
     /// whether the estimate can be trusted; null when the windows carry no
     /// scores.
     pub estimated: Option<EstimatedAccuracy>,
+    /// For a model without labels (a regression): the error of its first
+    /// output value against true values given as labels; null without any.
+    #[serde(default)]
+    pub regression: Option<RegressionError>,
     /// Per class, by label.
     pub classes: Vec<ClassMetrics>,
     /// Per device.
@@ -260,6 +264,18 @@ pub struct VersionAccuracy {
     /// Per time window of the query's `window_ms` (by prediction time),
     /// oldest first; empty without `window_ms`.
     pub windows: Vec<WindowAccuracy>,
+}
+
+/// How far a regression's values were from the true ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegressionError {
+    /// Predictions with a numeric true value.
+    pub labelled: u64,
+    /// Mean absolute error.
+    pub mae: f64,
+    /// Root mean squared error.
+    pub rmse: f64,
 }
 
 /// Accuracy estimated from confidence: for a classifier whose scores are
