@@ -80,6 +80,25 @@ fn predict_png(a: &Agent, i: usize) -> edgeml_runtime::Prediction {
     .unwrap()
 }
 
+/// `edgeml collector ARGS` against the fleet server with the admin token,
+/// in `cwd`: its standard output, once it succeeded.
+fn collector_cli(f: &Fleet, args: &[&str], cwd: &std::path::Path) -> String {
+    let out = edgeml()
+        .arg("collector")
+        .args(args)
+        .args(["--url", &f.url()])
+        .env("EDGEML_ADMIN_TOKEN", ADMIN)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "edgeml collector {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn give_label(f: &Fleet, a: &Agent, body: serde_json::Value) -> reqwest::blocking::Response {
     f.http
         .post(format!(
@@ -246,24 +265,10 @@ fn labels_from_devices_give_accuracy_per_version() {
     }
 
     // The operator's view.
-    let out = edgeml()
-        .args([
-            "collector",
-            "accuracy",
-            "--model",
-            "digits",
-            "--classes",
-            "--url",
-            &f.url(),
-        ])
-        .env("EDGEML_ADMIN_TOKEN", ADMIN)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = collector_cli(
+        &f,
+        &["accuracy", "--model", "digits", "--classes"],
+        f.dir.path(),
     );
     assert!(
         text.lines()
@@ -334,18 +339,7 @@ fn uploaded_labels_join_samples_and_export_with_them() {
     }
     csv += &format!("{},3,\n", "f".repeat(32));
     std::fs::write(tmp.path().join("labels.csv"), csv).unwrap();
-    let out = edgeml()
-        .args(["collector", "labels", "labels.csv", "--url", &f.url()])
-        .env("EDGEML_ADMIN_TOKEN", ADMIN)
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = collector_cli(&f, &["labels", "labels.csv"], tmp.path());
     assert!(
         text.contains("9 labels: 8 matched a stored sample, 1 did not"),
         "{text}"

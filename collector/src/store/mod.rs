@@ -487,6 +487,14 @@ impl AuditRow {
     }
 }
 
+/// A sample's true label, if it has one (a column of `samples` queries).
+const SAMPLE_LABEL: &str = "(SELECT label FROM outcomes o
+     WHERE o.device_id = samples.device_id AND o.prediction_id = samples.prediction_id)";
+
+/// The columns an outcome query reads, in [`StoredOutcome`]'s order.
+const OUTCOME_COLUMNS: &str = "device_id, prediction_id, name, version, digest, predicted_ms,
+     prediction, score, label, labelled_ms, source, value";
+
 fn parse_rollout(s: &str) -> Result<RolloutState, StoreError> {
     match s {
         "active" => Ok(RolloutState::Active),

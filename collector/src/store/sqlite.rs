@@ -7,6 +7,7 @@ use super::{
 };
 use super::{
     AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, OutcomeSummary, StoredOutcome,
+    OUTCOME_COLUMNS, SAMPLE_LABEL,
 };
 use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
@@ -162,14 +163,6 @@ const OUTCOME_UPSERT: &str =
      ON CONFLICT (device_id, prediction_id) DO UPDATE SET label = excluded.label,
         labelled_ms = excluded.labelled_ms, source = excluded.source
      WHERE excluded.labelled_ms >= outcomes.labelled_ms";
-
-/// A sample's true label, if it has one (a column of `samples` queries).
-const SAMPLE_LABEL: &str = "(SELECT label FROM outcomes o
-     WHERE o.device_id = samples.device_id AND o.prediction_id = samples.prediction_id)";
-
-/// The columns an outcome query reads.
-const OUTCOME_COLUMNS: &str = "device_id, prediction_id, name, version, digest, predicted_ms,
-     prediction, score, label, labelled_ms, source, value";
 
 impl TelemetryStore for SqliteStore {
     fn ingest(&self, batch: &Batch, now_ms: u64) -> Result<IngestResponse, StoreError> {
