@@ -221,6 +221,9 @@ impl Fleet {
             rollout_percent: 100.0,
             allow_downgrade: false,
             artifacts,
+            target: None,
+            schedule: None,
+            abort: None,
         };
         let env = Envelope::sign(&release, &[&self.release_key]).unwrap();
         self.client()

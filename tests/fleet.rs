@@ -175,6 +175,9 @@ impl Fleet {
             rollout_percent: percent,
             allow_downgrade: false,
             artifacts: Vec::new(),
+            target: None,
+            schedule: None,
+            abort: None,
         }
     }
 
@@ -733,7 +736,7 @@ fn staged_rollout_reaches_its_share_and_a_failing_self_test_rolls_back_and_halts
     let r = f.push(&good, "1.1.0", 10.0);
     let expected: Vec<_> = agents
         .iter()
-        .filter(|a| r.includes(a.device_id()))
+        .filter(|a| r.includes(a.device_id(), &Default::default(), None))
         .map(|a| a.device_id().to_string())
         .collect();
     for a in &agents {

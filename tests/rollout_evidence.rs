@@ -48,6 +48,7 @@ fn rollback_claim(version: &str, sha256: &str, seq: u64) -> StatusReport {
         engine: None,
         can_compile: true,
         seq,
+        tags: Default::default(),
     }
 }
 
@@ -64,11 +65,11 @@ fn device_cannot_halt_rollout_it_is_not_in() {
     let r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 10.0);
     let outside = (0..200)
         .map(|i| format!("gw-{i}"))
-        .find(|id| !r.includes(id))
+        .find(|id| !r.includes(id, &Default::default(), None))
         .unwrap();
     let inside = (0..200)
         .map(|i| format!("gw-{i}"))
-        .find(|id| r.includes(id))
+        .find(|id| r.includes(id, &Default::default(), None))
         .unwrap();
     let (a_out, a_in) = (f.agent(&outside), f.agent(&inside));
     assert!(matches!(a_out.poll(), Ok(PollOutcome::Installed(_))));

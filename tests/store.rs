@@ -76,6 +76,7 @@ fn decision(to: RolloutState, source: DecisionSource, reason: Option<&str>) -> D
         reason: reason.map(String::from),
         replica: "test".into(),
         audit: None,
+        step: None,
     }
 }
 
@@ -154,7 +155,7 @@ fn upgrades_database_made_before_refinery_in_place() {
     )
     .unwrap();
     let store = SqliteStore::open(&db).expect("the old database opens and migrates");
-    assert_eq!(store.schema_version().unwrap(), 8);
+    assert_eq!(store.schema_version().unwrap(), 9);
     // Migrations 5 to 8 ran on it: decisions, the audit log and outcomes are
     // recorded from now on.
     assert!(store.decisions(None).unwrap().is_empty());
@@ -183,7 +184,7 @@ fn upgrades_database_made_before_refinery_in_place() {
     drop(store);
     // Again: nothing left to adopt or apply.
     let store = SqliteStore::open(&db).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 8);
+    assert_eq!(store.schema_version().unwrap(), 9);
     assert_eq!(store.fleet_devices().unwrap().len(), 4);
 }
 
@@ -483,7 +484,7 @@ fn adopts_database_whose_first_adoption_was_interrupted() {
         )
         .unwrap();
     let store = SqliteStore::open(&db).expect("adopted and migrated");
-    assert_eq!(store.schema_version().unwrap(), 8);
+    assert_eq!(store.schema_version().unwrap(), 9);
     assert_eq!(store.fleet_devices().unwrap().len(), 4);
 }
 

@@ -116,6 +116,14 @@ pub(crate) fn decision(
     d: &crate::store::Decision,
 ) -> NewAuditEntry {
     let action = match (d.to, headers.is_some()) {
+        // A move to another step of a paced release: by the pacer, or an
+        // operator's promote.
+        (edgeml_client::wire::fleet::RolloutState::Active, true) if d.step.is_some() => {
+            "rollout.promote"
+        }
+        (edgeml_client::wire::fleet::RolloutState::Active, false) if d.step.is_some() => {
+            "rollout.step"
+        }
         (edgeml_client::wire::fleet::RolloutState::Active, _) => "rollout.resume",
         (edgeml_client::wire::fleet::RolloutState::Paused, _) => "rollout.pause",
         (edgeml_client::wire::fleet::RolloutState::Halted, true) => "rollout.abort",
@@ -140,6 +148,13 @@ pub(crate) fn decision(
     ]);
     if let Some(r) = &d.reason {
         entry.details.insert("reason".into(), r.clone());
+    }
+    if let Some(step) = d.step {
+        entry.details.insert("from_step".into(), (seen.step + 1).to_string());
+        entry.details.insert("to_step".into(), (step + 1).to_string());
+        entry
+            .details
+            .insert("share".into(), format!("{}%", seen.release.share(Some(step))));
     }
     entry
 }

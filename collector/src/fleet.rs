@@ -19,12 +19,12 @@ use axum::Json;
 use edgeml_bundle::SecretKey;
 use edgeml_client::wire::fleet::{
     ArtifactStored, BundleStored, ChannelList, ChannelView, DecisionList, DecisionSource,
-    FleetDeviceList, ReleasePublished, ReportAccepted, RolloutAction, RolloutChanged,
+    DeviceTags, FleetDevice, FleetDeviceList, ReleasePublished, ReportAccepted, RolloutAction, RolloutChanged,
     RolloutRequest, RolloutState, RootPublished, StatusReport, UpdateState,
 };
 use edgeml_client::wire::ErrorBody;
 use edgeml_fleet::Timestamp;
-use edgeml_fleet::{Envelope, TrustedRoot};
+use edgeml_fleet::{Envelope, Tags, TrustedRoot};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -188,6 +188,7 @@ pub(crate) fn routes(max_bundle_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(rollout))
         .routes(routes!(report))
         .routes(routes!(devices))
+        .routes(routes!(put_device_tags))
         .routes(routes!(decisions))
 }
 
@@ -562,20 +563,27 @@ async fn put_artifact(
 
 /// A blob download (owned headers and path: the request body is not
 /// `Sync`, so no borrow of the request may live across an await): `None`
-/// for an admin, else the enrolled device that signed the request and the
-/// channels, to decide what it may have.
+/// for an admin, else the enrolled device that signed the request, its
+/// tags and the channels, to decide what it may have.
 async fn device_request(
     st: &AppState,
     headers: HeaderMap,
     path: String,
-) -> ApiResult<Option<(String, Vec<StoredRelease>)>> {
+) -> ApiResult<Option<(String, Tags, Vec<StoredRelease>)>> {
     if admin(st, &headers).is_ok() {
         return Ok(None);
     }
     let device = authenticate_request(st, &headers, "GET", &path).await?;
     let store = st.store.clone();
-    let channels = blocking(move || store.channels()).await?;
-    Ok(Some((device, channels)))
+    let dev = device.clone();
+    let (tags, channels) =
+        blocking(move || Ok((store.device_tags(&dev)?, store.channels()?))).await?;
+    Ok(Some((device, tags, channels)))
+}
+
+/// Whether the rollout of `c` (at its current step) includes `device`.
+fn in_rollout(c: &StoredRelease, device: &str, tags: &Tags) -> bool {
+    c.release.includes(device, tags, Some(c.step))
 }
 
 /// Serve a precompiled artifact, like [`get_bundle`]: to admins, and to
@@ -609,11 +617,11 @@ async fn get_artifact(
 ) -> ApiResult<Response> {
     let blobs = blobs(&st)?;
     check_digest(&sha256)?;
-    if let Some((device, channels)) =
+    if let Some((device, tags, channels)) =
         device_request(&st, req.headers().clone(), req.uri().path().to_string()).await?
     {
         let offered = channels.iter().any(|c| {
-            c.release.includes(&device) && c.release.artifacts.iter().any(|a| a.sha256 == sha256)
+            in_rollout(c, &device, &tags) && c.release.artifacts.iter().any(|a| a.sha256 == sha256)
         });
         if !offered {
             return Err(err(
@@ -659,12 +667,12 @@ async fn get_bundle(
 ) -> ApiResult<Response> {
     let blobs = blobs(&st)?;
     check_digest(&sha256)?;
-    if let Some((device, channels)) =
+    if let Some((device, tags, channels)) =
         device_request(&st, req.headers().clone(), req.uri().path().to_string()).await?
     {
         let offering: Vec<String> = channels
             .iter()
-            .filter(|c| c.release.bundle.sha256 == sha256 && c.release.includes(&device))
+            .filter(|c| c.release.bundle.sha256 == sha256 && in_rollout(c, &device, &tags))
             .map(|c| c.channel.clone())
             .collect();
         if offering.is_empty() {
@@ -884,6 +892,22 @@ async fn put_release(
         ("rollout_percent", release.rollout_percent.to_string()),
         ("artifacts", release.artifacts.len().to_string()),
     ]);
+    if let Some(t) = &release.target {
+        entry.details.insert("target".into(), t.clone());
+    }
+    if let Some(s) = &release.schedule {
+        entry.details.insert("steps".into(), steps_text(&s.steps));
+        entry.details.insert(
+            "step_gate".into(),
+            format!("{} s, {} device(s)", s.min_step_secs, s.min_step_devices),
+        );
+    }
+    if let Some(a) = &release.abort {
+        entry.details.insert(
+            "abort".into(),
+            format!("{}% failed after {} device(s)", a.failure_share * 100.0, a.min_devices),
+        );
+    }
     let store = st.store.clone();
     let r = release.clone();
     match blocking(move || store.publish_release(&r, &text, now_ms(), after, Some(&entry))).await? {
@@ -1043,6 +1067,7 @@ async fn get_channel(
         reason: stored.reason,
         root_version,
         timestamp,
+        step: stored.release.schedule.is_some().then_some(stored.step),
     };
     let body = serde_json::to_vec(&view)
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -1139,14 +1164,9 @@ async fn rollout(
     let RolloutRequest { action } = serde_json::from_slice(&body).map_err(|_| {
         err(
             StatusCode::BAD_REQUEST,
-            "body must be {\"action\": \"pause\"}, {\"action\": \"resume\"} or {\"action\": \"abort\"}",
+            "body must be {\"action\": A} with A one of \"pause\", \"resume\", \"promote\" or \"abort\"",
         )
     })?;
-    let (state, reason) = match action {
-        RolloutAction::Pause => (RolloutState::Paused, Some("paused by an operator")),
-        RolloutAction::Resume => (RolloutState::Active, None),
-        RolloutAction::Abort => (RolloutState::Halted, Some("aborted by an operator")),
-    };
     let store = st.store.clone();
     let ch = channel.clone();
     let Some(current) = blocking(move || store.release(&ch)).await? else {
@@ -1155,15 +1175,60 @@ async fn rollout(
             format!("nothing published to channel `{channel}`"),
         ));
     };
-    if current.state == state {
-        return Ok(Json(RolloutChanged { channel, state }).into_response());
+    let paced = current.release.schedule.is_some();
+    let (state, reason, step) = match action {
+        RolloutAction::Pause => (RolloutState::Paused, "paused by an operator".to_string(), None),
+        RolloutAction::Resume => (RolloutState::Active, "resumed by an operator".to_string(), None),
+        RolloutAction::Abort => (RolloutState::Halted, "aborted by an operator".to_string(), None),
+        RolloutAction::Promote => {
+            if !paced {
+                return Err(err(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the release on channel `{channel}` has no step schedule; re-sign it with a larger share (`edgeml rollout set 100% --channel {channel}`)"
+                    ),
+                ));
+            }
+            if current.state == RolloutState::Halted {
+                return Err(err(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the rollout on channel `{channel}` is halted ({}); resume it before promoting",
+                        current.reason.as_deref().unwrap_or("no reason given")
+                    ),
+                ));
+            }
+            let last = current.release.last_step();
+            (
+                RolloutState::Active,
+                format!(
+                    "promoted by an operator: step {} -> {} ({}% -> {}%)",
+                    current.step + 1,
+                    last + 1,
+                    current.release.share(Some(current.step)),
+                    current.release.share(Some(last))
+                ),
+                (current.step != last).then_some(last),
+            )
+        }
+    };
+    let unchanged = paced.then_some(current.step);
+    if current.state == state && step.is_none() {
+        return Ok(Json(RolloutChanged {
+            channel,
+            state,
+            step: unchanged,
+        })
+        .into_response());
     }
+    let new_step = step.or(unchanged);
     let mut decision = Decision {
         to: state,
         source: DecisionSource::Operator,
-        reason: reason.map(String::from),
+        reason: Some(reason),
         replica: st.settings.replica.clone(),
         audit: None,
+        step,
     };
     decision.audit = Some(audit::decision(Some(&headers), &current, &decision));
     let store = st.store.clone();
@@ -1175,7 +1240,12 @@ async fn rollout(
             ),
         ));
     }
-    Ok(Json(RolloutChanged { channel, state }).into_response())
+    Ok(Json(RolloutChanged {
+        channel,
+        state,
+        step: new_step,
+    })
+    .into_response())
 }
 
 /// A device's update status (signed; sequence numbers refuse replays).
@@ -1203,6 +1273,8 @@ async fn report(
     crate::api::no_nul(&body)?;
     let report: StatusReport = serde_json::from_slice(&body)
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("status report: {e}")))?;
+    edgeml_fleet::check_tags(&report.tags)
+        .map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let store = st.store.clone();
     let (d, r) = (device.clone(), report.clone());
     if !blocking(move || store.report(&d, &r, now_ms())).await? {
@@ -1217,7 +1289,67 @@ async fn report(
     if report.state == UpdateState::RolledBack {
         rollback_evidence(&st, &device, &report).await?;
     }
-    Ok(Json(ReportAccepted { device_id: device }).into_response())
+    let store = st.store.clone();
+    let d = device.clone();
+    let tags = blocking(move || store.device_tags(&d)).await?;
+    Ok(Json(ReportAccepted {
+        device_id: device,
+        tags,
+    })
+    .into_response())
+}
+
+/// Set the tags of an enrolled device (admin; audited). They take the
+/// place of the device's own tags of the same keys, for release targets,
+/// the fleet view and accuracy per tag; the device learns them with its
+/// next status report.
+#[utoipa::path(
+    put,
+    path = "/v1/fleet/devices/{device}/tags",
+    tag = "fleet",
+    security(("admin" = [])),
+    params(("device" = String, Path, description = "The device id")),
+    request_body = DeviceTags,
+    responses(
+        (status = 200, description = "Stored; the device's tags now (its own with these in their place)", body = DeviceTags),
+        (status = 400, description = "Not a tags object", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such enrolled device", body = ErrorBody),
+        (status = 422, description = "Invalid tag keys or values", body = ErrorBody),
+    )
+)]
+async fn put_device_tags(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(device): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    admin(&st, &headers)?;
+    let DeviceTags { tags } = serde_json::from_slice(&body).map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"tags\": {{\"key\": \"value\", ...}}}}: {e}"),
+        )
+    })?;
+    edgeml_fleet::check_tags(&tags).map_err(|e| fleet_err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let store = st.store.clone();
+    let (d, t) = (device.clone(), tags.clone());
+    if !blocking(move || store.set_device_tags(&d, &t, now_ms())).await? {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no enrolled device `{device}`"),
+        ));
+    }
+    let mut entry = audit::by_admin(&headers, "device.tags", &device);
+    entry.details = tags
+        .iter()
+        .map(|(k, v)| (format!("tag.{k}"), v.clone()))
+        .collect();
+    audit::record(&st, entry).await?;
+    let store = st.store.clone();
+    let d = device.clone();
+    let tags = blocking(move || store.device_tags(&d)).await?;
+    Ok(Json(DeviceTags { tags }).into_response())
 }
 
 /// Count a device's rollback against its channel's current release, and
@@ -1243,7 +1375,10 @@ async fn rollback_evidence(st: &AppState, device: &str, report: &StatusReport) -
     };
     // The device must be in this release's rollout now, and must have
     // been served this channel's bundle.
-    if current.release.bundle.sha256 != sha256 || !current.release.includes(device) {
+    let store = st.store.clone();
+    let dev = device.to_string();
+    let tags = blocking(move || store.device_tags(&dev)).await?;
+    if current.release.bundle.sha256 != sha256 || !in_rollout(&current, device, &tags) {
         return Ok(());
     }
     let store = st.store.clone();
@@ -1285,6 +1420,7 @@ async fn rollback_evidence(st: &AppState, device: &str, report: &StatusReport) -
         reason: Some(reason),
         replica: st.settings.replica.clone(),
         audit: None,
+        step: None,
     };
     decision.audit = Some(audit::decision(None, &current, &decision));
     let store = st.store.clone();
@@ -1356,36 +1492,197 @@ pub(crate) async fn canary_loop(st: AppState) {
     }
 }
 
-/// One round of the canary gate over every active rollout.
+/// One round of the canary gate over every active rollout: halt it on its
+/// abort criteria or on the gate's comparison with the version before, else
+/// move a paced rollout to its next step when the current one has passed.
 async fn canary_round(st: &AppState) {
     let store = st.store.clone();
     let Ok(channels) = blocking(move || store.channels()).await else {
         return;
     };
-    {
-        for c in channels {
-            if c.state != RolloutState::Active || c.previous_version.is_none() {
+    for c in channels {
+        if c.state != RolloutState::Active {
+            continue;
+        }
+        let st2 = st.clone();
+        let verdict = tokio::task::spawn_blocking(move || round(&st2, &c).map(|d| (c, d))).await;
+        let (c, mut decision) = match verdict {
+            Ok(Ok((c, Some(d)))) => (c, d),
+            Ok(Err(why)) => {
+                tracing::warn!(error = %why, "the canary gate could not judge a rollout");
                 continue;
             }
-            let st2 = st.clone();
-            let verdict =
-                tokio::task::spawn_blocking(move || judge(&st2, &c).map(|r| (c, r))).await;
-            if let Ok(Ok((c, Some(reason)))) = verdict {
-                // Every replica judges; the first to decide halts the
-                // rollout it judged, the others find it changed.
-                let mut decision = Decision {
-                    to: RolloutState::Halted,
-                    source: DecisionSource::Canary,
-                    reason: Some(reason),
-                    replica: st.settings.replica.clone(),
-                    audit: None,
-                };
-                decision.audit = Some(audit::decision(None, &c, &decision));
-                let store = st.store.clone();
-                let _ = blocking(move || store.decide(&c, &decision, now_ms())).await;
-            }
+            _ => continue,
+        };
+        tracing::info!(
+            channel = %c.channel,
+            to = decision.to.name(),
+            source = decision.source.name(),
+            reason = decision.reason.as_deref().unwrap_or(""),
+            "rollout decision"
+        );
+        // Every replica judges; the first to decide changes the rollout it
+        // judged, the others find it changed.
+        decision.audit = Some(audit::decision(None, &c, &decision));
+        let store = st.store.clone();
+        let _ = blocking(move || store.decide(&c, &decision, now_ms())).await;
+    }
+}
+
+/// What the gate decides for the active rollout `c` this round, if anything.
+fn round(st: &AppState, c: &StoredRelease) -> Result<Option<Decision>, String> {
+    let decision = |to, source, reason: String, step| Decision {
+        to,
+        source,
+        reason: Some(reason),
+        replica: st.settings.replica.clone(),
+        audit: None,
+        step,
+    };
+    let devices = st.store.fleet_devices().map_err(|e| e.to_string())?;
+    if let Some(reason) = abort_verdict(st, c, &devices)? {
+        return Ok(Some(decision(RolloutState::Halted, DecisionSource::Abort, reason, None)));
+    }
+    if c.previous_version.is_some() {
+        if let Some(reason) = judge(st, c, &devices)? {
+            return Ok(Some(decision(RolloutState::Halted, DecisionSource::Canary, reason, None)));
         }
     }
+    Ok(next_step(c, &devices, now_ms())
+        .map(|(step, reason)| decision(RolloutState::Active, DecisionSource::Pacer, reason, Some(step))))
+}
+
+/// A schedule's steps as `1% -> 10% -> 100%`.
+fn steps_text(steps: &[f64]) -> String {
+    steps
+        .iter()
+        .map(|p| format!("{p}%"))
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+/// Whether a device's latest report shows it running the bundle `sha256`
+/// after its health check passed.
+fn runs(d: &FleetDevice, sha256: &str) -> bool {
+    d.status.installed.as_ref().is_some_and(|i| i.sha256 == sha256)
+        && matches!(d.status.state, UpdateState::Installed | UpdateState::Idle)
+}
+
+/// The paced rollout's next step, and why, once its current step has
+/// passed: the schedule's minimum time at the step, and its minimum number
+/// of devices (or every device the step includes, if fewer) running the
+/// release after their health checks. The canary gate has judged the
+/// rollout first; a halt stops it before it can grow.
+fn next_step(c: &StoredRelease, devices: &[FleetDevice], now_ms: u64) -> Option<(u32, String)> {
+    let schedule = c.release.schedule.as_ref()?;
+    if c.step >= c.release.last_step() {
+        return None;
+    }
+    let waited = now_ms.saturating_sub(c.step_started_ms);
+    if waited < schedule.min_step_secs.saturating_mul(1000) {
+        return None;
+    }
+    let included: Vec<&FleetDevice> = devices
+        .iter()
+        .filter(|d| d.status.channel == c.channel && in_rollout(c, &d.device_id, &d.tags))
+        .collect();
+    let running = included
+        .iter()
+        .filter(|d| runs(d, &c.release.bundle.sha256))
+        .count();
+    let need = (schedule.min_step_devices as usize).min(included.len());
+    if running < need {
+        return None;
+    }
+    let next = c.step + 1;
+    Some((
+        next,
+        format!(
+            "step {} -> {} of {} ({}% -> {}%): {running} of {} device(s) in the step run {} {}, {} s at the step",
+            c.step + 1,
+            next + 1,
+            c.release.last_step() + 1,
+            c.release.share(Some(c.step)),
+            c.release.share(Some(next)),
+            included.len(),
+            c.release.model,
+            c.release.model_version,
+            waited / 1000
+        ),
+    ))
+}
+
+/// Why the release's abort criteria halt the rollout of `c`, if they do:
+/// of the devices the bundle was served to that ran it (installed it, or
+/// rolled it back since the evidence window opened), at least
+/// `min_devices`, the share that rolled it back is at or above
+/// `failure_share`.
+fn abort_verdict(
+    st: &AppState,
+    c: &StoredRelease,
+    devices: &[FleetDevice],
+) -> Result<Option<String>, String> {
+    let Some(criteria) = &c.release.abort else {
+        return Ok(None);
+    };
+    let sha = &c.release.bundle.sha256;
+    let offered: std::collections::HashSet<String> = st
+        .store
+        .offered(&c.channel, sha)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+    let failed: Vec<(String, Option<String>)> = st
+        .store
+        .rollbacks(&c.channel, sha, c.evidence_from_ms)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|(d, _)| offered.contains(d))
+        .collect();
+    let mut ran: std::collections::BTreeSet<&str> = devices
+        .iter()
+        .filter(|d| offered.contains(&d.device_id) && runs(d, sha))
+        .map(|d| d.device_id.as_str())
+        .collect();
+    ran.extend(failed.iter().map(|(d, _)| d.as_str()));
+    let (n, failures) = (ran.len(), failed.len());
+    if n < criteria.min_devices as usize
+        || failures == 0
+        || (failures as f64) < criteria.failure_share * n as f64
+    {
+        return Ok(None);
+    }
+    let (first, why) = &failed[0];
+    Ok(Some(format!(
+        "abort criteria: {failures} of {n} device(s) that ran {} {} rolled it back ({:.0}%, the limit is {:.0}% after {} devices); first: {first}: {}",
+        c.release.model,
+        c.release.model_version,
+        failures as f64 * 100.0 / n as f64,
+        criteria.failure_share * 100.0,
+        criteria.min_devices,
+        why.as_deref().unwrap_or("no reason given")
+    )))
+}
+
+/// The devices in the rollout of `c` whose evidence counts: those the
+/// bundle was served to and that its target and current step still include.
+fn cohort(
+    st: &AppState,
+    c: &StoredRelease,
+    devices: &[FleetDevice],
+) -> Result<std::collections::HashSet<String>, String> {
+    let tags: HashMap<&str, &Tags> = devices
+        .iter()
+        .map(|d| (d.device_id.as_str(), &d.tags))
+        .collect();
+    let none = Tags::new();
+    Ok(st
+        .store
+        .offered(&c.channel, &c.release.bundle.sha256)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|d| in_rollout(c, d, tags.get(d.as_str()).copied().unwrap_or(&none)))
+        .collect())
 }
 
 /// Why the rollout of `c` should halt, if it should.
@@ -1395,7 +1692,11 @@ async fn canary_round(st: &AppState) {
 /// started or was last resumed). Error rates are weighted by device, not by
 /// request: each device's own rate counts once, so one chatty device cannot
 /// decide, and a halt needs enough distinct devices above the margin.
-fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
+fn judge(
+    st: &AppState,
+    c: &StoredRelease,
+    devices: &[FleetDevice],
+) -> Result<Option<String>, String> {
     let policy = &st.settings.fleet.canary;
     let model = &c.release.model;
     let new_version = c.release.model_version.to_string();
@@ -1410,13 +1711,7 @@ fn judge(st: &AppState, c: &StoredRelease) -> Result<Option<String>, String> {
             })
             .map_err(|e| e.to_string())
     };
-    let cohort: std::collections::HashSet<String> = st
-        .store
-        .offered(&c.channel, &c.release.bundle.sha256)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|d| c.release.includes(d))
-        .collect();
+    let cohort = cohort(st, c, devices)?;
     let mut new_w = windows(&new_version)?;
     new_w.retain(|w| cohort.contains(&w.device_id));
     let old_w = windows(&old_version)?;

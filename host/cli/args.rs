@@ -99,7 +99,9 @@ pub enum Command {
     Push(PushArgs),
     /// Pause, resume or widen a channel's rollout.
     Rollout(RolloutArgs),
-    /// The fleet view: each device's installed versions, last seen, update state and last error.
+    /// The fleet view: each device's installed versions, tags, last seen,
+    /// update state and last error; `edgeml fleet tag` sets a device's tags.
+    #[command(args_conflicts_with_subcommands = true)]
     Fleet {
         #[command(flatten)]
         server: FleetServer,
@@ -109,6 +111,8 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        command: Option<FleetCommand>,
     },
     /// Read or verify the fleet server's hash-chained audit log.
     Audit(AuditArgs),
@@ -260,9 +264,35 @@ pub struct PushArgs {
     /// The channel.
     #[arg(long)]
     pub channel: String,
-    /// Share of the fleet that takes it (`10%`, `100%`).
+    /// Share of the fleet that takes it (`10%`, `100%`); with `--steps`,
+    /// the last step's share.
     #[arg(long, default_value = "100%")]
     pub rollout: String,
+    /// Only devices whose tags match this selector take it
+    /// (`site=berlin, hardware in (rpi4, jetson), !legacy`).
+    #[arg(long, value_name = "SELECTOR")]
+    pub target: Option<String>,
+    /// Pace the rollout: the shares of its steps (`1%,10%,50%,100%`), or
+    /// `exp:START:RATE` for steps growing by RATE from START percent up to
+    /// `--rollout` (`exp:1:2` gives 1, 2, 4, ... 64, 100). The server moves
+    /// to the next step once the canary gate has passed at the current one
+    /// for `--step-time` with `--step-devices` devices running the release.
+    #[arg(long, value_name = "STEPS")]
+    pub steps: Option<String>,
+    /// Time at each step before the next (with `--steps`).
+    #[arg(long, default_value = "10m", requires = "steps")]
+    pub step_time: humantime::Duration,
+    /// Devices that must run the release at a step before the next (or
+    /// every device the step includes, if fewer).
+    #[arg(long, default_value_t = 1, requires = "steps")]
+    pub step_devices: u32,
+    /// Halt the rollout once this share of the devices that ran it rolled
+    /// it back (`20%`), counted after `--abort-after` devices.
+    #[arg(long, value_name = "SHARE", requires = "abort_after")]
+    pub abort_failures: Option<String>,
+    /// Devices that must have run the release before `--abort-failures` counts.
+    #[arg(long, value_name = "N", requires = "abort_failures")]
+    pub abort_after: Option<u32>,
     #[command(flatten)]
     pub release: ReleaseOptions,
     /// Let devices with a higher version install this one.
@@ -284,6 +314,21 @@ pub struct PushArgs {
     pub registry_user: Option<String>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Set the tags of an enrolled device on the server (replacing those an
+    /// admin set before); they take the place of the device's own tags of
+    /// the same keys. No tags: remove the admin-set ones.
+    Tag {
+        /// The device id.
+        device: String,
+        /// Tags, as `key=value` (`site=berlin hardware=rpi4`).
+        tags: Vec<String>,
+        #[command(flatten)]
+        server: FleetServer,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct RolloutArgs {
     #[command(subcommand)]
@@ -301,6 +346,13 @@ pub enum RolloutCommand {
     },
     /// Let them take it again (also lifts a halt by the canary gate).
     Resume {
+        #[arg(long)]
+        channel: String,
+        #[command(flatten)]
+        server: FleetServer,
+    },
+    /// Move a paced rollout to its last step at once.
+    Promote {
         #[arg(long)]
         channel: String,
         #[command(flatten)]

@@ -1,4 +1,6 @@
-use crate::args::{BackendArg, Cli, Command, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs};
+use crate::args::{
+    BackendArg, Cli, Command, FleetCommand, HostArgs, InputArgs, PackArgs, RunArgs, TrustArgs,
+};
 use crate::npy;
 use anyhow::{bail, Context, Result};
 use edgeml_runtime::bundle::{self, PackOptions, SecretKey};
@@ -71,9 +73,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => crate::fleet::push(&args),
         Command::Rollout(args) => crate::fleet::rollout(&args),
         Command::Fleet {
+            command: Some(FleetCommand::Tag {
+                device,
+                tags,
+                server,
+            }),
+            ..
+        } => crate::fleet::tag(&server, &device, &tags),
+        Command::Fleet {
             server,
             channel,
             json,
+            command: None,
         } => crate::fleet::view(&server, channel.as_deref(), json),
         Command::Audit(args) => crate::audit::run(&args),
     }

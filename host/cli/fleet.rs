@@ -10,7 +10,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use edgeml_bundle::{PublicKey, SecretKey};
 use edgeml_client::wire::fleet::RolloutAction;
 use edgeml_client::Client;
-use edgeml_fleet::{ArtifactRef, BundleRef, Envelope, Release, Root, TrustedRoot};
+use edgeml_fleet::{
+    AbortCriteria, ArtifactRef, BundleRef, Envelope, Release, Root, Schedule, TrustedRoot,
+};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -297,14 +299,40 @@ pub fn push(args: &PushArgs) -> Result<()> {
         rollout_percent: share,
         allow_downgrade: args.allow_downgrade,
         artifacts,
+        target: args.target.clone(),
+        schedule: schedule(args, share)?,
+        abort: match (&args.abort_failures, args.abort_after) {
+            (Some(share), Some(min_devices)) => Some(AbortCriteria {
+                failure_share: parse_share(share)? / 100.0,
+                min_devices,
+            }),
+            _ => None,
+        },
     };
+    release
+        .validate()
+        .context("checking the release before signing it")?;
     publish(&client, &release, &args.release)?;
     println!(
-        "pushed {} {} to channel {} (release {version}, bundle sha256:{}, rollout {share}%, expires {}{})",
+        "pushed {} {} to channel {} (release {version}, bundle sha256:{}, rollout {}{}, expires {}{})",
         manifest.name,
         manifest.version,
         args.channel,
         &sha256[..12],
+        match &release.schedule {
+            Some(s) => format!(
+                "in steps {} (next step after {} with {} device(s) running it)",
+                steps_text(&s.steps),
+                args.step_time,
+                s.min_step_devices
+            ),
+            None => format!("{share}%"),
+        },
+        release
+            .target
+            .as_deref()
+            .map(|t| format!(" of devices matching `{t}`"))
+            .unwrap_or_default(),
         release.expires,
         if release.artifacts.is_empty() {
             String::new()
@@ -316,11 +344,74 @@ pub fn push(args: &PushArgs) -> Result<()> {
     Ok(())
 }
 
+/// The step schedule `--steps` asks for, ending at `share` percent.
+fn schedule(args: &PushArgs, share: f64) -> Result<Option<Schedule>> {
+    let Some(spec) = &args.steps else {
+        return Ok(None);
+    };
+    let steps = match spec.strip_prefix("exp:") {
+        Some(rest) => {
+            let (start, rate) = rest
+                .split_once(':')
+                .ok_or_else(|| anyhow!("`--steps {spec}`: write exp:START:RATE (exp:1:2)"))?;
+            let rate: f64 = rate
+                .parse()
+                .map_err(|_| anyhow!("`--steps {spec}`: the rate `{rate}` is not a number"))?;
+            Schedule::exponential(parse_share(start)?, rate, share)?
+        }
+        None => spec
+            .split(',')
+            .map(parse_share)
+            .collect::<Result<Vec<_>>>()?,
+    };
+    if steps.last() != Some(&share) {
+        bail!(
+            "the last step ({}%) must be the rollout share ({share}%): end `--steps` with it, or give `--rollout {}%`",
+            steps.last().copied().unwrap_or(0.0),
+            steps.last().copied().unwrap_or(0.0)
+        );
+    }
+    Ok(Some(Schedule {
+        steps,
+        min_step_secs: Duration::from(args.step_time).as_secs(),
+        min_step_devices: args.step_devices,
+    }))
+}
+
+fn steps_text(steps: &[f64]) -> String {
+    steps
+        .iter()
+        .map(|p| format!("{p}%"))
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+/// `edgeml fleet tag DEVICE key=value ...`
+pub fn tag(s: &FleetServer, device: &str, pairs: &[String]) -> Result<()> {
+    let tags = edgeml_fleet::parse_tags(pairs.iter().map(String::as_str))?;
+    let now = client(s)?
+        .set_device_tags(device, &tags)
+        .with_context(|| format!("setting the tags of device `{device}`"))?;
+    println!("device {device}: tags {}", tags_text(&now));
+    Ok(())
+}
+
+fn tags_text(tags: &edgeml_fleet::Tags) -> String {
+    if tags.is_empty() {
+        return "-".into();
+    }
+    tags.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub fn rollout(args: &RolloutArgs) -> Result<()> {
     let (channel, server, action) = match &args.command {
         RolloutCommand::Pause { channel, server } => (channel, server, RolloutAction::Pause),
         RolloutCommand::Resume { channel, server } => (channel, server, RolloutAction::Resume),
         RolloutCommand::Abort { channel, server } => (channel, server, RolloutAction::Abort),
+        RolloutCommand::Promote { channel, server } => (channel, server, RolloutAction::Promote),
         RolloutCommand::Set {
             share,
             channel,
@@ -332,6 +423,11 @@ pub fn rollout(args: &RolloutArgs) -> Result<()> {
                 .ok_or_else(|| anyhow!("nothing published to channel `{channel}`"))?;
             r.version += 1;
             r.rollout_percent = parse_share(share)?;
+            if r.schedule.is_some() {
+                bail!(
+                    "the release on channel `{channel}` is paced in steps; `edgeml rollout promote` moves it to its last step, or push a release with new `--steps`"
+                );
+            }
             r.expires = humantime::format_rfc3339_seconds(
                 SystemTime::now() + Duration::from(release.expires),
             )
@@ -347,7 +443,14 @@ pub fn rollout(args: &RolloutArgs) -> Result<()> {
     let changed = client(server)?
         .rollout(channel, action)
         .context("changing the rollout")?;
-    println!("channel {channel}: rollout {}", changed.state.name());
+    match changed.step {
+        Some(step) => println!(
+            "channel {channel}: rollout {}, step {}",
+            changed.state.name(),
+            step + 1
+        ),
+        None => println!("channel {channel}: rollout {}", changed.state.name()),
+    }
     Ok(())
 }
 
@@ -375,12 +478,27 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
         return Ok(());
     }
     for c in &channels {
+        let share = match &c.release.schedule {
+            Some(s) => format!(
+                "{}% (step {} of {}: {})",
+                c.release.share(Some(c.step)),
+                c.step + 1,
+                s.steps.len(),
+                steps_text(&s.steps)
+            ),
+            None => format!("{}%", c.release.rollout_percent),
+        };
+        let target = c
+            .release
+            .target
+            .as_deref()
+            .map(|t| format!(" of `{t}`"))
+            .unwrap_or_default();
         println!(
-            "channel {}: {} {} at {}%, rollout {}{}",
+            "channel {}: {} {} at {share}{target}, rollout {}{}",
             c.channel,
             c.release.model,
             c.release.model_version,
-            c.release.rollout_percent,
             c.state.name(),
             c.reason
                 .as_deref()
@@ -389,8 +507,8 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
         );
     }
     println!(
-        "{:<16} {:<10} {:<10} {:<9} {:<12} {:>9}  last error",
-        "DEVICE", "INSTALLED", "TARGET", "CODE", "STATE", "SEEN"
+        "{:<16} {:<10} {:<10} {:<9} {:<12} {:>9}  {:<24} last error",
+        "DEVICE", "INSTALLED", "TARGET", "CODE", "STATE", "SEEN", "TAGS"
     );
     let now = edgeml_telemetry::now_ms();
     for d in &devices {
@@ -401,13 +519,14 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
             if st.can_compile { "" } else { "*" }
         );
         println!(
-            "{:<16} {:<10} {:<10} {:<9} {:<12} {:>8}s  {}",
+            "{:<16} {:<10} {:<10} {:<9} {:<12} {:>8}s  {:<24} {}",
             d.device_id,
             st.installed.as_ref().map_or("-", |i| i.version.as_str()),
             st.target.as_deref().unwrap_or("-"),
             code,
             st.state.name(),
             now.saturating_sub(d.last_seen_ms) / 1000,
+            tags_text(&d.tags),
             st.last_error.as_deref().unwrap_or("")
         );
     }

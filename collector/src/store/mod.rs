@@ -24,7 +24,7 @@ pub use edgeml_client::wire::audit::{AuditEntry, AuditHead};
 use edgeml_client::wire::fleet::{ChannelStatus, FleetDevice, RolloutState, StatusReport};
 pub use edgeml_client::wire::fleet::{DecisionSource, RolloutDecision};
 pub use edgeml_client::wire::telemetry::{DeviceInfo, DeviceModel, ModelVersionInfo};
-use edgeml_fleet::Release;
+use edgeml_fleet::{Release, Tags};
 use edgeml_telemetry::wire::{Batch, IngestResponse, ModelRef, SampleInput, SampleReason};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -302,8 +302,48 @@ pub trait FleetStore: Send + Sync + 'static {
         sha256: &str,
         from_ms: u64,
     ) -> Result<Vec<(String, Option<String>)>, StoreError>;
-    /// Every device that has reported, with its latest report.
+    /// Every device that has reported, with its latest report and tags.
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError>;
+    /// Set the tags an admin gives an enrolled device (replacing those
+    /// set before). False, and nothing stored, for a device not enrolled.
+    fn set_device_tags(&self, device_id: &str, tags: &Tags, now_ms: u64)
+        -> Result<bool, StoreError>;
+    /// A device's tags: those its latest report names, with those an admin
+    /// set in their place (empty for a device never heard of).
+    fn device_tags(&self, device_id: &str) -> Result<Tags, StoreError>;
+}
+
+/// A device's tags from its stored report (JSON) and admin-set tags (JSON):
+/// the admin's take the place of the device's own of the same keys.
+fn device_tags(report: Option<&str>, admin: Option<&str>) -> Result<Tags, StoreError> {
+    let mut tags = match report {
+        Some(r) => parse::<StatusReport>(r)?.tags,
+        None => Tags::new(),
+    };
+    if let Some(a) = admin {
+        tags.extend(parse::<Tags>(a)?);
+    }
+    Ok(tags)
+}
+
+/// A fleet device from its stored row: report (JSON) and admin tags (JSON).
+fn fleet_device(
+    device_id: String,
+    last_seen_ms: u64,
+    report: &str,
+    admin: Option<&str>,
+) -> Result<FleetDevice, StoreError> {
+    let status: StatusReport = parse(report)?;
+    let admin_tags: Tags = admin.map(parse).transpose()?.unwrap_or_default();
+    let mut tags = status.tags.clone();
+    tags.extend(admin_tags.clone());
+    Ok(FleetDevice {
+        device_id,
+        last_seen_ms,
+        status,
+        tags,
+        admin_tags,
+    })
 }
 
 /// An audit log entry to append: the store numbers, links and hashes it.
@@ -398,6 +438,8 @@ pub struct Decision {
     /// Its audit log entry, appended in the decision's transaction (both
     /// or neither are stored).
     pub audit: Option<NewAuditEntry>,
+    /// Move a paced rollout to this step of its schedule (`None`: stay).
+    pub step: Option<u32>,
 }
 
 /// A channel's newest release and the state of its rollout.
@@ -424,6 +466,10 @@ pub struct StoredRelease {
     /// Where the rollout's evidence window starts (ms): its start, or the
     /// last resume. Rollbacks and telemetry before it do not count.
     pub evidence_from_ms: u64,
+    /// The schedule step the rollout is at (0 without a schedule).
+    pub step: u32,
+    /// When it reached that step (ms).
+    pub step_started_ms: u64,
 }
 
 impl StoredRelease {
@@ -439,6 +485,8 @@ impl StoredRelease {
             previous_version: self.previous_version,
             started_ms: self.started_ms,
             evidence_from_ms: self.evidence_from_ms,
+            step: self.step,
+            step_started_ms: self.step_started_ms,
         }
     }
 }
@@ -509,6 +557,8 @@ fn parse_source(s: &str) -> Result<DecisionSource, StoreError> {
         "canary" => Ok(DecisionSource::Canary),
         "rollbacks" => Ok(DecisionSource::Rollbacks),
         "operator" => Ok(DecisionSource::Operator),
+        "pacer" => Ok(DecisionSource::Pacer),
+        "abort" => Ok(DecisionSource::Abort),
         other => Err(StoreError::Corrupt(format!("decision source `{other}`"))),
     }
 }

@@ -16,9 +16,9 @@ use super::{
     AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, OutcomeSummary, StoredOutcome,
     OUTCOME_COLUMNS, SAMPLE_LABEL,
 };
-use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
+use super::{device_tags, fleet_device, DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
-use edgeml_fleet::Release;
+use edgeml_fleet::{Release, Tags};
 use edgeml_telemetry::wire::{Batch, IngestResponse, ModelRef, RecordBody};
 use postgres::types::ToSql;
 use postgres::{NoTls, Row};
@@ -172,7 +172,7 @@ impl PgStore {
     fn releases(&self, channel: Option<&str>) -> Result<Vec<StoredRelease>, StoreError> {
         let rows = self.conn()?.query(
             "SELECT c.channel, r.version, r.envelope, r.release, r.published_ms, c.state, c.reason,
-                    c.previous_version, c.started_ms, c.evidence_from_ms
+                    c.previous_version, c.started_ms, c.evidence_from_ms, c.step, c.step_started_ms
              FROM fleet_channels c JOIN fleet_releases r ON r.channel = c.channel
              WHERE r.seq = (SELECT MAX(seq) FROM fleet_releases WHERE channel = c.channel)
                AND ($1::text IS NULL OR c.channel = $1)
@@ -192,6 +192,8 @@ impl PgStore {
                     previous_version: r.try_get(7)?,
                     started_ms: u(r.try_get(8)?),
                     evidence_from_ms: u(r.try_get(9)?),
+                    step: u32::try_from(r.try_get::<_, i64>(10)?).unwrap_or(0),
+                    step_started_ms: u(r.try_get(11)?),
                 })
             })
             .collect()
@@ -833,10 +835,13 @@ impl FleetStore for PgStore {
             // Under READ COMMITTED a concurrent decision that committed
             // first makes this row fail the WHERE on re-check: one wins.
             let n = tx.execute(
-                "UPDATE fleet_channels SET state = $2, reason = $3, updated_ms = $4,
-                    evidence_from_ms = CASE WHEN $2 = 'active' THEN $4 ELSE evidence_from_ms END
+                "UPDATE fleet_channels SET state = $2,
+                reason = CASE WHEN $2 = 'active' THEN NULL ELSE $3 END, updated_ms = $4,
+                    evidence_from_ms = CASE WHEN $2 = 'active' AND $6 <> 'active' THEN $4 ELSE evidence_from_ms END,
+                    step = COALESCE($9::bigint, step),
+                    step_started_ms = CASE WHEN $9::bigint IS NULL THEN step_started_ms ELSE $4 END
                  WHERE channel = $1 AND model_version = $5 AND state = $6 AND started_ms = $7
-                   AND evidence_from_ms = $8",
+                   AND evidence_from_ms = $8 AND step = $10",
                 &[
                     &seen.channel,
                     &decision.to.name(),
@@ -846,14 +851,16 @@ impl FleetStore for PgStore {
                     &seen.state.name(),
                     &i(seen.started_ms),
                     &i(seen.evidence_from_ms),
+                    &decision.step.map(i64::from),
+                    &i64::from(seen.step),
                 ],
             )?;
             if n == 0 {
                 return Ok(false);
             }
             tx.execute(
-                "INSERT INTO fleet_decisions (channel, model_version, from_state, to_state, source, reason, replica, at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO fleet_decisions (channel, model_version, from_state, to_state, source, reason, replica, at_ms, step)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 &[
                     &seen.channel,
                     &model_version,
@@ -863,6 +870,7 @@ impl FleetStore for PgStore {
                     &decision.reason,
                     &decision.replica,
                     &now,
+                    &decision.step.map(i64::from),
                 ],
             )?;
             if let Some(entry) = &decision.audit {
@@ -874,7 +882,7 @@ impl FleetStore for PgStore {
 
     fn decisions(&self, channel: Option<&str>) -> Result<Vec<RolloutDecision>, StoreError> {
         let rows = self.conn()?.query(
-            "SELECT id, channel, model_version, from_state, to_state, source, reason, replica, at_ms
+            "SELECT id, channel, model_version, from_state, to_state, source, reason, replica, at_ms, step
              FROM fleet_decisions WHERE ($1::text IS NULL OR channel = $1) ORDER BY id",
             &[&channel],
         )?;
@@ -890,6 +898,9 @@ impl FleetStore for PgStore {
                     reason: r.try_get(6)?,
                     replica: r.try_get(7)?,
                     at_ms: u(r.try_get(8)?),
+                    step: r
+                        .try_get::<_, Option<i64>>(9)?
+                        .and_then(|s| u32::try_from(s).ok()),
                 })
             })
             .collect()
@@ -987,18 +998,45 @@ impl FleetStore for PgStore {
 
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError> {
         let rows = self.conn()?.query(
-            "SELECT device_id, report, updated_ms FROM fleet_status ORDER BY device_id COLLATE \"C\"",
+            "SELECT s.device_id, s.report, s.updated_ms, t.tags FROM fleet_status s
+             LEFT JOIN device_tags t ON t.device_id = s.device_id
+             ORDER BY s.device_id COLLATE \"C\"",
             &[],
         )?;
         rows.iter()
             .map(|r| {
-                Ok(FleetDevice {
-                    device_id: r.try_get(0)?,
-                    status: parse(r.try_get(1)?)?,
-                    last_seen_ms: u(r.try_get(2)?),
-                })
+                fleet_device(
+                    r.try_get(0)?,
+                    u(r.try_get(2)?),
+                    r.try_get(1)?,
+                    r.try_get(3)?,
+                )
             })
             .collect()
+    }
+
+    fn set_device_tags(
+        &self,
+        device_id: &str,
+        tags: &Tags,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn()?.execute(
+            "INSERT INTO device_tags (device_id, tags, updated_ms)
+             SELECT id, $2, $3 FROM devices WHERE id = $1
+             ON CONFLICT (device_id) DO UPDATE SET tags = excluded.tags, updated_ms = excluded.updated_ms",
+            &[&device_id, &json(tags)?, &i(now_ms)],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn device_tags(&self, device_id: &str) -> Result<Tags, StoreError> {
+        let row = self.conn()?.query_one(
+            "SELECT (SELECT report FROM fleet_status WHERE device_id = $1),
+                    (SELECT tags FROM device_tags WHERE device_id = $1)",
+            &[&device_id],
+        )?;
+        device_tags(row.try_get(0)?, row.try_get(1)?)
     }
 }
 
@@ -1034,15 +1072,16 @@ fn insert_release(
     match current {
         None => {
             tx.execute(
-                "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms, evidence_from_ms)
-                 VALUES ($1, $2, 'active', $3, $3, $3)",
+                "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms, evidence_from_ms, step, step_started_ms)
+                 VALUES ($1, $2, 'active', $3, $3, $3, 0, $3)",
                 &[&release.channel, &version, &now],
             )?;
         }
         Some(old) if old != version => {
             tx.execute(
                 "UPDATE fleet_channels SET model_version = $2, state = 'active', reason = NULL,
-                    previous_version = $3, started_ms = $4, updated_ms = $4, evidence_from_ms = $4
+                    previous_version = $3, started_ms = $4, updated_ms = $4, evidence_from_ms = $4,
+                    step = 0, step_started_ms = $4
                  WHERE channel = $1",
                 &[&release.channel, &version, &old, &now],
             )?;

@@ -9,9 +9,9 @@ use super::{
     AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, OutcomeSummary, StoredOutcome,
     OUTCOME_COLUMNS, SAMPLE_LABEL,
 };
-use super::{DeviceInfo, DeviceModel, ModelVersionInfo};
+use super::{device_tags, fleet_device, DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
-use edgeml_fleet::Release;
+use edgeml_fleet::{Release, Tags};
 use edgeml_telemetry::wire::{Batch, IngestResponse, ModelRef, RecordBody};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -92,7 +92,7 @@ impl SqliteStore {
     fn releases(&self, channel: Option<&str>) -> Result<Vec<StoredRelease>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT c.channel, r.version, r.envelope, r.release, r.published_ms, c.state, c.reason, c.previous_version, c.started_ms, c.evidence_from_ms
+            "SELECT c.channel, r.version, r.envelope, r.release, r.published_ms, c.state, c.reason, c.previous_version, c.started_ms, c.evidence_from_ms, c.step, c.step_started_ms
              FROM fleet_channels c JOIN fleet_releases r ON r.channel = c.channel
              WHERE r.rowid = (SELECT MAX(rowid) FROM fleet_releases WHERE channel = c.channel)
                AND (?1 IS NULL OR c.channel = ?1)
@@ -111,6 +111,7 @@ impl SqliteStore {
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, i64>(8)?,
                     r.get::<_, i64>(9)?,
+                    (r.get::<_, i64>(10)?, r.get::<_, i64>(11)?),
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -127,6 +128,7 @@ impl SqliteStore {
                     previous,
                     started,
                     evidence_from,
+                    (step, step_started),
                 )| {
                     Ok(StoredRelease {
                         channel,
@@ -139,6 +141,8 @@ impl SqliteStore {
                         previous_version: previous,
                         started_ms: started as u64,
                         evidence_from_ms: evidence_from as u64,
+                        step: u32::try_from(step).unwrap_or(0),
+                        step_started_ms: u(step_started),
                     })
                 },
             )
@@ -837,10 +841,13 @@ impl FleetStore for SqliteStore {
         let tx = conn.transaction()?;
         let model_version = seen.release.model_version.to_string();
         let n = tx.execute(
-            "UPDATE fleet_channels SET state = ?2, reason = ?3, updated_ms = ?4,
-                evidence_from_ms = CASE WHEN ?2 = 'active' THEN ?4 ELSE evidence_from_ms END
+            "UPDATE fleet_channels SET state = ?2,
+                reason = CASE WHEN ?2 = 'active' THEN NULL ELSE ?3 END, updated_ms = ?4,
+                evidence_from_ms = CASE WHEN ?2 = 'active' AND ?6 <> 'active' THEN ?4 ELSE evidence_from_ms END,
+                step = COALESCE(?9, step),
+                step_started_ms = CASE WHEN ?9 IS NULL THEN step_started_ms ELSE ?4 END
              WHERE channel = ?1 AND model_version = ?5 AND state = ?6 AND started_ms = ?7
-               AND evidence_from_ms = ?8",
+               AND evidence_from_ms = ?8 AND step = ?10",
             params![
                 seen.channel,
                 decision.to.name(),
@@ -849,15 +856,17 @@ impl FleetStore for SqliteStore {
                 model_version,
                 seen.state.name(),
                 i(seen.started_ms),
-                i(seen.evidence_from_ms)
+                i(seen.evidence_from_ms),
+                decision.step.map(i64::from),
+                i64::from(seen.step)
             ],
         )?;
         if n == 0 {
             return Ok(false);
         }
         tx.execute(
-            "INSERT INTO fleet_decisions (channel, model_version, from_state, to_state, source, reason, replica, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO fleet_decisions (channel, model_version, from_state, to_state, source, reason, replica, at_ms, step)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 seen.channel,
                 model_version,
@@ -866,7 +875,8 @@ impl FleetStore for SqliteStore {
                 decision.source.name(),
                 decision.reason,
                 decision.replica,
-                i(now_ms)
+                i(now_ms),
+                decision.step.map(i64::from)
             ],
         )?;
         if let Some(entry) = &decision.audit {
@@ -879,7 +889,7 @@ impl FleetStore for SqliteStore {
     fn decisions(&self, channel: Option<&str>) -> Result<Vec<RolloutDecision>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, channel, model_version, from_state, to_state, source, reason, replica, at_ms
+            "SELECT id, channel, model_version, from_state, to_state, source, reason, replica, at_ms, step
              FROM fleet_decisions WHERE (?1 IS NULL OR channel = ?1) ORDER BY id",
         )?;
         let rows = stmt
@@ -893,13 +903,13 @@ impl FleetStore for SqliteStore {
                     r.get::<_, String>(5)?,
                     r.get::<_, Option<String>>(6)?,
                     r.get::<_, String>(7)?,
-                    r.get::<_, i64>(8)?,
+                    (r.get::<_, i64>(8)?, r.get::<_, Option<i64>>(9)?),
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(
-                |(id, channel, model_version, from, to, source, reason, replica, at)| {
+                |(id, channel, model_version, from, to, source, reason, replica, (at, step))| {
                     Ok(RolloutDecision {
                         id: u(id),
                         channel,
@@ -910,6 +920,7 @@ impl FleetStore for SqliteStore {
                         reason,
                         replica,
                         at_ms: u(at),
+                        step: step.and_then(|s| u32::try_from(s).ok()),
                     })
                 },
             )
@@ -1005,25 +1016,58 @@ impl FleetStore for SqliteStore {
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT device_id, report, updated_ms FROM fleet_status ORDER BY device_id")?;
+            .prepare("SELECT s.device_id, s.report, s.updated_ms, t.tags FROM fleet_status s
+                      LEFT JOIN device_tags t ON t.device_id = s.device_id ORDER BY s.device_id")?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(device_id, report, at)| {
-                Ok(FleetDevice {
-                    device_id,
-                    last_seen_ms: at as u64,
-                    status: parse(&report)?,
-                })
+            .map(|(device_id, report, at, tags)| {
+                fleet_device(device_id, u(at), &report, tags.as_deref())
             })
             .collect()
+    }
+
+    fn set_device_tags(
+        &self,
+        device_id: &str,
+        tags: &Tags,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let known: Option<i64> = conn
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [device_id], |r| r.get(0))
+            .optional()?;
+        if known.is_none() {
+            return Ok(false);
+        }
+        conn.execute(
+            "INSERT INTO device_tags (device_id, tags, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (device_id) DO UPDATE SET tags = ?2, updated_ms = ?3",
+            params![device_id, json(tags)?, i(now_ms)],
+        )?;
+        Ok(true)
+    }
+
+    fn device_tags(&self, device_id: &str) -> Result<Tags, StoreError> {
+        let conn = self.conn();
+        let row: Option<(Option<String>, Option<String>)> = conn
+            .query_row(
+                "SELECT (SELECT report FROM fleet_status WHERE device_id = ?1),
+                        (SELECT tags FROM device_tags WHERE device_id = ?1)",
+                [device_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (report, admin) = row.unwrap_or_default();
+        device_tags(report.as_deref(), admin.as_deref())
     }
 }
 
@@ -1049,13 +1093,13 @@ fn insert_release(
     match current {
         None => {
             tx.execute(
-                "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms, evidence_from_ms) VALUES (?1, ?2, 'active', ?3, ?3, ?3)",
+                "INSERT INTO fleet_channels (channel, model_version, state, started_ms, updated_ms, evidence_from_ms, step, step_started_ms) VALUES (?1, ?2, 'active', ?3, ?3, ?3, 0, ?3)",
                 params![release.channel, version, i(now_ms)],
             )?;
         }
         Some(old) if old != version => {
             tx.execute(
-                "UPDATE fleet_channels SET model_version = ?2, state = 'active', reason = NULL, previous_version = ?3, started_ms = ?4, updated_ms = ?4, evidence_from_ms = ?4 WHERE channel = ?1",
+                "UPDATE fleet_channels SET model_version = ?2, state = 'active', reason = NULL, previous_version = ?3, started_ms = ?4, updated_ms = ?4, evidence_from_ms = ?4, step = 0, step_started_ms = ?4 WHERE channel = ?1",
                 params![release.channel, version, old, i(now_ms)],
             )?;
         }

@@ -17,6 +17,10 @@ use std::time::Duration;
 /// enrolment_token_file = "/etc/edgeml/enrolment-token"
 /// poll_interval = "30s"
 ///
+/// [tags]                                  # for release targets (`site=berlin`)
+/// site = "berlin"
+/// hardware = "rpi4"
+///
 /// [download]
 /// max_bytes = 268435456
 /// timeout = "10m"
@@ -92,6 +96,11 @@ pub struct AgentConfig {
     /// When new versions may be installed.
     #[serde(default)]
     pub install: InstallConfig,
+    /// This device's tags (site, hardware, customer), reported to the
+    /// server; releases may target a tag selector. Tags an admin sets on
+    /// the server take the place of these, key by key.
+    #[serde(default)]
+    pub tags: edgeml_fleet::Tags,
     /// How models run.
     #[serde(default)]
     pub runtime: RuntimeSettings,
@@ -372,6 +381,7 @@ impl AgentConfig {
             health: HealthConfig::default(),
             serve: ServeConfig::default(),
             install: InstallConfig::default(),
+            tags: edgeml_fleet::Tags::new(),
             runtime: RuntimeSettings::default(),
             otlp: None,
         }
@@ -421,6 +431,7 @@ impl AgentConfig {
                 "device_id must be 1-64 characters of [A-Za-z0-9._-]".into(),
             ));
         }
+        edgeml_fleet::check_tags(&self.tags).map_err(|e| Error::Config(e.to_string()))?;
         if self.channel.is_empty() || self.channel.contains('/') {
             return Err(Error::Config(
                 "channel must be a non-empty name without `/`".into(),

@@ -113,6 +113,9 @@ struct Inner {
     metrics: metrics::Metrics,
     /// Recent predictions, for labels given on the device.
     recent: Mutex<feedback::Recent>,
+    /// This device's tags as the server last named them (its own, with
+    /// those an admin set in their place): release targets match these.
+    tags: Mutex<edgeml_fleet::Tags>,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +264,14 @@ impl Agent {
         let report_seq = state
             .read_json_or_set_aside::<StatusReport>("status.json")?
             .map_or(0, |r| r.seq);
+        // The tags the server named last (kept across restarts), over the
+        // configured ones.
+        let mut tags = config.tags.clone();
+        tags.extend(
+            state
+                .read_json_or_set_aside::<edgeml_fleet::Tags>("tags.json")?
+                .unwrap_or_default(),
+        );
         let inner = Arc::new(Inner {
             config,
             runtime,
@@ -278,6 +289,7 @@ impl Agent {
             stop: (Mutex::new(false), Condvar::new()),
             metrics: metrics::Metrics::new(&export),
             recent: Mutex::new(feedback::Recent::new(feedback::DEFAULT_REMEMBERED)),
+            tags: Mutex::new(tags),
         });
         // Serve the last known good bundle; fall back to the one before it.
         for candidate in [disk.current.clone(), disk.previous.clone()]
@@ -541,6 +553,7 @@ impl Inner {
             engine: Some(self.runtime.engine_fingerprint()),
             can_compile: self.runtime.can_compile(),
             seq: self.report_seq.load(Ordering::SeqCst),
+            tags: self.config.tags.clone(),
         }
     }
 
@@ -558,8 +571,24 @@ impl Inner {
         // Kept on disk: the sequence number survives restarts, and
         // `edgeml agent status` reads it without the server.
         let _ = self.state.write_json("status.json", &report);
-        if let Err(e) = self.client.report(&self.identity, &report) {
-            tracing::debug!(error = %e, "status report not delivered");
+        match self.client.report(&self.identity, &report) {
+            Ok(accepted) => {
+                let mut tags = self.config.tags.clone();
+                tags.extend(accepted.tags);
+                if edgeml_fleet::check_tags(&tags).is_err() {
+                    tracing::warn!("the server named invalid tags for this device; keeping the configured ones");
+                    return;
+                }
+                let mut current = lock(&self.tags);
+                if *current != tags {
+                    tracing::info!(?tags, "device tags changed");
+                    let _ = self.state.write_json("tags.json", &tags);
+                    *current = tags;
+                    // A release this device was not targeted by may target it now.
+                    *lock(&self.etag) = None;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "status report not delivered"),
         }
     }
 
@@ -912,7 +941,7 @@ impl Inner {
         if let Some(ts) = &timestamp {
             self.state.write_json("timestamp.json", ts)?;
         }
-        let outcome = self.act(&release, view.state, view.reason.as_deref());
+        let outcome = self.act(&release, view.state, view.reason.as_deref(), view.step);
         // Only a fully handled view is skipped next time (a deferred
         // install is not: the next poll must see the release again).
         if outcome.is_ok() && !matches!(outcome, Ok(PollOutcome::Deferred(_))) {
@@ -926,6 +955,7 @@ impl Inner {
         release: &Release,
         state: RolloutState,
         reason: Option<&str>,
+        step: Option<u32>,
     ) -> Result<PollOutcome, Error> {
         let disk = lock(&self.disk).clone();
         let on_release = disk
@@ -957,7 +987,8 @@ impl Inner {
         if on_release {
             return Ok(PollOutcome::UpToDate);
         }
-        if !release.includes(&self.config.device_id) {
+        let tags = lock(&self.tags).clone();
+        if !release.includes(&self.config.device_id, &tags, step) {
             return Ok(PollOutcome::NotInRollout);
         }
         if disk.failed.contains(&release.bundle.sha256) {

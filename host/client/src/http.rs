@@ -2,9 +2,9 @@
 
 use crate::wire::audit::{AuditEntry, AuditHead, AuditPage};
 use crate::wire::fleet::{
-    ArtifactStored, BundleStored, ChannelList, ChannelStatus, ChannelView, FleetDevice,
+    ArtifactStored, BundleStored, ChannelList, ChannelStatus, ChannelView, DeviceTags, FleetDevice,
     FleetDeviceList, ReleasePublished, RolloutAction, RolloutChanged, RolloutRequest,
-    RootPublished, StatusReport,
+    ReportAccepted, RootPublished, StatusReport,
 };
 use crate::wire::telemetry::{
     self as tw, AccuracyResponse, DeviceInfo, DriftResponse, Enrolled, LabelsReceived,
@@ -357,8 +357,13 @@ impl Client {
         Ok(bytes)
     }
 
-    /// Send a status report, signed with the device key.
-    pub fn report(&self, identity: &DeviceIdentity, report: &StatusReport) -> Result<(), Error> {
+    /// Send a status report, signed with the device key. The reply names
+    /// the device's tags as the server sees them.
+    pub fn report(
+        &self,
+        identity: &DeviceIdentity,
+        report: &StatusReport,
+    ) -> Result<ReportAccepted, Error> {
         let url = self.url("/v1/fleet/report");
         let body = serde_json::to_vec(report).map_err(|e| Error::Config(e.to_string()))?;
         let req = self
@@ -368,8 +373,7 @@ impl Client {
             .header(tw::DEVICE_HEADER, identity.device_id())
             .header(tw::SIGNATURE_HEADER, identity.sign_batch(&body))
             .body(body);
-        checked(&url, send(&url, req)?)?;
-        Ok(())
+        json(checked(&url, send(&url, req)?)?, &url)
     }
 
     // ---- operator calls (admin token) ------------------------------------
@@ -428,6 +432,20 @@ impl Client {
             .admin(self.http.post(&url))
             .json(&RolloutRequest { action });
         json(checked(&url, send(&url, req)?)?, &url)
+    }
+
+    /// Set the tags an admin gives `device` (replacing those set before);
+    /// returns the device's tags now.
+    pub fn set_device_tags(
+        &self,
+        device: &str,
+        tags: &edgeml_fleet::Tags,
+    ) -> Result<edgeml_fleet::Tags, Error> {
+        let url = self.url(&format!("/v1/fleet/devices/{device}/tags"));
+        let req = self
+            .admin(self.http.put(&url))
+            .json(&DeviceTags { tags: tags.clone() });
+        Ok(json::<DeviceTags>(checked(&url, send(&url, req)?)?, &url)?.tags)
     }
 
     /// Every channel's release and rollout, as the server tracks it.

@@ -13,6 +13,20 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A release's tag selector does not parse.
+    #[error("tag selector `{selector}` is invalid: {reason}")]
+    InvalidSelector {
+        /// The selector (first 200 characters).
+        selector: String,
+        /// Why.
+        reason: String,
+    },
+    /// Device tags that are not valid tags.
+    #[error("invalid device tags: {0}")]
+    InvalidTags(String),
+    /// A release's step schedule or abort criteria are inconsistent.
+    #[error("invalid rollout schedule: {0}")]
+    InvalidSchedule(String),
     /// A root's content is inconsistent (unknown key ids, bad thresholds).
     #[error("invalid root: {0}")]
     InvalidRoot(String),

@@ -28,6 +28,7 @@
 //!     expires: "2000-01-01T00:00:00Z".into(), model: "digits".into(),
 //!     model_version: "1.0.0".parse()?, bundle: BundleRef { sha256: "00".repeat(32), size: 1 },
 //!     rollout_percent: 100.0, allow_downgrade: false, artifacts: Vec::new(),
+//!     target: None, schedule: None, abort: None,
 //! };
 //! let signed = Envelope::sign(&release, &[&release_key])?.to_vec();
 //! let err = trusted.verify_release(&signed, "stable", SystemTime::now(), None).unwrap_err();
@@ -39,12 +40,14 @@
 
 mod error;
 pub mod metadata;
+pub mod target;
 
 pub use error::{Error, Result};
 pub use metadata::{
-    rollout_bucket, ArtifactRef, BundleRef, Envelope, Payload, Release, Role, Roles, Root,
-    RootUpdate, Signature, Timestamp, TrustedRoot, MAX_RELEASE_VERSION, MAX_ROOT_UPDATES,
+    rollout_bucket, AbortCriteria, ArtifactRef, BundleRef, Envelope, Payload, Release, Role, Roles, Root,
+    RootUpdate, Schedule, Signature, Timestamp, TrustedRoot, MAX_RELEASE_VERSION, MAX_ROOT_UPDATES,
 };
+pub use target::{check_tags, parse_tags, Selector, Tags};
 
 #[cfg(test)]
 mod proptests;

@@ -1,5 +1,6 @@
 //! The two signed documents: the root of trust and per-channel release metadata.
 
+use crate::target::{Selector, Tags};
 use crate::{Error, Result};
 use edgeml_bundle::{KeyId, PublicKey, SecretKey};
 use serde::{Deserialize, Serialize};
@@ -530,6 +531,73 @@ pub struct Release {
     /// before publishing artifacts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactRef>,
+    /// Only devices whose tags match this selector take the release (see
+    /// [`crate::target`]); unset: every device of the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// A paced rollout: the share grows step by step up to
+    /// `rollout_percent` (the last step), each step only after the gate
+    /// has passed at the one before. Unset: `rollout_percent` at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// When the server halts the rollout on failures alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortCriteria>,
+}
+
+/// The steps of a paced rollout, signed with the release. The release keys
+/// sign every step up to the last; the fleet server only decides when the
+/// next one starts (after the canary gate has passed at the current step
+/// for `min_step_secs` with `min_step_devices` devices running the
+/// release), and devices take the share of the step the server names,
+/// never more than the last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// The share of each step in percent, increasing; the last is the
+    /// release's `rollout_percent`.
+    pub steps: Vec<f64>,
+    /// Time at each step before the next may start (seconds).
+    pub min_step_secs: u64,
+    /// Devices that must run the release at a step before the next may
+    /// start (or every device the step includes, if fewer).
+    pub min_step_devices: u32,
+}
+
+impl Schedule {
+    /// Steps growing by `rate` from `start` percent (`1, 2, 4, ... 100`
+    /// for 1 and 2), ending at `end`.
+    pub fn exponential(start: f64, rate: f64, end: f64) -> Result<Vec<f64>> {
+        if !(start > 0.0 && start <= end && end <= 100.0) || !(rate > 1.0) {
+            return Err(Error::InvalidSchedule(format!(
+                "an exponential schedule needs 0 < start ({start}) <= end ({end}) <= 100 and a rate above 1 ({rate})"
+            )));
+        }
+        let mut steps = vec![start];
+        let mut share = start;
+        while share * rate < end {
+            share *= rate;
+            steps.push((share * 100.0).round() / 100.0);
+        }
+        if steps.last() != Some(&end) {
+            steps.push(end);
+        }
+        Ok(steps)
+    }
+}
+
+/// Halt a rollout once this share of the devices that ran the release
+/// failed it (rolled back), counted only after `min_devices` devices ran it
+/// (as Greengrass's job abort configuration does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AbortCriteria {
+    /// Share of devices, in (0, 1].
+    pub failure_share: f64,
+    /// Devices that must have run the release first.
+    pub min_devices: u32,
 }
 
 impl Payload for Release {
@@ -590,14 +658,98 @@ impl Release {
         Ok(())
     }
 
-    /// Whether `device_id` is in this release's rollout: a stable hash of the
+    /// Whether `device_id`, carrying `tags`, is in this release's rollout at
+    /// `step` of its schedule (the first step when `None`; ignored without
+    /// a schedule): its tags must match the release's target, and its
+    /// bucket must be within the step's share. A stable hash of the
     /// channel, model name and device id puts each device in one of 10 000
-    /// buckets, and the first `rollout_percent` of them take the release.
+    /// buckets, and the first `share` percent of them take the release.
     /// The same devices go first for every version, and raising the share
     /// only adds devices.
-    pub fn includes(&self, device_id: &str) -> bool {
-        rollout_bucket(&self.channel, &self.model, device_id)
-            < (self.rollout_percent * 100.0).round() as u64
+    pub fn includes(&self, device_id: &str, tags: &Tags, step: Option<u32>) -> bool {
+        self.targets(tags)
+            && rollout_bucket(&self.channel, &self.model, device_id)
+                < (self.share(step) * 100.0).round() as u64
+    }
+
+    /// Whether a device with `tags` matches the release's target (a
+    /// target that does not parse matches nothing; [`Release::validate`]
+    /// refuses it).
+    pub fn targets(&self, tags: &Tags) -> bool {
+        match &self.target {
+            None => true,
+            Some(t) => t.parse::<Selector>().is_ok_and(|s| s.matches(tags)),
+        }
+    }
+
+    /// The share in percent at `step` of the schedule (clamped to the
+    /// last step; the first when `None`), or `rollout_percent` without a
+    /// schedule.
+    pub fn share(&self, step: Option<u32>) -> f64 {
+        match &self.schedule {
+            Some(s) if !s.steps.is_empty() => {
+                let i = (step.unwrap_or(0) as usize).min(s.steps.len() - 1);
+                s.steps[i].min(self.rollout_percent)
+            }
+            _ => self.rollout_percent,
+        }
+    }
+
+    /// The index of the schedule's last step (0 without a schedule).
+    pub fn last_step(&self) -> u32 {
+        self.schedule
+            .as_ref()
+            .map_or(0, |s| s.steps.len().saturating_sub(1) as u32)
+    }
+
+    /// Check what the types do not: the share is a percentage, the target
+    /// parses, the schedule's steps grow to `rollout_percent`, the abort
+    /// criteria are a share of at least one device.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=100.0).contains(&self.rollout_percent) {
+            return Err(Error::Malformed {
+                what: "release",
+                reason: format!(
+                    "rollout_percent {} is not in 0..=100",
+                    self.rollout_percent
+                ),
+            });
+        }
+        if let Some(t) = &self.target {
+            t.parse::<Selector>()?;
+        }
+        if let Some(s) = &self.schedule {
+            if s.steps.is_empty() || s.steps.len() > 100 {
+                return Err(Error::InvalidSchedule(format!(
+                    "{} steps; give 1 to 100",
+                    s.steps.len()
+                )));
+            }
+            if s.steps.iter().any(|p| !(*p > 0.0 && *p <= 100.0))
+                || s.steps.windows(2).any(|w| w[0] >= w[1])
+            {
+                return Err(Error::InvalidSchedule(format!(
+                    "steps {:?} must grow, each in (0, 100]",
+                    s.steps
+                )));
+            }
+            if s.steps.last() != Some(&self.rollout_percent) {
+                return Err(Error::InvalidSchedule(format!(
+                    "the last step ({:?}) must be the release's rollout_percent ({})",
+                    s.steps.last(),
+                    self.rollout_percent
+                )));
+            }
+        }
+        if let Some(a) = &self.abort {
+            if !(a.failure_share > 0.0 && a.failure_share <= 1.0) || a.min_devices == 0 {
+                return Err(Error::InvalidSchedule(format!(
+                    "abort criteria need a failure share in (0, 1] ({}) and at least one device ({})",
+                    a.failure_share, a.min_devices
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -906,15 +1058,7 @@ impl TrustedRoot {
             }
         }
         release.check_fresh(now)?;
-        if !(0.0..=100.0).contains(&release.rollout_percent) {
-            return Err(Error::Malformed {
-                what: "release",
-                reason: format!(
-                    "rollout_percent {} is not in 0..=100",
-                    release.rollout_percent
-                ),
-            });
-        }
+        release.validate()?;
         Ok(release)
     }
 }

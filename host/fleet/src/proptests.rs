@@ -49,13 +49,14 @@ proptest! {
             model_version: "1.0.0".parse().unwrap(),
             bundle: crate::BundleRef { sha256: "ab".repeat(32), size: 1 },
             rollout_percent: percent, allow_downgrade: false, artifacts: Vec::new(),
+            target: None, schedule: None, abort: None,
         };
         let env = Envelope::sign(&r, &[&k]).unwrap();
         match t.verify_release(&env.to_vec(), "stable", SystemTime::now(), None) {
             Ok(ok) => {
                 prop_assert!((0.0..=100.0).contains(&ok.rollout_percent));
                 prop_assert!(ok.version <= crate::MAX_RELEASE_VERSION);
-                let _ = ok.includes("device");
+                let _ = ok.includes("device", &crate::Tags::new(), None);
             }
             Err(_) => {}
         }

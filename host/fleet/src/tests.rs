@@ -55,6 +55,9 @@ fn release(version: u64, model_version: &str) -> Release {
         rollout_percent: 100.0,
         allow_downgrade: false,
         artifacts: Vec::new(),
+        target: None,
+        schedule: None,
+        abort: None,
     }
 }
 use sha2::Digest;
@@ -432,8 +435,9 @@ fn rejects_expired_root() {
 fn rollout_share_is_stable_and_monotonic() {
     let mut r = release(1, "1.0.0");
     let devices: Vec<String> = (0..2000).map(|i| format!("gw-{i}")).collect();
+    let no_tags = crate::Tags::new();
     r.rollout_percent = 10.0;
-    let ten: Vec<_> = devices.iter().filter(|d| r.includes(d)).collect();
+    let ten: Vec<_> = devices.iter().filter(|d| r.includes(d, &no_tags, None)).collect();
     assert!(
         (150..=250).contains(&ten.len()),
         "{} of 2000 at 10%",
@@ -441,13 +445,13 @@ fn rollout_share_is_stable_and_monotonic() {
     );
     r.rollout_percent = 50.0;
     assert!(
-        ten.iter().all(|d| r.includes(d)),
+        ten.iter().all(|d| r.includes(d, &no_tags, None)),
         "raising the share keeps every device"
     );
     r.rollout_percent = 0.0;
-    assert!(devices.iter().all(|d| !r.includes(d)));
+    assert!(devices.iter().all(|d| !r.includes(d, &no_tags, None)));
     r.rollout_percent = 100.0;
-    assert!(devices.iter().all(|d| r.includes(d)));
+    assert!(devices.iter().all(|d| r.includes(d, &no_tags, None)));
 }
 
 #[test]
@@ -546,4 +550,101 @@ fn revoked_build_key_cannot_sign_artifacts() {
     // validate refuses a revoked key in a role; the policy leaves it out regardless.
     assert!(root.validate().is_err());
     assert_eq!(root.artifact_policy().unwrap().keys(), &[new.public_key()]);
+}
+
+fn tags(pairs: &[(&str, &str)]) -> crate::Tags {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn release_target_limits_rollout_to_matching_tags() {
+    let mut r = release(1, "1.0.0");
+    r.target = Some("site=berlin, hw in (rpi4, jetson)".into());
+    let berlin = tags(&[("site", "berlin"), ("hw", "rpi4")]);
+    let paris = tags(&[("site", "paris"), ("hw", "rpi4")]);
+    assert!(r.includes("gw-1", &berlin, None));
+    assert!(!r.includes("gw-1", &paris, None));
+    assert!(!r.includes("gw-1", &crate::Tags::new(), None));
+    // A device refuses signed metadata whose target does not parse.
+    let k = keys(1);
+    let t = trusted(&k, 1);
+    r.target = Some("site in (berlin".into());
+    let err = t
+        .verify_release(&signed(&r, &[&k.release[0]]), "stable", SystemTime::now(), None)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSelector { .. }), "{err}");
+}
+
+#[test]
+fn schedule_steps_bound_the_share_the_server_can_name() {
+    let mut r = release(1, "1.0.0");
+    r.rollout_percent = 50.0;
+    r.schedule = Some(crate::Schedule {
+        steps: vec![1.0, 10.0, 50.0],
+        min_step_secs: 60,
+        min_step_devices: 2,
+    });
+    assert_eq!(r.share(None), 1.0, "no step named: the first");
+    assert_eq!(r.share(Some(1)), 10.0);
+    assert_eq!(r.share(Some(2)), 50.0);
+    assert_eq!(r.share(Some(99)), 50.0, "a step past the last is the last");
+    assert_eq!(r.last_step(), 2);
+    let devices: Vec<String> = (0..2000).map(|i| format!("gw-{i}")).collect();
+    let none = crate::Tags::new();
+    let at = |step| devices.iter().filter(|d| r.includes(d, &none, step)).count();
+    let (one, ten, fifty, beyond) = (at(Some(0)), at(Some(1)), at(Some(2)), at(Some(7)));
+    assert!(one < ten && ten < fifty && fifty == beyond, "{one} {ten} {fifty} {beyond}");
+    assert!((850..=1150).contains(&fifty), "{fifty}");
+}
+
+#[test]
+fn rejects_release_with_inconsistent_schedule() {
+    let k = keys(1);
+    let t = trusted(&k, 1);
+    let mut r = release(1, "1.0.0");
+    for (steps, percent) in [
+        (vec![10.0, 5.0, 100.0], 100.0),
+        (vec![1.0, 10.0], 100.0),
+        (vec![0.0, 100.0], 100.0),
+        (vec![], 100.0),
+    ] {
+        r.rollout_percent = percent;
+        r.schedule = Some(crate::Schedule {
+            steps: steps.clone(),
+            min_step_secs: 0,
+            min_step_devices: 1,
+        });
+        let err = t
+            .verify_release(&signed(&r, &[&k.release[0]]), "stable", SystemTime::now(), None)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidSchedule(_)), "{steps:?}: {err}");
+    }
+    r.schedule = None;
+    r.abort = Some(crate::AbortCriteria {
+        failure_share: 1.5,
+        min_devices: 3,
+    });
+    let err = t
+        .verify_release(&signed(&r, &[&k.release[0]]), "stable", SystemTime::now(), None)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSchedule(_)), "{err}");
+}
+
+#[test]
+fn exponential_schedule_doubles_up_to_the_end() {
+    assert_eq!(
+        crate::Schedule::exponential(1.0, 2.0, 100.0).unwrap(),
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]
+    );
+    assert_eq!(
+        crate::Schedule::exponential(10.0, 10.0, 100.0).unwrap(),
+        vec![10.0, 100.0]
+    );
+    assert!(matches!(
+        crate::Schedule::exponential(1.0, 1.0, 100.0),
+        Err(Error::InvalidSchedule(_))
+    ));
 }

@@ -1,6 +1,7 @@
 //! The fleet API: what devices, the fleet server and the CLI send each other (JSON).
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Where a channel's rollout stands. Only the release keys can widen a
 /// rollout (its share is signed); the server can only hold it back.
@@ -46,6 +47,11 @@ pub struct ChannelView {
     /// online timestamp key (when the root names a timestamp role).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<edgeml_fleet::Envelope>,
+    /// The step of the release's schedule the rollout is at (paced
+    /// releases only): devices take that step's share, never more than the
+    /// release's signed last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
 }
 
 /// A device's update state, as it reports it.
@@ -146,6 +152,9 @@ pub struct StatusReport {
     /// from the device (a replayed report).
     #[serde(default)]
     pub seq: u64,
+    /// The tags in the device's configuration (`[device] tags`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// One device in the fleet view (`GET /v1/fleet/devices`).
@@ -158,6 +167,22 @@ pub struct FleetDevice {
     pub last_seen_ms: u64,
     /// Its latest report.
     pub status: StatusReport,
+    /// Its tags: those it reports, with those an admin set on the server
+    /// in their place where both name a key.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// The tags an admin set on the server (`PUT /v1/fleet/devices/{id}/tags`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub admin_tags: BTreeMap<String, String>,
+}
+
+/// The body of `PUT /v1/fleet/devices/{device}/tags`, and its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceTags {
+    /// The tags an admin sets (replacing those set before); they take the
+    /// place of the device's own tags of the same keys.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// `POST /v1/fleet/channels/{channel}/rollout`.
@@ -172,6 +197,8 @@ pub enum RolloutAction {
     /// Stop it and send the devices that took the release back to the
     /// version before (a halt by an operator).
     Abort,
+    /// Go to the last step of a paced release's schedule at once.
+    Promote,
 }
 
 /// The body of `POST /v1/fleet/channels/{channel}/rollout`.
@@ -190,6 +217,9 @@ pub struct RolloutChanged {
     pub channel: String,
     /// Its rollout's state now.
     pub state: RolloutState,
+    /// The schedule step it is at (paced releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
 }
 
 /// Who changed a rollout's state.
@@ -201,8 +231,12 @@ pub enum DecisionSource {
     Canary,
     /// Enough devices in the rollout rolled the release back.
     Rollbacks,
-    /// An operator (`edgeml rollout pause|resume`).
+    /// An operator (`edgeml rollout pause|resume|promote|abort`).
     Operator,
+    /// The pacer moved a paced rollout to its next step.
+    Pacer,
+    /// The release's abort criteria (a share of failed devices).
+    Abort,
 }
 
 impl DecisionSource {
@@ -212,6 +246,8 @@ impl DecisionSource {
             DecisionSource::Canary => "canary",
             DecisionSource::Rollbacks => "rollbacks",
             DecisionSource::Operator => "operator",
+            DecisionSource::Pacer => "pacer",
+            DecisionSource::Abort => "abort",
         }
     }
 }
@@ -241,6 +277,10 @@ pub struct RolloutDecision {
     pub replica: String,
     /// When (Unix ms).
     pub at_ms: u64,
+    /// The schedule step the decision moved the rollout to (pacer and
+    /// promote decisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
 }
 
 /// `GET /v1/fleet/decisions`.
@@ -307,6 +347,10 @@ pub struct ReleasePublished {
 pub struct ReportAccepted {
     /// The reporting device.
     pub device_id: String,
+    /// Its tags as the server sees them (its own, with those an admin set
+    /// in their place): the device matches release targets against these.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A channel's newest release and its rollout, as the server tracks it
@@ -335,6 +379,12 @@ pub struct ChannelStatus {
     /// Where the rollout's evidence window starts (ms): its start, or the
     /// last resume.
     pub evidence_from_ms: u64,
+    /// The schedule step the rollout is at (0 without a schedule).
+    #[serde(default)]
+    pub step: u32,
+    /// When it reached that step (ms).
+    #[serde(default)]
+    pub step_started_ms: u64,
 }
 
 /// `GET /v1/fleet/channels`.

@@ -1,0 +1,11 @@
+-- Paced rollouts: the schedule step each channel's rollout is at, and
+-- the step a decision moved it to.
+ALTER TABLE fleet_channels ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE fleet_channels ADD COLUMN step_started_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE fleet_decisions ADD COLUMN step INTEGER;
+-- Tags an admin set on a device (JSON object), in place of the device's own.
+CREATE TABLE device_tags (
+    device_id TEXT PRIMARY KEY REFERENCES devices(id),
+    tags TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
