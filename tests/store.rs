@@ -216,7 +216,7 @@ fn refuses_database_from_newer_server() {
                 reopened,
                 Err(StoreError::TooNew {
                     found: 99,
-                    supported: 8
+                    supported: 9
                 })
             ),
             "{:?}: {reopened:?}",

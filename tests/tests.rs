@@ -10,6 +10,7 @@ mod fleet;
 mod freshness;
 mod ground_truth;
 mod local_api;
+mod pacing;
 mod rollout_evidence;
 
 mod cross_arch;
