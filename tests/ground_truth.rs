@@ -214,6 +214,16 @@ fn labels_from_devices_give_accuracy_per_version() {
     for t in [&t1, &t2] {
         t.flush(Duration::from_secs(20));
     }
+    // Both gateways are in Berlin; the library one is a Jetson.
+    let tags = |pairs: &[(&str, &str)]| -> edgeml_fleet::Tags {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    f.client
+        .set_device_tags("gt-http", &tags(&[("site", "berlin")]))
+        .unwrap();
+    f.client
+        .set_device_tags("gt-lib", &tags(&[("site", "berlin"), ("hw", "jetson")]))
+        .unwrap();
 
     let acc = f
         .client
@@ -250,6 +260,14 @@ fn labels_from_devices_give_accuracy_per_version() {
     assert_eq!(v1.devices.len(), 2);
     let lib = v1.devices.iter().find(|d| d.name == "gt-lib").unwrap();
     assert_eq!((lib.labelled, lib.correct), (6, 3));
+    // Per tag: over the devices carrying it.
+    let tag = |name: &str| v1.tags.iter().find(|t| t.name == name).map(|t| (t.labelled, t.correct));
+    assert_eq!(tag("hw=jetson"), Some((6, 3)));
+    let http_v1 = v1.devices.iter().find(|d| d.name == "gt-http").unwrap();
+    assert_eq!(
+        tag("site=berlin"),
+        Some((6 + http_v1.labelled, 3 + http_v1.correct))
+    );
     assert_eq!(acc.versions[1].accuracy, Some(1.0));
     // Estimated from the scores next to it: digits' MLP gives probabilities;
     // a dozen labels are too few to check their calibration.
@@ -276,6 +294,7 @@ fn labels_from_devices_give_accuracy_per_version() {
         "{text}"
     );
     assert!(text.contains("device gt-lib"), "{text}");
+    assert!(text.contains("tag hw=jetson"), "{text}");
 }
 
 #[test]

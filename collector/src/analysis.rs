@@ -145,10 +145,14 @@ pub const MAX_CALIBRATION_ERROR: f64 = 0.05;
 /// scores (CBPE), with the estimate's validity checked against the labels
 /// where there are enough. A prediction without a top label (a model
 /// without labels) counts as wrong.
+///
+/// `tags` gives each device's tags: accuracy per tag is over the labelled
+/// predictions of the devices carrying it.
 pub fn accuracy(
     outcomes: &[crate::store::StoredOutcome],
     windows: &[StoredWindow],
     window_ms: Option<u64>,
+    tags: &BTreeMap<String, edgeml_fleet::Tags>,
 ) -> Vec<edgeml_client::wire::telemetry::VersionAccuracy> {
     use crate::store::StoredOutcome;
     use edgeml_client::wire::telemetry::{
@@ -228,6 +232,20 @@ pub fn accuracy(
             let macro_f1 = (!classes.is_empty()).then(|| {
                 classes.iter().map(|c| c.f1.unwrap_or(0.0)).sum::<f64>() / classes.len() as f64
             });
+            let mut by_tag: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for (device, (labelled, correct)) in &devices {
+                for (k, v) in tags.get(*device).into_iter().flatten() {
+                    let e = by_tag.entry(format!("{k}={v}")).or_default();
+                    e.0 += labelled;
+                    e.1 += correct;
+                }
+            }
+            let group = |(name, (labelled, correct)): (String, (u64, u64))| GroupAccuracy {
+                name,
+                labelled,
+                correct,
+                accuracy: ratio(correct, labelled).unwrap_or(0.0),
+            };
             VersionAccuracy {
                 version: version.to_string(),
                 labelled: os.len() as u64,
@@ -239,13 +257,9 @@ pub fn accuracy(
                 classes,
                 devices: devices
                     .into_iter()
-                    .map(|(name, (labelled, correct))| GroupAccuracy {
-                        name: name.to_string(),
-                        labelled,
-                        correct,
-                        accuracy: ratio(correct, labelled).unwrap_or(0.0),
-                    })
+                    .map(|(name, counts)| group((name.to_string(), counts)))
                     .collect(),
+                tags: by_tag.into_iter().map(group).collect(),
                 windows: series
                     .into_iter()
                     .map(
@@ -390,6 +404,7 @@ pub fn calibration_error(bins: &[(u8, u64, u64, f64)]) -> Option<(f64, u64)> {
 #[cfg(test)]
 mod accuracy_tests {
     use super::accuracy;
+    use std::collections::BTreeMap;
     use crate::store::StoredOutcome;
     use edgeml_telemetry::wire::ModelRef;
 
@@ -423,7 +438,20 @@ mod accuracy_tests {
             o("1.10.0", "d1", 0, "a", "a"),
             o("1.9.0", "d1", 0, "b", "a"),
         ];
-        let v = accuracy(&os, &[], Some(1_000));
+        // d1 is in Berlin; d2 in Berlin and on an rpi4.
+        let tags: BTreeMap<String, edgeml_fleet::Tags> = [
+            ("d1", vec![("site", "berlin")]),
+            ("d2", vec![("site", "berlin"), ("hw", "rpi4")]),
+        ]
+        .into_iter()
+        .map(|(d, t)| {
+            (
+                d.to_string(),
+                t.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            )
+        })
+        .collect();
+        let v = accuracy(&os, &[], Some(1_000), &tags);
         assert_eq!(
             v.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(),
             ["1.0.0", "1.9.0", "1.10.0"]
@@ -443,6 +471,12 @@ mod accuracy_tests {
         assert_eq!(v1.macro_f1, Some(0.5));
         assert_eq!(v1.devices[1].name, "d2");
         assert_eq!((v1.devices[1].labelled, v1.devices[1].correct), (2, 1));
+        let by_tag: Vec<(&str, u64, u64)> = v1
+            .tags
+            .iter()
+            .map(|g| (g.name.as_str(), g.labelled, g.correct))
+            .collect();
+        assert_eq!(by_tag, [("hw=rpi4", 2, 1), ("site=berlin", 4, 2)]);
         assert_eq!(v1.windows.len(), 2);
         assert_eq!(
             (
@@ -505,25 +539,25 @@ mod accuracy_tests {
         // 1000 predictions with a mean top score of 0.8.
         let w = [window("1.0.0", 1000, 800.0, 1000)];
         // No labels: the estimate stands, unverified.
-        let v = &accuracy(&[], &w, None)[0];
+        let v = &accuracy(&[], &w, None, &BTreeMap::new())[0];
         let e = v.estimated.as_ref().unwrap();
         assert_eq!((e.accuracy, e.predictions), (0.8, 1000));
         assert_eq!(e.validity, EstimateValidity::Unverified);
         assert_eq!(v.accuracy, None);
         // 100 labels at score 0.8, 80 right: calibrated.
-        let v = &accuracy(&scored(100, 80, 0.8), &w, None)[0];
+        let v = &accuracy(&scored(100, 80, 0.8), &w, None, &BTreeMap::new())[0];
         let e = v.estimated.as_ref().unwrap();
         assert_eq!(e.validity, EstimateValidity::Valid, "{}", e.reason);
         assert!(e.calibration_error.unwrap() < 1e-6);
         assert_eq!(v.accuracy, Some(0.8));
         // ... 50 right: overconfident by 0.3.
-        let v = &accuracy(&scored(100, 50, 0.8), &w, None)[0];
+        let v = &accuracy(&scored(100, 50, 0.8), &w, None, &BTreeMap::new())[0];
         let e = v.estimated.as_ref().unwrap();
         assert_eq!(e.validity, EstimateValidity::Miscalibrated);
         assert!((e.calibration_error.unwrap() - 0.3).abs() < 1e-6);
         // Logits: most top scores outside [0, 1].
         let logits = [window("1.0.0", 1000, 40.0, 50)];
-        let e = accuracy(&[], &logits, None)[0].estimated.clone().unwrap();
+        let e = accuracy(&[], &logits, None, &BTreeMap::new())[0].estimated.clone().unwrap();
         assert_eq!(e.validity, EstimateValidity::NotProbabilities);
         // A regression's outcomes: MAE and RMSE, no class metrics.
         let mut reg = o("1.0.0", "d1", 1, "x", "3.5");
@@ -531,13 +565,13 @@ mod accuracy_tests {
         reg.value = Some(2.5);
         let mut reg2 = reg.clone();
         reg2.value = Some(6.5);
-        let v = &accuracy(&[reg, reg2], &[], None)[0];
+        let v = &accuracy(&[reg, reg2], &[], None, &BTreeMap::new())[0];
         let r = v.regression.as_ref().unwrap();
         assert_eq!((r.labelled, r.mae, r.rmse), (2, 2.0, (5.0f64).sqrt()));
         assert_eq!((v.labelled, v.accuracy), (0, None));
         // Windows from devices that send no scores: no estimate.
         assert_eq!(
-            accuracy(&[], &[window("1.0.0", 10, 0.0, 0)], None)[0].estimated,
+            accuracy(&[], &[window("1.0.0", 10, 0.0, 0)], None, &BTreeMap::new())[0].estimated,
             None
         );
     }

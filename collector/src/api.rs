@@ -615,7 +615,7 @@ struct AccuracyParams {
     window_ms: Option<u64>,
 }
 
-/// Measured accuracy per model version, per class, per device and over
+/// Measured accuracy per model version, per class, per device and device tag, and over
 /// time, from predictions whose true label is known (labels given on
 /// devices, or uploaded and joined with samples).
 #[utoipa::path(
@@ -644,11 +644,18 @@ async fn accuracy(
         to_ms: p.to_ms,
     };
     let store = st.store.clone();
-    let (outcomes, windows) =
-        blocking(move || Ok((store.outcomes(&q)?, store.windows(&q)?))).await?;
+    let (outcomes, windows, devices) = blocking(move || {
+        Ok((
+            store.outcomes(&q)?,
+            store.windows(&q)?,
+            store.fleet_devices()?,
+        ))
+    })
+    .await?;
+    let tags = devices.into_iter().map(|d| (d.device_id, d.tags)).collect();
     Ok(Json(AccuracyResponse {
         model: name,
-        versions: analysis::accuracy(&outcomes, &windows, p.window_ms),
+        versions: analysis::accuracy(&outcomes, &windows, p.window_ms, &tags),
     })
     .into_response())
 }

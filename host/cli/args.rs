@@ -451,7 +451,7 @@ pub enum CollectorCommand {
         json: bool,
     },
     /// Measured accuracy per model version (from labelled predictions):
-    /// overall, macro F1, and with --classes per class and per device.
+    /// overall, macro F1, and with --classes per class, per device and per device tag.
     Accuracy {
         #[command(flatten)]
         server: ServerArgs,

@@ -369,6 +369,12 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
                             d.name, d.labelled, d.accuracy
                         );
                     }
+                    for t in &a.tags {
+                        println!(
+                            "  tag {:<19} {:>5} labelled, accuracy {:.4}",
+                            t.name, t.labelled, t.accuracy
+                        );
+                    }
                 }
             }
             Ok(())

@@ -261,6 +261,9 @@ pub struct VersionAccuracy {
     pub classes: Vec<ClassMetrics>,
     /// Per device.
     pub devices: Vec<GroupAccuracy>,
+    /// Per device tag (`site=berlin`), over the devices carrying it now.
+    #[serde(default)]
+    pub tags: Vec<GroupAccuracy>,
     /// Per time window of the query's `window_ms` (by prediction time),
     /// oldest first; empty without `window_ms`.
     pub windows: Vec<WindowAccuracy>,
@@ -333,11 +336,11 @@ pub struct ClassMetrics {
     pub f1: Option<f64>,
 }
 
-/// Accuracy of one group (a device).
+/// Accuracy of one group (a device, or the devices with one tag).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupAccuracy {
-    /// The group (device id).
+    /// The group (a device id, or a tag as `key=value`).
     pub name: String,
     /// Labelled predictions.
     pub labelled: u64,
