@@ -216,7 +216,10 @@ fn labels_from_devices_give_accuracy_per_version() {
     }
     // Both gateways are in Berlin; the library one is a Jetson.
     let tags = |pairs: &[(&str, &str)]| -> edgeml_fleet::Tags {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     f.client
         .set_device_tags("gt-http", &tags(&[("site", "berlin")]))
@@ -261,7 +264,12 @@ fn labels_from_devices_give_accuracy_per_version() {
     let lib = v1.devices.iter().find(|d| d.name == "gt-lib").unwrap();
     assert_eq!((lib.labelled, lib.correct), (6, 3));
     // Per tag: over the devices carrying it.
-    let tag = |name: &str| v1.tags.iter().find(|t| t.name == name).map(|t| (t.labelled, t.correct));
+    let tag = |name: &str| {
+        v1.tags
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| (t.labelled, t.correct))
+    };
     assert_eq!(tag("hw=jetson"), Some((6, 3)));
     let http_v1 = v1.devices.iter().find(|d| d.name == "gt-http").unwrap();
     assert_eq!(

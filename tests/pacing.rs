@@ -29,7 +29,14 @@ fn publish(f: &Fleet, r: &Release) {
     f.publish_release(env.to_vec()).unwrap();
 }
 
-fn paced(f: &Fleet, bundle: &[u8], version: &str, steps: &[f64], secs: u64, devices: u32) -> Release {
+fn paced(
+    f: &Fleet,
+    bundle: &[u8],
+    version: &str,
+    steps: &[f64],
+    secs: u64,
+    devices: u32,
+) -> Release {
     let mut r = f.release_for(bundle, version, *steps.last().unwrap());
     r.schedule = Some(Schedule {
         steps: steps.to_vec(),
@@ -64,7 +71,14 @@ fn release_targets_devices_by_tag_and_admin_tags_retarget_them() {
     }
     // The server sees each device's own tags.
     let devices = f.client.fleet_devices().unwrap();
-    let seen = |id: &str| devices.iter().find(|d| d.device_id == id).unwrap().tags.clone();
+    let seen = |id: &str| {
+        devices
+            .iter()
+            .find(|d| d.device_id == id)
+            .unwrap()
+            .tags
+            .clone()
+    };
     assert_eq!(seen("gw-paris"), tags(&[("site", "paris"), ("hw", "rpi4")]));
     assert!(seen("gw-bare").is_empty());
 
@@ -108,11 +122,17 @@ fn release_targets_devices_by_tag_and_admin_tags_retarget_them() {
     // report brings the new ones.
     let _ = paris.poll();
     assert!(
-        matches!(paris.poll(), Ok(PollOutcome::Installed(_)) | Ok(PollOutcome::UpToDate)),
+        matches!(
+            paris.poll(),
+            Ok(PollOutcome::Installed(_)) | Ok(PollOutcome::UpToDate)
+        ),
         "the retagged device takes the release"
     );
     assert_eq!(version_of(&paris).as_deref(), Some("1.1.0"));
-    assert!(matches!(bare.poll(), Ok(PollOutcome::NotModified | PollOutcome::NotInRollout)));
+    assert!(matches!(
+        bare.poll(),
+        Ok(PollOutcome::NotModified | PollOutcome::NotInRollout)
+    ));
     assert_eq!(version_of(&bare).as_deref(), Some("1.0.0"));
 
     // Unknown devices and invalid tags are refused.
@@ -120,12 +140,18 @@ fn release_targets_devices_by_tag_and_admin_tags_retarget_them() {
         .client
         .set_device_tags("gw-nobody", &tags(&[("site", "x")]))
         .unwrap_err();
-    assert!(matches!(&err, edgeml_client::Error::Refused { status: 404, .. }), "{err}");
+    assert!(
+        matches!(&err, edgeml_client::Error::Refused { status: 404, .. }),
+        "{err}"
+    );
     let err = f
         .client
         .set_device_tags("gw-bare", &tags(&[("site", "two words")]))
         .unwrap_err();
-    assert!(matches!(&err, edgeml_client::Error::Refused { status: 422, .. }), "{err}");
+    assert!(
+        matches!(&err, edgeml_client::Error::Refused { status: 422, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -164,7 +190,13 @@ fn paced_rollout_grows_step_by_step_after_each_step_passes() {
     }
     let r = paced(
         &f,
-        &f.sign(pack_custom(&DIGITS_IMAGE, "1.1.0", None, vec![self_test_png("7")], |_| {})),
+        &f.sign(pack_custom(
+            &DIGITS_IMAGE,
+            "1.1.0",
+            None,
+            vec![self_test_png("7")],
+            |_| {},
+        )),
         "1.1.0",
         &[20.0, 50.0, 100.0],
         1,
@@ -182,7 +214,12 @@ fn paced_rollout_grows_step_by_step_after_each_step_passes() {
             .filter(|a| r.includes(a.device_id(), &none, Some(i as u32)))
             .map(|a| a.device_id().to_string())
             .collect();
-        assert_eq!(on(&agents, "1.1.0"), expected, "exactly step {}'s {share}%", i + 1);
+        assert_eq!(
+            on(&agents, "1.1.0"),
+            expected,
+            "exactly step {}'s {share}%",
+            i + 1
+        );
         assert!(expected.len() >= previous);
         previous = expected.len();
         if i < 2 {
@@ -200,7 +237,10 @@ fn paced_rollout_grows_step_by_step_after_each_step_passes() {
         .into_iter()
         .filter(|d| d.source == DecisionSource::Pacer)
         .collect();
-    assert_eq!(steps.iter().map(|d| d.step).collect::<Vec<_>>(), [Some(1), Some(2)]);
+    assert_eq!(
+        steps.iter().map(|d| d.step).collect::<Vec<_>>(),
+        [Some(1), Some(2)]
+    );
     assert!(
         steps[0].reason.as_deref().unwrap().contains("20% -> 50%"),
         "{:?}",
@@ -220,7 +260,14 @@ fn paced_rollout_waits_for_its_step_time_and_operator_promotes_it() {
     for a in &agents {
         a.poll().unwrap();
     }
-    paced(&f, &f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", &[25.0, 100.0], 3600, 1);
+    paced(
+        &f,
+        &f.signed(&DIGITS_IMAGE, "1.1.0"),
+        "1.1.0",
+        &[25.0, 100.0],
+        3600,
+        1,
+    );
     for a in &agents {
         a.poll().unwrap();
     }
@@ -234,10 +281,19 @@ fn paced_rollout_waits_for_its_step_time_and_operator_promotes_it() {
     f.client.rollout("stable", RolloutAction::Resume).unwrap();
     assert_eq!(step(&f), 0);
     let changed = f.client.rollout("stable", RolloutAction::Promote).unwrap();
-    assert_eq!((changed.state, changed.step), (RolloutState::Active, Some(1)));
+    assert_eq!(
+        (changed.state, changed.step),
+        (RolloutState::Active, Some(1))
+    );
     let entry = last_audit(&f, "rollout.promote");
     assert_eq!(entry.actor, "admin");
-    assert_eq!((entry.details["from_step"].as_str(), entry.details["to_step"].as_str()), ("1", "2"));
+    assert_eq!(
+        (
+            entry.details["from_step"].as_str(),
+            entry.details["to_step"].as_str()
+        ),
+        ("1", "2")
+    );
     for a in &agents {
         a.poll().unwrap();
     }
@@ -245,11 +301,27 @@ fn paced_rollout_waits_for_its_step_time_and_operator_promotes_it() {
     // A release without a schedule cannot be promoted, and a halted one
     // must be resumed first.
     f.push(&f.signed(&DIGITS_IMAGE, "1.2.0"), "1.2.0", 50.0);
-    let err = f.client.rollout("stable", RolloutAction::Promote).unwrap_err();
-    assert!(matches!(&err, edgeml_client::Error::Refused { status: 409, .. }), "{err}");
-    paced(&f, &f.signed(&DIGITS_IMAGE, "1.3.0"), "1.3.0", &[25.0, 100.0], 3600, 1);
+    let err = f
+        .client
+        .rollout("stable", RolloutAction::Promote)
+        .unwrap_err();
+    assert!(
+        matches!(&err, edgeml_client::Error::Refused { status: 409, .. }),
+        "{err}"
+    );
+    paced(
+        &f,
+        &f.signed(&DIGITS_IMAGE, "1.3.0"),
+        "1.3.0",
+        &[25.0, 100.0],
+        3600,
+        1,
+    );
     f.client.rollout("stable", RolloutAction::Abort).unwrap();
-    let err = f.client.rollout("stable", RolloutAction::Promote).unwrap_err();
+    let err = f
+        .client
+        .rollout("stable", RolloutAction::Promote)
+        .unwrap_err();
     assert!(
         matches!(&err, edgeml_client::Error::Refused { status: 409, message, .. } if message.contains("resume")),
         "{err}"
@@ -292,7 +364,10 @@ fn abort_criteria_halt_rollout_once_failure_share_is_reached_after_n_devices() {
         .unwrap();
     assert_eq!(halt.source, DecisionSource::Abort);
     let reason = halt.reason.unwrap();
-    assert!(reason.contains("2 of 2 device(s)") && reason.contains("50%"), "{reason}");
+    assert!(
+        reason.contains("2 of 2 device(s)") && reason.contains("50%"),
+        "{reason}"
+    );
     assert_eq!(last_audit(&f, "rollout.halt").details["source"], "abort");
     // The devices that did not take it wait; every device serves 1.0.0.
     for a in &agents[2..] {

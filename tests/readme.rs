@@ -236,3 +236,100 @@ fn readme_server_at_scale_walkthrough_runs() {
     assert!(lines.contains(&"401"), "{stdout}");
     assert!(stdout.contains(r#"{"decisions":[]}"#), "{stdout}");
 }
+
+/// The "## Retraining" section's `sh` blocks: drift and an accuracy drop on
+/// two gateways, labelled samples exported as Parquet, a retrained model
+/// packed with its card, and a paced rollout that takes it to the fleet.
+/// Retraining needs Python with scikit-learn, skl2onnx and pyarrow
+/// (`.ci/run` installs them); elsewhere the test says it is skipped.
+#[test]
+fn readme_retraining_walkthrough_runs() {
+    let python_ok = std::process::Command::new("python3")
+        .args(["-c", "import sklearn, skl2onnx, onnx, pyarrow, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install numpy scikit-learn skl2onnx onnx pyarrow for the retraining walkthrough"
+        );
+        eprintln!("skipped: python3 lacks scikit-learn, skl2onnx, onnx or pyarrow");
+        return;
+    }
+    let (tmp, stdout) = run_section("Retraining", "set -e\n");
+    // The server flags the shifted features.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("DRIFT: ") && l.contains("temperature_c")),
+        "{stdout}"
+    );
+    // Maintenance's labels all found their samples.
+    assert!(
+        stdout.contains("matched a stored sample, 0 did not"),
+        "{stdout}"
+    );
+    // The retrained model beats the old one on the held-out drift samples,
+    // and its card (in the signed manifest) says so.
+    let retrain = stdout
+        .lines()
+        .find(|l| l.starts_with("retrain: accuracy on"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let nums: Vec<f64> = retrain
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .filter(|v: &f64| *v <= 1.0 && v.fract() != 0.0)
+        .collect();
+    assert!(nums.len() >= 2 && nums[0] > nums[1] + 0.05, "{retrain}");
+    assert!(tmp.path().join("retrained/card.toml").is_file());
+    // On the same shifted readings, after the first step: 1.1.0 right more
+    // often than 1.0.0 (both ran).
+    let after_push = stdout
+        .split("pushed sensor 1.1.0")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // The first fleet view, during the first step: one pump on each version.
+    assert!(after_push.contains("at 50% (step 1 of 2"), "{stdout}");
+    let rate = |version: &str| -> f64 {
+        let line = after_push
+            .lines()
+            .filter(|l| l.starts_with("plant: ") && l.contains(&format!("sensor {version}:")))
+            .last()
+            .unwrap_or_else(|| panic!("no plant line for {version}: {stdout}"));
+        line.rsplit(": ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" right")
+            .parse()
+            .unwrap()
+    };
+    assert!(rate("1.1.0") > rate("1.0.0") + 0.05, "{stdout}");
+    // The pacer took it to the whole fleet, with the gate's evidence.
+    let last = stdout.rsplit("DEVICE").next().unwrap();
+    let on_new = last
+        .lines()
+        .filter(|l| l.starts_with("pump-0") && l.contains(" 1.1.0 ") && l.contains("installed"))
+        .count();
+    assert_eq!(on_new, 2, "{stdout}");
+    assert!(stdout.contains("at 100% (step 2 of 2"), "{stdout}");
+    let step = stdout
+        .lines()
+        .find(|l| l.contains("rollout.step"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(step.contains("gate passed: error rate"), "{step}");
+    // The final table has both versions; 1.1.0 measured higher.
+    let acc = |version: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{version} "))
+                    && l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|n| n.parse::<u64>().is_ok())
+            })
+            .last()
+            .unwrap_or_else(|| panic!("no accuracy line for {version}: {stdout}"));
+        line.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    assert!(acc("1.1.0") > acc("1.0.0"), "{stdout}");
+}

@@ -404,9 +404,9 @@ pub fn calibration_error(bins: &[(u8, u64, u64, f64)]) -> Option<(f64, u64)> {
 #[cfg(test)]
 mod accuracy_tests {
     use super::accuracy;
-    use std::collections::BTreeMap;
     use crate::store::StoredOutcome;
     use edgeml_telemetry::wire::ModelRef;
+    use std::collections::BTreeMap;
 
     fn o(version: &str, device: &str, at: u64, predicted: &str, label: &str) -> StoredOutcome {
         StoredOutcome {
@@ -557,7 +557,10 @@ mod accuracy_tests {
         assert!((e.calibration_error.unwrap() - 0.3).abs() < 1e-6);
         // Logits: most top scores outside [0, 1].
         let logits = [window("1.0.0", 1000, 40.0, 50)];
-        let e = accuracy(&[], &logits, None, &BTreeMap::new())[0].estimated.clone().unwrap();
+        let e = accuracy(&[], &logits, None, &BTreeMap::new())[0]
+            .estimated
+            .clone()
+            .unwrap();
         assert_eq!(e.validity, EstimateValidity::NotProbabilities);
         // A regression's outcomes: MAE and RMSE, no class metrics.
         let mut reg = o("1.0.0", "d1", 1, "x", "3.5");

@@ -150,11 +150,16 @@ pub(crate) fn decision(
         entry.details.insert("reason".into(), r.clone());
     }
     if let Some(step) = d.step {
-        entry.details.insert("from_step".into(), (seen.step + 1).to_string());
-        entry.details.insert("to_step".into(), (step + 1).to_string());
         entry
             .details
-            .insert("share".into(), format!("{}%", seen.release.share(Some(step))));
+            .insert("from_step".into(), (seen.step + 1).to_string());
+        entry
+            .details
+            .insert("to_step".into(), (step + 1).to_string());
+        entry.details.insert(
+            "share".into(),
+            format!("{}%", seen.release.share(Some(step))),
+        );
     }
     entry
 }

@@ -19,8 +19,8 @@ use axum::Json;
 use edgeml_bundle::SecretKey;
 use edgeml_client::wire::fleet::{
     ArtifactStored, BundleStored, ChannelList, ChannelView, DecisionList, DecisionSource,
-    DeviceTags, FleetDevice, FleetDeviceList, ReleasePublished, ReportAccepted, RolloutAction, RolloutChanged,
-    RolloutRequest, RolloutState, RootPublished, StatusReport, UpdateState,
+    DeviceTags, FleetDevice, FleetDeviceList, ReleasePublished, ReportAccepted, RolloutAction,
+    RolloutChanged, RolloutRequest, RolloutState, RootPublished, StatusReport, UpdateState,
 };
 use edgeml_client::wire::ErrorBody;
 use edgeml_fleet::Timestamp;
@@ -905,7 +905,11 @@ async fn put_release(
     if let Some(a) = &release.abort {
         entry.details.insert(
             "abort".into(),
-            format!("{}% failed after {} device(s)", a.failure_share * 100.0, a.min_devices),
+            format!(
+                "{}% failed after {} device(s)",
+                a.failure_share * 100.0,
+                a.min_devices
+            ),
         );
     }
     let store = st.store.clone();
@@ -1177,9 +1181,21 @@ async fn rollout(
     };
     let paced = current.release.schedule.is_some();
     let (state, reason, step) = match action {
-        RolloutAction::Pause => (RolloutState::Paused, "paused by an operator".to_string(), None),
-        RolloutAction::Resume => (RolloutState::Active, "resumed by an operator".to_string(), None),
-        RolloutAction::Abort => (RolloutState::Halted, "aborted by an operator".to_string(), None),
+        RolloutAction::Pause => (
+            RolloutState::Paused,
+            "paused by an operator".to_string(),
+            None,
+        ),
+        RolloutAction::Resume => (
+            RolloutState::Active,
+            "resumed by an operator".to_string(),
+            None,
+        ),
+        RolloutAction::Abort => (
+            RolloutState::Halted,
+            "aborted by an operator".to_string(),
+            None,
+        ),
         RolloutAction::Promote => {
             if !paced {
                 return Err(err(
@@ -1541,15 +1557,52 @@ fn round(st: &AppState, c: &StoredRelease) -> Result<Option<Decision>, String> {
     };
     let devices = st.store.fleet_devices().map_err(|e| e.to_string())?;
     if let Some(reason) = abort_verdict(st, c, &devices)? {
-        return Ok(Some(decision(RolloutState::Halted, DecisionSource::Abort, reason, None)));
+        return Ok(Some(decision(
+            RolloutState::Halted,
+            DecisionSource::Abort,
+            reason,
+            None,
+        )));
     }
-    if c.previous_version.is_some() {
-        if let Some(reason) = judge(st, c, &devices)? {
-            return Ok(Some(decision(RolloutState::Halted, DecisionSource::Canary, reason, None)));
+    let evidence = if c.previous_version.is_some() {
+        match judge(st, c, &devices)? {
+            Gate::Halt(reason) => {
+                return Ok(Some(decision(
+                    RolloutState::Halted,
+                    DecisionSource::Canary,
+                    reason,
+                    None,
+                )))
+            }
+            // A paced rollout waits for the gate to have judged its step.
+            Gate::Waiting => return Ok(None),
+            Gate::Pass(evidence) => evidence,
         }
-    }
-    Ok(next_step(c, &devices, now_ms())
-        .map(|(step, reason)| decision(RolloutState::Active, DecisionSource::Pacer, reason, Some(step))))
+    } else {
+        Vec::new()
+    };
+    Ok(
+        next_step(c, &devices, now_ms(), &evidence).map(|(step, reason)| {
+            decision(
+                RolloutState::Active,
+                DecisionSource::Pacer,
+                reason,
+                Some(step),
+            )
+        }),
+    )
+}
+
+/// What the canary gate found for a rollout with a version before it.
+#[derive(Debug, Clone, PartialEq)]
+enum Gate {
+    /// Worse than the version before: halt, for this reason.
+    Halt(String),
+    /// The cohort sends telemetry, but too little yet to judge.
+    Waiting,
+    /// Nothing worse: what it compared (empty when the cohort sends no
+    /// telemetry, so there was nothing to compare).
+    Pass(Vec<String>),
 }
 
 /// A schedule's steps as `1% -> 10% -> 100%`.
@@ -1564,7 +1617,10 @@ fn steps_text(steps: &[f64]) -> String {
 /// Whether a device's latest report shows it running the bundle `sha256`
 /// after its health check passed.
 fn runs(d: &FleetDevice, sha256: &str) -> bool {
-    d.status.installed.as_ref().is_some_and(|i| i.sha256 == sha256)
+    d.status
+        .installed
+        .as_ref()
+        .is_some_and(|i| i.sha256 == sha256)
         && matches!(d.status.state, UpdateState::Installed | UpdateState::Idle)
 }
 
@@ -1572,8 +1628,14 @@ fn runs(d: &FleetDevice, sha256: &str) -> bool {
 /// passed: the schedule's minimum time at the step, and its minimum number
 /// of devices (or every device the step includes, if fewer) running the
 /// release after their health checks. The canary gate has judged the
-/// rollout first; a halt stops it before it can grow.
-fn next_step(c: &StoredRelease, devices: &[FleetDevice], now_ms: u64) -> Option<(u32, String)> {
+/// rollout first (`evidence` is what it compared); a halt, or a cohort
+/// whose telemetry is too thin to judge yet, stops it before it can grow.
+fn next_step(
+    c: &StoredRelease,
+    devices: &[FleetDevice],
+    now_ms: u64,
+    evidence: &[String],
+) -> Option<(u32, String)> {
     let schedule = c.release.schedule.as_ref()?;
     if c.step >= c.release.last_step() {
         return None;
@@ -1598,7 +1660,7 @@ fn next_step(c: &StoredRelease, devices: &[FleetDevice], now_ms: u64) -> Option<
     Some((
         next,
         format!(
-            "step {} -> {} of {} ({}% -> {}%): {running} of {} device(s) in the step run {} {}, {} s at the step",
+            "step {} -> {} of {} ({}% -> {}%): {running} of {} device(s) in the step run {} {}, {} s at the step{}",
             c.step + 1,
             next + 1,
             c.release.last_step() + 1,
@@ -1607,7 +1669,12 @@ fn next_step(c: &StoredRelease, devices: &[FleetDevice], now_ms: u64) -> Option<
             included.len(),
             c.release.model,
             c.release.model_version,
-            waited / 1000
+            waited / 1000,
+            if evidence.is_empty() {
+                String::new()
+            } else {
+                format!("; gate passed: {}", evidence.join("; "))
+            }
         ),
     ))
 }
@@ -1685,18 +1752,14 @@ fn cohort(
         .collect())
 }
 
-/// Why the rollout of `c` should halt, if it should.
+/// Whether the rollout of `c` should halt, and what the gate compared.
 ///
 /// Evidence for the new version comes only from devices the server served
 /// its bundle to, and only from the rollout's evidence window (since it
 /// started or was last resumed). Error rates are weighted by device, not by
 /// request: each device's own rate counts once, so one chatty device cannot
 /// decide, and a halt needs enough distinct devices above the margin.
-fn judge(
-    st: &AppState,
-    c: &StoredRelease,
-    devices: &[FleetDevice],
-) -> Result<Option<String>, String> {
+fn judge(st: &AppState, c: &StoredRelease, devices: &[FleetDevice]) -> Result<Gate, String> {
     let policy = &st.settings.fleet.canary;
     let model = &c.release.model;
     let new_version = c.release.model_version.to_string();
@@ -1717,8 +1780,24 @@ fn judge(
     let old_w = windows(&old_version)?;
     let (new_s, old_s) = (per_device(&new_w), per_device(&old_w));
     let new_count: u64 = new_s.iter().map(|d| d.1.count).sum();
+    if new_w.is_empty() {
+        // A fleet that sends telemetry for this model will send some for
+        // the new version: wait for it. One that never sent any has
+        // nothing to compare.
+        let telemetry = st
+            .store
+            .models()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|m| m.model.name == *model && m.model.version == old_version);
+        return Ok(if telemetry {
+            Gate::Waiting
+        } else {
+            Gate::Pass(Vec::new())
+        });
+    }
     if new_count < policy.min_predictions {
-        return Ok(None);
+        return Ok(Gate::Waiting);
     }
     let old_rate = mean_rate(&old_s);
     let new_rate = mean_rate(&new_s);
@@ -1728,7 +1807,7 @@ fn judge(
         .map(|(d, _)| d.as_str())
         .collect();
     if new_rate > old_rate + policy.error_rate_margin && policy.enough(worse.len(), cohort.len()) {
-        return Ok(Some(format!(
+        return Ok(Gate::Halt(format!(
             "canary: error rate {:.1}% on {model} {new_version} (mean of {} devices, {new_count} predictions; above the margin: {}) vs {:.1}% on {old_version}, margin {:.1} points",
             new_rate * 100.0,
             new_s.len(),
@@ -1737,8 +1816,15 @@ fn judge(
             policy.error_rate_margin * 100.0
         )));
     }
-    if let Some(reason) = accuracy_verdict(st, c, &cohort, &new_w, &old_w)? {
-        return Ok(Some(reason));
+    let mut evidence = vec![format!(
+        "error rate {:.1}% vs {:.1}% on {old_version} ({new_count} predictions)",
+        new_rate * 100.0,
+        old_rate * 100.0
+    )];
+    match accuracy_verdict(st, c, &cohort, &new_w, &old_w)? {
+        Accuracy::Halt(reason) => return Ok(Gate::Halt(reason)),
+        Accuracy::Pass(compared) => evidence.push(compared),
+        Accuracy::Unknown => {}
     }
     let models = st.store.models().map_err(|e| e.to_string())?;
     let max_psi =
@@ -1761,11 +1847,14 @@ fn judge(
                 .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p)))))
         };
     let Some(new_psi) = max_psi(&new_version, &new_w)? else {
-        return Ok(None);
+        return Ok(Gate::Pass(evidence));
     };
     let old_psi = max_psi(&old_version, &old_w)?.unwrap_or(0.0);
+    evidence.push(format!(
+        "largest feature PSI {new_psi:.2} vs {old_psi:.2} on {old_version}"
+    ));
     if new_psi <= old_psi + policy.psi_margin {
-        return Ok(None);
+        return Ok(Gate::Pass(evidence));
     }
     // Drift seen fleet-wide: halt only if enough distinct devices drift on
     // their own (one device fed odd data cannot halt the rollout).
@@ -1781,13 +1870,23 @@ fn judge(
         }
     }
     if !policy.enough(drifted.len(), cohort.len()) {
-        return Ok(None);
+        return Ok(Gate::Pass(evidence));
     }
-    Ok(Some(format!(
+    Ok(Gate::Halt(format!(
         "canary: drift on {model} {new_version}: largest feature PSI {new_psi:.2} vs {old_psi:.2} on {old_version}, margin {:.2}; drifting devices: {}",
         policy.psi_margin,
         drifted.join(", ")
     )))
+}
+
+/// What the gate's accuracy check found.
+enum Accuracy {
+    /// Worse by more than the margin on enough devices: halt, for this reason.
+    Halt(String),
+    /// Not worse: what was compared.
+    Pass(String),
+    /// Too few labels and no estimate that holds.
+    Unknown,
 }
 
 /// Why the new version's accuracy should halt the rollout, if it should:
@@ -1803,7 +1902,7 @@ fn accuracy_verdict(
     cohort: &std::collections::HashSet<String>,
     new_w: &[crate::store::StoredWindow],
     old_w: &[crate::store::StoredWindow],
-) -> Result<Option<String>, String> {
+) -> Result<Accuracy, String> {
     use edgeml_client::wire::telemetry::EstimateValidity;
     let policy = &st.settings.fleet.canary;
     let model = &c.release.model;
@@ -1839,7 +1938,7 @@ fn accuracy_verdict(
             .map(|(d, l, r)| format!("{d} {:.1}% of {l}", *r as f64 / *l as f64 * 100.0))
             .collect();
         if new_acc < limit(old_acc) && policy.enough(worse.len(), cohort.len()) {
-            return Ok(Some(format!(
+            return Ok(Accuracy::Halt(format!(
                 "canary: measured accuracy {:.1}% on {model} {new_version} ({new_l} labelled predictions from {} devices; below the margin: {}) vs {:.1}% on {old_version} ({old_l} labelled), margin {:.1} points",
                 new_acc * 100.0,
                 new_s.devices.len(),
@@ -1848,7 +1947,11 @@ fn accuracy_verdict(
                 policy.accuracy_margin * 100.0
             )));
         }
-        return Ok(None);
+        return Ok(Accuracy::Pass(format!(
+            "measured accuracy {:.1}% ({new_l} labelled) vs {:.1}% on {old_version} ({old_l} labelled)",
+            new_acc * 100.0,
+            old_acc * 100.0
+        )));
     }
     // Not enough labels: the estimate, where it holds.
     let estimated = |windows: &[crate::store::StoredWindow],
@@ -1878,10 +1981,15 @@ fn accuracy_verdict(
         }
     };
     let (Some(new_e), Some(old_e)) = (estimated(new_w, &new_s.calibration), old_e) else {
-        return Ok(None);
+        return Ok(Accuracy::Unknown);
     };
+    let compared = format!(
+        "estimated accuracy {:.1}% vs {:.1}% on {old_version}",
+        new_e.accuracy * 100.0,
+        old_e.accuracy * 100.0
+    );
     if new_e.accuracy >= limit(old_e.accuracy) {
-        return Ok(None);
+        return Ok(Accuracy::Pass(compared));
     }
     let mut worse = Vec::new();
     for device in cohort {
@@ -1898,9 +2006,9 @@ fn accuracy_verdict(
     }
     worse.sort();
     if !policy.enough(worse.len(), cohort.len()) {
-        return Ok(None);
+        return Ok(Accuracy::Pass(compared));
     }
-    Ok(Some(format!(
+    Ok(Accuracy::Halt(format!(
         "canary: estimated accuracy (CBPE, mean top score; {}) {:.1}% on {model} {new_version} ({} predictions; below the margin: {}) vs {:.1}% on {old_version}, margin {:.1} points",
         new_e.reason,
         new_e.accuracy * 100.0,

@@ -73,11 +73,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => crate::fleet::push(&args),
         Command::Rollout(args) => crate::fleet::rollout(&args),
         Command::Fleet {
-            command: Some(FleetCommand::Tag {
-                device,
-                tags,
-                server,
-            }),
+            command:
+                Some(FleetCommand::Tag {
+                    device,
+                    tags,
+                    server,
+                }),
             ..
         } => crate::fleet::tag(&server, &device, &tags),
         Command::Fleet {

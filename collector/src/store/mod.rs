@@ -306,8 +306,12 @@ pub trait FleetStore: Send + Sync + 'static {
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError>;
     /// Set the tags an admin gives an enrolled device (replacing those
     /// set before). False, and nothing stored, for a device not enrolled.
-    fn set_device_tags(&self, device_id: &str, tags: &Tags, now_ms: u64)
-        -> Result<bool, StoreError>;
+    fn set_device_tags(
+        &self,
+        device_id: &str,
+        tags: &Tags,
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
     /// A device's tags: those its latest report names, with those an admin
     /// set in their place (empty for a device never heard of).
     fn device_tags(&self, device_id: &str) -> Result<Tags, StoreError>;

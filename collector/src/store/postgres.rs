@@ -7,6 +7,7 @@
 //! updates (`WHERE state = 'active'`) let only one replica halt a rollout,
 //! and unique keys make ingest and enrolment idempotent under races.
 
+use super::{device_tags, fleet_device, DeviceInfo, DeviceModel, ModelVersionInfo};
 use super::{
     filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, u, Arg, Decision,
     Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
@@ -16,7 +17,6 @@ use super::{
     AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, OutcomeSummary, StoredOutcome,
     OUTCOME_COLUMNS, SAMPLE_LABEL,
 };
-use super::{device_tags, fleet_device, DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
 use edgeml_fleet::{Release, Tags};
 use edgeml_telemetry::wire::{Batch, IngestResponse, ModelRef, RecordBody};

@@ -1,5 +1,6 @@
 //! The embedded SQLite store: one file, WAL mode, one connection.
 
+use super::{device_tags, fleet_device, DeviceInfo, DeviceModel, ModelVersionInfo};
 use super::{
     filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, u, Arg, Decision,
     Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
@@ -9,7 +10,6 @@ use super::{
     AuditEntry, AuditHead, AuditRow, AuditStore, NewAuditEntry, OutcomeSummary, StoredOutcome,
     OUTCOME_COLUMNS, SAMPLE_LABEL,
 };
-use super::{device_tags, fleet_device, DeviceInfo, DeviceModel, ModelVersionInfo};
 use edgeml_client::wire::fleet::{FleetDevice, StatusReport};
 use edgeml_fleet::{Release, Tags};
 use edgeml_telemetry::wire::{Batch, IngestResponse, ModelRef, RecordBody};
@@ -1015,9 +1015,10 @@ impl FleetStore for SqliteStore {
 
     fn fleet_devices(&self) -> Result<Vec<FleetDevice>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT s.device_id, s.report, s.updated_ms, t.tags FROM fleet_status s
-                      LEFT JOIN device_tags t ON t.device_id = s.device_id ORDER BY s.device_id")?;
+        let mut stmt = conn.prepare(
+            "SELECT s.device_id, s.report, s.updated_ms, t.tags FROM fleet_status s
+                      LEFT JOIN device_tags t ON t.device_id = s.device_id ORDER BY s.device_id",
+        )?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -1043,7 +1044,9 @@ impl FleetStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let conn = self.conn();
         let known: Option<i64> = conn
-            .query_row("SELECT 1 FROM devices WHERE id = ?1", [device_id], |r| r.get(0))
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [device_id], |r| {
+                r.get(0)
+            })
             .optional()?;
         if known.is_none() {
             return Ok(false);

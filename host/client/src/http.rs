@@ -3,8 +3,8 @@
 use crate::wire::audit::{AuditEntry, AuditHead, AuditPage};
 use crate::wire::fleet::{
     ArtifactStored, BundleStored, ChannelList, ChannelStatus, ChannelView, DeviceTags, FleetDevice,
-    FleetDeviceList, ReleasePublished, RolloutAction, RolloutChanged, RolloutRequest,
-    ReportAccepted, RootPublished, StatusReport,
+    FleetDeviceList, ReleasePublished, ReportAccepted, RolloutAction, RolloutChanged,
+    RolloutRequest, RootPublished, StatusReport,
 };
 use crate::wire::telemetry::{
     self as tw, AccuracyResponse, DeviceInfo, DriftResponse, Enrolled, LabelsReceived,

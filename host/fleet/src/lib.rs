@@ -44,8 +44,9 @@ pub mod target;
 
 pub use error::{Error, Result};
 pub use metadata::{
-    rollout_bucket, AbortCriteria, ArtifactRef, BundleRef, Envelope, Payload, Release, Role, Roles, Root,
-    RootUpdate, Schedule, Signature, Timestamp, TrustedRoot, MAX_RELEASE_VERSION, MAX_ROOT_UPDATES,
+    rollout_bucket, AbortCriteria, ArtifactRef, BundleRef, Envelope, Payload, Release, Role, Roles,
+    Root, RootUpdate, Schedule, Signature, Timestamp, TrustedRoot, MAX_RELEASE_VERSION,
+    MAX_ROOT_UPDATES,
 };
 pub use target::{check_tags, parse_tags, Selector, Tags};
 

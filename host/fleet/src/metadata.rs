@@ -569,7 +569,8 @@ impl Schedule {
     /// Steps growing by `rate` from `start` percent (`1, 2, 4, ... 100`
     /// for 1 and 2), ending at `end`.
     pub fn exponential(start: f64, rate: f64, end: f64) -> Result<Vec<f64>> {
-        if !(start > 0.0 && start <= end && end <= 100.0) || !(rate > 1.0) {
+        let valid = start > 0.0 && start <= end && end <= 100.0 && rate > 1.0;
+        if !valid {
             return Err(Error::InvalidSchedule(format!(
                 "an exponential schedule needs 0 < start ({start}) <= end ({end}) <= 100 and a rate above 1 ({rate})"
             )));
@@ -709,10 +710,7 @@ impl Release {
         if !(0.0..=100.0).contains(&self.rollout_percent) {
             return Err(Error::Malformed {
                 what: "release",
-                reason: format!(
-                    "rollout_percent {} is not in 0..=100",
-                    self.rollout_percent
-                ),
+                reason: format!("rollout_percent {} is not in 0..=100", self.rollout_percent),
             });
         }
         if let Some(t) = &self.target {

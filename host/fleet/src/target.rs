@@ -48,7 +48,9 @@ fn check_word(word: &str, what: &str, may_be_empty: bool) -> std::result::Result
         return Err(format!("{what} is empty"));
     }
     if word.len() > MAX_TAG_LEN {
-        return Err(format!("{what} `{word}` is longer than {MAX_TAG_LEN} bytes"));
+        return Err(format!(
+            "{what} `{word}` is longer than {MAX_TAG_LEN} bytes"
+        ));
     }
     if let Some(c) = word
         .chars()
@@ -82,9 +84,9 @@ pub fn check_tags(tags: &Tags) -> Result<()> {
 pub fn parse_tags<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Tags> {
     let mut tags = Tags::new();
     for pair in pairs {
-        let (k, v) = pair.split_once('=').ok_or_else(|| {
-            Error::InvalidTags(format!("`{pair}` is not `key=value`"))
-        })?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::InvalidTags(format!("`{pair}` is not `key=value`")))?;
         tags.insert(k.trim().to_string(), v.trim().to_string());
     }
     check_tags(&tags)?;
@@ -274,7 +276,11 @@ impl FromStr for Selector {
                                     i += 1;
                                     break;
                                 }
-                                _ => return Err(invalid(format!("expected `,` or `)` in the `{op}` list"))),
+                                _ => {
+                                    return Err(invalid(format!(
+                                        "expected `,` or `)` in the `{op}` list"
+                                    )))
+                                }
                             }
                         }
                         if not {

@@ -437,7 +437,10 @@ fn rollout_share_is_stable_and_monotonic() {
     let devices: Vec<String> = (0..2000).map(|i| format!("gw-{i}")).collect();
     let no_tags = crate::Tags::new();
     r.rollout_percent = 10.0;
-    let ten: Vec<_> = devices.iter().filter(|d| r.includes(d, &no_tags, None)).collect();
+    let ten: Vec<_> = devices
+        .iter()
+        .filter(|d| r.includes(d, &no_tags, None))
+        .collect();
     assert!(
         (150..=250).contains(&ten.len()),
         "{} of 2000 at 10%",
@@ -573,7 +576,12 @@ fn release_target_limits_rollout_to_matching_tags() {
     let t = trusted(&k, 1);
     r.target = Some("site in (berlin".into());
     let err = t
-        .verify_release(&signed(&r, &[&k.release[0]]), "stable", SystemTime::now(), None)
+        .verify_release(
+            &signed(&r, &[&k.release[0]]),
+            "stable",
+            SystemTime::now(),
+            None,
+        )
         .unwrap_err();
     assert!(matches!(err, Error::InvalidSelector { .. }), "{err}");
 }
@@ -594,9 +602,17 @@ fn schedule_steps_bound_the_share_the_server_can_name() {
     assert_eq!(r.last_step(), 2);
     let devices: Vec<String> = (0..2000).map(|i| format!("gw-{i}")).collect();
     let none = crate::Tags::new();
-    let at = |step| devices.iter().filter(|d| r.includes(d, &none, step)).count();
+    let at = |step| {
+        devices
+            .iter()
+            .filter(|d| r.includes(d, &none, step))
+            .count()
+    };
     let (one, ten, fifty, beyond) = (at(Some(0)), at(Some(1)), at(Some(2)), at(Some(7)));
-    assert!(one < ten && ten < fifty && fifty == beyond, "{one} {ten} {fifty} {beyond}");
+    assert!(
+        one < ten && ten < fifty && fifty == beyond,
+        "{one} {ten} {fifty} {beyond}"
+    );
     assert!((850..=1150).contains(&fifty), "{fifty}");
 }
 
@@ -618,7 +634,12 @@ fn rejects_release_with_inconsistent_schedule() {
             min_step_devices: 1,
         });
         let err = t
-            .verify_release(&signed(&r, &[&k.release[0]]), "stable", SystemTime::now(), None)
+            .verify_release(
+                &signed(&r, &[&k.release[0]]),
+                "stable",
+                SystemTime::now(),
+                None,
+            )
             .unwrap_err();
         assert!(matches!(err, Error::InvalidSchedule(_)), "{steps:?}: {err}");
     }
@@ -628,7 +649,12 @@ fn rejects_release_with_inconsistent_schedule() {
         min_devices: 3,
     });
     let err = t
-        .verify_release(&signed(&r, &[&k.release[0]]), "stable", SystemTime::now(), None)
+        .verify_release(
+            &signed(&r, &[&k.release[0]]),
+            "stable",
+            SystemTime::now(),
+            None,
+        )
         .unwrap_err();
     assert!(matches!(err, Error::InvalidSchedule(_)), "{err}");
 }
