@@ -181,6 +181,7 @@ fn overhead(quick: bool, tmp: &Path) {
             Ok(Observed {
                 monitoring: &monitoring,
                 scores: &scores,
+                value: None,
             }),
             None,
             || None,
@@ -383,6 +384,7 @@ fn bytes_per_day(tmp: &Path) {
         builder.add(Observed {
             monitoring: v,
             scores: &[(0, 0.9), (1, 0.1)],
+            value: None,
         });
     }
     let baseline = builder.build();
@@ -423,6 +425,7 @@ fn bytes_per_day(tmp: &Path) {
                     Ok(Observed {
                         monitoring: &values,
                         scores: &[(0, 0.5 + top / 2.0), (1, 0.5 - top / 2.0)],
+                        value: None,
                     }),
                     None,
                     || None,

@@ -40,35 +40,19 @@ def session(path):
 # The pump's simulated readings live next to the model, shared with the
 # retraining walkthrough's plant simulator and retraining script.
 sys.path.insert(0, os.path.join(HERE, "sensor"))
-from pump import SENSOR_CLASSES, SENSOR_COLUMNS, sensor_readings  # noqa: E402
+from pump import SENSOR_CLASSES, SENSOR_COLUMNS, save_onnx, sensor_readings, train  # noqa: E402
 
 
 def build_sensor():
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.preprocessing import StandardScaler
-    from skl2onnx import to_onnx
-
     out = os.path.join(HERE, "sensor")
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(SEED)
     x_tr, y_tr = sensor_readings(rng, 4000)
     x_te, y_te = sensor_readings(rng, 1000)
-    scaler = StandardScaler().fit(x_tr)
-    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=800, random_state=SEED)
-    clf.fit(scaler.transform(x_tr), y_tr)
-    # fold the scaler into the first layer, so the graph is plain ONNX
-    # (skl2onnx would emit the ai.onnx.ml Scaler op)
-    w = clf.coefs_[0] / scaler.scale_[:, None]
-    clf.intercepts_[0] = clf.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ clf.coefs_[0]
-    clf.coefs_[0] = w
+    clf = train(x_tr, y_tr)
     print("sensor: held-out accuracy = %.4f" % clf.score(x_te, y_te))
-    onx = to_onnx(clf, x_tr[:1], options={id(clf): {"zipmap": False}}, target_opset=15)
-    for vi in list(onx.graph.input) + list(onx.graph.output):
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.dim_value and not d.dim_param:
-                d.dim_param = "N"
     path = os.path.join(out, "sensor.onnx")
-    onnx.save(onx, path)
+    save_onnx(clf, path)
     # reference (what the model was trained on), live data from the same
     # machine, and live data after the shift; all float32 [N, 6]
     np.save(os.path.join(out, "reference.npy"), x_tr[:1000])

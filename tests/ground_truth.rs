@@ -656,3 +656,62 @@ fn regression_labels_give_mean_absolute_error() {
     // No classes for a regression.
     assert_eq!((v.labelled, v.accuracy, v.classes.len()), (0, None, 0));
 }
+
+#[test]
+fn batch_labels_give_regression_error_from_sampled_outputs() {
+    // Samples keep a regression's first output value, so true values
+    // uploaded later (not given on the device) give its error too.
+    let f = Fleet::new();
+    let id = "reg-batch";
+    let (rt, t) = telemetry_runtime_with(&f, id, |tc| {
+        tc.window = Duration::from_secs(60);
+        tc.samples = Some(edgeml_runtime::telemetry::SampleConfig {
+            per_window: 16,
+            ..Default::default()
+        });
+    });
+    let mut c = f.agent_config(id);
+    c.identity_dir = Some(t.config().dir.clone());
+    let a = Agent::open(c, rt).unwrap();
+    let mut r = f.release_for(&f.signed(&TRIVIAL, "1.0.0"), "1.0.0", 100.0);
+    r.model = "trivial".into();
+    let env = edgeml_fleet::Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
+    f.publish_release(env.to_vec()).unwrap();
+    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    let predict = |x: [f32; 4]| {
+        a.predict(edgeml_runtime::Input::Tensors(vec![
+            edgeml_runtime::Tensor::from_f32("x", vec![1, 4], &x),
+        ]))
+        .unwrap()
+    };
+    // First output values 2 and 1; true values 3 and 1: errors 1 and 0.
+    let (p1, p2, p3) = (
+        predict([1.0, 2.0, 3.0, 4.0]),
+        predict([0.0; 4]),
+        predict([0.0; 4]),
+    );
+    t.flush(Duration::from_secs(20));
+    let labels = json!([
+        {"prediction_id": p1.id, "label": "3"},
+        {"prediction_id": p2.id, "label": "1.0"},
+        {"prediction_id": p3.id, "label": "high"},
+    ]);
+    let got = f
+        .client
+        .upload_labels(serde_json::to_vec(&labels).unwrap(), "application/json")
+        .unwrap();
+    // A regression's sample takes only a number as its truth.
+    assert_eq!((got.received, got.matched, got.unmatched), (3, 2, 1));
+    assert_eq!(got.unmatched_ids, [p3.id.clone()]);
+    let acc = f
+        .client
+        .accuracy("trivial", None, &Range::default(), None)
+        .unwrap();
+    let reg = acc.versions[0]
+        .regression
+        .as_ref()
+        .expect("a regression error");
+    assert_eq!(reg.labelled, 2);
+    assert!((reg.mae - 0.5).abs() < 1e-9, "{reg:?}");
+    assert!((reg.rmse - 0.5f64.sqrt()).abs() < 1e-9, "{reg:?}");
+}

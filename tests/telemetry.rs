@@ -1011,6 +1011,7 @@ fn rejects_malformed_batch_and_stores_none_of_it() {
             reason: wire::SampleReason::Reservoir,
             prediction: None,
             prediction_id: None,
+            value: None,
             input: SampleInput::Tensors {
                 tensors: vec![wire::TensorData::new(
                     "X",
@@ -1122,6 +1123,7 @@ fn openapi_json_documents_every_route_and_only_routes() {
         "POST /v1/fleet/channels/{channel}/rollout",
         "POST /v1/fleet/report",
         "GET /v1/fleet/devices",
+        "PUT /v1/fleet/devices/{device}/tags",
         "GET /v1/fleet/decisions",
         "GET /v1/audit",
         "GET /v1/models/{name}/accuracy",
@@ -1139,7 +1141,8 @@ fn openapi_json_documents_every_route_and_only_routes() {
             .replace("{name}", "digits")
             .replace("{version}", "1")
             .replace("{sha256}", &digest)
-            .replace("{channel}", "stable");
+            .replace("{channel}", "stable")
+            .replace("{device}", "gw-1");
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let resp = http()
             .request(method, format!("{}{path}", a.server.url()))

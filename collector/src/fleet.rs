@@ -896,7 +896,7 @@ async fn put_release(
         entry.details.insert("target".into(), t.clone());
     }
     if let Some(s) = &release.schedule {
-        entry.details.insert("steps".into(), steps_text(&s.steps));
+        entry.details.insert("steps".into(), s.steps_text());
         entry.details.insert(
             "step_gate".into(),
             format!("{} s, {} device(s)", s.min_step_secs, s.min_step_devices),
@@ -1603,15 +1603,6 @@ enum Gate {
     /// Nothing worse: what it compared (empty when the cohort sends no
     /// telemetry, so there was nothing to compare).
     Pass(Vec<String>),
-}
-
-/// A schedule's steps as `1% -> 10% -> 100%`.
-fn steps_text(steps: &[f64]) -> String {
-    steps
-        .iter()
-        .map(|p| format!("{p}%"))
-        .collect::<Vec<_>>()
-        .join(" -> ")
 }
 
 /// Whether a device's latest report shows it running the bundle `sha256`

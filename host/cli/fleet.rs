@@ -322,7 +322,7 @@ pub fn push(args: &PushArgs) -> Result<()> {
         match &release.schedule {
             Some(s) => format!(
                 "in steps {} (next step after {} with {} device(s) running it)",
-                steps_text(&s.steps),
+                s.steps_text(),
                 args.step_time,
                 s.min_step_devices
             ),
@@ -376,14 +376,6 @@ fn schedule(args: &PushArgs, share: f64) -> Result<Option<Schedule>> {
         min_step_secs: Duration::from(args.step_time).as_secs(),
         min_step_devices: args.step_devices,
     }))
-}
-
-fn steps_text(steps: &[f64]) -> String {
-    steps
-        .iter()
-        .map(|p| format!("{p}%"))
-        .collect::<Vec<_>>()
-        .join(" -> ")
 }
 
 /// `edgeml fleet tag DEVICE key=value ...`
@@ -484,7 +476,7 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
                 c.release.share(Some(c.step)),
                 c.step + 1,
                 s.steps.len(),
-                steps_text(&s.steps)
+                s.steps_text()
             ),
             None => format!("{}%", c.release.rollout_percent),
         };

@@ -1,7 +1,8 @@
 """Synthetic readings of a motor-driven pump: what the sensor model was
 trained on, and what the plant simulator (plant.py) feeds the fleet.
 
-Shared by build_models.py, plant.py and retrain.py; only numpy.
+Shared by build_models.py, plant.py and retrain.py; numpy, and for
+`train`/`save_onnx` scikit-learn, skl2onnx and onnx.
 """
 import numpy as np
 
@@ -35,3 +36,35 @@ def training_set():
     """The readings sensor.onnx 1.0.0 was trained on (build_models.py)."""
     rng = np.random.default_rng(SEED)
     return sensor_readings(rng, 4000)
+
+
+def train(x, y):
+    """The sensor network (one hidden layer of 32), trained on readings `x`
+    with states `y`, with the input scaler folded into its first layer so
+    the exported graph is plain ONNX (skl2onnx would emit the ai.onnx.ml
+    Scaler op). It takes raw readings. Needs scikit-learn."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=800, random_state=SEED)
+    clf.fit(scaler.transform(x), y)
+    w = clf.coefs_[0] / scaler.scale_[:, None]
+    clf.intercepts_[0] = clf.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ clf.coefs_[0]
+    clf.coefs_[0] = w
+    return clf
+
+
+def save_onnx(clf, path):
+    """Export a network from `train` as ONNX (opset 15, probabilities
+    output, batch dimension `N`). Needs skl2onnx and onnx."""
+    import onnx
+    from skl2onnx import to_onnx
+
+    example = np.zeros((1, len(SENSOR_COLUMNS)), dtype=np.float32)
+    onx = to_onnx(clf, example, options={id(clf): {"zipmap": False}}, target_opset=15)
+    for vi in list(onx.graph.input) + list(onx.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.dim_value and not d.dim_param:
+                d.dim_param = "N"
+    onnx.save(onx, path)

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pump import SEED, SENSOR_CLASSES, SENSOR_COLUMNS, training_set  # noqa: E402
+from pump import SENSOR_CLASSES, SENSOR_COLUMNS, save_onnx, train, training_set  # noqa: E402
 
 
 def main():
@@ -36,11 +36,6 @@ def main():
     ap.add_argument("--weight", type=int, default=4, help="times each new sample counts")
     ap.add_argument("--revision", help="the training code's revision (default: sha256 of this script)")
     args = ap.parse_args()
-
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.preprocessing import StandardScaler
-    from skl2onnx import to_onnx
-    import onnx
 
     rows = [r for r in pq.read_table(args.samples).to_pylist() if r["model"] == "sensor"]
     rows.sort(key=lambda r: r["at_ms"])
@@ -63,13 +58,7 @@ def main():
     x_tr = np.concatenate([x_tr0] + [x_new[~held]] * args.weight)
     y_tr = np.concatenate([y_tr0] + [y_new[~held]] * args.weight)
 
-    scaler = StandardScaler().fit(x_tr)
-    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=800, random_state=SEED)
-    clf.fit(scaler.transform(x_tr), y_tr)
-    # fold the scaler into the first layer, as build_models.py does
-    w = clf.coefs_[0] / scaler.scale_[:, None]
-    clf.intercepts_[0] = clf.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ clf.coefs_[0]
-    clf.coefs_[0] = w
+    clf = train(x_tr, y_tr)
     new_acc = float(clf.score(x_new[held], y_new[held]))
     truth = np.array([SENSOR_CLASSES[i] for i in y_new[held]])
     old_acc = float(np.mean(old_pred[held] == truth))
@@ -79,12 +68,7 @@ def main():
         with open(os.path.abspath(__file__), "rb") as f:
             args.revision = "sha256:" + hashlib.sha256(f.read()).hexdigest()
     os.makedirs(args.out, exist_ok=True)
-    onx = to_onnx(clf, x_tr[:1], options={id(clf): {"zipmap": False}}, target_opset=15)
-    for vi in list(onx.graph.input) + list(onx.graph.output):
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.dim_value and not d.dim_param:
-                d.dim_param = "N"
-    onnx.save(onx, os.path.join(args.out, "sensor.onnx"))
+    save_onnx(clf, os.path.join(args.out, "sensor.onnx"))
     np.save(os.path.join(args.out, "reference.npy"), np.stack([features(r) for r in rows[-300:]]))
     np.savez(os.path.join(args.out, "training.npz"), x=x_tr, y=y_tr)
     np.savez(os.path.join(args.out, "heldout.npz"), x=x_new[held], y=y_new[held])

@@ -3,6 +3,9 @@
 ALTER TABLE fleet_channels ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE fleet_channels ADD COLUMN step_started_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE fleet_decisions ADD COLUMN step INTEGER;
+-- A regression's first output value with its sample, for errors from
+-- labels uploaded later.
+ALTER TABLE samples ADD COLUMN value REAL;
 -- Tags an admin set on a device (JSON object), in place of the device's own.
 CREATE TABLE device_tags (
     device_id TEXT PRIMARY KEY REFERENCES devices(id),

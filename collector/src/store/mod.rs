@@ -200,8 +200,10 @@ pub trait TelemetryStore: Send + Sync + 'static {
     fn outcome_summary(&self, q: &Query) -> Result<OutcomeSummary, StoreError>;
     /// Give true labels to stored samples by prediction id (an upload):
     /// each label that names a stored sample's prediction becomes its
-    /// outcome (source `batch`), in one transaction. Returns the ids that
-    /// matched no sample.
+    /// outcome (source `batch`; a regression's keeps the sample's output
+    /// value, for its error), in one transaction. Returns the ids that
+    /// matched no sample, or gave a regression's sample a label that is not
+    /// a number.
     fn label_samples(
         &self,
         labels: &[(String, String)],
@@ -315,6 +317,13 @@ pub trait FleetStore: Send + Sync + 'static {
     /// A device's tags: those its latest report names, with those an admin
     /// set in their place (empty for a device never heard of).
     fn device_tags(&self, device_id: &str) -> Result<Tags, StoreError>;
+}
+
+/// Whether an uploaded label can be the truth of a sample: any label for a
+/// classifier's sample; a finite number for a regression's (a sample with
+/// an output value), whose error it then gives.
+fn label_fits(label: &str, sample_value: Option<f64>) -> bool {
+    sample_value.is_none() || label.trim().parse::<f64>().is_ok_and(f64::is_finite)
 }
 
 /// A device's tags from its stored report (JSON) and admin-set tags (JSON):

@@ -7,7 +7,7 @@
 //! updates (`WHERE state = 'active'`) let only one replica halt a rollout,
 //! and unique keys make ingest and enrolment idempotent under races.
 
-use super::{device_tags, fleet_device, DeviceInfo, DeviceModel, ModelVersionInfo};
+use super::{device_tags, fleet_device, label_fits, DeviceInfo, DeviceModel, ModelVersionInfo};
 use super::{
     filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, u, Arg, Decision,
     Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
@@ -316,8 +316,8 @@ impl TelemetryStore for PgStore {
                     }
                     RecordBody::Sample(s) => {
                         tx.execute(
-                            "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input, prediction_id)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                            "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input, prediction_id, value)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                             &[
                                 &r.id,
                                 &dev,
@@ -329,6 +329,7 @@ impl TelemetryStore for PgStore {
                                 &s.prediction,
                                 &json(&s.input)?,
                                 &s.prediction_id,
+                                &s.value,
                             ],
                         )?;
                     }
@@ -539,17 +540,22 @@ impl TelemetryStore for PgStore {
     ) -> Result<Vec<String>, StoreError> {
         self.transaction(|tx| {
             let find = tx.prepare(
-                "SELECT device_id, name, version, digest, at_ms, prediction FROM samples
+                "SELECT device_id, name, version, digest, at_ms, prediction, value FROM samples
                  WHERE prediction_id = $1",
             )?;
             let put = tx.prepare(OUTCOME_UPSERT)?;
             let mut unmatched = Vec::new();
             for (pid, label) in labels {
                 let rows = tx.query(&find, &[pid])?;
-                if rows.is_empty() {
+                let values = rows
+                    .iter()
+                    .map(|r| r.try_get::<_, Option<f64>>(6))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if rows.is_empty() || values.iter().any(|v| !label_fits(label, *v)) {
                     unmatched.push(pid.clone());
+                    continue;
                 }
-                for r in rows {
+                for (r, value) in rows.iter().zip(values) {
                     let (dev, name, version, digest, at_ms, prediction): (
                         String,
                         String,
@@ -579,7 +585,7 @@ impl TelemetryStore for PgStore {
                             label,
                             &i(now_ms),
                             &"batch",
-                            &None::<f64>,
+                            &value,
                         ],
                     )?;
                 }

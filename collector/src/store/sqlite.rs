@@ -1,6 +1,6 @@
 //! The embedded SQLite store: one file, WAL mode, one connection.
 
-use super::{device_tags, fleet_device, DeviceInfo, DeviceModel, ModelVersionInfo};
+use super::{device_tags, fleet_device, label_fits, DeviceInfo, DeviceModel, ModelVersionInfo};
 use super::{
     filter, i, json, migrate, parse, parse_reason, parse_rollout, parse_source, u, Arg, Decision,
     Enrolment, FleetStore, Publish, Query, RolloutDecision, StoreError, StoredRelease,
@@ -238,8 +238,8 @@ impl TelemetryStore for SqliteStore {
                 }
                 RecordBody::Sample(s) => {
                     tx.execute(
-                        "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input, prediction_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        "INSERT INTO samples (record_id, device_id, name, version, digest, at_ms, reason, prediction, input, prediction_id, value)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                         params![
                             r.id,
                             dev,
@@ -250,7 +250,8 @@ impl TelemetryStore for SqliteStore {
                             s.reason.as_str(),
                             s.prediction,
                             json(&s.input)?,
-                            s.prediction_id
+                            s.prediction_id,
+                            s.value
                         ],
                     )?;
                 }
@@ -541,7 +542,7 @@ impl TelemetryStore for SqliteStore {
         let mut unmatched = Vec::new();
         {
             let mut find = tx.prepare(
-                "SELECT device_id, name, version, digest, at_ms, prediction FROM samples
+                "SELECT device_id, name, version, digest, at_ms, prediction, value FROM samples
                  WHERE prediction_id = ?1",
             )?;
             let mut put = tx.prepare(OUTCOME_UPSERT)?;
@@ -555,13 +556,15 @@ impl TelemetryStore for SqliteStore {
                             r.get::<_, String>(3)?,
                             r.get::<_, i64>(4)?,
                             r.get::<_, Option<String>>(5)?,
+                            r.get::<_, Option<f64>>(6)?,
                         ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                if rows.is_empty() {
+                if rows.is_empty() || rows.iter().any(|r| !label_fits(label, r.6)) {
                     unmatched.push(pid.clone());
+                    continue;
                 }
-                for (dev, name, version, digest, at_ms, prediction) in rows {
+                for (dev, name, version, digest, at_ms, prediction, value) in rows {
                     put.execute(params![
                         dev,
                         pid,
@@ -574,7 +577,7 @@ impl TelemetryStore for SqliteStore {
                         label,
                         i(now_ms),
                         "batch",
-                        None::<f64>
+                        value
                     ])?;
                 }
             }

@@ -68,21 +68,6 @@ pub(crate) struct Remembered {
     pub value: Option<f64>,
 }
 
-/// The first value of a prediction's first output, for a model without
-/// labels (a regression): only that element is decoded.
-pub(crate) fn first_value(p: &edgeml_runtime::Prediction) -> Option<f64> {
-    use edgeml_runtime::Dtype;
-    let t = p.outputs.first()?;
-    let b = t.data.get(..t.dtype.size())?;
-    Some(match t.dtype {
-        Dtype::F32 => f64::from(f32::from_le_bytes(b.try_into().ok()?)),
-        Dtype::F64 => f64::from_le_bytes(b.try_into().ok()?),
-        Dtype::I32 => f64::from(i32::from_le_bytes(b.try_into().ok()?)),
-        Dtype::I64 => i64::from_le_bytes(b.try_into().ok()?) as f64,
-        Dtype::U8 => f64::from(b[0]),
-    })
-}
-
 /// The last `capacity` predictions, by id.
 pub(crate) struct Recent {
     capacity: usize,

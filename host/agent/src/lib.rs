@@ -727,11 +727,7 @@ impl Inner {
                             predicted_ms: edgeml_telemetry::now_ms(),
                             prediction: top.map(|t| t.label.clone()),
                             score: top.map(|t| t.score),
-                            value: if top.is_none() {
-                                feedback::first_value(&p)
-                            } else {
-                                None
-                            },
+                            value: p.first_value(),
                         },
                     );
                 }

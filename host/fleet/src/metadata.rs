@@ -566,6 +566,15 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The steps as `1% -> 10% -> 100%`.
+    pub fn steps_text(&self) -> String {
+        self.steps
+            .iter()
+            .map(|p| format!("{p}%"))
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    }
+
     /// Steps growing by `rate` from `start` percent (`1, 2, 4, ... 100`
     /// for 1 and 2), ending at `end`.
     pub fn exponential(start: f64, rate: f64, end: f64) -> Result<Vec<f64>> {

@@ -820,6 +820,7 @@ impl Model {
                 let observed = Observed {
                     monitoring: &p.monitoring,
                     scores: &scores,
+                    value: p.first_value(),
                 };
                 telemetry.record(latency, Ok(observed), Some(&p.id), || {
                     input.map(sample_input)
@@ -847,6 +848,7 @@ impl Model {
             builder.add(Observed {
                 monitoring: &p.monitoring,
                 scores: &scores,
+                value: None,
             });
         }
         Ok(builder.build())

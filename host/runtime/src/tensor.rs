@@ -65,6 +65,24 @@ impl Prediction {
     pub fn output(&self, name: &str) -> Option<&Tensor> {
         self.outputs.iter().find(|t| t.name == name)
     }
+
+    /// The first value of the first output, for a model without labels (a
+    /// regression): what its error is measured on. Only that element is
+    /// decoded; `None` for a model with labels or an empty output.
+    pub fn first_value(&self) -> Option<f64> {
+        if self.scores.is_some() {
+            return None;
+        }
+        let t = self.outputs.first()?;
+        let b = t.data.get(..t.dtype.size())?;
+        Some(match t.dtype {
+            crate::Dtype::F32 => f64::from(f32::from_le_bytes(b.try_into().ok()?)),
+            crate::Dtype::F64 => f64::from_le_bytes(b.try_into().ok()?),
+            crate::Dtype::I32 => f64::from(i32::from_le_bytes(b.try_into().ok()?)),
+            crate::Dtype::I64 => i64::from_le_bytes(b.try_into().ok()?) as f64,
+            crate::Dtype::U8 => f64::from(b[0]),
+        })
+    }
 }
 
 /// What a loaded model's component declares about itself.

@@ -207,6 +207,9 @@ pub struct Observed<'a> {
     pub monitoring: &'a [f32],
     /// `(label index, score)`, best first.
     pub scores: &'a [(u32, f32)],
+    /// For a model without labels, the first value of its first output
+    /// (kept with a sample, so a label uploaded later gives an error).
+    pub value: Option<f64>,
 }
 
 /// Local drift of a model's last closed window.
@@ -576,9 +579,9 @@ impl ModelTelemetry {
     ) {
         let t_ms = now_ms();
         let latency_us = latency.as_micros().min(u128::from(u32::MAX)) as u32;
-        let (code, monitoring, scores) = match outcome {
-            Ok(o) => (0u8, o.monitoring, o.scores),
-            Err(kind) => (kind.code(), &[][..], &[][..]),
+        let (code, monitoring, scores, value) = match outcome {
+            Ok(o) => (0u8, o.monitoring, o.scores, o.value),
+            Err(kind) => (kind.code(), &[][..], &[][..], None),
         };
         let samples = self.inner.config.samples.as_ref();
         let mut slot = None;
@@ -630,6 +633,7 @@ impl ModelTelemetry {
             reason: SampleReason::Reservoir,
             prediction,
             prediction_id: prediction_id.map(str::to_string),
+            value,
             input,
         };
         if let Some(slot) = slot {

@@ -219,6 +219,7 @@ mod tests {
                 reason: SampleReason::Reservoir,
                 prediction: None,
                 prediction_id: None,
+                value: None,
                 input: SampleInput::media("text/plain", &[0u8; 1000]),
             }),
         }

@@ -263,6 +263,9 @@ pub struct SampleRecord {
     /// The prediction's id, for labels that arrive later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction_id: Option<String>,
+    /// For a model without labels, the first value of its first output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
     /// The input.
     pub input: SampleInput,
 }

@@ -385,7 +385,8 @@ pub struct LabelsReceived {
     pub received: u64,
     /// Labels that named a stored sample's prediction (now its outcome).
     pub matched: u64,
-    /// Labels that named none.
+    /// Labels that named no stored sample, or gave a regression's sample
+    /// (one with an output value) a truth that is not a number.
     pub unmatched: u64,
     /// The first 100 unmatched prediction ids.
     pub unmatched_ids: Vec<String>,
