@@ -155,6 +155,35 @@ fn release_targets_devices_by_tag_and_admin_tags_retarget_them() {
 }
 
 #[test]
+fn rejects_retargeting_by_server_when_server_tags_are_off() {
+    // A device provisioned to match release targets against its own tags
+    // only: what the server says its tags are cannot move it into a
+    // release signed for other sites.
+    let f = Fleet::new();
+    let mut c = f.agent_config("gw-strict");
+    c.tags = tags(&[("site", "paris")]);
+    c.server_tags = false;
+    let strict = Agent::open(c, crate::fleet::runtime()).expect("agent");
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    assert!(matches!(strict.poll(), Ok(PollOutcome::Installed(_))));
+    let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.1.0"), "1.1.0", 100.0);
+    r.target = Some("site=berlin".into());
+    publish(&f, &r);
+    assert!(matches!(strict.poll(), Ok(PollOutcome::NotInRollout)));
+    // The server (an admin, or whoever holds it) says it is in Berlin now.
+    f.client
+        .set_device_tags("gw-strict", &tags(&[("site", "berlin")]))
+        .unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            strict.poll(),
+            Ok(PollOutcome::NotInRollout | PollOutcome::NotModified)
+        ));
+    }
+    assert_eq!(version_of(&strict).as_deref(), Some("1.0.0"));
+}
+
+#[test]
 fn rejects_release_with_unparsable_target() {
     let f = Fleet::new();
     let mut r = f.release_for(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);

@@ -16,6 +16,7 @@ use std::time::Duration;
 /// root = "/etc/edgeml/root.json"          # root version 1, shipped with the device
 /// enrolment_token_file = "/etc/edgeml/enrolment-token"
 /// poll_interval = "30s"
+/// server_tags = true                     # false: match release targets against [tags] only
 ///
 /// [tags]                                  # for release targets (`site=berlin`)
 /// site = "berlin"
@@ -101,6 +102,13 @@ pub struct AgentConfig {
     /// the server take the place of these, key by key.
     #[serde(default)]
     pub tags: edgeml_fleet::Tags,
+    /// Take the tags an admin sets on the fleet server in place of the
+    /// configured ones (default true). Those tags come from the server, not
+    /// from the release keys: with `false`, a release's signed target is
+    /// matched against the configured tags only, so a compromised server
+    /// cannot retarget the device (it can still only offer signed releases).
+    #[serde(default = "yes")]
+    pub server_tags: bool,
     /// How models run.
     #[serde(default)]
     pub runtime: RuntimeSettings,
@@ -348,6 +356,10 @@ fn default_queue() -> usize {
     16
 }
 
+fn yes() -> bool {
+    true
+}
+
 mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -382,6 +394,7 @@ impl AgentConfig {
             serve: ServeConfig::default(),
             install: InstallConfig::default(),
             tags: edgeml_fleet::Tags::new(),
+            server_tags: true,
             runtime: RuntimeSettings::default(),
             otlp: None,
         }

@@ -267,11 +267,13 @@ impl Agent {
         // The tags the server named last (kept across restarts), over the
         // configured ones.
         let mut tags = config.tags.clone();
-        tags.extend(
-            state
-                .read_json_or_set_aside::<edgeml_fleet::Tags>("tags.json")?
-                .unwrap_or_default(),
-        );
+        if config.server_tags {
+            tags.extend(
+                state
+                    .read_json_or_set_aside::<edgeml_fleet::Tags>("tags.json")?
+                    .unwrap_or_default(),
+            );
+        }
         let inner = Arc::new(Inner {
             config,
             runtime,
@@ -572,7 +574,7 @@ impl Inner {
         // `edgeml agent status` reads it without the server.
         let _ = self.state.write_json("status.json", &report);
         match self.client.report(&self.identity, &report) {
-            Ok(accepted) => {
+            Ok(accepted) if self.config.server_tags => {
                 let mut tags = self.config.tags.clone();
                 tags.extend(accepted.tags);
                 if edgeml_fleet::check_tags(&tags).is_err() {
@@ -588,6 +590,7 @@ impl Inner {
                     *lock(&self.etag) = None;
                 }
             }
+            Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "status report not delivered"),
         }
     }
