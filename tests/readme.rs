@@ -257,6 +257,11 @@ fn readme_retraining_walkthrough_runs() {
         return;
     }
     let (tmp, stdout) = run_section("Retraining", "set -e\n");
+    // An admin's tag next to the device's own.
+    assert!(
+        stdout.contains("device pump-02: tags line=north,site=plant-2"),
+        "{stdout}"
+    );
     // The server flags the shifted features.
     assert!(
         stdout
