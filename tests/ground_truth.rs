@@ -616,11 +616,15 @@ const TRIVIAL: Spec = Spec {
     preprocess: None,
 };
 
-#[test]
-fn regression_labels_give_mean_absolute_error() {
-    let f = Fleet::new();
-    let (rt, t) = telemetry_runtime(&f, "reg-1");
-    let mut c = f.agent_config("reg-1");
+/// An agent serving the trivial regression (`x + 1`, no labels) with
+/// telemetry to `f`, its telemetry edited by `edit`.
+fn regression_agent(
+    f: &Fleet,
+    id: &str,
+    edit: impl FnOnce(&mut edgeml_runtime::TelemetryConfig),
+) -> (Agent, edgeml_runtime::Telemetry) {
+    let (rt, t) = telemetry_runtime_with(f, id, edit);
+    let mut c = f.agent_config(id);
     c.identity_dir = Some(t.config().dir.clone());
     let a = Agent::open(c, rt).unwrap();
     let mut r = f.release_for(&f.signed(&TRIVIAL, "1.0.0"), "1.0.0", 100.0);
@@ -628,12 +632,22 @@ fn regression_labels_give_mean_absolute_error() {
     let env = edgeml_fleet::Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
     f.publish_release(env.to_vec()).unwrap();
     assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
-    let predict = |x: [f32; 4]| {
-        a.predict(edgeml_runtime::Input::Tensors(vec![
-            edgeml_runtime::Tensor::from_f32("x", vec![1, 4], &x),
-        ]))
-        .unwrap()
-    };
+    (a, t)
+}
+
+/// The trivial regression's prediction for `x` (its first output is `x[0] + 1`).
+fn regress(a: &Agent, x: [f32; 4]) -> edgeml_runtime::Prediction {
+    a.predict(edgeml_runtime::Input::Tensors(vec![
+        edgeml_runtime::Tensor::from_f32("x", vec![1, 4], &x),
+    ]))
+    .unwrap()
+}
+
+#[test]
+fn regression_labels_give_mean_absolute_error() {
+    let f = Fleet::new();
+    let (a, t) = regression_agent(&f, "reg-1", |_| {});
+    let predict = |x: [f32; 4]| regress(&a, x);
     // First output values 2 and 1, true values 2.5 and 0: errors 0.5 and 1.
     let p1 = predict([1.0, 2.0, 3.0, 4.0]);
     let p2 = predict([0.0; 4]);
@@ -662,28 +676,14 @@ fn batch_labels_give_regression_error_from_sampled_outputs() {
     // Samples keep a regression's first output value, so true values
     // uploaded later (not given on the device) give its error too.
     let f = Fleet::new();
-    let id = "reg-batch";
-    let (rt, t) = telemetry_runtime_with(&f, id, |tc| {
+    let (a, t) = regression_agent(&f, "reg-batch", |tc| {
         tc.window = Duration::from_secs(60);
         tc.samples = Some(edgeml_runtime::telemetry::SampleConfig {
             per_window: 16,
             ..Default::default()
         });
     });
-    let mut c = f.agent_config(id);
-    c.identity_dir = Some(t.config().dir.clone());
-    let a = Agent::open(c, rt).unwrap();
-    let mut r = f.release_for(&f.signed(&TRIVIAL, "1.0.0"), "1.0.0", 100.0);
-    r.model = "trivial".into();
-    let env = edgeml_fleet::Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
-    f.publish_release(env.to_vec()).unwrap();
-    assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
-    let predict = |x: [f32; 4]| {
-        a.predict(edgeml_runtime::Input::Tensors(vec![
-            edgeml_runtime::Tensor::from_f32("x", vec![1, 4], &x),
-        ]))
-        .unwrap()
-    };
+    let predict = |x: [f32; 4]| regress(&a, x);
     // First output values 2 and 1; true values 3 and 1: errors 1 and 0.
     let (p1, p2, p3) = (
         predict([1.0, 2.0, 3.0, 4.0]),
