@@ -6,6 +6,7 @@ mod common;
 mod db;
 
 mod audit;
+mod console;
 mod fleet;
 mod freshness;
 mod ground_truth;

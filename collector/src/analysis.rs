@@ -79,13 +79,8 @@ pub fn drift(
         // Each baseline feature on the baseline's grid: exact counts from
         // devices that bin, counts read off the sketch from older ones.
         for b in &baseline.numeric {
-            let counts = match (w.binned.get(&b.name), w.numeric.get(&b.name)) {
-                (Some(g), _) => GridCounts::from_base64(g)
-                    .map_err(|e| format!("window {}: {}: {e}", w.id, b.name))?,
-                (None, Some(s)) => {
-                    GridCounts::from_sketch(&b.quantiles, &decode(s, &b.name, &w.id)?)
-                }
-                (None, None) => continue,
+            let Some(counts) = grid_counts(b, w)? else {
+                continue;
             };
             let merged = acc
                 .binned
@@ -131,6 +126,142 @@ pub fn drift(
         buckets: out,
         alerts,
     })
+}
+
+/// A window's counts of a baseline feature on the baseline's grid: exact
+/// from devices that bin, read off the sketch from older ones; `None` when
+/// the window does not have the feature.
+fn grid_counts(
+    b: &edgeml_bundle::NumericBaseline,
+    w: &StoredWindow,
+) -> Result<Option<GridCounts>, String> {
+    Ok(match (w.binned.get(&b.name), w.numeric.get(&b.name)) {
+        (Some(g), _) => Some(
+            GridCounts::from_base64(g).map_err(|e| format!("window {}: {}: {e}", w.id, b.name))?,
+        ),
+        (None, Some(s)) => Some(GridCounts::from_sketch(
+            &b.quantiles,
+            &decode(s, &b.name, &w.id)?,
+        )),
+        (None, None) => None,
+    })
+}
+
+/// One feature's distribution in some windows next to its baseline's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distribution {
+    /// The feature.
+    pub feature: String,
+    /// Observations in the windows.
+    pub count: u64,
+    /// The bins: numeric features by the baseline's deciles (and what lies
+    /// outside the baseline's range), categorical ones by category.
+    pub bins: Vec<DistributionBin>,
+}
+
+/// One bin of a [`Distribution`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistributionBin {
+    /// What the bin holds (`0.12 – 0.56`, `above 3.1`, `cat`).
+    pub label: String,
+    /// The baseline's share in it (0 to 1).
+    pub baseline: f64,
+    /// The windows' share in it (0 to 1; 0 without observations).
+    pub current: f64,
+}
+
+/// The distribution of `feature` over `windows` beside the baseline's, for
+/// looking at a drift alert: numeric features in the baseline's ten deciles
+/// (each a tenth of the baseline; values above its largest are their own
+/// bin), categorical features per category. `None` if the baseline does not
+/// have the feature.
+pub fn distribution(
+    baseline: &Baseline,
+    windows: &[StoredWindow],
+    feature: &str,
+) -> Result<Option<Distribution>, String> {
+    let share = |n: u64, total: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            n as f64 / total as f64
+        }
+    };
+    if let Some(b) = baseline.numeric.iter().find(|b| b.name == feature) {
+        let q = &b.quantiles;
+        if q.len() < 11 {
+            return Ok(None);
+        }
+        let mut merged = GridCounts::new(q.len());
+        for w in windows {
+            if let Some(c) = grid_counts(b, w)? {
+                let _ = merged.merge(&c);
+            }
+        }
+        let bins = merged.bins();
+        let total = merged.count();
+        let n = q.len() - 1;
+        let mut out = Vec::with_capacity(11);
+        for d in 0..10 {
+            let (lo, hi) = (d * n / 10, (d + 1) * n / 10);
+            // Bin i holds values in (q[i-1], q[i]]; bin 0 those <= q[0].
+            let first = if d == 0 { 0 } else { lo + 1 };
+            let count: u64 = bins[first..=hi].iter().sum();
+            out.push(DistributionBin {
+                label: format!("{} – {}", short(q[lo]), short(q[hi])),
+                baseline: (hi - lo) as f64 / n as f64,
+                current: share(count, total),
+            });
+        }
+        out.push(DistributionBin {
+            label: format!("above {}", short(q[n])),
+            baseline: 0.0,
+            current: share(bins[n + 1], total),
+        });
+        return Ok(Some(Distribution {
+            feature: feature.into(),
+            count: total,
+            bins: out,
+        }));
+    }
+    if let Some(b) = baseline.categorical.iter().find(|b| b.name == feature) {
+        let mut current: BTreeMap<&str, u64> = BTreeMap::new();
+        for w in windows {
+            for (c, n) in w.categorical.get(feature).into_iter().flatten() {
+                *current.entry(c).or_insert(0) += n;
+            }
+        }
+        let base_total: u64 = b.counts.values().sum();
+        let total: u64 = current.values().sum();
+        let categories: BTreeSet<&str> = b
+            .counts
+            .keys()
+            .map(String::as_str)
+            .chain(current.keys().copied())
+            .collect();
+        return Ok(Some(Distribution {
+            feature: feature.into(),
+            count: total,
+            bins: categories
+                .into_iter()
+                .map(|c| DistributionBin {
+                    label: c.to_string(),
+                    baseline: share(b.counts.get(c).copied().unwrap_or(0), base_total),
+                    current: share(current.get(c).copied().unwrap_or(0), total),
+                })
+                .collect(),
+        }));
+    }
+    Ok(None)
+}
+
+/// A number in few characters.
+fn short(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e5 || v.abs() < 1e-3) {
+        format!("{v:.2e}")
+    } else {
+        format!("{}", (v * 1000.0).round() / 1000.0)
+    }
 }
 
 /// Labelled predictions with a score needed to judge calibration.

@@ -35,11 +35,19 @@ pub(crate) struct AppState {
     pub settings: Arc<Settings>,
     pub timestamps: Arc<crate::fleet::TimestampCache>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Encrypts the console's session cookies.
+    pub console_key: axum_extra::extract::cookie::Key,
+}
+
+impl axum::extract::FromRef<AppState> for axum_extra::extract::cookie::Key {
+    fn from_ref(st: &AppState) -> Self {
+        st.console_key.clone()
+    }
 }
 
 /// An API error: a status and a reason, sent as `{"error": reason}`.
 #[derive(Debug)]
-pub(crate) struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -104,6 +112,7 @@ pub(crate) fn router(state: AppState) -> Router {
     )
     .split_for_parts();
     router
+        .merge(crate::console::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,

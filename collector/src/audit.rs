@@ -26,19 +26,47 @@ pub(crate) fn operator(headers: &HeaderMap) -> Option<String> {
     ok.then(|| v.to_string())
 }
 
+/// Who asked for a change made with the admin credential: the name they
+/// gave (claimed, not authenticated) and the way they came (`api`, or
+/// `console`: the web console records `via = console` in the details).
+#[derive(Debug, Clone)]
+pub(crate) struct Operator {
+    pub name: Option<String>,
+    pub console: bool,
+}
+
+impl Operator {
+    /// An API caller: the name in its `Edgeml-Operator` header.
+    pub(crate) fn api(headers: &HeaderMap) -> Operator {
+        Operator {
+            name: operator(headers),
+            console: false,
+        }
+    }
+}
+
 /// An entry for an action taken with the admin token.
 pub(crate) fn by_admin(
     headers: &HeaderMap,
     action: &str,
     target: impl Into<String>,
 ) -> NewAuditEntry {
-    NewAuditEntry {
+    by(&Operator::api(headers), action, target)
+}
+
+/// An entry for an action an operator took with the admin credential.
+pub(crate) fn by(op: &Operator, action: &str, target: impl Into<String>) -> NewAuditEntry {
+    let mut entry = NewAuditEntry {
         actor: "admin".into(),
-        operator: operator(headers),
+        operator: op.name.clone(),
         action: action.into(),
         target: target.into(),
         ..NewAuditEntry::default()
+    };
+    if op.console {
+        entry.details.insert("via".into(), "console".into());
     }
+    entry
 }
 
 /// Named values for [`NewAuditEntry::details`].
@@ -108,14 +136,14 @@ pub(crate) async fn log(
 }
 
 /// An entry for a rollout decision (`rollout.<to-state>`): by an operator
-/// (`headers` given) or by the server itself (the canary gate, rollback
+/// (`by` given) or by the server itself (the canary gate, rollback
 /// evidence).
 pub(crate) fn decision(
-    headers: Option<&HeaderMap>,
+    by_operator: Option<&Operator>,
     seen: &crate::store::StoredRelease,
     d: &crate::store::Decision,
 ) -> NewAuditEntry {
-    let action = match (d.to, headers.is_some()) {
+    let action = match (d.to, by_operator.is_some()) {
         // A move to another step of a paced release: by the pacer, or an
         // operator's promote.
         (edgeml_client::wire::fleet::RolloutState::Active, true) if d.step.is_some() => {
@@ -129,8 +157,8 @@ pub(crate) fn decision(
         (edgeml_client::wire::fleet::RolloutState::Halted, true) => "rollout.abort",
         (edgeml_client::wire::fleet::RolloutState::Halted, false) => "rollout.halt",
     };
-    let mut entry = match headers {
-        Some(h) => by_admin(h, action, &seen.channel),
+    let mut entry = match by_operator {
+        Some(op) => by(op, action, &seen.channel),
         None => NewAuditEntry {
             actor: "server".into(),
             action: action.into(),
@@ -138,14 +166,14 @@ pub(crate) fn decision(
             ..NewAuditEntry::default()
         },
     };
-    entry.details = details([
+    entry.details.extend(details([
         ("model", seen.release.model.clone()),
         ("model_version", seen.release.model_version.to_string()),
         ("from", seen.state.name().to_string()),
         ("to", d.to.name().to_string()),
         ("source", d.source.name().to_string()),
         ("replica", d.replica.clone()),
-    ]);
+    ]));
     if let Some(r) = &d.reason {
         entry.details.insert("reason".into(), r.clone());
     }

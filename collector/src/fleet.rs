@@ -1171,6 +1171,19 @@ async fn rollout(
             "body must be {\"action\": A} with A one of \"pause\", \"resume\", \"promote\" or \"abort\"",
         )
     })?;
+    let changed = rollout_action(&st, channel, action, &audit::Operator::api(&headers)).await?;
+    Ok(Json(changed).into_response())
+}
+
+/// Pause, resume, abort or promote a channel's rollout for an operator:
+/// the one place both the API and the console take these decisions, so
+/// their audit entries are the same (the console's say `via = console`).
+pub(crate) async fn rollout_action(
+    st: &AppState,
+    channel: String,
+    action: RolloutAction,
+    by: &audit::Operator,
+) -> ApiResult<RolloutChanged> {
     let store = st.store.clone();
     let ch = channel.clone();
     let Some(current) = blocking(move || store.release(&ch)).await? else {
@@ -1230,12 +1243,11 @@ async fn rollout(
     };
     let unchanged = paced.then_some(current.step);
     if current.state == state && step.is_none() {
-        return Ok(Json(RolloutChanged {
+        return Ok(RolloutChanged {
             channel,
             state,
             step: unchanged,
-        })
-        .into_response());
+        });
     }
     let new_step = step.or(unchanged);
     let mut decision = Decision {
@@ -1246,7 +1258,7 @@ async fn rollout(
         audit: None,
         step,
     };
-    decision.audit = Some(audit::decision(Some(&headers), &current, &decision));
+    decision.audit = Some(audit::decision(Some(by), &current, &decision));
     let store = st.store.clone();
     if !blocking(move || store.decide(&current, &decision, now_ms())).await? {
         return Err(err(
@@ -1256,12 +1268,11 @@ async fn rollout(
             ),
         ));
     }
-    Ok(Json(RolloutChanged {
+    Ok(RolloutChanged {
         channel,
         state,
         step: new_step,
     })
-    .into_response())
 }
 
 /// A device's update status (signed; sequence numbers refuse replays).

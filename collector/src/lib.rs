@@ -27,6 +27,7 @@ pub mod analysis;
 mod api;
 mod audit;
 pub mod blobs;
+mod console;
 pub mod export;
 mod fleet;
 mod labels;
@@ -77,6 +78,54 @@ pub struct Settings {
     /// the program's `tracing` subscriber sends them (the `edgeml-server`
     /// program adds [`Otlp::tracing_layer`](edgeml_otlp::Otlp::tracing_layer)).
     pub otlp: Option<edgeml_otlp::Otlp>,
+    /// The web console under `/ui`.
+    pub console: ConsoleSettings,
+}
+
+/// The web console (`/ui`): who may log in, and how sessions are kept.
+///
+/// Operators log in with the admin token (every view and action) or the
+/// viewer token (every view, no action). The session is an encrypted,
+/// authenticated cookie (`HttpOnly`, `SameSite=Strict`, `Secure` unless
+/// [`ConsoleSettings::insecure_http`]); every action also carries a
+/// per-session CSRF token and must come from the console's own origin.
+#[derive(Clone)]
+pub struct ConsoleSettings {
+    /// Bearer token of read-only operators (default: none, only the admin
+    /// token logs in). At least 8 characters, unlike the other tokens.
+    pub viewer_token: Option<String>,
+    /// Key that encrypts session cookies, 64 bytes or more (default: a
+    /// random key per process, so sessions end when the server restarts;
+    /// replicas behind one address need the same key).
+    pub session_key: Option<Vec<u8>>,
+    /// How long a login lasts (default 8 hours).
+    pub session_ttl: std::time::Duration,
+    /// INSECURE: leave `Secure` off the session cookie, so that browsers
+    /// send it over plain HTTP. Only for a console on loopback or behind
+    /// a trusted network (the tests use it); default off.
+    pub insecure_http: bool,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            viewer_token: None,
+            session_key: None,
+            session_ttl: std::time::Duration::from_secs(8 * 3600),
+            insecure_http: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for ConsoleSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleSettings")
+            .field("viewer_token", &self.viewer_token.as_ref().map(|_| "..."))
+            .field("session_key", &self.session_key.as_ref().map(|_| "..."))
+            .field("session_ttl", &self.session_ttl)
+            .field("insecure_http", &self.insecure_http)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -93,6 +142,7 @@ impl Settings {
             metrics_token: None,
             replica: default_replica(),
             otlp: None,
+            console: ConsoleSettings::default(),
         }
     }
 }
@@ -163,6 +213,16 @@ impl Server {
                 ));
             }
         }
+        if let Some(v) = &settings.console.viewer_token {
+            let others = [&settings.admin_token, &settings.enrolment_token];
+            if v.len() < 8 || others.contains(&v) || settings.metrics_token.as_ref() == Some(v) {
+                return Err(Error::Settings(
+                    "the viewer token must be at least 8 characters and differ from the admin, enrolment and metrics tokens".into(),
+                ));
+            }
+        }
+        let console_key = console::session_key(settings.console.session_key.as_deref())
+            .map_err(Error::Settings)?;
         settings.fleet.canary.validate().map_err(Error::Settings)?;
         if settings.fleet.timestamp_ttl < std::time::Duration::from_secs(1) {
             return Err(Error::Settings(
@@ -204,6 +264,7 @@ impl Server {
             settings: Arc::new(settings),
             timestamps: Arc::default(),
             metrics,
+            console_key,
         };
         let fleet_on = state.blobs.is_some();
         let gate = state.clone();

@@ -75,6 +75,21 @@ struct Args {
     /// How often metrics are pushed over OTLP.
     #[arg(long, default_value = "60s", requires = "otlp_endpoint")]
     otlp_interval: humantime::Duration,
+    /// File with the viewer token: it logs in to the web console (/ui) read-only.
+    #[arg(long)]
+    viewer_token_file: Option<PathBuf>,
+    /// File with the key (64 bytes or more) that encrypts console session
+    /// cookies; replicas behind one address need the same (default: a
+    /// random key, so sessions end with the process).
+    #[arg(long)]
+    console_key_file: Option<PathBuf>,
+    /// How long a console login lasts.
+    #[arg(long, default_value = "8h")]
+    console_session: humantime::Duration,
+    /// INSECURE: send the console's session cookie over plain HTTP (no
+    /// `Secure` flag). Only for a console on loopback; put TLS in front otherwise.
+    #[arg(long)]
+    console_insecure_http: bool,
     /// Print the API description (OpenAPI 3.1 JSON, as served at /openapi.json) and exit.
     #[arg(long)]
     print_openapi: bool,
@@ -140,6 +155,17 @@ fn serve(a: Args) -> Result<(), String> {
     if let Some(f) = &a.metrics_token_file {
         settings.metrics_token = Some(token(Some(f), "", "metrics-token")?);
     }
+    if let Some(f) = &a.viewer_token_file {
+        settings.console.viewer_token = Some(token(Some(f), "", "viewer-token")?);
+    }
+    if let Some(f) = &a.console_key_file {
+        settings.console.session_key = Some(
+            std::fs::read(f)
+                .map_err(|e| format!("reading the console key {}: {e}", f.display()))?,
+        );
+    }
+    settings.console.session_ttl = a.console_session.into();
+    settings.console.insecure_http = a.console_insecure_http;
     settings.fleet.canary.interval = a.canary_interval.into();
     settings.fleet.canary.min_predictions = a.canary_min_predictions;
     settings.fleet.canary.min_devices = a.canary_min_devices;

@@ -1,0 +1,694 @@
+//! The web console (`/ui`) in a real browser: headless Chromium driven
+//! through chromedriver (WebDriver, fantoccini) against a real fleet server
+//! on 127.0.0.1 with real agents shipping telemetry. The browser logs in,
+//! sees the devices, watches a bad release halt, reads why, resumes it,
+//! finds the audit entry, and opens the charts, the drift heatmap and the
+//! samples. Each page's screenshot goes to `target/tmp/console/`, and to
+//! `docs/console/` (the README's images) with `EDGEML_UPDATE_SCREENSHOTS=1`.
+//!
+//! The session and CSRF rules are tested over plain HTTP too: a form post
+//! without the session's token, from another origin, or by a viewer is
+//! refused, and changes nothing.
+
+use crate::common::*;
+use crate::fleet::*;
+use edgeml_agent::{Agent, PollOutcome};
+use edgeml_client::wire::fleet::RolloutState;
+use edgeml_runtime::telemetry::SampleConfig;
+use fantoccini::{Client, Locator};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VIEWER: &str = "console-viewer-token";
+
+/// A fleet whose server has the console on plain HTTP (loopback), a viewer
+/// token, and a canary gate that judges after 20 predictions.
+fn console_fleet() -> Fleet {
+    Fleet::with_settings(|s| {
+        s.console.viewer_token = Some(VIEWER.into());
+        s.console.insecure_http = true;
+        s.fleet.canary.min_predictions = 20;
+        s.drift.min_samples = 20;
+    })
+}
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver() -> Option<Driver> {
+    let exe = ["chromedriver", "/usr/bin/chromedriver"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(exe) = exe else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromedriver is missing (apt-get install chromium chromium-driver); .ci/run installs it"
+        );
+        eprintln!(
+            "skipping the browser test: no chromedriver (apt-get install chromium chromium-driver)"
+        );
+        return None;
+    };
+    let port = free_port();
+    let child = Command::new(exe)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let d = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    wait_for("chromedriver to listen", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Some(d)
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1360,1000", "--lang=en-GB"],
+        }),
+    );
+    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+/// The text of the first `css` element, waiting up to 10 s for it (a
+/// click returns before the page it loads is there).
+async fn text(c: &Client, css: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.find(Locator::Css(css)).await {
+            Ok(e) => return e.text().await.unwrap(),
+            Err(e) if Instant::now() > deadline => {
+                let url = c.current_url().await.map(|u| u.to_string());
+                panic!("no `{css}` on {url:?}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Wait until the browser is at `path` (after a click or a redirect).
+async fn at(c: &Client, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = c.current_url().await.unwrap();
+        if now.path() == path
+            && c.execute("return document.readyState", vec![])
+                .await
+                .unwrap()
+                == "complete"
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the browser is at {now}, not {path}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(c: &Client, css: &str) -> usize {
+    c.find_all(Locator::Css(css)).await.unwrap().len()
+}
+
+/// Save the page as `name.png` (see the module documentation for where).
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
+    let mut dirs = vec![PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console")];
+    if std::env::var_os("EDGEML_UPDATE_SCREENSHOTS").is_some() {
+        dirs.push(repo().join("docs/console"));
+    }
+    for d in dirs {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("{name}.png")), &png).unwrap();
+    }
+}
+
+/// Log in on the login page (the one the browser is on, which may carry
+/// where to go next, or a fresh one).
+async fn login(c: &Client, base: &str, token: &str, name: &str) {
+    if c.current_url().await.unwrap().path() != "/ui/login" {
+        c.goto(&format!("{base}/ui/login")).await.unwrap();
+    }
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    c.find(Locator::Id("operator"))
+        .await
+        .unwrap()
+        .send_keys(name)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form.login button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Digits 1.0.0 packed with a drift baseline from the 360 held-out digits.
+fn digits_with_baseline(f: &Fleet) -> Vec<u8> {
+    let (_, model) = load(&DIGITS_IMAGE, &crate::fleet::runtime());
+    let baseline = model
+        .baseline((0..360).map(|i| media("image/png", png(i))))
+        .unwrap();
+    f.sign(pack_custom(
+        &DIGITS_IMAGE,
+        "1.0.0",
+        Some(baseline),
+        Vec::new(),
+        |_| {},
+    ))
+}
+
+/// Two gateways with tags, telemetry and drift samples.
+fn gateways(f: &Fleet) -> Vec<(Agent, edgeml_runtime::Telemetry)> {
+    ["gw-north", "gw-south"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (rt, t) = telemetry_runtime_with(f, id, |tc| {
+                tc.samples = Some(SampleConfig {
+                    per_window: 3,
+                    ..SampleConfig::default()
+                })
+            });
+            let mut c = f.agent_config(id);
+            c.identity_dir = Some(t.config().dir.clone());
+            c.tags.insert("site".into(), ["north", "south"][i].into());
+            c.tags.insert("role".into(), "gateway".into());
+            (Agent::open(c, rt).unwrap(), t)
+        })
+        .collect()
+}
+
+fn flush(agents: &[(Agent, edgeml_runtime::Telemetry)]) {
+    std::thread::sleep(Duration::from_millis(600));
+    for (_, t) in agents {
+        t.flush(Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
+    let Some(driver) = chromedriver() else { return };
+    let f = console_fleet();
+    let base = f.url();
+    let agents = gateways(&f);
+    f.push(&digits_with_baseline(&f), "1.0.0", 100.0);
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+    // Ordinary traffic for two seconds, then one digit over and over: the
+    // heatmap's later columns drift.
+    let rounds: [Vec<usize>; 4] = [
+        (200..280).collect(),
+        (280..360).collect(),
+        vec![0; 120],
+        vec![0; 120],
+    ];
+    for round in &rounds {
+        for (n, (a, _)) in agents.iter().enumerate() {
+            for (_, &i) in round.iter().enumerate().filter(|(k, _)| k % 2 == n) {
+                a.predict(media("image/png", png(i))).unwrap();
+            }
+        }
+        flush(&agents);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Two samples get their true labels: one right, one wrong.
+    let samples = f.store().samples(&Default::default()).unwrap();
+    let labelled: Vec<_> = samples
+        .iter()
+        .filter_map(|s| Some((s.prediction_id.clone()?, s.prediction.clone()?)))
+        .take(2)
+        .collect();
+    assert_eq!(
+        labelled.len(),
+        2,
+        "the gateways sent no samples with predictions"
+    );
+    let rows: Vec<_> = labelled
+        .iter()
+        .enumerate()
+        .map(|(i, (id, p))| serde_json::json!({"prediction_id": id, "label": if i == 0 { p.clone() } else { format!("not-{p}") }}))
+        .collect();
+    f.client
+        .upload_labels(serde_json::to_vec(&rows).unwrap(), "application/json")
+        .unwrap();
+    // 1.1.0 takes tensors only: the gateways' PNG clients will fail on it.
+    f.push(&f.signed(&DIGITS_GENERIC, "1.1.0"), "1.1.0", 100.0);
+    for (a, _) in &agents {
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = rt.block_on(browser(&driver));
+    rt.block_on(async {
+        // Not logged in: every page sends the browser to the login form.
+        c.goto(&format!("{base}/ui/rollouts")).await.unwrap();
+        at(&c, "/ui/login").await;
+        login(&c, &base, "not-the-token", "alice").await;
+        assert!(text(&c, ".notice.bad")
+            .await
+            .contains("neither the admin token nor the viewer token"));
+        screenshot(&c, "login").await;
+        login(&c, &base, ADMIN, "alice").await;
+        // The login's `next` brings the operator back to the rollouts.
+        at(&c, "/ui/rollouts").await;
+        assert!(text(&c, "header .who").await.contains("alice · admin"));
+
+        c.goto(&format!("{base}/ui/fleet")).await.unwrap();
+        assert_eq!(text(&c, "#fleet-count").await, "2 of 2 devices");
+        let row = text(&c, "tr[data-device=gw-north]").await;
+        for want in [
+            "gw-north",
+            "digits",
+            "1.1.0",
+            "site=north",
+            "role=gateway",
+            "healthy",
+        ] {
+            assert!(
+                row.contains(want),
+                "`{want}` missing from the fleet row: {row}"
+            );
+        }
+        screenshot(&c, "fleet").await;
+        // Filter by tag selector.
+        c.goto(&format!("{base}/ui/fleet?tag=site%3Dsouth"))
+            .await
+            .unwrap();
+        assert_eq!(text(&c, "#fleet-count").await, "1 of 2 devices");
+        assert_eq!(count(&c, "tr[data-device=gw-south]").await, 1);
+
+        c.goto(&format!("{base}/ui/rollouts")).await.unwrap();
+        assert_eq!(text(&c, "#channel-stable dd.state").await, "▶ active");
+    });
+
+    // The bad release: every prediction fails, and the gate halts it.
+    for (a, _) in &agents {
+        for i in 0..15 {
+            assert!(a.predict(media("image/png", png(i))).is_err());
+        }
+    }
+    flush(&agents);
+    wait_for("the canary gate to halt 1.1.0", 30, || {
+        f.channel_state().0 == RolloutState::Halted
+    });
+
+    rt.block_on(async {
+        c.goto(&format!("{base}/ui/rollouts")).await.unwrap();
+        assert_eq!(text(&c, "#channel-stable dd.state").await, "■ halted");
+        let reason = text(&c, "#channel-stable .halt-reason").await;
+        assert!(reason.contains("error rate"), "{reason}");
+        assert!(
+            reason.contains("gw-north") && reason.contains("gw-south"),
+            "the halt names no devices: {reason}"
+        );
+        assert_eq!(Some(reason.clone()), f.channel_state().1);
+        screenshot(&c, "rollout-halted").await;
+
+        // Resume: a confirmation page first, then the decision.
+        c.find(Locator::Css("#channel-stable a[data-action=resume]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        at(&c, "/ui/rollouts/stable/resume").await;
+        assert!(text(&c, "p.question")
+            .await
+            .contains("Resume the rollout of digits 1.1.0 on channel stable"));
+        screenshot(&c, "confirm-resume").await;
+        c.find(Locator::Id("confirm"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        at(&c, "/ui/rollouts").await;
+        assert!(text(&c, ".notice.ok").await.contains("is now active"));
+        assert_eq!(text(&c, "#channel-stable dd.state").await, "▶ active");
+    });
+    assert_eq!(f.channel_state().0, RolloutState::Active);
+    let entry = last_audit(&f, "rollout.resume");
+    assert_eq!(
+        (
+            entry.actor.as_str(),
+            entry.operator.as_deref(),
+            entry.details["via"].as_str(),
+            entry.details["from"].as_str()
+        ),
+        ("admin", Some("alice"), "console", "halted")
+    );
+
+    rt.block_on(async {
+        c.goto(&format!("{base}/ui/audit?q=rollout.resume"))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.find(Locator::Id("chain"))
+                .await
+                .unwrap()
+                .attr("data-verified")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("true")
+        );
+        let row = text(&c, "#audit tbody tr").await;
+        for want in ["rollout.resume", "alice", "via=console", "stable"] {
+            assert!(
+                row.contains(want),
+                "`{want}` missing from the audit entry: {row}"
+            );
+        }
+        c.goto(&format!("{base}/ui/audit")).await.unwrap();
+        assert!(count(&c, "#audit tr[data-action='rollout.halt']").await >= 1);
+        screenshot(&c, "audit").await;
+
+        // Charts per version: drawn by uPlot from the page's data.
+        c.goto(&format!("{base}/ui/models/digits")).await.unwrap();
+        let versions = text(&c, "#versions").await;
+        assert!(
+            versions.contains("1.0.0") && versions.contains("1.1.0"),
+            "{versions}"
+        );
+        assert!(
+            versions.contains("50.0% of 2"),
+            "accuracy from the two labels: {versions}"
+        );
+        wait_until(&c, "#chart-latency-p50[data-drawn=true] canvas").await;
+        assert_eq!(
+            count(&c, "[data-chart][data-drawn=true]").await,
+            5,
+            "latency p50/p99, errors, throughput, accuracy"
+        );
+        screenshot(&c, "model").await;
+
+        // The drift heatmap: the repeated digit drifts.
+        c.goto(&format!("{base}/ui/models/digits/1.0.0/drift"))
+            .await
+            .unwrap();
+        let heatmap = text(&c, "#heatmap").await;
+        assert!(
+            count(&c, "#heatmap thead th").await >= 4,
+            "fewer than three time buckets: {heatmap}"
+        );
+        // The repeated digit drifts far more than the ordinary traffic.
+        let mut psi = Vec::new();
+        for cell in c
+            .find_all(Locator::Css("#heatmap td.cell[data-feature='pixel.mean']"))
+            .await
+            .unwrap()
+        {
+            let t = cell.text().await.unwrap();
+            psi.push(t.split_whitespace().next().unwrap().parse::<f64>().unwrap());
+        }
+        let n = psi.len();
+        assert!(n >= 4, "{heatmap}");
+        let ordinary = psi[0].max(psi[1]);
+        assert!(
+            psi[n - 2].min(psi[n - 1]) > 2.0 * ordinary,
+            "pixel.mean PSI {psi:?}: {heatmap}"
+        );
+        assert!(
+            count(&c, "#heatmap td.cell.drift[data-feature='pixel.mean']").await >= 1,
+            "{heatmap}"
+        );
+        // A drifting cell opens that feature's distributions.
+        let cell = c
+            .find(Locator::Css("#heatmap td.cell.drift a"))
+            .await
+            .unwrap();
+        let feature = c
+            .find(Locator::Css("#heatmap td.cell.drift"))
+            .await
+            .unwrap()
+            .attr("data-feature")
+            .await
+            .unwrap()
+            .unwrap();
+        cell.click().await.unwrap();
+        // The cell's link names its bucket (`at`); the page before did not.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c
+            .current_url()
+            .await
+            .unwrap()
+            .query()
+            .unwrap_or("")
+            .contains("at=")
+        {
+            assert!(Instant::now() < deadline, "the heatmap cell did not open");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        at(&c, "/ui/models/digits/1.0.0/drift").await;
+        assert_eq!(
+            text(&c, "#dist-h").await,
+            format!("{feature}: baseline and current")
+        );
+        assert!(count(&c, "#dist-chart rect.current").await >= 2);
+        screenshot(&c, "drift").await;
+        c.execute(
+            "document.getElementById('distribution').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+        screenshot(&c, "drift-distribution").await;
+
+        // Samples: the digits drawn, with predictions and labels.
+        c.goto(&format!("{base}/ui/samples?model=digits"))
+            .await
+            .unwrap();
+        assert!(count(&c, "article.sample img.sample-image").await > 0);
+        let natural: serde_json::Value = c
+            .execute(
+                "return document.querySelector('img.sample-image').naturalWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            natural.as_u64().unwrap_or(0) > 0,
+            "the sample image did not decode"
+        );
+        assert_eq!(count(&c, "article.sample dd.label .ok").await, 1);
+        assert_eq!(count(&c, "article.sample dd.label .bad").await, 1);
+        screenshot(&c, "samples").await;
+
+        // A viewer sees everything and can change nothing.
+        c.find(Locator::Css("header .who button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        at(&c, "/ui/login").await;
+        login(&c, &base, VIEWER, "victor").await;
+        at(&c, "/ui/fleet").await;
+        c.goto(&format!("{base}/ui/rollouts")).await.unwrap();
+        assert!(text(&c, "header .who").await.contains("viewer (read-only)"));
+        assert_eq!(count(&c, "a[data-action]").await, 0);
+        c.goto(&format!("{base}/ui/rollouts/stable/pause"))
+            .await
+            .unwrap();
+        assert!(text(&c, ".notice.bad")
+            .await
+            .contains("logged in as a viewer"));
+    });
+    rt.block_on(c.close()).unwrap();
+    assert_eq!(
+        f.channel_state().0,
+        RolloutState::Active,
+        "the viewer changed the rollout"
+    );
+}
+
+async fn wait_until(c: &Client, css: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(c, css).await == 0 {
+        assert!(Instant::now() < deadline, "`{css}` never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ------------------------------------------------ the same rules over HTTP
+
+/// A client that does not follow redirects (to see them).
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Log in with `token`; the session cookie (`name=value`) and the set-cookie line.
+fn session(base: &str, token: &str) -> (String, String) {
+    let r = http()
+        .post(format!("{base}/ui/login"))
+        .form(&[
+            ("token", token),
+            ("operator", "mallory"),
+            ("next", "/ui/rollouts"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "login");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    (set.split(';').next().unwrap().to_string(), set)
+}
+
+/// The CSRF token in a page the session sees.
+fn csrf(base: &str, cookie: &str) -> String {
+    let page = http()
+        .get(format!("{base}/ui/rollouts"))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let at = page.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    page[at..at + 64].to_string()
+}
+
+fn post_action(
+    base: &str,
+    cookie: &str,
+    form: &[(&str, &str)],
+    origin: Option<&str>,
+) -> reqwest::blocking::Response {
+    let mut req = http()
+        .post(format!("{base}/ui/rollouts/stable/abort"))
+        .header("cookie", cookie)
+        .form(form);
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    req.send().unwrap()
+}
+
+#[test]
+fn console_session_cookie_is_httponly_strict_and_secure_by_default() {
+    let f = Fleet::with_settings(|s| s.console.viewer_token = Some(VIEWER.into()));
+    let (_, set) = session(&f.url(), ADMIN);
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/ui"] {
+        assert!(set.contains(attr), "`{attr}` missing: {set}");
+    }
+    // The value is encrypted: neither the role nor the CSRF token shows.
+    assert!(!set.contains("admin") && !set.contains("csrf"), "{set}");
+    // Pages carry a strict content security policy.
+    let r = http().get(format!("{}/ui/login", f.url())).send().unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+}
+
+#[test]
+fn rejects_console_action_without_csrf_token() {
+    let (f, _a) = on_v1();
+    let base = f.url();
+    let (cookie, _) = session(&base, ADMIN);
+    let r = post_action(&base, &cookie, &[("csrf", &"0".repeat(64))], None);
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("CSRF token does not match"));
+    let r = post_action(&base, &cookie, &[], None);
+    assert_eq!(r.status(), 403);
+    assert_eq!(f.channel_state().0, RolloutState::Active);
+    // With the token, the same post acts (the console's own form).
+    let token = csrf(&base, &cookie);
+    let r = post_action(&base, &cookie, &[("csrf", &token)], None);
+    assert_eq!(r.status(), 303);
+    assert_eq!(f.channel_state().0, RolloutState::Halted);
+    let entry = last_audit(&f, "rollout.abort");
+    assert_eq!(
+        (entry.operator.as_deref(), entry.details["via"].as_str()),
+        (Some("mallory"), "console")
+    );
+}
+
+#[test]
+fn rejects_console_action_from_another_origin() {
+    let (f, _a) = on_v1();
+    let base = f.url();
+    let (cookie, _) = session(&base, ADMIN);
+    let token = csrf(&base, &cookie);
+    let r = post_action(
+        &base,
+        &cookie,
+        &[("csrf", &token)],
+        Some("http://evil.example"),
+    );
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("came from another site"));
+    assert_eq!(f.channel_state().0, RolloutState::Active);
+}
+
+#[test]
+fn rejects_console_action_by_viewer() {
+    let (f, _a) = {
+        let f = Fleet::with_settings(|s| s.console.viewer_token = Some(VIEWER.into()));
+        f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+        let a = f.agent("gw-1");
+        assert!(matches!(a.poll(), Ok(PollOutcome::Installed(_))));
+        (f, a)
+    };
+    let base = f.url();
+    let (cookie, _) = session(&base, VIEWER);
+    let token = csrf(&base, &cookie);
+    let r = post_action(&base, &cookie, &[("csrf", &token)], None);
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("logged in as a viewer"));
+    assert_eq!(f.channel_state().0, RolloutState::Active);
+    // A forged cookie is no session at all.
+    let r = http()
+        .get(format!("{base}/ui/fleet"))
+        .header("cookie", "edgeml_session=eyJyb2xlIjoiYWRtaW4ifQ")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/ui/login"));
+}
