@@ -692,3 +692,58 @@ fn rejects_console_action_by_viewer() {
         .unwrap()
         .starts_with("/ui/login"));
 }
+
+// ------------------------------------------------ the command line's view
+
+fn fleet_status(f: &Fleet) -> String {
+    let out = edgeml()
+        .args(["fleet", "status", "--server", &f.url()])
+        .env("EDGEML_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Progress and tables go to a terminal only: nothing on stderr here.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn fleet_status_prints_rollouts_and_devices_as_tables() {
+    let (f, _a) = on_v1();
+    let out = fleet_status(&f);
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.contains(start))
+            .unwrap_or_else(|| panic!("no line with `{start}`:\n{out}"))
+            .to_string()
+    };
+    assert!(
+        out.contains("Rollouts (1)") && out.contains("Devices (1)"),
+        "{out}"
+    );
+    let rollout = line("digits 1.0.0");
+    for want in ["stable", "active", "100%", "1 of 1"] {
+        assert!(rollout.contains(want), "`{want}` missing: {rollout}");
+    }
+    let device = line("gw-1");
+    for want in ["stable", "digits 1.0.0", "installed"] {
+        assert!(device.contains(want), "`{want}` missing: {device}");
+    }
+    // A halt shows with its reason.
+    f.client
+        .rollout("stable", edgeml_client::wire::fleet::RolloutAction::Abort)
+        .unwrap();
+    let out = fleet_status(&f);
+    assert!(
+        out.contains("halted") && out.contains("aborted by an operator"),
+        "{out}"
+    );
+}

@@ -327,6 +327,17 @@ pub enum FleetCommand {
         #[command(flatten)]
         server: FleetServer,
     },
+    /// The rollouts and the devices as tables: each channel's release,
+    /// state, step and share, how many devices run it and why it halted;
+    /// each device's model, architecture, tags, last report, health and
+    /// telemetry backlog.
+    Status {
+        #[command(flatten)]
+        server: FleetServer,
+        /// Only this channel and the devices following it.
+        #[arg(long)]
+        channel: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

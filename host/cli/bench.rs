@@ -54,8 +54,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     model.predict(input.clone())?;
     let cached_load = t.elapsed();
 
+    let pb = crate::progress::steps((args.warmup + args.iterations) as u64, "measuring latency");
     for _ in 0..args.warmup {
         model.predict(input.clone())?;
+        pb.inc(1);
     }
     let mut lat = Vec::with_capacity(args.iterations);
     for _ in 0..args.iterations {
@@ -63,10 +65,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let t = Instant::now();
         model.predict(i)?;
         lat.push(t.elapsed());
+        pb.inc(1);
     }
+    pb.finish_and_clear();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    let throughput = throughput(&model, &input, args.threads, args.iterations)?;
+    let pb = crate::progress::spinner(&format!("measuring throughput on {} threads", args.threads));
+    let throughput = throughput(&model, &input, args.threads, args.iterations);
+    pb.finish_and_clear();
+    let throughput = throughput?;
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -82,6 +82,10 @@ pub fn run(cli: Cli) -> Result<()> {
             ..
         } => crate::fleet::tag(&server, &device, &tags),
         Command::Fleet {
+            command: Some(FleetCommand::Status { server, channel }),
+            ..
+        } => crate::fleet::status(&server, channel.as_deref()),
+        Command::Fleet {
             server,
             channel,
             json,
@@ -314,7 +318,10 @@ fn precompile(
     let verified = runtime
         .verify(runtime.read_bundle(path)?, &policy)
         .with_context(|| format!("{} failed verification", path.display()))?;
-    let artifact = runtime.precompile(&verified, target, &key)?;
+    let pb = crate::progress::spinner(&format!("compiling {} for {target}", path.display()));
+    let artifact = runtime.precompile(&verified, target, &key);
+    pb.finish_and_clear();
+    let artifact = artifact?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| {
         let mut name = path.as_os_str().to_owned();
         name.push(format!(".{target}.edgemlpa"));
@@ -459,9 +466,14 @@ pub fn load(
     let verified = runtime
         .verify(runtime.read_bundle(path)?, policy)
         .with_context(|| format!("{} failed verification", path.display()))?;
-    let model = runtime
-        .load(&verified)
-        .with_context(|| format!("loading {}", path.display()))?;
+    // Compiling a component takes seconds; a cached load is instant.
+    let pb = crate::progress::spinner(&format!(
+        "loading {} (compiling unless cached)",
+        path.display()
+    ));
+    let model = runtime.load(&verified);
+    pb.finish_and_clear();
+    let model = model.with_context(|| format!("loading {}", path.display()))?;
     Ok((verified, model))
 }
 

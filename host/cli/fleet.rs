@@ -225,6 +225,8 @@ pub fn push(args: &PushArgs) -> Result<()> {
             // Also tagged by digest (as the server tags what it stores): a
             // later push of the same version moves the version tag, and the
             // registry's garbage collection must not take a pinned bundle.
+            let pb =
+                crate::progress::spinner(&format!("pushing {} bytes to {}", bytes.len(), r.url()));
             for t in [format!("sha256-{sha256}"), tag.clone()] {
                 r.push_artifact(
                     &bytes,
@@ -234,12 +236,15 @@ pub fn push(args: &PushArgs) -> Result<()> {
                 )
                 .with_context(|| format!("pushing the bundle to {}", r.url()))?;
             }
+            pb.finish_and_clear();
             println!("pushed {}:{tag} (sha256:{sha256})", r.url());
         }
         None => {
+            let pb = crate::progress::bytes(size, "uploading the bundle");
             client
-                .upload_bundle(&sha256, bytes)
+                .upload_bundle_from(&sha256, pb.wrap_read(std::io::Cursor::new(bytes)), size)
                 .context("uploading the bundle")?;
+            pb.finish_and_clear();
         }
     }
     let mut artifacts = Vec::new();
@@ -470,16 +475,7 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
         return Ok(());
     }
     for c in &channels {
-        let share = match &c.release.schedule {
-            Some(s) => format!(
-                "{}% (step {} of {}: {})",
-                c.release.share(Some(c.step)),
-                c.step + 1,
-                s.steps.len(),
-                s.steps_text()
-            ),
-            None => format!("{}%", c.release.rollout_percent),
-        };
+        let share = share_text(c);
         let target = c
             .release
             .target
@@ -522,6 +518,124 @@ pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
             st.last_error.as_deref().unwrap_or("")
         );
     }
+    if devices.iter().any(|d| !d.status.can_compile) {
+        println!("* no compiler: runs only precompiled artifacts (edgeml precompile, edgeml push --artifact)");
+    }
+    Ok(())
+}
+
+/// A channel's share: `25%`, or `25% (step 2 of 3: 5%,25%,100%)`.
+fn share_text(c: &edgeml_client::wire::fleet::ChannelStatus) -> String {
+    match &c.release.schedule {
+        Some(s) => format!(
+            "{}% (step {} of {}: {})",
+            c.release.share(Some(c.step)),
+            c.step + 1,
+            s.steps.len(),
+            s.steps_text()
+        ),
+        None => format!("{}%", c.release.rollout_percent),
+    }
+}
+
+/// `edgeml fleet status`: the rollouts and the devices as tables.
+pub fn status(s: &FleetServer, channel: Option<&str>) -> Result<()> {
+    use comfy_table::{
+        presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table,
+    };
+    let client = client(s)?;
+    let channels: Vec<_> = client
+        .channels()
+        .context("reading channels")?
+        .into_iter()
+        .filter(|c| channel.is_none_or(|ch| c.channel == ch))
+        .collect();
+    let devices: Vec<_> = client
+        .fleet_devices()
+        .context("reading devices")?
+        .into_iter()
+        .filter(|d| channel.is_none_or(|c| d.status.channel == c))
+        .collect();
+    let backlog: std::collections::BTreeMap<String, (u64, u64)> = client
+        .devices()
+        .context("reading telemetry devices")?
+        .into_iter()
+        .map(|d| (d.device_id, (d.pending_records, d.dropped_records)))
+        .collect();
+    let new_table = |header: &[&str]| {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_width(160)
+            .set_header(header.to_vec());
+        t
+    };
+    let mut rollouts = new_table(&[
+        "CHANNEL", "RELEASE", "STATE", "SHARE", "TARGET", "RUNNING", "REASON",
+    ]);
+    for c in &channels {
+        let on_channel = devices.iter().filter(|d| d.status.channel == c.channel);
+        let running = on_channel
+            .clone()
+            .filter(|d| {
+                d.status
+                    .installed
+                    .as_ref()
+                    .is_some_and(|i| i.sha256 == c.release.bundle.sha256)
+            })
+            .count();
+        rollouts.add_row(vec![
+            Cell::new(&c.channel),
+            Cell::new(format!("{} {}", c.release.model, c.release.model_version)),
+            Cell::new(c.state.name()),
+            Cell::new(share_text(c)),
+            Cell::new(c.release.target.as_deref().unwrap_or("all")),
+            Cell::new(format!("{running} of {}", on_channel.count()))
+                .set_alignment(CellAlignment::Right),
+            Cell::new(c.reason.as_deref().unwrap_or("")),
+        ]);
+    }
+    let mut fleet = new_table(&[
+        "DEVICE", "CHANNEL", "MODEL", "CODE", "TAGS", "SEEN", "HEALTH", "BACKLOG",
+    ]);
+    let now = edgeml_telemetry::now_ms();
+    for d in &devices {
+        let st = &d.status;
+        let health = match (&st.error_kind, &st.last_error) {
+            (Some(k), Some(e)) => format!("{}: {k}: {e}", st.state.name()),
+            (None, Some(e)) => format!("{}: {e}", st.state.name()),
+            _ => st.state.name().to_string(),
+        };
+        let backlog = match backlog.get(&d.device_id) {
+            Some((p, 0)) => format!("{p}"),
+            Some((p, dropped)) => format!("{p} ({dropped} dropped)"),
+            None => "-".into(),
+        };
+        fleet.add_row(vec![
+            Cell::new(&d.device_id),
+            Cell::new(&st.channel),
+            Cell::new(
+                st.installed
+                    .as_ref()
+                    .map_or("-".to_string(), |i| format!("{} {}", i.model, i.version)),
+            ),
+            Cell::new(format!(
+                "{}{}",
+                st.host_target.as_deref().unwrap_or("-"),
+                if st.can_compile { "" } else { "*" }
+            )),
+            Cell::new(tags_text(&d.tags)),
+            Cell::new(format!(
+                "{}s ago",
+                now.saturating_sub(d.last_seen_ms) / 1000
+            ))
+            .set_alignment(CellAlignment::Right),
+            Cell::new(health),
+            Cell::new(backlog).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    println!("Rollouts ({})\n{rollouts}", channels.len());
+    println!("Devices ({})\n{fleet}", devices.len());
     if devices.iter().any(|d| !d.status.can_compile) {
         println!("* no compiler: runs only precompiled artifacts (edgeml precompile, edgeml push --artifact)");
     }

@@ -10,6 +10,7 @@ mod commands;
 mod fleet;
 mod monitor;
 mod npy;
+mod progress;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -494,19 +494,22 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
             let client = client(server)?;
             match format.as_str() {
                 "parquet" => {
-                    let bytes = client.samples(SampleFormat::Parquet, model, version, &range)?;
                     let path = out.join("samples.parquet");
-                    std::fs::write(&path, &bytes)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    println!("wrote {} ({} bytes)", path.display(), bytes.len());
+                    let n = download(
+                        &client,
+                        SampleFormat::Parquet,
+                        model,
+                        version,
+                        &range,
+                        &path,
+                    )?;
+                    println!("wrote {} ({n} bytes)", path.display());
                 }
                 "npy" => {
                     let meta = client.samples_npy_metadata(model, version, &range)?;
-                    let bytes = client.samples(SampleFormat::Npy, model, version, &range)?;
                     let npy = out.join("samples.npy");
                     let json = out.join("samples.json");
-                    std::fs::write(&npy, &bytes)
-                        .with_context(|| format!("writing {}", npy.display()))?;
+                    download(&client, SampleFormat::Npy, model, version, &range, &npy)?;
                     std::fs::write(&json, serde_json::to_vec_pretty(&meta)?)
                         .with_context(|| format!("writing {}", json.display()))?;
                     println!(
@@ -525,4 +528,33 @@ pub fn collector(args: &CollectorArgs) -> Result<()> {
 
 fn ms_to_rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Download a sample export into `path` (written whole or not at all),
+/// showing the bytes as they come.
+fn download(
+    client: &edgeml_client::Client,
+    format: SampleFormat,
+    model: Option<&str>,
+    version: Option<&str>,
+    range: &Range,
+    path: &std::path::Path,
+) -> Result<u64> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let pb = crate::progress::download(&format!("downloading {}", path.display()));
+    let n = client.samples_to(
+        format,
+        model,
+        version,
+        range,
+        &mut pb.wrap_write(tmp.as_file_mut()),
+        path,
+    );
+    pb.finish_and_clear();
+    let n = n?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(n)
 }

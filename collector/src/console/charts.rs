@@ -44,7 +44,7 @@ pub(crate) struct Range {
 }
 
 impl Range {
-    fn from_ms(&self) -> u64 {
+    fn start_ms(&self) -> u64 {
         let hours = self.hours.unwrap_or(DEFAULT_HOURS).clamp(1, 24 * 90);
         crate::fleet::now_ms().saturating_sub(hours * 3_600_000)
     }
@@ -157,7 +157,7 @@ pub(crate) async fn model(
 ) -> Result<Markup, UiError> {
     let q = StoreQuery {
         model: Some(name.clone()),
-        from_ms: Some(r.from_ms()),
+        from_ms: Some(r.start_ms()),
         ..StoreQuery::default()
     };
     let store = st.store.clone();
@@ -245,7 +245,7 @@ pub(crate) async fn model(
             title: "Error rate".into(),
             unit: "%".into(),
             x: x.clone(),
-            series: series(&|s| (s.count > 0).then(|| s.error_rate * 100.0)),
+            series: series(&|s| (s.count > 0).then_some(s.error_rate * 100.0)),
         },
         Chart {
             id: "chart-throughput".into(),
@@ -347,7 +347,7 @@ pub(crate) async fn drift(
     let q = StoreQuery {
         model: Some(name.clone()),
         version: Some(version.clone()),
-        from_ms: Some(r.from_ms()),
+        from_ms: Some(r.start_ms()),
         ..StoreQuery::default()
     };
     let (models, windows) = blocking(move || Ok((store.models()?, store.windows(&q)?))).await?;
@@ -524,7 +524,7 @@ pub(crate) async fn samples(
     };
     let store = st.store.clone();
     let mut samples = blocking(move || store.samples(&q)).await?;
-    samples.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+    samples.sort_by_key(|s| std::cmp::Reverse(s.at_ms));
     let total = samples.len();
     samples.truncate(SAMPLES_SHOWN);
     let body = html! {

@@ -392,6 +392,21 @@ impl Client {
         json(checked(&url, send(&url, req)?)?, &url)
     }
 
+    /// [`Client::upload_bundle`] from a reader of `len` bytes, streamed
+    /// (the CLI wraps it to show progress).
+    pub fn upload_bundle_from(
+        &self,
+        sha256: &str,
+        bundle: impl std::io::Read + Send + 'static,
+        len: u64,
+    ) -> Result<BundleStored, Error> {
+        let url = self.url(&format!("/v1/fleet/bundles/{sha256}"));
+        let req = self
+            .admin(self.http.put(&url))
+            .body(reqwest::blocking::Body::sized(bundle, len));
+        json(checked(&url, send(&url, req)?)?, &url)
+    }
+
     /// Upload a signed precompiled artifact (`edgeml precompile`); the
     /// server checks its signature against the root and keeps it under its
     /// SHA-256 (which bundle it belongs to is checked when a release lists it).
@@ -581,6 +596,41 @@ impl Client {
         resp.bytes()
             .map(|b| b.to_vec())
             .map_err(|e| unreachable(&url, e))
+    }
+
+    /// [`Client::samples`] streamed into `out` (the file at `path`, named in
+    /// errors); returns the bytes written.
+    pub fn samples_to(
+        &self,
+        format: SampleFormat,
+        model: Option<&str>,
+        version: Option<&str>,
+        range: &Range,
+        out: &mut dyn std::io::Write,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
+        let fmt = match format {
+            SampleFormat::Parquet => "parquet",
+            SampleFormat::Npy => "npy",
+        };
+        let q = sample_query(fmt, model, version, range);
+        let url = self.url("/v1/samples");
+        let req = self.admin(self.http.get(&url)).query(&q);
+        let mut resp = checked(&url, send(&url, req)?)?;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut resp, &mut buf).map_err(|e| unreachable(&url, e))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(|error| Error::Io {
+                path: path.to_path_buf(),
+                error,
+            })?;
+            total += n as u64;
+        }
+        Ok(total)
     }
 
     /// The metadata of the `.npy` export with the same filter.
