@@ -400,8 +400,14 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
                 "`{want}` missing from the audit entry: {row}"
             );
         }
+        // The search leaves out what does not match.
+        assert_eq!(
+            count(&c, "#audit tbody tr").await,
+            count(&c, "#audit tbody tr[data-action='rollout.resume']").await
+        );
         c.goto(&format!("{base}/ui/audit")).await.unwrap();
         assert!(count(&c, "#audit tr[data-action='rollout.halt']").await >= 1);
+        assert!(count(&c, "#audit tr[data-action='console.login']").await >= 1);
         screenshot(&c, "audit").await;
 
         // Charts per version: drawn by uPlot from the page's data.
@@ -485,6 +491,12 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
             text(&c, "#dist-h").await,
             format!("{feature}: baseline and current")
         );
+        // The bucket's observations only, and some of them outside the
+        // baseline's usual shares.
+        let about = text(&c, "#distribution p").await;
+        assert!(about.contains("observations in the bucket from"), "{about}");
+        let n: u64 = about.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(n > 0 && n < 400, "{about}");
         assert!(count(&c, "#dist-chart rect.current").await >= 2);
         screenshot(&c, "drift").await;
         c.execute(
@@ -577,6 +589,16 @@ fn session(base: &str, token: &str) -> (String, String) {
     (set.split(';').next().unwrap().to_string(), set)
 }
 
+/// The value of the hidden field `name` in `page`.
+fn hidden(page: &str, name: &str) -> String {
+    let key = format!("name=\"{name}\" value=\"");
+    let at = page
+        .find(&key)
+        .unwrap_or_else(|| panic!("no `{name}` field in {page}"))
+        + key.len();
+    page[at..].split('"').next().unwrap().to_string()
+}
+
 /// The CSRF token in a page the session sees.
 fn csrf(base: &str, cookie: &str) -> String {
     let page = http()
@@ -586,8 +608,19 @@ fn csrf(base: &str, cookie: &str) -> String {
         .unwrap()
         .text()
         .unwrap();
-    let at = page.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
-    page[at..at + 64].to_string()
+    hidden(&page, "csrf")
+}
+
+/// The abort confirmation form's fields: the CSRF token and the rollout as seen.
+fn confirm_abort(base: &str, cookie: &str) -> (String, String) {
+    let page = http()
+        .get(format!("{base}/ui/rollouts/stable/abort"))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    (hidden(&page, "csrf"), hidden(&page, "seen"))
 }
 
 fn post_action(
@@ -636,14 +669,19 @@ fn rejects_console_action_without_csrf_token() {
     assert_eq!(r.status(), 403);
     assert_eq!(f.channel_state().0, RolloutState::Active);
     // With the token, the same post acts (the console's own form).
-    let token = csrf(&base, &cookie);
-    let r = post_action(&base, &cookie, &[("csrf", &token)], None);
+    let (token, seen) = confirm_abort(&base, &cookie);
+    let r = post_action(&base, &cookie, &[("csrf", &token), ("seen", &seen)], None);
     assert_eq!(r.status(), 303);
     assert_eq!(f.channel_state().0, RolloutState::Halted);
     let entry = last_audit(&f, "rollout.abort");
     assert_eq!(
         (entry.operator.as_deref(), entry.details["via"].as_str()),
         (Some("mallory"), "console")
+    );
+    let login = last_audit(&f, "console.login");
+    assert_eq!(
+        (login.actor.as_str(), login.operator.as_deref()),
+        ("admin", Some("mallory"))
     );
 }
 
@@ -652,16 +690,82 @@ fn rejects_console_action_from_another_origin() {
     let (f, _a) = on_v1();
     let base = f.url();
     let (cookie, _) = session(&base, ADMIN);
-    let token = csrf(&base, &cookie);
-    let r = post_action(
-        &base,
-        &cookie,
-        &[("csrf", &token)],
-        Some("http://evil.example"),
-    );
+    let (token, seen) = confirm_abort(&base, &cookie);
+    let form = [("csrf", token.as_str()), ("seen", seen.as_str())];
+    let r = post_action(&base, &cookie, &form, Some("http://evil.example"));
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("came from another site"));
+    // A browser that says the request is cross-site (or same-site: another
+    // port or subdomain) is refused too, whatever the Origin.
+    for site in ["cross-site", "same-site"] {
+        let r = http()
+            .post(format!("{base}/ui/rollouts/stable/abort"))
+            .header("cookie", &cookie)
+            .header("sec-fetch-site", site)
+            .form(&form)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "{site}");
+    }
+    // ... and so is a login posted from another site.
+    let r = http()
+        .post(format!("{base}/ui/login"))
+        .header("origin", "http://evil.example")
+        .form(&[("token", ADMIN)])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
     assert_eq!(f.channel_state().0, RolloutState::Active);
+}
+
+#[test]
+fn rejects_stale_console_action_after_the_rollout_changed() {
+    let (f, _a) = on_v1();
+    let base = f.url();
+    let (cookie, _) = session(&base, ADMIN);
+    // The operator opens "pause" on the active rollout ...
+    let page = http()
+        .get(format!("{base}/ui/rollouts/stable/pause"))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let form = [
+        ("csrf", hidden(&page, "csrf")),
+        ("seen", hidden(&page, "seen")),
+    ];
+    // ... the rollout is halted meanwhile ...
+    f.client
+        .rollout("stable", edgeml_client::wire::fleet::RolloutAction::Abort)
+        .unwrap();
+    // ... and the confirmed pause must not turn the halt into a pause
+    // (devices would keep the halted release).
+    let r = http()
+        .post(format!("{base}/ui/rollouts/stable/pause"))
+        .header("cookie", &cookie)
+        .form(&form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r
+        .text()
+        .unwrap()
+        .contains("changed since you looked: it is now halted"));
+    assert_eq!(f.channel_state().0, RolloutState::Halted);
+    // Nor does a hand-made pause of the halted rollout, with a fresh view.
+    let page = http()
+        .get(format!("{base}/ui/rollouts/stable/pause"))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 409);
+    assert!(page
+        .text()
+        .unwrap()
+        .contains("pause does not apply to it now"));
+    assert_eq!(f.channel_state().0, RolloutState::Halted);
 }
 
 #[test]
@@ -680,17 +784,26 @@ fn rejects_console_action_by_viewer() {
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("logged in as a viewer"));
     assert_eq!(f.channel_state().0, RolloutState::Active);
-    // A forged cookie is no session at all.
-    let r = http()
-        .get(format!("{base}/ui/fleet"))
-        .header("cookie", "edgeml_session=eyJyb2xlIjoiYWRtaW4ifQ")
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert!(r.headers()["location"]
-        .to_str()
-        .unwrap()
-        .starts_with("/ui/login"));
+    assert_eq!(last_audit(&f, "console.login").actor, "viewer");
+    // A forged cookie is no session at all: a well-formed admin session in
+    // the clear, and the viewer's real cookie with one character changed.
+    let forged = r#"edgeml_session={"role":"admin","operator":"mallory","csrf":"00","expires_ms":99999999999999}"#;
+    let (name, value) = cookie.split_once('=').unwrap();
+    let mut bytes = value.as_bytes().to_vec();
+    bytes[10] = if bytes[10] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{name}={}", String::from_utf8(bytes).unwrap());
+    for c in [forged.to_string(), tampered] {
+        let r = http()
+            .get(format!("{base}/ui/fleet"))
+            .header("cookie", &c)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 303, "{c}");
+        assert!(r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/ui/login"));
+    }
 }
 
 // ------------------------------------------------ the command line's view

@@ -330,26 +330,6 @@ fn readme_retraining_walkthrough_runs() {
     };
     assert!(rate("1.1.0") > rate("1.0.0") + 0.05, "{stdout}");
     // The pacer took it to the whole fleet, with the gate's evidence.
-    // The console is served, and sends a browser without a session to log in.
-    assert!(
-        stdout.contains("<title>Log in · edgeml console"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("303 http://127.0.0.1:7071/ui/login?next=%2Fui%2Ffleet"),
-        "{stdout}"
-    );
-    // `edgeml fleet status`: the halted rollout and both devices in tables.
-    assert!(
-        stdout.contains("Rollouts (1)") && stdout.contains("Devices (2)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.contains("digits 1.2.0") && l.contains("halted") && l.contains("0 of 2")),
-        "{stdout}"
-    );
     let last = stdout.rsplit("DEVICE").next().unwrap();
     let on_new = last
         .lines()

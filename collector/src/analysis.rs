@@ -171,10 +171,10 @@ pub struct DistributionBin {
 }
 
 /// The distribution of `feature` over `windows` beside the baseline's, for
-/// looking at a drift alert: numeric features in the baseline's ten deciles
-/// (each a tenth of the baseline; values above its largest are their own
-/// bin), categorical features per category. `None` if the baseline does not
-/// have the feature.
+/// looking at a drift alert: numeric features between the baseline's
+/// deciles (values at or below its least and above its largest are bins of
+/// their own; tied deciles merge), categorical features per category.
+/// `None` if the baseline does not have the feature.
 pub fn distribution(
     baseline: &Baseline,
     windows: &[StoredWindow],
@@ -189,7 +189,7 @@ pub fn distribution(
     };
     if let Some(b) = baseline.numeric.iter().find(|b| b.name == feature) {
         let q = &b.quantiles;
-        if q.len() < 11 {
+        if q.len() < 2 {
             return Ok(None);
         }
         let mut merged = GridCounts::new(q.len());
@@ -201,22 +201,38 @@ pub fn distribution(
         let bins = merged.bins();
         let total = merged.count();
         let n = q.len() - 1;
-        let mut out = Vec::with_capacity(11);
-        for d in 0..10 {
-            let (lo, hi) = (d * n / 10, (d + 1) * n / 10);
-            // Bin i holds values in (q[i-1], q[i]]; bin 0 those <= q[0].
-            let first = if d == 0 { 0 } else { lo + 1 };
-            let count: u64 = bins[first..=hi].iter().sum();
+        // Both CDFs on the grid, as the drift statistics read them: the
+        // baseline's is the rank of the largest quantile <= x (ties count
+        // once), the windows' the share of values at or below x.
+        let base_cdf = |x: f64| {
+            q.iter()
+                .rposition(|&p| p <= x)
+                .map_or(0.0, |i| i as f64 / n as f64)
+        };
+        let win_cdf = |x: f64| {
+            let upto = q.partition_point(|&p| p <= x).min(bins.len());
+            share(bins[..upto].iter().sum(), total)
+        };
+        let mut edges: Vec<f64> = (0..=10).map(|d| q[d * n / 10]).collect();
+        edges.dedup();
+        let mut out = Vec::with_capacity(edges.len() + 1);
+        out.push(DistributionBin {
+            label: format!("≤ {}", short(edges[0])),
+            baseline: base_cdf(edges[0]),
+            current: win_cdf(edges[0]),
+        });
+        for w in edges.windows(2) {
             out.push(DistributionBin {
-                label: format!("{} – {}", short(q[lo]), short(q[hi])),
-                baseline: (hi - lo) as f64 / n as f64,
-                current: share(count, total),
+                label: format!("{} – {}", short(w[0]), short(w[1])),
+                baseline: base_cdf(w[1]) - base_cdf(w[0]),
+                current: win_cdf(w[1]) - win_cdf(w[0]),
             });
         }
+        let last = edges[edges.len() - 1];
         out.push(DistributionBin {
-            label: format!("above {}", short(q[n])),
-            baseline: 0.0,
-            current: share(bins[n + 1], total),
+            label: format!("> {}", short(last)),
+            baseline: 1.0 - base_cdf(last),
+            current: if total == 0 { 0.0 } else { 1.0 - win_cdf(last) },
         });
         return Ok(Some(Distribution {
             feature: feature.into(),
@@ -708,5 +724,133 @@ mod accuracy_tests {
             accuracy(&[], &[window("1.0.0", 10, 0.0, 0)], None, &BTreeMap::new())[0].estimated,
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod distribution_tests {
+    use super::distribution;
+    use crate::store::StoredWindow;
+    use edgeml_bundle::{Baseline, CategoricalBaseline, NumericBaseline};
+    use edgeml_telemetry::wire::ModelRef;
+    use edgeml_telemetry::GridCounts;
+
+    /// A baseline whose feature `x` is uniform on [0, 100] (quantile k at k)
+    /// and whose `prediction` is `a` three times out of four.
+    fn baseline() -> Baseline {
+        Baseline {
+            examples: 1000,
+            numeric: vec![NumericBaseline {
+                name: "x".into(),
+                count: 1000,
+                quantiles: (0..=100).map(f64::from).collect(),
+            }],
+            categorical: vec![CategoricalBaseline {
+                name: "prediction".into(),
+                counts: [("a".to_string(), 750), ("b".to_string(), 250)].into(),
+            }],
+        }
+    }
+
+    fn window(values: &[f32], predicted: &[(&str, u64)]) -> StoredWindow {
+        let grid: Vec<f64> = (0..=100).map(f64::from).collect();
+        let mut counts = GridCounts::new(grid.len());
+        for &v in values {
+            counts.add(&grid, v);
+        }
+        StoredWindow {
+            id: "w".into(),
+            device_id: "d1".into(),
+            model: ModelRef {
+                name: "m".into(),
+                version: "1.0.0".into(),
+                digest: "d".into(),
+            },
+            start_ms: 0,
+            end_ms: 1,
+            count: values.len() as u64,
+            errors: Default::default(),
+            latency_us: String::new(),
+            numeric: Default::default(),
+            binned: [("x".to_string(), counts.to_base64())].into(),
+            categorical: [(
+                "prediction".to_string(),
+                predicted.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            )]
+            .into(),
+            confidence_sum: 0.0,
+            scored: 0,
+        }
+    }
+
+    #[test]
+    fn numeric_feature_by_baseline_deciles_with_values_outside_its_range() {
+        // Half the values in the first decile, a fifth in the last, a fifth
+        // above the baseline's largest value, a tenth at its least.
+        let mut values = vec![5.0_f32; 50];
+        values.extend([95.0; 20]);
+        values.extend([250.0; 20]);
+        values.extend([-3.0; 10]);
+        let d = distribution(&baseline(), &[window(&values, &[])], "x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.count, 100);
+        let labels: Vec<&str> = d.bins.iter().map(|b| b.label.as_str()).collect();
+        assert_eq!(labels[..3], ["≤ 0", "0 – 10", "10 – 20"]);
+        assert_eq!(labels[11], "> 100");
+        let current: Vec<f64> = d
+            .bins
+            .iter()
+            .map(|b| (b.current * 100.0).round() / 100.0)
+            .collect();
+        assert_eq!(
+            current,
+            [0.1, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2, 0.2]
+        );
+        assert!(d.bins[1..11]
+            .iter()
+            .all(|b| (b.baseline - 0.1).abs() < 1e-12));
+        assert_eq!((d.bins[0].baseline, d.bins[11].baseline), (0.0, 0.0));
+    }
+
+    #[test]
+    fn constant_feature_is_one_bin_where_baseline_and_current_agree() {
+        let mut b = baseline();
+        b.numeric[0].quantiles = vec![0.0; 101];
+        let mut w = window(&[], &[]);
+        let mut counts = GridCounts::new(101);
+        for _ in 0..10 {
+            counts.add(&b.numeric[0].quantiles, 0.0);
+        }
+        w.binned.insert("x".into(), counts.to_base64());
+        let d = distribution(&b, &[w], "x").unwrap().unwrap();
+        let bins: Vec<(&str, f64, f64)> = d
+            .bins
+            .iter()
+            .map(|b| (b.label.as_str(), b.baseline, b.current))
+            .collect();
+        assert_eq!(bins, [("≤ 0", 1.0, 1.0), ("> 0", 0.0, 0.0)]);
+    }
+
+    #[test]
+    fn categorical_feature_by_category_including_new_ones() {
+        let w = window(&[], &[("a", 1), ("b", 2), ("c", 1)]);
+        let d = distribution(&baseline(), &[w], "prediction")
+            .unwrap()
+            .unwrap();
+        let bins: Vec<(&str, f64, f64)> = d
+            .bins
+            .iter()
+            .map(|b| (b.label.as_str(), b.baseline, b.current))
+            .collect();
+        assert_eq!(
+            bins,
+            [("a", 0.75, 0.25), ("b", 0.25, 0.5), ("c", 0.0, 0.25)]
+        );
+    }
+
+    #[test]
+    fn unknown_feature_has_no_distribution() {
+        assert_eq!(distribution(&baseline(), &[], "nope").unwrap(), None);
     }
 }

@@ -1,7 +1,7 @@
 //! Models (charts per version), drift (heatmap and distributions) and
 //! drift samples (images, waveforms).
 
-use super::{iso, page, query, when, Session, UiError};
+use super::{iso, page, query, seg, when, Session, UiError};
 use crate::analysis;
 use crate::api::{blocking, AppState};
 use crate::store::{Query as StoreQuery, StoredSample, StoredWindow};
@@ -14,6 +14,19 @@ use edgeml_telemetry::wire::{SampleInput, TensorData};
 use maud::{html, Markup};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Run a page's rendering on the blocking pool (it merges sketches,
+/// verifies hashes or draws samples: not work for the async workers).
+pub(crate) async fn off_runtime(
+    f: impl FnOnce() -> Result<Markup, UiError> + Send + 'static,
+) -> Result<Markup, UiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        UiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the page failed: {e}"),
+        )
+    })?
+}
 
 /// Default look-back of the charts and drift pages.
 const DEFAULT_HOURS: u64 = 24;
@@ -44,6 +57,11 @@ pub(crate) struct Range {
 }
 
 impl Range {
+    /// The bucket asked for, within 1 s and 30 days.
+    fn bucket_s(&self) -> Option<u64> {
+        self.bucket.map(|b| b.clamp(1, 30 * 86_400))
+    }
+
     fn start_ms(&self) -> u64 {
         let hours = self.hours.unwrap_or(DEFAULT_HOURS).clamp(1, 24 * 90);
         crate::fleet::now_ms().saturating_sub(hours * 3_600_000)
@@ -79,17 +97,17 @@ pub(crate) async fn models(State(st): State<AppState>, s: Session) -> Result<Mar
             p { "No device has sent telemetry yet." }
         }
         table #models {
-            thead { tr { th scope="col" { "Model" } th scope="col" { "Versions" } th scope="col" { "Devices" } th scope="col" { "Drift" } } }
+            thead { tr { th scope="col" { "Model" } th scope="col" { "Versions" } th scope="col" { "Devices per version" } th scope="col" { "Drift" } } }
             tbody {
                 @for (name, versions) in &by_name {
                     tr {
-                        th scope="row" { a href=(format!("/ui/models/{name}")) { (name) } }
+                        th scope="row" { a href=(format!("/ui/models/{}", seg(name))) { (name) } }
                         td { @for v in versions { (v.model.version) " " } }
-                        td.num { (versions.iter().map(|v| v.devices).sum::<u64>()) }
+                        td { @for v in versions { (v.model.version) ": " (v.devices) " " } }
                         td {
                             @for v in versions {
                                 @if v.baseline.is_some() {
-                                    a href=(format!("/ui/models/{name}/{}/drift", v.model.version)) { "drift of " (v.model.version) } " "
+                                    a href=(format!("/ui/models/{}/{}/drift", seg(name), seg(&v.model.version))) { "drift of " (v.model.version) } " "
                                 } @else {
                                     span.hint { (v.model.version) ": no baseline" } " "
                                 }
@@ -169,6 +187,19 @@ pub(crate) async fn model(
         ))
     })
     .await?;
+    off_runtime(move || model_page(s, name, r, windows, outcomes, devices)).await
+}
+
+/// The model page from what the store gave (sketch merges: on the
+/// blocking pool).
+fn model_page(
+    s: Session,
+    name: String,
+    r: Range,
+    windows: Vec<StoredWindow>,
+    outcomes: Vec<crate::store::StoredOutcome>,
+    devices: Vec<edgeml_client::wire::fleet::FleetDevice>,
+) -> Result<Markup, UiError> {
     let fail = |e: String| UiError::new(StatusCode::INTERNAL_SERVER_ERROR, e);
     let mut by_version: BTreeMap<String, Vec<StoredWindow>> = BTreeMap::new();
     for w in windows {
@@ -181,9 +212,8 @@ pub(crate) async fn model(
     let first = all.iter().map(|w| w.start_ms).min().unwrap_or(0);
     let last = all.iter().map(|w| w.end_ms).max().unwrap_or(0);
     let bucket_s = r
-        .bucket
-        .unwrap_or_else(|| bucket_for(last.saturating_sub(first), 40))
-        .max(1);
+        .bucket_s()
+        .unwrap_or_else(|| bucket_for(last.saturating_sub(first), 40));
     let bucket_ms = bucket_s * 1000;
     // Per version and bucket: the windows' statistics.
     let mut starts: BTreeSet<u64> = BTreeSet::new();
@@ -262,16 +292,19 @@ pub(crate) async fn model(
             title: "Accuracy (from labels)".into(),
             unit: "%".into(),
             x: x.clone(),
-            series: accuracy
-                .iter()
-                .map(|a| Series {
-                    label: a.version.clone(),
+            // The versions in the other charts' order, so each keeps its
+            // colour and dash.
+            series: per
+                .keys()
+                .map(|v| Series {
+                    label: v.to_string(),
                     values: starts
                         .iter()
                         .map(|t| {
-                            a.windows
+                            accuracy
                                 .iter()
-                                .find(|w| w.start_ms == *t)
+                                .find(|a| a.version == *v)
+                                .and_then(|a| a.windows.iter().find(|w| w.start_ms == *t))
                                 .and_then(|w| w.accuracy)
                                 .map(|v| v * 100.0)
                         })
@@ -281,7 +314,7 @@ pub(crate) async fn model(
         });
     }
     let body = html! {
-        (range_form(&format!("/ui/models/{name}"), &r))
+        (range_form(&format!("/ui/models/{}", seg(&name)), &r))
         @if by_version.is_empty() {
             p { "No telemetry for " (name) " in this range." }
         } @else {
@@ -312,7 +345,7 @@ pub(crate) async fn model(
                                     None => "—",
                                 }
                             }
-                            td { a href=(format!("/ui/models/{name}/{v}/drift")) { "heatmap" } }
+                            td { a href=(format!("/ui/models/{}/{}/drift", seg(&name), seg(v))) { "heatmap" } }
                         }
                     }
                 }
@@ -351,6 +384,20 @@ pub(crate) async fn drift(
         ..StoreQuery::default()
     };
     let (models, windows) = blocking(move || Ok((store.models()?, store.windows(&q)?))).await?;
+    let thresholds = st.settings.drift.clone();
+    off_runtime(move || drift_page(s, name, version, r, models, windows, thresholds)).await
+}
+
+/// The drift page from what the store gave (on the blocking pool).
+fn drift_page(
+    s: Session,
+    name: String,
+    version: String,
+    r: Range,
+    models: Vec<edgeml_client::wire::telemetry::ModelVersionInfo>,
+    windows: Vec<StoredWindow>,
+    thresholds: edgeml_telemetry::drift::DriftThresholds,
+) -> Result<Markup, UiError> {
     let Some(baseline) = models
         .into_iter()
         .filter(|m| m.model.name == name && m.model.version == version)
@@ -365,11 +412,10 @@ pub(crate) async fn drift(
     let first = windows.iter().map(|w| w.start_ms).min().unwrap_or(0);
     let last = windows.iter().map(|w| w.end_ms).max().unwrap_or(0);
     let bucket_s = r
-        .bucket
-        .unwrap_or_else(|| bucket_for(last.saturating_sub(first), 24))
-        .max(1);
+        .bucket_s()
+        .unwrap_or_else(|| bucket_for(last.saturating_sub(first), 24));
     let report =
-        analysis::drift(&baseline, &windows, bucket_s * 1000, &st.settings.drift).map_err(fail)?;
+        analysis::drift(&baseline, &windows, bucket_s * 1000, &thresholds).map_err(fail)?;
     let features: BTreeSet<&str> = report
         .buckets
         .iter()
@@ -394,14 +440,14 @@ pub(crate) async fn drift(
         Some(f) => analysis::distribution(&baseline, &in_bucket, f).map_err(fail)?,
         None => None,
     };
-    let base = format!("/ui/models/{name}/{version}/drift");
+    let base = format!("/ui/models/{}/{}/drift", seg(&name), seg(&version));
     let hours = r.hours.unwrap_or(DEFAULT_HOURS).to_string();
     let bucket = bucket_s.to_string();
     let body = html! {
         (range_form(&base, &r))
         p {
             "Drift of each feature against the baseline packed with " (name) " " (version)
-            " (" (report.baseline_examples) " examples), by " (format!("{:?}", st.settings.drift.metric).to_uppercase())
+            " (" (report.baseline_examples) " examples), by " (format!("{:?}", thresholds.metric).to_uppercase())
             " in buckets of " (bucket_s) " s. Cells show PSI; "
             strong { "!" } " marks possible drift, " strong { "!!" } " drift, " strong { "·" } " too few observations. Pick a cell to compare that feature's distribution with the baseline."
         }
@@ -508,6 +554,13 @@ pub(crate) struct SampleFilter {
 /// Most samples the page draws (newest first).
 const SAMPLES_SHOWN: usize = 40;
 
+/// Largest side of a tensor drawn as an image (cells; larger ones are
+/// drawn from every n-th pixel).
+const MAX_IMAGE_SIDE: usize = 64;
+
+/// Most tensors of one sample drawn.
+const MAX_TENSORS_DRAWN: usize = 4;
+
 pub(crate) async fn samples(
     State(st): State<AppState>,
     s: Session,
@@ -527,6 +580,7 @@ pub(crate) async fn samples(
     samples.sort_by_key(|s| std::cmp::Reverse(s.at_ms));
     let total = samples.len();
     samples.truncate(SAMPLES_SHOWN);
+    off_runtime(move || {
     let body = html! {
         form.filters method="get" action="/ui/samples" aria-label="Filter samples" {
             p { label for="model" { "Model" } input #model type="text" name="model" value=[f.model.as_deref()]; }
@@ -541,6 +595,8 @@ pub(crate) async fn samples(
         }
     };
     Ok(page(Some(&s), "Drift samples", "Samples", body))
+    })
+    .await
 }
 
 fn sample_card(s: &StoredSample) -> Markup {
@@ -592,7 +648,10 @@ fn input_view(input: &SampleInput) -> Markup {
             html! { p.hint { (mt) ", " (data.len() * 3 / 4) " bytes (not drawn)" } }
         }
         SampleInput::Tensors { tensors } => html! {
-            @for t in tensors { (tensor_view(t)) }
+            @for t in tensors.iter().take(MAX_TENSORS_DRAWN) { (tensor_view(t)) }
+            @if tensors.len() > MAX_TENSORS_DRAWN {
+                p.hint { (tensors.len() - MAX_TENSORS_DRAWN) " more inputs not drawn" }
+            }
         },
     }
 }
@@ -647,7 +706,9 @@ fn tensor_view(t: &TensorData) -> Markup {
     // An image: the last two dimensions (both 4 or more), or a square.
     let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
     let hw = match dims.as_slice() {
-        [.., h, w] if *h >= 4 && *w >= 4 && h * w <= n => Some((*h, *w)),
+        [.., h, w] if *h >= 4 && *w >= 4 && h.checked_mul(*w).is_some_and(|p| p <= n) => {
+            Some((*h, *w))
+        }
         _ => {
             let side = (n as f64).sqrt().round() as usize;
             (side >= 4 && side * side == n).then_some((side, side))
@@ -655,17 +716,29 @@ fn tensor_view(t: &TensorData) -> Markup {
     };
     let shape = format!("{:?}", t.shape);
     match hw {
-        Some((h, w)) if h * w <= 256 * 256 => {
+        Some((h, w)) => {
             let px = &values[..h * w];
             let (lo, hi) = px
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             let span = (hi - lo).max(1e-12);
+            // At most 64×64 cells: larger images are drawn from every
+            // `step`-th pixel, so a page stays small whatever devices send.
+            let step = h.max(w).div_ceil(MAX_IMAGE_SIDE).max(1);
+            let (ch, cw) = (h.div_ceil(step), w.div_ceil(step));
+            let drawn = if step == 1 {
+                String::new()
+            } else {
+                format!(", every {step}th pixel")
+            };
             html! {
-                svg.sample-image viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(format!("{} {shape} drawn as a {h}×{w} grayscale image", t.name)) shape-rendering="crispEdges" {
-                    @for (i, v) in px.iter().enumerate() {
-                        @let g = (255.0 - (v - lo) / span * 255.0).round() as u8;
-                        rect x=(i % w) y=(i / w) width="1" height="1" fill=(format!("#{g:02x}{g:02x}{g:02x}")) {}
+                svg.sample-image viewBox=(format!("0 0 {cw} {ch}")) role="img" aria-label=(format!("{} {shape} drawn as a {h}×{w} grayscale image{drawn}", t.name)) shape-rendering="crispEdges" {
+                    @for y in 0..ch {
+                        @for x in 0..cw {
+                            @let v = px[(y * step) * w + x * step];
+                            @let g = (255.0 - (v - lo) / span * 255.0).round() as u8;
+                            rect x=(x) y=(y) width="1" height="1" fill=(format!("#{g:02x}{g:02x}{g:02x}")) {}
+                        }
                     }
                 }
             }
@@ -702,5 +775,83 @@ fn waveform(values: &[f32], label: &str) -> Markup {
             line x1="0" y1=(h / 2.0) x2=(w) y2=(h / 2.0) stroke="#bbb" {}
             path d=(d) stroke="#1f5fbf" stroke-width="1" fill="none" {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
+        for &s in samples {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn audio_sample_is_drawn_as_a_waveform_with_a_player() {
+        // A second of a 440 Hz tone at 16 kHz.
+        let tone: Vec<i16> = (0..16_000)
+            .map(|i| {
+                ((i as f32 * 440.0 * std::f32::consts::TAU / 16_000.0).sin() * 20_000.0) as i16
+            })
+            .collect();
+        let html = input_view(&SampleInput::media("audio/wav", &wav(&tone, 16_000))).into_string();
+        assert!(html.contains("<svg class=\"waveform\""), "{html}");
+        assert!(html.contains("1.00 s at 16000 Hz"), "{html}");
+        assert!(
+            html.contains("<audio controls src=\"data:audio/wav;base64,"),
+            "{html}"
+        );
+        // 400 columns, each a vertical stroke.
+        let d = html
+            .split(" d=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(d.matches('M').count(), 400);
+    }
+
+    #[test]
+    fn broken_wav_sample_says_so_instead_of_failing_the_page() {
+        let html = input_view(&SampleInput::media("audio/wav", b"RIFF not really")).into_string();
+        assert!(html.contains("WAV that does not decode"), "{html}");
+    }
+
+    #[test]
+    fn square_tensor_sample_is_drawn_as_a_grayscale_image() {
+        let values: Vec<u8> = (0..64u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let t = TensorData::new("image", Dtype::F32, &[1, 64], &values);
+        let html = input_view(&SampleInput::Tensors { tensors: vec![t] }).into_string();
+        assert!(html.contains("drawn as a 8×8 grayscale image"), "{html}");
+        assert_eq!(html.matches("<rect").count(), 64);
+        // The smallest value is white, the largest black.
+        assert!(
+            html.contains("fill=\"#ffffff\"") && html.contains("fill=\"#000000\""),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn other_media_is_named_not_embedded() {
+        let html = input_view(&SampleInput::media(
+            "image/svg+xml",
+            b"<svg onload=alert(1)>",
+        ))
+        .into_string();
+        assert!(html.contains("image/svg+xml, "), "{html}");
+        assert!(!html.contains("data:image/svg"), "{html}");
     }
 }

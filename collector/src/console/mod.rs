@@ -281,12 +281,31 @@ pub(crate) fn query(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).unwrap_or_default()
 }
 
-/// Where to go after logging in: a console page, never another site.
+/// Where to go after logging in: a console page, never another site (and
+/// nothing a `Location` header cannot hold).
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with("/ui/") && !n.contains("//") && !n.contains('\\') => n,
+        Some(n)
+            if n.starts_with("/ui/")
+                && !n.contains("//")
+                && n.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\') =>
+        {
+            n
+        }
         _ => "/ui/fleet",
     }
+}
+
+/// A value as one URL path segment (model names and versions come from
+/// devices: `/`, `?`, `#` and `..` must not change where a link goes).
+pub(crate) fn seg(s: &str) -> String {
+    /// Everything but RFC 3986's unreserved characters.
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 #[derive(Deserialize)]
@@ -370,6 +389,22 @@ async fn login(
         && operator.len() <= 64
         && operator.bytes().all(|b| (0x20..0x7f).contains(&b)))
     .then(|| operator.to_string());
+    // Logins are in the audit log (who came in, with which credential);
+    // a login that cannot be recorded does not happen.
+    let entry = crate::store::NewAuditEntry {
+        actor: match role {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+        .into(),
+        operator: operator.clone(),
+        action: "console.login".into(),
+        target: "console".into(),
+        ..Default::default()
+    };
+    if let Err(e) = crate::audit::record(&st, entry).await {
+        return UiError::from(e).into_response();
+    }
     let mut csrf = [0u8; 32];
     if getrandom::fill(&mut csrf).is_err() {
         return UiError::new(

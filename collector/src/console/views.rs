@@ -1,6 +1,6 @@
 //! Fleet, rollouts (with their actions) and the audit log.
 
-use super::{page, query, when, Session, UiError};
+use super::{page, query, seg, when, Session, UiError};
 use crate::api::{blocking, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -153,7 +153,7 @@ pub(crate) async fn fleet(
                 @for r in &shown {
                     tr data-device=(r.id) {
                         th scope="row" { (r.id) @if let Some(c) = &r.channel { br; small { "channel " (c) } } }
-                        td { @if let Some((m, _)) = &r.model { a href=(format!("/ui/models/{m}")) { (m) } } @else { "—" } }
+                        td { @if let Some((m, _)) = &r.model { a href=(format!("/ui/models/{}", seg(m))) { (m) } } @else { "—" } }
                         td { @if let Some((_, v)) = &r.model { (v) } @else { "—" } }
                         td { (r.arch.as_deref().unwrap_or("—")) }
                         td { @for (k, v) in &r.tags { span.tag { (k) "=" (v) } " " } }
@@ -285,7 +285,7 @@ pub(crate) async fn rollouts(
                     h3 { "Gate evidence" }
                     p.evidence { (when(g.at_ms)) ", " (g.source.name()) ": " (g.reason.as_deref().unwrap_or("")) }
                 }
-                (actions(&s, &c.channel, c.state, r.schedule.as_ref().map(|sc| c.step + 1 < sc.steps.len() as u32).unwrap_or(false)))
+                (actions(&s, &c.channel, c.state, more_steps(c)))
                 (decision_table(decisions))
             }
         }
@@ -302,29 +302,52 @@ fn state_badge(state: RolloutState) -> Markup {
     html! { span class=(format!("badge {class}")) { span aria-hidden="true" { (mark) } " " (state.name()) } }
 }
 
+/// Whether the console offers `action` on a rollout in `state`: pause an
+/// active one, resume one that is not, promote a paced one with steps left
+/// that is not halted, abort one that is not halted. (A pause must not turn
+/// a halt into a pause: devices would keep the halted release.)
+fn allowed(action: RolloutAction, state: RolloutState, more_steps: bool) -> bool {
+    match action {
+        RolloutAction::Pause => state == RolloutState::Active,
+        RolloutAction::Resume => state != RolloutState::Active,
+        RolloutAction::Promote => more_steps && state != RolloutState::Halted,
+        RolloutAction::Abort => state != RolloutState::Halted,
+    }
+}
+
+/// What the operator saw of a rollout when asked to confirm: the form
+/// carries it, and the action is refused if the rollout moved meanwhile.
+fn seen(c: &crate::store::StoredRelease) -> String {
+    format!("{}:{}:{}", c.state.name(), c.version, c.step)
+}
+
+fn more_steps(c: &crate::store::StoredRelease) -> bool {
+    c.release
+        .schedule
+        .as_ref()
+        .is_some_and(|sc| c.step + 1 < sc.steps.len() as u32)
+}
+
 /// The buttons an admin may press on a rollout in `state` (links to their
 /// confirmation pages).
 fn actions(s: &Session, channel: &str, state: RolloutState, more_steps: bool) -> Markup {
     if !s.is_admin() {
         return html! { p.hint { "Read-only: log in with the admin token to pause, resume, promote or abort." } };
     }
-    let mut buttons = Vec::new();
-    if state == RolloutState::Active {
-        buttons.push(("pause", "Pause"));
-    }
-    if state != RolloutState::Active {
-        buttons.push(("resume", "Resume"));
-    }
-    if more_steps && state != RolloutState::Halted {
-        buttons.push(("promote", "Promote"));
-    }
-    if state != RolloutState::Halted {
-        buttons.push(("abort", "Abort"));
-    }
+    let buttons: Vec<(&str, &str)> = [
+        (RolloutAction::Pause, "pause", "Pause"),
+        (RolloutAction::Resume, "resume", "Resume"),
+        (RolloutAction::Promote, "promote", "Promote"),
+        (RolloutAction::Abort, "abort", "Abort"),
+    ]
+    .into_iter()
+    .filter(|(a, _, _)| allowed(*a, state, more_steps))
+    .map(|(_, path, label)| (path, label))
+    .collect();
     html! {
         p.actions {
             @for (action, label) in buttons {
-                a.button href=(format!("/ui/rollouts/{channel}/{action}")) data-action=(action) aria-label=(format!("{label} the rollout on channel {channel}")) { (label) }
+                a.button href=(format!("/ui/rollouts/{}/{action}", seg(channel))) data-action=(action) aria-label=(format!("{label} the rollout on channel {channel}")) { (label) }
                 " "
             }
         }
@@ -400,6 +423,9 @@ pub(crate) async fn confirm(
             format!("Nothing is published to channel `{channel}`."),
         ));
     };
+    if !allowed(act, current.state, more_steps(&current)) {
+        return Err(not_now(&channel, act, &current));
+    }
     let label = match act {
         RolloutAction::Pause => "Pause",
         RolloutAction::Resume => "Resume",
@@ -413,8 +439,9 @@ pub(crate) async fn confirm(
         }
         p { (effect(act)) }
         p { "The action goes into the audit log under your name." }
-        form method="post" action=(format!("/ui/rollouts/{channel}/{action}")) {
+        form method="post" action=(format!("/ui/rollouts/{}/{action}", seg(&channel))) {
             (s.csrf_field())
+            input type="hidden" name="seen" value=(seen(&current));
             button type="submit" #confirm { "Yes, " (label.to_lowercase()) }
             " "
             a href=(format!("/ui/rollouts#channel-{channel}")) { "Cancel" }
@@ -432,6 +459,27 @@ pub(crate) async fn confirm(
 pub(crate) struct ActionForm {
     #[serde(default)]
     csrf: String,
+    /// The rollout as the confirmation page showed it.
+    #[serde(default)]
+    seen: String,
+}
+
+/// 409: the action does not apply to the rollout as it is.
+fn not_now(channel: &str, act: RolloutAction, c: &crate::store::StoredRelease) -> UiError {
+    let name = match act {
+        RolloutAction::Pause => "pause",
+        RolloutAction::Resume => "resume",
+        RolloutAction::Promote => "promote",
+        RolloutAction::Abort => "abort",
+    };
+    UiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "The rollout on channel `{channel}` is {}{}: {name} does not apply to it now. Nothing was done; look at it again and decide.",
+            c.state.name(),
+            c.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        ),
+    )
 }
 
 /// `POST /ui/rollouts/{channel}/{action}`: the same decision the API takes.
@@ -452,6 +500,35 @@ pub(crate) async fn act(
         )
         .into_response();
     };
+    // Act only on the rollout the operator confirmed: if the gate (or
+    // another operator) moved it since, say so instead.
+    let store = st.store.clone();
+    let ch = channel.clone();
+    let current = match blocking(move || store.release(&ch)).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return UiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Nothing is published to channel `{channel}`."),
+            )
+            .into_response()
+        }
+        Err(e) => return UiError::from(e).into_response(),
+    };
+    if f.seen != seen(&current) {
+        return UiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "The rollout on channel `{channel}` changed since you looked: it is now {}{}. Nothing was done; look at it again and decide.",
+                current.state.name(),
+                current.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            ),
+        )
+        .into_response();
+    }
+    if !allowed(act, current.state, more_steps(&current)) {
+        return not_now(&channel, act, &current).into_response();
+    }
     match crate::fleet::rollout_action(&st, channel, act, &s.operator()).await {
         Ok(changed) => Redirect::to(&format!(
             "/ui/rollouts?{}#channel-{}",
@@ -496,6 +573,17 @@ pub(crate) async fn audit(
         Ok((head, all))
     })
     .await?;
+    super::charts::off_runtime(move || audit_page(s, f, head, entries)).await
+}
+
+/// The audit page: the whole chain verified, then searched (on the
+/// blocking pool: it hashes every entry).
+fn audit_page(
+    s: Session,
+    f: AuditFilter,
+    head: edgeml_client::wire::audit::AuditHead,
+    entries: Vec<AuditEntry>,
+) -> Result<Markup, UiError> {
     let verdict = verify_chain(&entries, Some(&head), None);
     let words: Vec<String> =
         f.q.as_deref()
@@ -525,7 +613,7 @@ pub(crate) async fn audit(
         @match &verdict {
             Ok(h) => p.notice.ok #chain role="status" data-verified="true" {
                 span aria-hidden="true" { "✔ " }
-                "Chain verified: " (entries.len()) " entries, every hash and link checked, reaching the head the server recorded (#" (h.seq) ", " code { (&h.hash[..h.hash.len().min(16)]) } "…). "
+                "Chain verified: " (entries.len()) " entries up to #" (h.seq) ", every hash and link checked, and the head the server recorded (#" (head.seq) ", " code { (head.hash.get(..16).unwrap_or(&head.hash)) } "…) is in it. "
                 small { "This is the server checking its own database; for a check that does not trust the server, keep a checkpoint with " code { "edgeml audit verify --checkpoint FILE" } "." }
             },
             Err(e) => p.notice.bad #chain role="alert" data-verified="false" {

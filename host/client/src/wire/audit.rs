@@ -33,9 +33,10 @@ pub struct AuditEntry {
     pub seq: u64,
     /// When it was written (Unix ms, server clock).
     pub at_ms: u64,
-    /// The credential that acted: `admin` (the admin token), `enrolment`
-    /// (a device enrolling with the enrolment token) or `server` (the
-    /// server itself, such as the canary gate halting a rollout).
+    /// The credential that acted: `admin` (the admin token), `viewer` (the
+    /// console's read-only token, which only logs in), `enrolment` (a
+    /// device enrolling with the enrolment token) or `server` (the server
+    /// itself, such as the canary gate halting a rollout).
     pub actor: String,
     /// The name the caller gave for itself (`Edgeml-Operator` header, set
     /// by the CLI from `EDGEML_OPERATOR` or the login name). Claimed, not
