@@ -332,6 +332,9 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
     wait_for("the canary gate to halt 1.1.0", 30, || {
         f.channel_state().0 == RolloutState::Halted
     });
+    // (The store is read outside the browser's runtime: the PostgreSQL
+    // client blocks.)
+    let halt_reason = f.channel_state().1;
 
     rt.block_on(async {
         c.goto(&format!("{base}/ui/rollouts")).await.unwrap();
@@ -342,7 +345,7 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
             reason.contains("gw-north") && reason.contains("gw-south"),
             "the halt names no devices: {reason}"
         );
-        assert_eq!(Some(reason.clone()), f.channel_state().1);
+        assert_eq!(Some(reason.clone()), halt_reason);
         screenshot(&c, "rollout-halted").await;
 
         // Resume: a confirmation page first, then the decision.
@@ -859,4 +862,41 @@ fn fleet_status_prints_rollouts_and_devices_as_tables() {
         out.contains("halted") && out.contains("aborted by an operator"),
         "{out}"
     );
+}
+
+#[test]
+fn console_session_holds_across_replicas_and_ends_when_its_token_is_replaced() {
+    let key = vec![7u8; 64];
+    let settings = |admin: &str| {
+        let mut s = edgeml_collector::Settings::new(admin, ENROL);
+        s.console.session_key = Some(key.clone());
+        s
+    };
+    let f = Fleet::with_settings(|s| s.console.session_key = Some(key.clone()));
+    let (cookie, _) = session(&f.url(), ADMIN);
+    let fleet_page = |server: &edgeml_collector::Server| {
+        http()
+            .get(format!("{}/ui/fleet", server.url()))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap()
+            .status()
+    };
+    // A second replica on the same database with the same key and token
+    // takes the session ...
+    let replica = edgeml_collector::Server::start_with(
+        f.db.open(),
+        settings(ADMIN),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(fleet_page(&replica), 200);
+    // ... one whose admin token was replaced does not.
+    let rotated = edgeml_collector::Server::start_with(
+        f.db.open(),
+        settings("a-new-admin-token"),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(fleet_page(&rotated), 303);
 }

@@ -451,20 +451,32 @@ pub fn rollout(args: &RolloutArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
-    let client = client(s)?;
-    let channels: Vec<_> = client
+/// The channels and the devices (those of `channel` only, if given).
+fn fleet_state(
+    client: &edgeml_client::Client,
+    channel: Option<&str>,
+) -> Result<(
+    Vec<edgeml_client::wire::fleet::ChannelStatus>,
+    Vec<edgeml_client::wire::fleet::FleetDevice>,
+)> {
+    let channels = client
         .channels()
         .context("reading channels")?
         .into_iter()
         .filter(|c| channel.is_none_or(|ch| c.channel == ch))
         .collect();
-    let devices: Vec<_> = client
+    let devices = client
         .fleet_devices()
         .context("reading devices")?
         .into_iter()
         .filter(|d| channel.is_none_or(|c| d.status.channel == c))
         .collect();
+    Ok((channels, devices))
+}
+
+pub fn view(s: &FleetServer, channel: Option<&str>, json: bool) -> Result<()> {
+    let client = client(s)?;
+    let (channels, devices) = fleet_state(&client, channel)?;
     if json {
         println!(
             "{}",
@@ -544,18 +556,7 @@ pub fn status(s: &FleetServer, channel: Option<&str>) -> Result<()> {
         presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table,
     };
     let client = client(s)?;
-    let channels: Vec<_> = client
-        .channels()
-        .context("reading channels")?
-        .into_iter()
-        .filter(|c| channel.is_none_or(|ch| c.channel == ch))
-        .collect();
-    let devices: Vec<_> = client
-        .fleet_devices()
-        .context("reading devices")?
-        .into_iter()
-        .filter(|d| channel.is_none_or(|c| d.status.channel == c))
-        .collect();
+    let (channels, devices) = fleet_state(&client, channel)?;
     let backlog: std::collections::BTreeMap<String, (u64, u64)> = client
         .devices()
         .context("reading telemetry devices")?

@@ -186,6 +186,22 @@ pub(crate) struct Session {
     /// Every form's CSRF token.
     csrf: String,
     expires_ms: u64,
+    /// Which token logged in ([`token_tag`]): a session ends when its
+    /// token is replaced.
+    token: String,
+}
+
+/// A short digest naming a token (not enough to find it).
+fn token_tag(token: &str) -> String {
+    hex::encode(&Sha256::digest(format!("edgeml-console-session\n{}", token.trim()))[..8])
+}
+
+/// The token a role logs in with now.
+fn role_token(st: &AppState, role: Role) -> Option<&str> {
+    match role {
+        Role::Admin => Some(&st.settings.admin_token),
+        Role::Viewer => st.settings.console.viewer_token.as_deref(),
+    }
 }
 
 impl Session {
@@ -241,6 +257,7 @@ impl FromRequestParts<AppState> for Session {
             .get(COOKIE)
             .and_then(|c| serde_json::from_str::<Session>(c.value()).ok())
             .filter(|s| s.expires_ms > now)
+            .filter(|s| role_token(st, s.role).is_some_and(|t| token_tag(t) == s.token))
         {
             Some(s) => Ok(s),
             None => {
@@ -419,6 +436,7 @@ async fn login(
         operator,
         csrf: hex::encode(csrf),
         expires_ms: crate::fleet::now_ms().saturating_add(ttl.as_millis() as u64),
+        token: role_token(&st, role).map(token_tag).unwrap_or_default(),
     };
     let Ok(value) = serde_json::to_string(&session) else {
         return UiError::new(StatusCode::INTERNAL_SERVER_ERROR, "session").into_response();

@@ -415,14 +415,7 @@ pub(crate) async fn confirm(
     if !s.is_admin() {
         return Err(UiError::new(StatusCode::FORBIDDEN, "You are logged in as a viewer, who can see the fleet but not change it. Log in with the admin token to act."));
     }
-    let store = st.store.clone();
-    let ch = channel.clone();
-    let Some(current) = blocking(move || store.release(&ch)).await? else {
-        return Err(UiError::new(
-            StatusCode::NOT_FOUND,
-            format!("Nothing is published to channel `{channel}`."),
-        ));
-    };
+    let current = published(&st, &channel).await?;
     if !allowed(act, current.state, more_steps(&current)) {
         return Err(not_now(&channel, act, &current));
     }
@@ -464,6 +457,18 @@ pub(crate) struct ActionForm {
     seen: String,
 }
 
+/// The channel's release and rollout state (404 if nothing is published).
+async fn published(st: &AppState, channel: &str) -> Result<crate::store::StoredRelease, UiError> {
+    let store = st.store.clone();
+    let ch = channel.to_string();
+    blocking(move || store.release(&ch)).await?.ok_or_else(|| {
+        UiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Nothing is published to channel `{channel}`."),
+        )
+    })
+}
+
 /// 409: the action does not apply to the rollout as it is.
 fn not_now(channel: &str, act: RolloutAction, c: &crate::store::StoredRelease) -> UiError {
     let name = match act {
@@ -502,18 +507,9 @@ pub(crate) async fn act(
     };
     // Act only on the rollout the operator confirmed: if the gate (or
     // another operator) moved it since, say so instead.
-    let store = st.store.clone();
-    let ch = channel.clone();
-    let current = match blocking(move || store.release(&ch)).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            return UiError::new(
-                StatusCode::NOT_FOUND,
-                format!("Nothing is published to channel `{channel}`."),
-            )
-            .into_response()
-        }
-        Err(e) => return UiError::from(e).into_response(),
+    let current = match published(&st, &channel).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
     };
     if f.seen != seen(&current) {
         return UiError::new(

@@ -585,6 +585,20 @@ impl Client {
         version: Option<&str>,
         range: &Range,
     ) -> Result<Vec<u8>, Error> {
+        let (url, resp) = self.samples_response(format, model, version, range)?;
+        resp.bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| unreachable(&url, e))
+    }
+
+    /// The sample export's response (a success), and its URL for errors.
+    fn samples_response(
+        &self,
+        format: SampleFormat,
+        model: Option<&str>,
+        version: Option<&str>,
+        range: &Range,
+    ) -> Result<(String, reqwest::blocking::Response), Error> {
         let fmt = match format {
             SampleFormat::Parquet => "parquet",
             SampleFormat::Npy => "npy",
@@ -593,9 +607,7 @@ impl Client {
         let url = self.url("/v1/samples");
         let req = self.admin(self.http.get(&url)).query(&q);
         let resp = checked(&url, send(&url, req)?)?;
-        resp.bytes()
-            .map(|b| b.to_vec())
-            .map_err(|e| unreachable(&url, e))
+        Ok((url, resp))
     }
 
     /// [`Client::samples`] streamed into `out` (the file at `path`, named in
@@ -609,14 +621,7 @@ impl Client {
         out: &mut dyn std::io::Write,
         path: &std::path::Path,
     ) -> Result<u64, Error> {
-        let fmt = match format {
-            SampleFormat::Parquet => "parquet",
-            SampleFormat::Npy => "npy",
-        };
-        let q = sample_query(fmt, model, version, range);
-        let url = self.url("/v1/samples");
-        let req = self.admin(self.http.get(&url)).query(&q);
-        let mut resp = checked(&url, send(&url, req)?)?;
+        let (url, mut resp) = self.samples_response(format, model, version, range)?;
         let mut buf = vec![0u8; 64 << 10];
         let mut total = 0u64;
         loop {
