@@ -249,6 +249,21 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
         flush(&agents);
         std::thread::sleep(Duration::from_millis(500));
     }
+    // A microphone gateway running voice activity detection: its samples
+    // are WAV recordings.
+    let (mic_runtime, mic) = telemetry_runtime_with(&f, "mic-1", |tc| {
+        tc.samples = Some(SampleConfig {
+            per_window: 2,
+            ..SampleConfig::default()
+        })
+    });
+    let (_, vad) = load(&VAD, &mic_runtime);
+    let wav = read(model_path("vad/speech.wav"));
+    for _ in 0..2 {
+        vad.predict(media("audio/wav", wav.clone())).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    mic.flush(Duration::from_secs(10));
     // Two samples get their true labels: one right, one wrong.
     let samples = f.store().samples(&Default::default()).unwrap();
     let labelled: Vec<_> = samples
@@ -295,7 +310,11 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
         assert!(text(&c, "header .who").await.contains("alice · admin"));
 
         c.goto(&format!("{base}/ui/fleet")).await.unwrap();
-        assert_eq!(text(&c, "#fleet-count").await, "2 of 2 devices");
+        // The two gateways, and the microphone that only sends telemetry.
+        assert_eq!(text(&c, "#fleet-count").await, "3 of 3 devices");
+        assert!(text(&c, "tr[data-device=mic-1]")
+            .await
+            .contains("telemetry only"));
         let row = text(&c, "tr[data-device=gw-north]").await;
         for want in [
             "gw-north",
@@ -315,7 +334,7 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
         c.goto(&format!("{base}/ui/fleet?tag=site%3Dsouth"))
             .await
             .unwrap();
-        assert_eq!(text(&c, "#fleet-count").await, "1 of 2 devices");
+        assert_eq!(text(&c, "#fleet-count").await, "1 of 3 devices");
         assert_eq!(count(&c, "tr[data-device=gw-south]").await, 1);
 
         c.goto(&format!("{base}/ui/rollouts")).await.unwrap();
@@ -529,6 +548,26 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
         assert_eq!(count(&c, "article.sample dd.label .ok").await, 1);
         assert_eq!(count(&c, "article.sample dd.label .bad").await, 1);
         screenshot(&c, "samples").await;
+
+        // The microphone's samples: a waveform and a player per recording.
+        c.goto(&format!("{base}/ui/samples?model=silero-vad"))
+            .await
+            .unwrap();
+        assert!(count(&c, "article.sample svg.waveform path").await >= 1);
+        assert_eq!(
+            count(&c, "article.sample svg.waveform").await,
+            count(&c, "article.sample audio").await
+        );
+        let label = c
+            .find(Locator::Css("article.sample svg.waveform"))
+            .await
+            .unwrap()
+            .attr("aria-label")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(label.contains("at 16000 Hz"), "{label}");
+        screenshot(&c, "samples-audio").await;
 
         // A viewer sees everything and can change nothing.
         c.find(Locator::Css("header .who button"))
