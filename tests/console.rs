@@ -939,3 +939,96 @@ fn console_session_holds_across_replicas_and_ends_when_its_token_is_replaced() {
     .unwrap();
     assert_eq!(fleet_page(&rotated), 303);
 }
+
+/// The console's form for `action` on channel `stable`, posted as the
+/// browser would after the confirmation page.
+fn confirm_and_post(base: &str, cookie: &str, action: &str) -> reqwest::blocking::Response {
+    let page = http()
+        .get(format!("{base}/ui/rollouts/stable/{action}"))
+        .header("cookie", cookie)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200, "confirmation page of {action}");
+    let page = page.text().unwrap();
+    http()
+        .post(format!("{base}/ui/rollouts/stable/{action}"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", hidden(&page, "csrf")),
+            ("seen", hidden(&page, "seen")),
+        ])
+        .send()
+        .unwrap()
+}
+
+/// The actions a rollouts page offers (`data-action` of its buttons).
+fn offered(base: &str, cookie: &str) -> Vec<String> {
+    let page = http()
+        .get(format!("{base}/ui/rollouts"))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    page.split("data-action=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn console_pauses_resumes_promotes_and_aborts_a_paced_rollout_each_audited() {
+    let f = Fleet::new();
+    f.push(&f.signed(&DIGITS_IMAGE, "1.0.0"), "1.0.0", 100.0);
+    let bundle = f.signed(&DIGITS_IMAGE, "1.1.0");
+    let mut r = f.release_for(&bundle, "1.1.0", 100.0);
+    r.schedule = Some(edgeml_fleet::Schedule {
+        steps: vec![25.0, 100.0],
+        min_step_secs: 3600,
+        min_step_devices: 1,
+    });
+    let env = edgeml_fleet::Envelope::sign(&r, &[&f.release[0], &f.release[1]]).unwrap();
+    f.publish_release(env.to_vec()).unwrap();
+    let base = f.url();
+    let (cookie, _) = session(&base, ADMIN);
+    let rollout = || f.store().release("stable").unwrap().unwrap();
+    assert_eq!(offered(&base, &cookie), ["pause", "promote", "abort"]);
+    for (action, state, step, offers) in [
+        (
+            "pause",
+            RolloutState::Paused,
+            0,
+            vec!["resume", "promote", "abort"],
+        ),
+        (
+            "resume",
+            RolloutState::Active,
+            0,
+            vec!["pause", "promote", "abort"],
+        ),
+        ("promote", RolloutState::Active, 1, vec!["pause", "abort"]),
+        ("abort", RolloutState::Halted, 1, vec!["resume"]),
+    ] {
+        let r = confirm_and_post(&base, &cookie, action);
+        assert_eq!(
+            r.status(),
+            303,
+            "{action}: {}",
+            r.text().unwrap_or_default()
+        );
+        let now = rollout();
+        assert_eq!((now.state, now.step), (state, step), "after {action}");
+        assert_eq!(offered(&base, &cookie), offers, "after {action}");
+        let entry = last_audit(&f, &format!("rollout.{action}"));
+        assert_eq!(
+            (
+                entry.actor.as_str(),
+                entry.operator.as_deref(),
+                entry.details["via"].as_str(),
+                entry.details["to"].as_str()
+            ),
+            ("admin", Some("mallory"), "console", state.name()),
+            "{action}"
+        );
+    }
+}
