@@ -135,6 +135,10 @@ async fn at(c: &Client, path: &str) {
     }
 }
 
+async fn click(c: &Client, what: Locator<'_>) {
+    c.find(what).await.unwrap().click().await.unwrap();
+}
+
 async fn count(c: &Client, css: &str) -> usize {
     c.find_all(Locator::Css(css)).await.unwrap().len()
 }
@@ -171,12 +175,7 @@ async fn login(c: &Client, base: &str, token: &str, name: &str) {
         .send_keys(name)
         .await
         .unwrap();
-    c.find(Locator::Css("form.login button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Css("form.login button[type=submit]")).await;
 }
 
 /// Digits 1.0.0 packed with a drift baseline from the 360 held-out digits.
@@ -368,23 +367,13 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
         screenshot(&c, "rollout-halted").await;
 
         // Resume: a confirmation page first, then the decision.
-        c.find(Locator::Css("#channel-stable a[data-action=resume]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, Locator::Css("#channel-stable a[data-action=resume]")).await;
         at(&c, "/ui/rollouts/stable/resume").await;
         assert!(text(&c, "p.question")
             .await
             .contains("Resume the rollout of digits 1.1.0 on channel stable"));
         screenshot(&c, "confirm-resume").await;
-        c.find(Locator::Id("confirm"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, Locator::Id("confirm")).await;
         at(&c, "/ui/rollouts").await;
         assert!(text(&c, ".notice.ok").await.contains("is now active"));
         assert_eq!(text(&c, "#channel-stable dd.state").await, "▶ active");
@@ -570,12 +559,7 @@ fn console_shows_the_fleet_and_steers_a_halted_rollout_in_a_browser() {
         screenshot(&c, "samples-audio").await;
 
         // A viewer sees everything and can change nothing.
-        c.find(Locator::Css("header .who button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, Locator::Css("header .who button")).await;
         at(&c, "/ui/login").await;
         login(&c, &base, VIEWER, "victor").await;
         at(&c, "/ui/fleet").await;
@@ -641,42 +625,47 @@ fn hidden(page: &str, name: &str) -> String {
     page[at..].split('"').next().unwrap().to_string()
 }
 
+/// A console page as the session sees it.
+fn get(base: &str, cookie: &str, path: &str) -> reqwest::blocking::Response {
+    http()
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+}
+
 /// The CSRF token in a page the session sees.
 fn csrf(base: &str, cookie: &str) -> String {
-    let page = http()
-        .get(format!("{base}/ui/rollouts"))
-        .header("cookie", cookie)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    hidden(&page, "csrf")
+    hidden(&get(base, cookie, "/ui/rollouts").text().unwrap(), "csrf")
 }
 
-/// The abort confirmation form's fields: the CSRF token and the rollout as seen.
-fn confirm_abort(base: &str, cookie: &str) -> (String, String) {
-    let page = http()
-        .get(format!("{base}/ui/rollouts/stable/abort"))
-        .header("cookie", cookie)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    (hidden(&page, "csrf"), hidden(&page, "seen"))
+/// The fields of `action`'s confirmation form: the CSRF token and the
+/// rollout as seen.
+fn confirm_form(base: &str, cookie: &str, action: &str) -> [(&'static str, String); 2] {
+    let page = get(base, cookie, &format!("/ui/rollouts/stable/{action}"));
+    assert_eq!(page.status(), 200, "confirmation page of {action}");
+    let page = page.text().unwrap();
+    [
+        ("csrf", hidden(&page, "csrf")),
+        ("seen", hidden(&page, "seen")),
+    ]
 }
 
+/// Post `form` to `action` on channel `stable` with the session, and the
+/// extra request headers given.
 fn post_action(
     base: &str,
     cookie: &str,
-    form: &[(&str, &str)],
-    origin: Option<&str>,
+    action: &str,
+    form: &impl serde::Serialize,
+    headers: &[(&str, &str)],
 ) -> reqwest::blocking::Response {
     let mut req = http()
-        .post(format!("{base}/ui/rollouts/stable/abort"))
+        .post(format!("{base}/ui/rollouts/stable/{action}"))
         .header("cookie", cookie)
         .form(form);
-    if let Some(o) = origin {
-        req = req.header("origin", o);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     req.send().unwrap()
 }
@@ -704,15 +693,15 @@ fn rejects_console_action_without_csrf_token() {
     let (f, _a) = on_v1();
     let base = f.url();
     let (cookie, _) = session(&base, ADMIN);
-    let r = post_action(&base, &cookie, &[("csrf", &"0".repeat(64))], None);
+    let r = post_action(&base, &cookie, "abort", &[("csrf", "0".repeat(64))], &[]);
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("CSRF token does not match"));
-    let r = post_action(&base, &cookie, &[], None);
+    let r = post_action(&base, &cookie, "abort", &[("seen", "active")], &[]);
     assert_eq!(r.status(), 403);
     assert_eq!(f.channel_state().0, RolloutState::Active);
     // With the token, the same post acts (the console's own form).
-    let (token, seen) = confirm_abort(&base, &cookie);
-    let r = post_action(&base, &cookie, &[("csrf", &token), ("seen", &seen)], None);
+    let form = confirm_form(&base, &cookie, "abort");
+    let r = post_action(&base, &cookie, "abort", &form, &[]);
     assert_eq!(r.status(), 303);
     assert_eq!(f.channel_state().0, RolloutState::Halted);
     let entry = last_audit(&f, "rollout.abort");
@@ -732,21 +721,20 @@ fn rejects_console_action_from_another_origin() {
     let (f, _a) = on_v1();
     let base = f.url();
     let (cookie, _) = session(&base, ADMIN);
-    let (token, seen) = confirm_abort(&base, &cookie);
-    let form = [("csrf", token.as_str()), ("seen", seen.as_str())];
-    let r = post_action(&base, &cookie, &form, Some("http://evil.example"));
+    let form = confirm_form(&base, &cookie, "abort");
+    let r = post_action(
+        &base,
+        &cookie,
+        "abort",
+        &form,
+        &[("origin", "http://evil.example")],
+    );
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("came from another site"));
     // A browser that says the request is cross-site (or same-site: another
     // port or subdomain) is refused too, whatever the Origin.
     for site in ["cross-site", "same-site"] {
-        let r = http()
-            .post(format!("{base}/ui/rollouts/stable/abort"))
-            .header("cookie", &cookie)
-            .header("sec-fetch-site", site)
-            .form(&form)
-            .send()
-            .unwrap();
+        let r = post_action(&base, &cookie, "abort", &form, &[("sec-fetch-site", site)]);
         assert_eq!(r.status(), 403, "{site}");
     }
     // ... and so is a login posted from another site.
@@ -767,29 +755,14 @@ fn rejects_stale_console_action_after_the_rollout_changed() {
     let base = f.url();
     let (cookie, _) = session(&base, ADMIN);
     // The operator opens "pause" on the active rollout ...
-    let page = http()
-        .get(format!("{base}/ui/rollouts/stable/pause"))
-        .header("cookie", &cookie)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let form = [
-        ("csrf", hidden(&page, "csrf")),
-        ("seen", hidden(&page, "seen")),
-    ];
+    let form = confirm_form(&base, &cookie, "pause");
     // ... the rollout is halted meanwhile ...
     f.client
         .rollout("stable", edgeml_client::wire::fleet::RolloutAction::Abort)
         .unwrap();
     // ... and the confirmed pause must not turn the halt into a pause
     // (devices would keep the halted release).
-    let r = http()
-        .post(format!("{base}/ui/rollouts/stable/pause"))
-        .header("cookie", &cookie)
-        .form(&form)
-        .send()
-        .unwrap();
+    let r = post_action(&base, &cookie, "pause", &form, &[]);
     assert_eq!(r.status(), 409);
     assert!(r
         .text()
@@ -797,11 +770,7 @@ fn rejects_stale_console_action_after_the_rollout_changed() {
         .contains("changed since you looked: it is now halted"));
     assert_eq!(f.channel_state().0, RolloutState::Halted);
     // Nor does a hand-made pause of the halted rollout, with a fresh view.
-    let page = http()
-        .get(format!("{base}/ui/rollouts/stable/pause"))
-        .header("cookie", &cookie)
-        .send()
-        .unwrap();
+    let page = get(&base, &cookie, "/ui/rollouts/stable/pause");
     assert_eq!(page.status(), 409);
     assert!(page
         .text()
@@ -822,7 +791,7 @@ fn rejects_console_action_by_viewer() {
     let base = f.url();
     let (cookie, _) = session(&base, VIEWER);
     let token = csrf(&base, &cookie);
-    let r = post_action(&base, &cookie, &[("csrf", &token)], None);
+    let r = post_action(&base, &cookie, "abort", &[("csrf", token)], &[]);
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("logged in as a viewer"));
     assert_eq!(f.channel_state().0, RolloutState::Active);
@@ -913,14 +882,8 @@ fn console_session_holds_across_replicas_and_ends_when_its_token_is_replaced() {
     };
     let f = Fleet::with_settings(|s| s.console.session_key = Some(key.clone()));
     let (cookie, _) = session(&f.url(), ADMIN);
-    let fleet_page = |server: &edgeml_collector::Server| {
-        http()
-            .get(format!("{}/ui/fleet", server.url()))
-            .header("cookie", &cookie)
-            .send()
-            .unwrap()
-            .status()
-    };
+    let fleet_page =
+        |server: &edgeml_collector::Server| get(&server.url(), &cookie, "/ui/fleet").status();
     // A second replica on the same database with the same key and token
     // takes the session ...
     let replica = edgeml_collector::Server::start_with(
@@ -940,36 +903,9 @@ fn console_session_holds_across_replicas_and_ends_when_its_token_is_replaced() {
     assert_eq!(fleet_page(&rotated), 303);
 }
 
-/// The console's form for `action` on channel `stable`, posted as the
-/// browser would after the confirmation page.
-fn confirm_and_post(base: &str, cookie: &str, action: &str) -> reqwest::blocking::Response {
-    let page = http()
-        .get(format!("{base}/ui/rollouts/stable/{action}"))
-        .header("cookie", cookie)
-        .send()
-        .unwrap();
-    assert_eq!(page.status(), 200, "confirmation page of {action}");
-    let page = page.text().unwrap();
-    http()
-        .post(format!("{base}/ui/rollouts/stable/{action}"))
-        .header("cookie", cookie)
-        .form(&[
-            ("csrf", hidden(&page, "csrf")),
-            ("seen", hidden(&page, "seen")),
-        ])
-        .send()
-        .unwrap()
-}
-
 /// The actions a rollouts page offers (`data-action` of its buttons).
 fn offered(base: &str, cookie: &str) -> Vec<String> {
-    let page = http()
-        .get(format!("{base}/ui/rollouts"))
-        .header("cookie", cookie)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let page = get(base, cookie, "/ui/rollouts").text().unwrap();
     page.split("data-action=\"")
         .skip(1)
         .map(|s| s.split('"').next().unwrap().to_string())
@@ -1009,7 +945,8 @@ fn console_pauses_resumes_promotes_and_aborts_a_paced_rollout_each_audited() {
         ("promote", RolloutState::Active, 1, vec!["pause", "abort"]),
         ("abort", RolloutState::Halted, 1, vec!["resume"]),
     ] {
-        let r = confirm_and_post(&base, &cookie, action);
+        let form = confirm_form(&base, &cookie, action);
+        let r = post_action(&base, &cookie, action, &form, &[]);
         assert_eq!(
             r.status(),
             303,

@@ -179,8 +179,13 @@ pub(crate) fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Compare digests, so the comparison time says nothing about the token.
-    !expected.is_empty() && Sha256::digest(given.trim()) == Sha256::digest(expected)
+    token_matches(given, expected)
+}
+
+/// Whether `given` is the token `expected` (surrounding whitespace aside).
+/// Digests are compared, so the comparison time says nothing about the token.
+pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
+    !expected.is_empty() && Sha256::digest(given.trim()) == Sha256::digest(expected.trim())
 }
 
 pub(crate) fn admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {

@@ -21,7 +21,13 @@ pub const MAX_PAGE: usize = 1000;
 /// characters; anything else is ignored rather than refused (the action
 /// is authorised by the token, not by the name).
 pub(crate) fn operator(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(OPERATOR_HEADER)?.to_str().ok()?.trim();
+    operator_name(headers.get(OPERATOR_HEADER)?.to_str().ok()?)
+}
+
+/// An operator name as given (a header, the console's login form): kept if
+/// printable ASCII of 1 to 64 characters after trimming, else ignored.
+pub(crate) fn operator_name(given: &str) -> Option<String> {
+    let v = given.trim();
     let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| (0x20..0x7f).contains(&b));
     ok.then(|| v.to_string())
 }

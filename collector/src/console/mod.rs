@@ -18,7 +18,7 @@
 mod charts;
 mod views;
 
-use crate::api::{ApiError, AppState};
+use crate::api::{token_matches, ApiError, AppState};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -222,6 +222,12 @@ impl Session {
         html! { input type="hidden" name="csrf" value=(self.csrf); }
     }
 
+    /// Whether a form carries this session's CSRF token (digests compared:
+    /// the time says nothing about the token).
+    fn csrf_ok(&self, csrf: &str) -> bool {
+        Sha256::digest(csrf.as_bytes()) == Sha256::digest(self.csrf.as_bytes())
+    }
+
     /// Whether a form post may act: an admin session, the session's CSRF
     /// token, and a request from this origin.
     pub(crate) fn check_action(&self, headers: &HeaderMap, csrf: &str) -> Result<(), UiError> {
@@ -231,7 +237,7 @@ impl Session {
                 "This request came from another site. Actions are only taken from the console's own pages.",
             ));
         }
-        if Sha256::digest(csrf.as_bytes()) != Sha256::digest(self.csrf.as_bytes()) {
+        if !self.csrf_ok(csrf) {
             return Err(UiError::new(
                 StatusCode::FORBIDDEN,
                 "The form's CSRF token does not match your session (it may be from an older login). Reload the page and try again.",
@@ -379,17 +385,10 @@ async fn login(
         return UiError::new(StatusCode::FORBIDDEN, "Log in from the console's own page.")
             .into_response();
     }
-    let digest = |t: &str| Sha256::digest(t.trim().as_bytes());
-    let given = digest(&f.token);
-    let role = if given == digest(&st.settings.admin_token) {
+    let matches = |role| role_token(&st, role).is_some_and(|t| token_matches(&f.token, t));
+    let role = if matches(Role::Admin) {
         Role::Admin
-    } else if st
-        .settings
-        .console
-        .viewer_token
-        .as_deref()
-        .is_some_and(|v| given == digest(v))
-    {
+    } else if matches(Role::Viewer) {
         Role::Viewer
     } else {
         tracing::warn!("console login with a wrong token");
@@ -401,11 +400,7 @@ async fn login(
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
         return resp;
     };
-    let operator = f.operator.trim();
-    let operator = (!operator.is_empty()
-        && operator.len() <= 64
-        && operator.bytes().all(|b| (0x20..0x7f).contains(&b)))
-    .then(|| operator.to_string());
+    let operator = crate::audit::operator_name(&f.operator);
     // Logins are in the audit log (who came in, with which credential);
     // a login that cannot be recorded does not happen.
     let entry = crate::store::NewAuditEntry {
@@ -465,9 +460,7 @@ async fn logout(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     // A viewer may log out too: only the origin and token are checked.
-    if !same_origin(&headers)
-        || Sha256::digest(f.csrf.as_bytes()) != Sha256::digest(session.csrf.as_bytes())
-    {
+    if !same_origin(&headers) || !session.csrf_ok(&f.csrf) {
         return UiError::new(
             StatusCode::FORBIDDEN,
             "Log out from the console's own page.",
